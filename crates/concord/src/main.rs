@@ -1,0 +1,2 @@
+//! concord
+fn main() {}

@@ -1,0 +1,124 @@
+//! Client requests a replica executes on the leader (locally, or forwarded from a follower over
+//! the peer channel), their replies, and the errors a caller can act on.
+
+use crate::NodeId;
+use concord_registry::{Command, Outcome, Rejection};
+use serde::{Deserialize, Serialize};
+
+/// A request that only the leader can serve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientRequest {
+    /// Propose a registry command; answered after it is committed and applied on the leader.
+    Write(Command),
+    /// Add a node as a learner (it receives the log but does not vote).
+    AddLearner {
+        /// The new node's id.
+        node_id: NodeId,
+        /// Its peer address (`host:port`).
+        addr: String,
+    },
+    /// Turn a learner into a voter.
+    Promote {
+        /// The learner's id.
+        node_id: NodeId,
+    },
+    /// Remove a node (voter or learner) from the cluster.
+    Remove {
+        /// The node's id.
+        node_id: NodeId,
+    },
+    /// Confirm leadership with a quorum and return the log index a linearizable read must wait
+    /// for.
+    ReadIndex,
+}
+
+/// The leader's answer to a [`ClientRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientReply {
+    /// A write was committed at `log_index` and applied with `outcome`.
+    Written {
+        /// The entry's log index.
+        log_index: u64,
+        /// What applying it did.
+        outcome: Outcome,
+    },
+    /// A membership change was committed at `log_index`.
+    Membership {
+        /// The entry's log index.
+        log_index: u64,
+    },
+    /// A read may be served once the replica has applied `index`.
+    ReadIndex {
+        /// The index to wait for.
+        index: u64,
+    },
+}
+
+/// Why a client request failed. Every variant names what the operator can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "code", content = "detail")]
+pub enum ClientError {
+    /// No leader is known (an election is under way, or no quorum is reachable).
+    #[error("no leader: the cluster has not elected one within {waited_ms} ms (is a quorum of nodes up?)")]
+    NoLeader {
+        /// How long the replica waited for one.
+        waited_ms: u64,
+    },
+    /// The leader has not heard from a quorum recently, so the write was not proposed.
+    #[error(
+        "no quorum: the leader (node {leader}) has not heard from a majority for {since_ms} ms; \
+         nothing was written"
+    )]
+    NoQuorum {
+        /// The leader's id.
+        leader: NodeId,
+        /// Milliseconds since a quorum last acknowledged it.
+        since_ms: u64,
+    },
+    /// The request was proposed but not committed in time; it may still commit later.
+    #[error(
+        "timed out after {waited_ms} ms waiting for the cluster to commit; \
+         the change may still be applied if a quorum returns"
+    )]
+    Timeout {
+        /// How long the replica waited.
+        waited_ms: u64,
+    },
+    /// The leader could not be reached from this replica.
+    #[error("leader node {leader} at {addr} is unreachable from this replica: {error}")]
+    LeaderUnreachable {
+        /// The leader's id.
+        leader: NodeId,
+        /// Its peer address.
+        addr: String,
+        /// The transport error.
+        error: String,
+    },
+    /// The registry refused the command (invalid builder, duplicate SNI, wrong owner, …).
+    #[error("rejected: {0}")]
+    Rejected(Rejection),
+    /// The membership change is not possible (unknown node, would remove the last voter, …).
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// This node is not the leader (answered to forwarded requests only; the forwarding replica
+    /// retries with the new leader).
+    #[error("node {node} is not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The node that answered.
+        node: NodeId,
+        /// The leader it knows of.
+        leader: Option<NodeId>,
+    },
+    /// The replica is shutting down or its Raft core stopped.
+    #[error("replica unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ClientError {
+    /// True when the same request may succeed if retried on another replica or later.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ClientError::Rejected(_) | ClientError::Membership(_))
+    }
+}

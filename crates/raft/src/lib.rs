@@ -1,0 +1,37 @@
+//! Raft for concord: an openraft node whose log and state machine live in sled ([`store`]), a
+//! gRPC transport between replicas ([`network`], [`service`]), and [`node::Node`], which runs it
+//! all and forwards client requests from followers to the leader.
+//!
+//! The state machine applies [`concord_registry::Command`]s to the builder registry; readers
+//! follow the applied registry through [`node::Node::registry`].
+
+pub mod api;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod store;
+
+use std::io::Cursor;
+
+/// Generated code of `proto/raft.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("concord.raft.v1");
+}
+
+/// A replica's Raft node id.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// openraft types of concord: log entries carry registry commands, and applying one yields
+    /// its outcome.
+    pub TypeConfig:
+        D = concord_registry::Command,
+        R = concord_registry::Outcome,
+);
+
+/// The openraft node type.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+pub use api::{ClientError, ClientReply, ClientRequest};
+pub use node::{Node, NodeConfig, StartError, Status};

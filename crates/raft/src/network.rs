@@ -1,0 +1,240 @@
+//! The client side of the peer channel: openraft's [`RaftNetworkFactory`] over tonic, and request
+//! forwarding to the leader.
+//!
+//! One lazily connected HTTP/2 channel per peer address is shared by the replication stream, votes
+//! and forwarded requests; tonic reconnects it after a failure.
+
+use crate::api::{ClientError, ClientReply, ClientRequest};
+use crate::proto::Message;
+use crate::proto::raft_client::RaftClient;
+use crate::{NodeId, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message on the peer channel (snapshot chunks and large append batches).
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Metadata key: the cluster name.
+pub const CLUSTER_HEADER: &str = "x-concord-cluster";
+/// Metadata key: the sender's node id.
+pub const FROM_HEADER: &str = "x-concord-from";
+/// Metadata key: the node id the sender means to reach.
+pub const TO_HEADER: &str = "x-concord-to";
+
+/// Creates peer connections for openraft and for forwarding; cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    cluster: String,
+    from: NodeId,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    /// A network for node `from` of `cluster`.
+    pub fn new(cluster: String, from: NodeId) -> Self {
+        Network {
+            cluster,
+            from,
+            channels: Arc::default(),
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    fn request(&self, to: NodeId, msg: Message, timeout: Duration) -> tonic::Request<Message> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(timeout);
+        let md = req.metadata_mut();
+        // The cluster name is validated as ASCII when the config is read.
+        if let Ok(v) = self.cluster.parse() {
+            md.insert(CLUSTER_HEADER, v);
+        }
+        md.insert(FROM_HEADER, self.from.into());
+        md.insert(TO_HEADER, to.into());
+        req
+    }
+
+    /// Sends a client request to the leader `to` at `addr` and waits for its answer.
+    pub async fn forward(
+        &self,
+        to: NodeId,
+        addr: &str,
+        req: &ClientRequest,
+        timeout: Duration,
+    ) -> Result<ClientReply, ClientError> {
+        let unreachable = |error: String| ClientError::LeaderUnreachable {
+            leader: to,
+            addr: addr.to_string(),
+            error,
+        };
+        let mut client = self.client(addr).map_err(unreachable)?;
+        let msg = Message {
+            payload: serde_json::to_vec(req).expect("client requests serialise"),
+            data: Vec::new(),
+        };
+        let reply = client
+            .forward(self.request(to, msg, timeout))
+            .await
+            .map_err(|s| unreachable(format!("{}: {}", s.code(), s.message())))?;
+        serde_json::from_slice::<Result<ClientReply, ClientError>>(&reply.into_inner().payload)
+            .map_err(|e| unreachable(format!("undecodable reply: {e}")))?
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Conn {
+        Conn {
+            net: self.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// A connection to one peer, as openraft sees it.
+pub struct Conn {
+    net: Network,
+    target: NodeId,
+    addr: String,
+}
+
+/// What went wrong on one RPC, before it is shaped into openraft's error type.
+enum CallError<E> {
+    Unreachable(String),
+    Network(String),
+    TooLarge,
+    Remote(E),
+}
+
+impl Conn {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: &Req,
+        data: Vec<u8>,
+        option: &RPCOption,
+        kind: Rpc,
+    ) -> Result<Resp, CallError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let mut client = self.net.client(&self.addr).map_err(CallError::Unreachable)?;
+        let msg = Message {
+            payload: serde_json::to_vec(rpc).expect("raft requests serialise"),
+            data,
+        };
+        let req = self.net.request(self.target, msg, option.hard_ttl());
+        let reply = match kind {
+            Rpc::Append => client.append_entries(req).await,
+            Rpc::Vote => client.vote(req).await,
+            Rpc::Snapshot => client.install_snapshot(req).await,
+        };
+        let reply = reply.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => CallError::Unreachable(s.message().to_string()),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => CallError::TooLarge,
+            _ => CallError::Network(format!("{}: {}", s.code(), s.message())),
+        })?;
+        let result: Result<Resp, E> = serde_json::from_slice(&reply.into_inner().payload)
+            .map_err(|e| CallError::Network(format!("undecodable reply: {e}")))?;
+        result.map_err(CallError::Remote)
+    }
+
+    fn shape<E: std::error::Error>(
+        &self,
+        e: CallError<E>,
+        entries: u64,
+    ) -> RPCError<NodeId, BasicNode, E> {
+        match e {
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&AnyError::error(m))),
+            CallError::Network(m) => RPCError::Network(NetworkError::new(&AnyError::error(m))),
+            CallError::TooLarge => {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries.div_ceil(2)))
+            }
+            CallError::Remote(e) => RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                BasicNode::new(&self.addr),
+                e,
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        self.call(&rpc, Vec::new(), &option, Rpc::Append)
+            .await
+            .map_err(|e| self.shape(e, n))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        // The chunk travels raw beside the JSON of the rest of the request.
+        let data = std::mem::take(&mut rpc.data);
+        self.call(&rpc, data, &option, Rpc::Snapshot)
+            .await
+            .map_err(|e| self.shape(e, 1))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, Vec::new(), &option, Rpc::Vote)
+            .await
+            .map_err(|e| self.shape(e, 1))
+    }
+}

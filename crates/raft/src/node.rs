@@ -1,0 +1,476 @@
+//! One replica's Raft node: opens the store, starts openraft and the peer gRPC server, initialises
+//! a new cluster, and executes client requests on the leader (forwarding them from followers).
+
+use crate::api::{ClientError, ClientReply, ClientRequest};
+use crate::network::{MAX_MESSAGE, Network};
+use crate::proto::raft_server::RaftServer;
+use crate::service::PeerService;
+use crate::store::{self, Identity, OpenError, StateMachine};
+use crate::{NodeId, Raft};
+use concord_registry::{Outcome, Registry};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a replica's Raft node needs; validated by the daemon before it gets here.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The cluster's name; a replica refuses peers and data dirs of another cluster.
+    pub cluster: String,
+    /// This replica's node id.
+    pub node_id: NodeId,
+    /// Where the sled database lives.
+    pub data_dir: PathBuf,
+    /// Where the peer gRPC server listens.
+    pub listen_addr: SocketAddr,
+    /// The members of a new cluster (id → peer address). A node in this set initialises the
+    /// cluster on its first start; empty for a node that will be added later.
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_threshold: u64,
+    /// How long a client request may wait for a leader and for its commit.
+    pub request_timeout: Duration,
+    /// A leader that has not heard from a quorum for this long refuses writes at once.
+    pub quorum_timeout: Duration,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir could not be opened or belongs to someone else.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// The peer port could not be bound.
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// openraft refused the configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running replica's Raft side.
+pub struct Node {
+    config: NodeConfig,
+    raft: Raft,
+    sm: StateMachine,
+    network: Network,
+}
+
+/// A member of the cluster, as status shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub id: NodeId,
+    /// Peer address.
+    pub addr: String,
+    /// Voter, or learner.
+    pub voter: bool,
+}
+
+/// A snapshot of one replica's Raft and registry state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The cluster's name.
+    pub cluster: String,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: &'static str,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Index of the last entry in the local log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last applied entry.
+    pub applied_index: Option<u64>,
+    /// Index covered by the current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Index up to which the log was compacted.
+    pub purged_index: Option<u64>,
+    /// The registry revision (log index of its last change).
+    pub revision: u64,
+    /// Number of builders in the registry.
+    pub builders: usize,
+    /// Voters and learners.
+    pub members: Vec<Member>,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+fn role(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Node {
+    /// Opens the store, starts Raft and the peer server, and initialises the cluster if this is
+    /// a new member of the initial set. The peer server stops when `shutdown` is cancelled; the
+    /// returned handle completes then.
+    pub async fn start(
+        config: NodeConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<Node>, tokio::task::JoinHandle<()>), StartError> {
+        let identity = Identity {
+            cluster: config.cluster.clone(),
+            node_id: config.node_id,
+            format: 0,
+        };
+        let (log, sm) = store::open(&config.data_dir, &identity).await?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster.clone(),
+            heartbeat_interval: ms(config.heartbeat),
+            election_timeout_min: ms(config.election_timeout_min),
+            election_timeout_max: ms(config.election_timeout_max),
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+            // Keep some log behind a snapshot so a briefly lagging follower catches up by log.
+            max_in_snapshot_log_to_keep: config.snapshot_threshold.min(1000),
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let network = Network::new(config.cluster.clone(), config.node_id);
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network.clone(),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let node = Arc::new(Node {
+            config,
+            raft,
+            sm,
+            network,
+        });
+        let service = RaftServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.cancelled_owned(),
+            );
+        let handle = tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "peer server failed");
+            }
+        });
+        node.initialize().await?;
+        Ok((node, handle))
+    }
+
+    async fn initialize(&self) -> Result<(), StartError> {
+        let members = &self.config.initial_members;
+        if !members.contains_key(&self.config.node_id) {
+            tracing::info!("not in the initial member set; waiting to be added to a cluster");
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        // Safe on every initial member with the same set; refused (harmlessly) once the node
+        // has any log or vote, so a restarted node never re-initialises.
+        match self.raft.initialize(nodes).await {
+            Ok(()) => tracing::info!(members = ?members.keys(), "initialised a new cluster"),
+            Err(RaftError::APIError(e)) => {
+                tracing::debug!(reason = %e, "already initialised")
+            }
+            Err(RaftError::Fatal(e)) => return Err(StartError::Raft(e.to_string())),
+        }
+        Ok(())
+    }
+
+    /// The cluster name.
+    pub fn cluster(&self) -> &str {
+        &self.config.cluster
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied registry; changes after every apply that changed it.
+    pub fn registry(&self) -> watch::Receiver<Arc<Registry>> {
+        self.sm.registry()
+    }
+
+    /// This replica's status, from openraft's metrics and the applied registry.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let registry = self.sm.registry().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        Status {
+            cluster: self.config.cluster.clone(),
+            node_id: m.id,
+            role: role(m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            revision: registry.revision(),
+            builders: registry.len(),
+            members,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+
+    /// Executes `req` on the leader: here if this node leads, else forwarded to it. Waits (up to
+    /// the request timeout) through elections and leader changes; every request is idempotent
+    /// (upserts and removals of whole builders, membership to a target state), so retrying one
+    /// whose first attempt may have committed is safe.
+    pub async fn execute(&self, req: ClientRequest) -> Result<ClientReply, ClientError> {
+        let start = Instant::now();
+        let deadline = start + self.config.request_timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (leader, addr) = {
+                let m = metrics.borrow_and_update();
+                let leader = m.current_leader;
+                let addr = leader.and_then(|l| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.addr.clone())
+                });
+                (leader, addr)
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = match (leader, addr) {
+                (Some(l), _) if l == self.config.node_id => self.execute_local(req.clone()).await,
+                (Some(l), Some(addr)) => self.network.forward(l, &addr, &req, remaining).await,
+                _ => Err(ClientError::NoLeader { waited_ms: 0 }),
+            };
+            match result {
+                Err(
+                    ClientError::NotLeader { .. }
+                    | ClientError::NoLeader { .. }
+                    | ClientError::LeaderUnreachable { .. },
+                ) if Instant::now() < deadline => {
+                    // Wait for news of a leader, but re-check soon: a dead leader is only
+                    // replaced after an election timeout.
+                    let pause = remaining.min(Duration::from_millis(50));
+                    let _ = tokio::time::timeout(pause, metrics.changed()).await;
+                }
+                Err(ClientError::NoLeader { .. }) => {
+                    return Err(ClientError::NoLeader {
+                        waited_ms: start.elapsed().as_millis() as u64,
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Executes `req` if this node is the leader; otherwise answers `NotLeader`.
+    pub async fn execute_local(&self, req: ClientRequest) -> Result<ClientReply, ClientError> {
+        let timeout = self.config.request_timeout;
+        let timed_out = || ClientError::Timeout {
+            waited_ms: timeout.as_millis() as u64,
+        };
+        match req {
+            ClientRequest::Write(cmd) => {
+                self.check_quorum()?;
+                let resp = tokio::time::timeout(timeout, self.raft.client_write(cmd))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| self.write_error(e))?;
+                match resp.data {
+                    Outcome::Rejected(r) => Err(ClientError::Rejected(r)),
+                    outcome => Ok(ClientReply::Written {
+                        log_index: resp.log_id.index,
+                        outcome,
+                    }),
+                }
+            }
+            ClientRequest::AddLearner { node_id, addr } => {
+                self.check_quorum()?;
+                let fut = self
+                    .raft
+                    .add_learner(node_id, BasicNode::new(addr), false);
+                let resp = tokio::time::timeout(timeout, fut)
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| self.write_error(e))?;
+                Ok(ClientReply::Membership {
+                    log_index: resp.log_id.index,
+                })
+            }
+            ClientRequest::Promote { node_id } => {
+                self.change_membership(ChangeMembers::AddVoterIds([node_id].into()))
+                    .await
+            }
+            ClientRequest::Remove { node_id } => {
+                let is_voter = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == node_id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters([node_id].into())
+                } else {
+                    ChangeMembers::RemoveNodes([node_id].into())
+                };
+                self.change_membership(change).await
+            }
+            ClientRequest::ReadIndex => {
+                let res = tokio::time::timeout(timeout, self.raft.ensure_linearizable())
+                    .await
+                    .map_err(|_| timed_out())?;
+                match res {
+                    Ok(log_id) => Ok(ClientReply::ReadIndex {
+                        index: log_id.map_or(0, |l| l.index),
+                    }),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(ClientError::NotLeader {
+                            node: self.config.node_id,
+                            leader: f.leader_id,
+                        })
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                        Err(ClientError::NoQuorum {
+                            leader: self.config.node_id,
+                            since_ms: self.quorum_age().unwrap_or(0),
+                        })
+                    }
+                    Err(RaftError::Fatal(f)) => Err(ClientError::Unavailable(f.to_string())),
+                }
+            }
+        }
+    }
+
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+    ) -> Result<ClientReply, ClientError> {
+        self.check_quorum()?;
+        let timeout = self.config.request_timeout;
+        let resp = tokio::time::timeout(timeout, self.raft.change_membership(change, false))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                waited_ms: timeout.as_millis() as u64,
+            })?
+            .map_err(|e| self.write_error(e))?;
+        Ok(ClientReply::Membership {
+            log_index: resp.log_id.index,
+        })
+    }
+
+    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClientError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClientError::NotLeader {
+                node: self.config.node_id,
+                leader: f.leader_id,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ClientError::Membership(e.to_string())
+            }
+            RaftError::Fatal(f) => ClientError::Unavailable(f.to_string()),
+        }
+    }
+
+    fn quorum_age(&self) -> Option<u64> {
+        self.raft.metrics().borrow().millis_since_quorum_ack
+    }
+
+    /// A leader cut off from the majority would accept a write that can never commit; refuse it
+    /// up front instead, with nothing proposed.
+    fn check_quorum(&self) -> Result<(), ClientError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Err(ClientError::NotLeader {
+                node: self.config.node_id,
+                leader: m.current_leader,
+            });
+        }
+        let limit = self.config.quorum_timeout.as_millis() as u64;
+        match m.millis_since_quorum_ack {
+            Some(age) if age > limit => Err(ClientError::NoQuorum {
+                leader: self.config.node_id,
+                since_ms: age,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until a read on this replica is linearizable: the leader confirms it still leads
+    /// and this replica has applied everything committed before the read began.
+    pub async fn read_barrier(&self) -> Result<(), ClientError> {
+        let ClientReply::ReadIndex { index } = self.execute(ClientRequest::ReadIndex).await? else {
+            return Err(ClientError::Unavailable("unexpected reply to a read".into()));
+        };
+        self.raft
+            .wait(Some(self.config.request_timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| ClientError::Timeout {
+                waited_ms: self.config.request_timeout.as_millis() as u64,
+            })
+    }
+
+    /// Stops Raft (the peer server stops with the shutdown token).
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not stop cleanly");
+        }
+    }
+}

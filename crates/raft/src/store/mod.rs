@@ -1,0 +1,211 @@
+//! The sled-backed Raft store: one sled database per replica holding the log, the vote, the
+//! committed and purged ids ([`LogStore`]), and the state machine with its snapshot
+//! ([`StateMachine`]).
+//!
+//! Durability (DESIGN rule 8): a vote or a log entry is reported to openraft only after a
+//! synchronous `flush()` of the database (an fsync). Flushes are serialised by one lock and run on
+//! the blocking pool; sled 0.34's `flush_async` can deadlock when called concurrently, so it is
+//! never used.
+
+mod log;
+mod sm;
+
+pub use log::LogStore;
+pub use sm::StateMachine;
+
+use openraft::{AnyError, StorageError, StorageIOError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::NodeId;
+
+/// Version of the on-disk layout, stored with the identity; bumped on incompatible changes.
+const FORMAT: u32 = 1;
+
+/// Who a data dir belongs to, written on first start and checked on every start after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The cluster's name.
+    pub cluster: String,
+    /// This replica's Raft node id.
+    pub node_id: NodeId,
+    /// On-disk layout version.
+    #[serde(default)]
+    pub format: u32,
+}
+
+/// Why a data dir could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// sled could not open the directory (locked by another process, corrupt, no permission).
+    #[error("cannot open data dir {dir}: {source}")]
+    Sled {
+        /// The data dir.
+        dir: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// The data dir was created by another cluster.
+    #[error(
+        "data dir {dir} belongs to cluster {found:?}, not {expected:?}; \
+         point --data-dir at this node's own directory, or at an empty one to join as a new node"
+    )]
+    ForeignCluster {
+        /// The data dir.
+        dir: PathBuf,
+        /// The cluster name in the data dir.
+        found: String,
+        /// The configured cluster name.
+        expected: String,
+    },
+    /// The data dir was created by another node of this cluster.
+    #[error(
+        "data dir {dir} belongs to node {found}, but this node was started as node {expected}; \
+         a node id is tied to its data dir"
+    )]
+    NodeIdMismatch {
+        /// The data dir.
+        dir: PathBuf,
+        /// The node id in the data dir.
+        found: NodeId,
+        /// The configured node id.
+        expected: NodeId,
+    },
+    /// The data dir was written by an incompatible version of concord.
+    #[error("data dir {dir} has on-disk format {found}, this concord reads format {FORMAT}")]
+    Format {
+        /// The data dir.
+        dir: PathBuf,
+        /// The format found.
+        found: u32,
+    },
+    /// The stored state could not be read back.
+    #[error("data dir {dir} is unreadable: {reason}")]
+    Corrupt {
+        /// The data dir.
+        dir: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// The sled database shared by the log store and the state machine.
+#[derive(Clone)]
+pub(crate) struct Db {
+    db: sled::Db,
+    /// Serialises flushes (see the module docs).
+    flush_lock: Arc<Mutex<()>>,
+}
+
+impl Db {
+    /// Flushes every tree to disk, on the blocking pool; returns once the data is durable.
+    pub(crate) async fn flush(&self) -> Result<(), std::io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = this.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+            this.db.flush().map(|_| ()).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, sled::Error> {
+        self.db.open_tree(name)
+    }
+}
+
+/// Opens (or creates) the store in `dir` for `identity`, refusing a data dir of another cluster
+/// or node.
+pub async fn open(dir: &Path, identity: &Identity) -> Result<(LogStore, StateMachine), OpenError> {
+    let sled_err = |source| OpenError::Sled {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| sled_err(sled::Error::Io(e)))?;
+    let db = sled::Config::new()
+        .path(dir.join("db"))
+        // The flusher thread only bounds the loss of state machine writes, which are re-applied
+        // from the log anyway; the log itself is flushed before it is acknowledged.
+        .flush_every_ms(Some(1000))
+        .open()
+        .map_err(sled_err)?;
+    let db = Db {
+        db,
+        flush_lock: Arc::new(Mutex::new(())),
+    };
+    check_identity(&db, dir, identity).await?;
+    let log = LogStore::open(db.clone()).map_err(sled_err)?;
+    let sm = StateMachine::open(db).map_err(|e| OpenError::Corrupt {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok((log, sm))
+}
+
+async fn check_identity(db: &Db, dir: &Path, want: &Identity) -> Result<(), OpenError> {
+    let sled_err = |source| OpenError::Sled {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let meta = db.tree("meta").map_err(sled_err)?;
+    match meta.get("identity").map_err(sled_err)? {
+        Some(raw) => {
+            let found: Identity =
+                serde_json::from_slice(&raw).map_err(|e| OpenError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    reason: format!("identity record: {e}"),
+                })?;
+            if found.format != FORMAT {
+                return Err(OpenError::Format {
+                    dir: dir.to_path_buf(),
+                    found: found.format,
+                });
+            }
+            if found.cluster != want.cluster {
+                return Err(OpenError::ForeignCluster {
+                    dir: dir.to_path_buf(),
+                    found: found.cluster,
+                    expected: want.cluster.clone(),
+                });
+            }
+            if found.node_id != want.node_id {
+                return Err(OpenError::NodeIdMismatch {
+                    dir: dir.to_path_buf(),
+                    found: found.node_id,
+                    expected: want.node_id,
+                });
+            }
+        }
+        None => {
+            let id = Identity {
+                format: FORMAT,
+                ..want.clone()
+            };
+            let raw = serde_json::to_vec(&id).expect("identity serialises");
+            meta.insert("identity", raw).map_err(sled_err)?;
+            db.flush().await.map_err(|e| sled_err(sled::Error::Io(e)))?;
+        }
+    }
+    Ok(())
+}
+
+/// JSON encoding of stored values; a decode failure is a storage error (corrupt record).
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("raft types serialise to JSON")
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(raw)
+}
+
+/// Shorthand for the storage errors openraft wants.
+pub(crate) fn io_err(
+    make: fn(AnyError) -> StorageIOError<NodeId>,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError<NodeId> {
+    make(AnyError::new(e)).into()
+}
+
+#[cfg(test)]
+mod tests;

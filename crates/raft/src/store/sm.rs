@@ -1,0 +1,304 @@
+//! The state machine in sled: the registry's builders (`b/<id>`), the last applied log id, the last
+//! membership and the revision in tree `sm`; the current snapshot in tree `snapshot`.
+//!
+//! The applied registry lives in a `watch` channel as an `Arc<Registry>`: readers (the admin API,
+//! the xDS server) take the current `Arc` without copying, and apply mutates it in place unless a
+//! reader still holds the old revision (copy on write).
+
+use super::{Db, decode, encode, io_err};
+use crate::{NodeId, TypeConfig};
+use concord_registry::{Builder, Outcome, Registry};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+const APPLIED: &[u8] = b"m/applied";
+const MEMBERSHIP: &[u8] = b"m/membership";
+const REVISION: &[u8] = b"m/revision";
+const BUILDER_PREFIX: &[u8] = b"b/";
+const SNAP_META: &str = "meta";
+const SNAP_DATA: &str = "data";
+
+/// What a snapshot's data holds (its meta is stored beside it).
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    revision: u64,
+    builders: Vec<Builder>,
+}
+
+/// The state machine half of the store. Clones share state (the snapshot builder is a clone).
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    tree: sled::Tree,
+    snap: sled::Tree,
+    registry: watch::Sender<Arc<Registry>>,
+    /// Held while applying, so `applied` and `registry` are always read as a consistent pair.
+    applied: Mutex<Applied>,
+}
+
+#[derive(Clone, Default)]
+struct Applied {
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+}
+
+fn builder_key(id: &str) -> Vec<u8> {
+    [BUILDER_PREFIX, id.as_bytes()].concat()
+}
+
+impl StateMachine {
+    pub(crate) fn open(db: Db) -> Result<Self, String> {
+        let tree = db.tree("sm").map_err(|e| e.to_string())?;
+        let snap = db.tree("snapshot").map_err(|e| e.to_string())?;
+        let get = |k: &[u8]| tree.get(k).map_err(|e| e.to_string());
+        let last_applied: Option<LogId<NodeId>> = match get(APPLIED)? {
+            Some(raw) => decode(&raw).map_err(|e| format!("applied id: {e}"))?,
+            None => None,
+        };
+        let membership: Membership = match get(MEMBERSHIP)? {
+            Some(raw) => decode(&raw).map_err(|e| format!("membership: {e}"))?,
+            None => Membership::default(),
+        };
+        let revision: u64 = match get(REVISION)? {
+            Some(raw) => decode(&raw).map_err(|e| format!("revision: {e}"))?,
+            None => 0,
+        };
+        let mut builders = Vec::new();
+        for kv in tree.scan_prefix(BUILDER_PREFIX) {
+            let (k, raw) = kv.map_err(|e| e.to_string())?;
+            let b: Builder = decode(&raw)
+                .map_err(|e| format!("builder {}: {e}", String::from_utf8_lossy(&k)))?;
+            builders.push(b);
+        }
+        let registry = Registry::from_parts(builders, revision).map_err(|e| e.to_string())?;
+        let sm = StateMachine {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                snap,
+                registry: watch::Sender::new(Arc::new(registry)),
+                applied: Mutex::new(Applied {
+                    last_applied,
+                    membership,
+                }),
+            }),
+        };
+        // The state machine tree is not flushed on apply; if a crash lost applies that a
+        // snapshot holds (and the log was purged behind it), restore from the snapshot.
+        if let Some((meta, data)) = sm.read_snapshot().map_err(|e| e.to_string())?
+            && meta.last_log_id > last_applied
+        {
+            sm.restore(&meta, &data).map_err(|e| e.to_string())?;
+        }
+        Ok(sm)
+    }
+
+    /// The applied registry, updated after every apply. Borrow it briefly, or clone the `Arc`.
+    pub fn registry(&self) -> watch::Receiver<Arc<Registry>> {
+        self.inner.registry.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_snapshot(&self) -> Result<Option<(Meta, Vec<u8>)>, StorageError<NodeId>> {
+        let read = |e: &dyn std::error::Error| {
+            StorageError::from(StorageIOError::<NodeId>::read_snapshot(
+                None,
+                openraft::AnyError::error(e),
+            ))
+        };
+        let (Some(meta), Some(data)) = (
+            self.inner.snap.get(SNAP_META).map_err(|e| read(&e))?,
+            self.inner.snap.get(SNAP_DATA).map_err(|e| read(&e))?,
+        ) else {
+            return Ok(None);
+        };
+        let meta: Meta = decode(&meta).map_err(|e| read(&e))?;
+        Ok(Some((meta, data.to_vec())))
+    }
+
+    /// Replaces the state with a snapshot's: the sled tree, then the in-memory registry.
+    fn restore(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+        let write = StorageIOError::<NodeId>::write_state_machine;
+        let snap: SnapshotData = decode(data).map_err(|e| io_err(write, &e))?;
+        let registry = Registry::from_parts(snap.builders.iter().cloned(), snap.revision)
+            .map_err(|e| io_err(write, &e))?;
+        let mut applied = self.lock();
+        // Clear first, then write everything with the applied id in one batch: a crash in between
+        // leaves a tree whose applied id is older than the snapshot, which `open` restores again.
+        self.inner.tree.clear().map_err(|e| io_err(write, &e))?;
+        let mut batch = sled::Batch::default();
+        for b in &snap.builders {
+            batch.insert(builder_key(&b.id), encode(b));
+        }
+        batch.insert(APPLIED, encode(&meta.last_log_id));
+        batch.insert(MEMBERSHIP, encode(&meta.last_membership));
+        batch.insert(REVISION, encode(&snap.revision));
+        self.inner
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| io_err(write, &e))?;
+        *applied = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        self.inner.registry.send_replace(Arc::new(registry));
+        Ok(())
+    }
+
+    async fn store_snapshot(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+        let write = |e: &dyn std::error::Error| {
+            StorageError::from(StorageIOError::<NodeId>::write_snapshot(
+                Some(meta.signature()),
+                openraft::AnyError::error(e),
+            ))
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAP_META, encode(meta));
+        batch.insert(SNAP_DATA, data);
+        self.inner.snap.apply_batch(batch).map_err(|e| write(&e))?;
+        self.inner.db.flush().await.map_err(|e| write(&e))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (applied, registry) = {
+            let applied = self.lock();
+            (applied.clone(), self.inner.registry.borrow().clone())
+        };
+        let data = encode(&SnapshotData {
+            revision: registry.revision(),
+            builders: registry.iter().map(|b| Builder::clone(b)).collect(),
+        });
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let snapshot_id = match applied.last_applied {
+            Some(id) => format!("{}-{}-{nanos}", id.leader_id, id.index),
+            None => format!("none-{nanos}"),
+        };
+        let meta = Meta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        self.store_snapshot(&meta, &data).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        let applied = self.lock();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        let mut batch = sled::Batch::default();
+        let mut applied = self.lock();
+        self.inner.registry.send_if_modified(|registry| {
+            let before = registry.revision();
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => outcomes.push(Outcome::Applied {
+                        revision: registry.revision(),
+                        changed: false,
+                    }),
+                    EntryPayload::Normal(cmd) => {
+                        let out = Arc::make_mut(registry).apply(entry.log_id.index, &cmd);
+                        if let Outcome::Applied { changed: true, .. } = out {
+                            for id in &cmd.batch.removes {
+                                batch.remove(builder_key(id));
+                            }
+                            for b in &cmd.batch.upserts {
+                                batch.insert(builder_key(&b.id), encode(b));
+                            }
+                        }
+                        outcomes.push(out);
+                    }
+                    EntryPayload::Membership(m) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                        outcomes.push(Outcome::Applied {
+                            revision: registry.revision(),
+                            changed: false,
+                        });
+                    }
+                }
+            }
+            batch.insert(REVISION, encode(&registry.revision()));
+            registry.revision() != before
+        });
+        batch.insert(APPLIED, encode(&applied.last_applied));
+        batch.insert(MEMBERSHIP, encode(&applied.membership));
+        let write = StorageIOError::<NodeId>::write_state_machine;
+        self.inner
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| io_err(write, &e))?;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        // Validate before anything is replaced, then keep the snapshot durable before the state.
+        let write = StorageIOError::<NodeId>::write_state_machine;
+        decode::<SnapshotData>(&data).map_err(|e| io_err(write, &e))?;
+        self.store_snapshot(meta, &data).await?;
+        self.restore(meta, &data)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,118 @@
+//! Commands that change the registry, and what applying one yields.
+
+use crate::Source;
+use crate::builder::Builder;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Builders to put and ids to remove, applied together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Builders to insert or replace, by id.
+    #[serde(default)]
+    pub upserts: Vec<Builder>,
+    /// Ids of builders to remove; absent ids are ignored.
+    #[serde(default)]
+    pub removes: Vec<String>,
+}
+
+impl Batch {
+    /// True when the batch would change nothing in any registry.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removes.is_empty()
+    }
+}
+
+/// The payload of one Raft log entry that changes the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Who proposes it; a command may only change builders of its own source.
+    pub source: Source,
+    /// What to change.
+    pub batch: Batch,
+    /// Apply only if the registry is still at this revision. The DNS poller sets it to the
+    /// revision its diff was computed against, so a late proposal (from a deposed leader, or
+    /// racing another write) cannot undo a newer change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_revision: Option<u64>,
+    /// Trace context (W3C `traceparent`, …) of the change, so every replica's apply and push
+    /// continue the trace that proposed it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trace: BTreeMap<String, String>,
+}
+
+impl Command {
+    /// A command of `source` applying `batch` unconditionally.
+    pub fn new(source: Source, batch: Batch) -> Self {
+        Command {
+            source,
+            batch,
+            if_revision: None,
+            trace: BTreeMap::new(),
+        }
+    }
+}
+
+/// The result of applying one command; every replica computes the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    /// The command was valid; `changed` says whether it changed anything.
+    Applied {
+        /// The registry revision after the command.
+        revision: u64,
+        /// False when the command was a no-op.
+        changed: bool,
+    },
+    /// The command was refused as a whole; nothing changed.
+    Rejected(Rejection),
+}
+
+/// Why a command was refused. Deterministic: it depends only on the command and the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Rejection {
+    /// A builder in the batch failed validation.
+    #[error("{0}")]
+    InvalidBuilder(String),
+    /// Two upserts in one batch have the same id.
+    #[error("builder {0:?} appears twice in one batch")]
+    DuplicateId(String),
+    /// One batch both upserts and removes the same id.
+    #[error("builder {0:?} is both put and removed in one batch")]
+    UpsertAndRemove(String),
+    /// The SNI name would belong to two builders.
+    #[error("SNI name {sni:?} is already used by builder {:?} (wanted by {:?})", ids.0, ids.1)]
+    DuplicateSni {
+        /// The contested name.
+        sni: String,
+        /// The current owner and the builder that wanted it.
+        ids: (String, String),
+    },
+    /// An upsert's builder names another source than the command.
+    #[error("builder {id:?} has source {builder} but the command comes from {command}")]
+    SourceMismatch {
+        /// The builder.
+        id: String,
+        /// Its declared source.
+        builder: Source,
+        /// The command's source.
+        command: Source,
+    },
+    /// The builder is managed by another source.
+    #[error("builder {id:?} is managed by {owner}; change it there")]
+    OwnedByOtherSource {
+        /// The builder.
+        id: String,
+        /// Who manages it.
+        owner: Source,
+    },
+    /// `if_revision` did not match: the registry moved since the command was computed.
+    #[error("registry is at revision {actual}, the command expected {expected}")]
+    StaleRevision {
+        /// The revision the command was computed against.
+        expected: u64,
+        /// The registry's revision when it was applied.
+        actual: u64,
+    },
+}

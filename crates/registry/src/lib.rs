@@ -1,0 +1,231 @@
+//! The builder registry: the replicated domain of concord.
+//!
+//! A [`Registry`] maps builder ids to [`Builder`]s. It changes only by applying a [`Command`] (a
+//! batch of upserts and removals) at a Raft log index, deterministically: every replica that applies
+//! the same log ends with the same builders and the same [`Registry::revision`] — the log index of
+//! the last entry that changed it (DESIGN rule 2). [`diff`] yields the batch that turns one set of
+//! builders into another; the DNS poller uses it. No I/O here.
+
+mod builder;
+mod command;
+
+pub use builder::{Builder, InvalidBuilder, Source};
+pub use command::{Batch, Command, Outcome, Rejection};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// The replicated set of builders at one revision.
+///
+/// Builders are held in `Arc`s so that a copy of the registry (published to every xDS stream after
+/// each apply) shares them instead of cloning each one.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    builders: BTreeMap<String, Arc<Builder>>,
+    /// SNI name → builder id; derived from `builders`, kept to check SNI uniqueness in O(batch).
+    sni_index: HashMap<String, String>,
+    revision: u64,
+}
+
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision && self.builders == other.builders
+    }
+}
+
+impl Eq for Registry {}
+
+impl Registry {
+    /// An empty registry at revision 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds a registry from stored builders (a snapshot or the state machine's tree).
+    ///
+    /// The builders were validated when they were applied; a duplicate SNI here means the store
+    /// is corrupt, which is reported rather than silently resolved.
+    pub fn from_parts(
+        builders: impl IntoIterator<Item = Builder>,
+        revision: u64,
+    ) -> Result<Self, Rejection> {
+        let mut reg = Registry {
+            revision,
+            ..Registry::default()
+        };
+        for b in builders {
+            if let Some(other) = reg.sni_index.insert(b.sni.clone(), b.id.clone()) {
+                return Err(Rejection::DuplicateSni {
+                    sni: b.sni,
+                    ids: (other, b.id),
+                });
+            }
+            reg.builders.insert(b.id.clone(), Arc::new(b));
+        }
+        Ok(reg)
+    }
+
+    /// The log index of the last entry that changed the registry (0 when it never changed).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Number of builders.
+    pub fn len(&self) -> usize {
+        self.builders.len()
+    }
+
+    /// True when there are no builders.
+    pub fn is_empty(&self) -> bool {
+        self.builders.is_empty()
+    }
+
+    /// The builder with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<Builder>> {
+        self.builders.get(id)
+    }
+
+    /// All builders, ordered by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Builder>> {
+        self.builders.values()
+    }
+
+    /// The builders of one source, by id (what the DNS poller diffs against).
+    pub fn of_source(&self, source: Source) -> BTreeMap<String, Builder> {
+        self.builders
+            .values()
+            .filter(|b| b.source == source)
+            .map(|b| (b.id.clone(), Builder::clone(b)))
+            .collect()
+    }
+
+    /// Applies `cmd`, the payload of the log entry at `index`.
+    ///
+    /// All or nothing: a command that is invalid against the current state changes nothing and
+    /// returns the reason. A valid command that changes nothing (upserting identical builders,
+    /// removing absent ones) leaves the revision where it was.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        if let Err(rejection) = self.check(cmd) {
+            return Outcome::Rejected(rejection);
+        }
+        let mut changed = false;
+        for id in &cmd.batch.removes {
+            if let Some(old) = self.builders.remove(id) {
+                self.sni_index.remove(&old.sni);
+                changed = true;
+            }
+        }
+        for b in &cmd.batch.upserts {
+            if self.builders.get(&b.id).is_some_and(|old| **old == *b) {
+                continue;
+            }
+            if let Some(old) = self.builders.insert(b.id.clone(), Arc::new(b.clone())) {
+                // Only drop the old name if nobody in this batch took it over.
+                if self.sni_index.get(&old.sni) == Some(&old.id) {
+                    self.sni_index.remove(&old.sni);
+                }
+            }
+            self.sni_index.insert(b.sni.clone(), b.id.clone());
+            changed = true;
+        }
+        if changed {
+            self.revision = index;
+        }
+        Outcome::Applied {
+            revision: self.revision,
+            changed,
+        }
+    }
+
+    /// Every rule a command must pass before it changes anything.
+    fn check(&self, cmd: &Command) -> Result<(), Rejection> {
+        if let Some(expected) = cmd.if_revision
+            && expected != self.revision
+        {
+            return Err(Rejection::StaleRevision {
+                expected,
+                actual: self.revision,
+            });
+        }
+        let removes: HashSet<&str> = cmd.batch.removes.iter().map(String::as_str).collect();
+        let mut upsert_ids: HashMap<&str, &Builder> = HashMap::new();
+        for b in &cmd.batch.upserts {
+            b.validate()
+                .map_err(|e| Rejection::InvalidBuilder(e.to_string()))?;
+            if b.source != cmd.source {
+                return Err(Rejection::SourceMismatch {
+                    id: b.id.clone(),
+                    builder: b.source,
+                    command: cmd.source,
+                });
+            }
+            if upsert_ids.insert(&b.id, b).is_some() {
+                return Err(Rejection::DuplicateId(b.id.clone()));
+            }
+            if removes.contains(b.id.as_str()) {
+                return Err(Rejection::UpsertAndRemove(b.id.clone()));
+            }
+        }
+        // Ownership: a source changes only its own builders (the poller never touches `api` ones).
+        let touched = cmd
+            .batch
+            .upserts
+            .iter()
+            .map(|b| &b.id)
+            .chain(&cmd.batch.removes);
+        for id in touched {
+            if let Some(existing) = self.builders.get(id)
+                && existing.source != cmd.source
+            {
+                return Err(Rejection::OwnedByOtherSource {
+                    id: id.clone(),
+                    owner: existing.source,
+                });
+            }
+        }
+        // SNI names stay unique in the resulting state.
+        let mut new_snis: HashMap<&str, &str> = HashMap::new();
+        for b in &cmd.batch.upserts {
+            if let Some(other) = new_snis.insert(&b.sni, &b.id) {
+                return Err(Rejection::DuplicateSni {
+                    sni: b.sni.clone(),
+                    ids: (other.to_string(), b.id.clone()),
+                });
+            }
+            if let Some(owner) = self.sni_index.get(&b.sni)
+                && *owner != b.id
+            {
+                let released = removes.contains(owner.as_str())
+                    || upsert_ids
+                        .get(owner.as_str())
+                        .is_some_and(|ob| ob.sni != b.sni);
+                if !released {
+                    return Err(Rejection::DuplicateSni {
+                        sni: b.sni.clone(),
+                        ids: (owner.clone(), b.id.clone()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The batch that turns the builders `from` into `to`: upserts for what is new or different,
+/// removals for what is gone. `apply(diff(a, b))` on a registry holding `a` yields `b`.
+pub fn diff(from: &BTreeMap<String, Builder>, to: &BTreeMap<String, Builder>) -> Batch {
+    let removes = from
+        .keys()
+        .filter(|id| !to.contains_key(*id))
+        .cloned()
+        .collect();
+    let upserts = to
+        .iter()
+        .filter(|(id, b)| from.get(*id) != Some(b))
+        .map(|(_, b)| b.clone())
+        .collect();
+    Batch { upserts, removes }
+}
+
+#[cfg(test)]
+mod tests;
