@@ -1,1 +1,417 @@
-//! placeholder
+//! Test harness: starts real `concord serve` processes on free loopback ports, each with its own
+//! data dir, and drives them over their admin API. Conditions are awaited with deadlines
+//! ([`eventually`]), never with fixed sleeps.
+//!
+//! The binary is `$CONCORD_BIN`, or `concord` next to the test executable's target dir (build it
+//! first: `cargo build -p concord`).
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The `concord` binary under test.
+pub fn concord_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONCORD_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>/concord
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("concord");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p concord` first or set CONCORD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Polls `f` until it returns `Ok`, or fails with the last error after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("{what}: not true after {timeout:?}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// One replica process and how to restart it.
+pub struct Replica {
+    /// Node id.
+    pub id: u64,
+    /// Peer address.
+    pub peer: String,
+    /// Admin API base URL.
+    pub admin: String,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+impl Replica {
+    /// Whether the process is running (as far as we started it).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Starts (or restarts) the process with its original arguments.
+    pub fn start(&mut self) -> Result<()> {
+        assert!(!self.is_running(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(concord_bin())
+            .arg("serve")
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn concord")?;
+        self.child = Some(child);
+        self.restarts += 1;
+        Ok(())
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit (bounded).
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("node {} did not exit within 15 s of SIGTERM", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The tail of this replica's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Knobs for a test cluster.
+#[derive(Clone)]
+pub struct Options {
+    /// Number of replicas in the initial member set.
+    pub nodes: u64,
+    /// `--snapshot-threshold`.
+    pub snapshot_threshold: u64,
+    /// Extra flags for every replica.
+    pub extra: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            snapshot_threshold: 5000,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A cluster of real replicas on loopback; everything is killed and removed on drop.
+pub struct Cluster {
+    /// The replicas, by node id.
+    pub nodes: BTreeMap<u64, Replica>,
+    /// Cluster name.
+    pub name: String,
+    opts: Options,
+    members: String,
+    dir: TempDir,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `opts.nodes` replicas as a new cluster and waits for a leader.
+    pub async fn start(opts: Options) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("concord-test").tempdir()?;
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            name: format!("test-{}", std::process::id()),
+            opts: opts.clone(),
+            members: String::new(),
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()?,
+        };
+        let peers: Vec<(u64, String)> = (1..=opts.nodes)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        cluster.members = peers
+            .iter()
+            .map(|(id, p)| format!("{id}={p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, peer) in peers {
+            let members = cluster.members.clone();
+            cluster.add_replica(id, peer, &members)?;
+        }
+        cluster.leader().await?;
+        Ok(cluster)
+    }
+
+    /// Creates and starts a replica process (not yet a member unless listed in `members`).
+    pub fn add_replica(&mut self, id: u64, peer: String, members: &str) -> Result<&mut Replica> {
+        let admin_port = free_port();
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let mut args = vec![
+            "--cluster".into(),
+            self.name.clone(),
+            "--node-id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--peer-addr".into(),
+            peer.clone(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--initial-members".into(),
+            if members.is_empty() {
+                "none".into()
+            } else {
+                members.to_string()
+            },
+            "--snapshot-threshold".into(),
+            self.opts.snapshot_threshold.to_string(),
+        ];
+        args.extend(self.opts.extra.iter().cloned());
+        let mut r = Replica {
+            id,
+            peer,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            data_dir,
+            log: self.dir.path().join(format!("node-{id}.log")),
+            args,
+            child: None,
+            restarts: 0,
+        };
+        r.start()?;
+        self.nodes.insert(id, r);
+        Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// The initial member list (`id=addr,…`).
+    pub fn members(&self) -> &str {
+        &self.members
+    }
+
+    /// The replica with this id.
+    pub fn node(&mut self, id: u64) -> &mut Replica {
+        self.nodes.get_mut(&id).expect("no such node")
+    }
+
+    /// Ids of the replicas that were started and not killed since.
+    pub fn up(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, r)| r.child.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    fn admin(&self, id: u64) -> &str {
+        &self.nodes[&id].admin
+    }
+
+    /// GET a JSON document from a replica.
+    pub async fn get(&self, id: u64, path: &str) -> Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.admin(id)))
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {path} on node {id}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// A replica's status.
+    pub async fn status(&self, id: u64) -> Result<Value> {
+        self.get(id, "/v1/status").await
+    }
+
+    /// Sends a request and returns the HTTP status and JSON body, whatever the status.
+    pub async fn send(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.admin(id)));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Puts builder `bid` through replica `id`; returns the revision it was committed at.
+    pub async fn put(&self, id: u64, bid: &str, port: u16) -> Result<u64> {
+        let body = json!({ "addr": format!("127.0.0.1:{port}"), "sni": sni(bid) });
+        let (status, v) = self
+            .send(
+                id,
+                reqwest::Method::PUT,
+                &format!("/v1/builders/{bid}"),
+                Some(body),
+            )
+            .await?;
+        if status != 200 {
+            bail!("put {bid} on node {id}: {status} {v}");
+        }
+        v["revision"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no revision in {v}"))
+    }
+
+    /// Removes builder `bid` through replica `id`.
+    pub async fn remove(&self, id: u64, bid: &str) -> Result<u64> {
+        let (status, v) = self
+            .send(
+                id,
+                reqwest::Method::DELETE,
+                &format!("/v1/builders/{bid}"),
+                None,
+            )
+            .await?;
+        if status != 200 {
+            bail!("remove {bid} on node {id}: {status} {v}");
+        }
+        v["revision"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no revision in {v}"))
+    }
+
+    /// The registry as replica `id` has applied it: (revision, ids).
+    pub async fn builders(&self, id: u64, consistent: bool) -> Result<(u64, Vec<String>)> {
+        let v = self
+            .get(id, &format!("/v1/builders?consistent={consistent}"))
+            .await?;
+        let ids = v["builders"]
+            .as_array()
+            .context("builders")?
+            .iter()
+            .filter_map(|b| b["id"].as_str().map(str::to_string))
+            .collect();
+        Ok((v["revision"].as_u64().context("revision")?, ids))
+    }
+
+    /// Waits until every replica that is up answers, all agree on one leader, and it calls
+    /// itself leader.
+    pub async fn leader(&self) -> Result<u64> {
+        eventually(Duration::from_secs(20), "one leader elected", || async {
+            let mut seen = None;
+            for id in self.up() {
+                let s = self.status(id).await?;
+                let l = s["leader"].as_u64().context("no leader known")?;
+                if seen.is_some_and(|x| x != l) {
+                    bail!("nodes disagree on the leader");
+                }
+                seen = Some(l);
+            }
+            let l = seen.context("no node answered")?;
+            let s = self.status(l).await?;
+            if s["role"] != "leader" {
+                bail!("node {l} is not leader yet");
+            }
+            Ok(l)
+        })
+        .await
+    }
+
+    /// Waits until every replica that is up has applied the same registry.
+    pub async fn converged(&self, timeout: Duration) -> Result<(u64, Vec<String>)> {
+        eventually(timeout, "replicas converge", || async {
+            let mut want: Option<(u64, Vec<String>)> = None;
+            for id in self.up() {
+                let got = self.builders(id, false).await?;
+                match &want {
+                    None => want = Some(got),
+                    Some(w) if *w != got => bail!("node {id} has {got:?}, another {w:?}"),
+                    Some(_) => {}
+                }
+            }
+            want.context("no node answered")
+        })
+        .await
+    }
+
+    /// The log tails of every replica, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .values()
+            .map(|r| format!("--- node {} ---\n{}", r.id, r.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The SNI name tests give builder `id`.
+pub fn sni(id: &str) -> String {
+    format!("{id}.builders.test")
+}

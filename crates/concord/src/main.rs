@@ -1,2 +1,97 @@
-//! concord
-fn main() {}
+//! concord: a replicated control plane for Envoy. One binary: `concord serve` runs a replica;
+//! the other subcommands are the operator's client of a replica's admin API.
+
+mod admin;
+mod client;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+/// A replicated control plane for Envoy: replicas agree on a registry of builders through Raft.
+///
+/// Run three replicas with `concord serve --node-id 1|2|3` (the defaults form a local cluster on
+/// 127.0.0.1), then manage it with the `cluster` and `builders` subcommands.
+///
+/// Exit codes of the client subcommands: 0 done; 1 refused (bad input, conflict, not found);
+/// 2 usage error; 3 replica unreachable; 4 cluster unavailable (no leader, no quorum, timeout).
+#[derive(Parser)]
+#[command(name = "concord", version, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_LOG_FORMAT",
+        default_value = "human"
+    )]
+    log_format: LogFormat,
+
+    #[command(flatten)]
+    target: client::Target,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object a line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a replica.
+    Serve(Box<config::ServeArgs>),
+    /// Inspect and change the cluster's membership.
+    Cluster(client::ClusterCmd),
+    /// List, put and remove builders.
+    Builders(client::BuildersCmd),
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.resolve() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("concord: invalid configuration: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(cli.log_format);
+            match runtime.block_on(serve::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("concord: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cluster(cmd) => runtime.block_on(cmd.run(&cli.target)),
+        Command::Builders(cmd) => runtime.block_on(cmd.run(&cli.target)),
+    }
+}

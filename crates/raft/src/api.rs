@@ -61,7 +61,9 @@ pub enum ClientReply {
 #[serde(rename_all = "snake_case", tag = "code", content = "detail")]
 pub enum ClientError {
     /// No leader is known (an election is under way, or no quorum is reachable).
-    #[error("no leader: the cluster has not elected one within {waited_ms} ms (is a quorum of nodes up?)")]
+    #[error(
+        "no leader: the cluster has not elected one within {waited_ms} ms (is a quorum of nodes up?)"
+    )]
     NoLeader {
         /// How long the replica waited for one.
         waited_ms: u64,

@@ -153,7 +153,10 @@ impl Conn {
         Resp: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let mut client = self.net.client(&self.addr).map_err(CallError::Unreachable)?;
+        let mut client = self
+            .net
+            .client(&self.addr)
+            .map_err(CallError::Unreachable)?;
         let msg = Message {
             payload: serde_json::to_vec(rpc).expect("raft requests serialise"),
             data,
@@ -180,7 +183,9 @@ impl Conn {
         entries: u64,
     ) -> RPCError<NodeId, BasicNode, E> {
         match e {
-            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&AnyError::error(m))),
+            CallError::Unreachable(m) => {
+                RPCError::Unreachable(Unreachable::new(&AnyError::error(m)))
+            }
             CallError::Network(m) => RPCError::Network(NetworkError::new(&AnyError::error(m))),
             CallError::TooLarge => {
                 RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries.div_ceil(2)))

@@ -271,7 +271,8 @@ impl Node {
     }
 
     /// Executes `req` on the leader: here if this node leads, else forwarded to it. Waits (up to
-    /// the request timeout) through elections and leader changes; every request is idempotent
+    /// the request timeout) through elections, leader changes and a lost quorum (nothing is
+    /// proposed while the leader lacks one); every request is idempotent
     /// (upserts and removals of whole builders, membership to a target state), so retrying one
     /// whose first attempt may have committed is safe.
     pub async fn execute(&self, req: ClientRequest) -> Result<ClientReply, ClientError> {
@@ -300,10 +301,12 @@ impl Node {
                 Err(
                     ClientError::NotLeader { .. }
                     | ClientError::NoLeader { .. }
+                    | ClientError::NoQuorum { .. }
                     | ClientError::LeaderUnreachable { .. },
                 ) if Instant::now() < deadline => {
                     // Wait for news of a leader, but re-check soon: a dead leader is only
-                    // replaced after an election timeout.
+                    // replaced after an election timeout, and a leader whose followers just came
+                    // back hears from them within a heartbeat or a replication backoff.
                     let pause = remaining.min(Duration::from_millis(50));
                     let _ = tokio::time::timeout(pause, metrics.changed()).await;
                 }
@@ -340,9 +343,7 @@ impl Node {
             }
             ClientRequest::AddLearner { node_id, addr } => {
                 self.check_quorum()?;
-                let fut = self
-                    .raft
-                    .add_learner(node_id, BasicNode::new(addr), false);
+                let fut = self.raft.add_learner(node_id, BasicNode::new(addr), false);
                 let resp = tokio::time::timeout(timeout, fut)
                     .await
                     .map_err(|_| timed_out())?
@@ -414,7 +415,10 @@ impl Node {
         })
     }
 
-    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClientError {
+    fn write_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> ClientError {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClientError::NotLeader {
                 node: self.config.node_id,
@@ -455,7 +459,9 @@ impl Node {
     /// and this replica has applied everything committed before the read began.
     pub async fn read_barrier(&self) -> Result<(), ClientError> {
         let ClientReply::ReadIndex { index } = self.execute(ClientRequest::ReadIndex).await? else {
-            return Err(ClientError::Unavailable("unexpected reply to a read".into()));
+            return Err(ClientError::Unavailable(
+                "unexpected reply to a read".into(),
+            ));
         };
         self.raft
             .wait(Some(self.config.request_timeout))

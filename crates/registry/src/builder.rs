@@ -96,10 +96,7 @@ impl Builder {
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'-');
         if !region_ok {
-            return Err(InvalidBuilder::Region(
-                self.region.clone(),
-                self.id.clone(),
-            ));
+            return Err(InvalidBuilder::Region(self.region.clone(), self.id.clone()));
         }
         if self.labels.len() > MAX_LABELS {
             return Err(InvalidBuilder::Labels(

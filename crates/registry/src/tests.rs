@@ -158,14 +158,20 @@ fn if_revision_fences_stale_proposals() {
         })
     );
     late.if_revision = Some(5);
-    assert!(matches!(r.apply(7, &late), Outcome::Applied { revision: 7, .. }));
+    assert!(matches!(
+        r.apply(7, &late),
+        Outcome::Applied { revision: 7, .. }
+    ));
 }
 
 #[test]
 fn duplicate_and_contradictory_batches_are_rejected() {
     let mut r = Registry::new();
     assert!(matches!(
-        r.apply(1, &put(vec![b("a", 1, Source::Api), b("a", 2, Source::Api)])),
+        r.apply(
+            1,
+            &put(vec![b("a", 1, Source::Api), b("a", 2, Source::Api)])
+        ),
         Outcome::Rejected(Rejection::DuplicateId(_))
     ));
     let mut cmd = put(vec![b("a", 1, Source::Api)]);
@@ -186,17 +192,15 @@ fn command_json_round_trips() {
 
 /// Builders over a small id and port space, so that sets overlap and differ in interesting ways.
 fn arb_set(source: Source) -> impl Strategy<Value = BTreeMap<String, Builder>> {
-    proptest::collection::btree_map(0u8..12, (1u16..4, "[a-z]{0,2}"), 0..10).prop_map(
-        move |m| {
-            m.into_iter()
-                .map(|(i, (port, region))| {
-                    let mut x = b(&format!("b{i}"), port, source);
-                    x.region = region;
-                    (x.id.clone(), x)
-                })
-                .collect()
-        },
-    )
+    proptest::collection::btree_map(0u8..12, (1u16..4, "[a-z]{0,2}"), 0..10).prop_map(move |m| {
+        m.into_iter()
+            .map(|(i, (port, region))| {
+                let mut x = b(&format!("b{i}"), port, source);
+                x.region = region;
+                (x.id.clone(), x)
+            })
+            .collect()
+    })
 }
 
 fn load(set: &BTreeMap<String, Builder>, revision: u64) -> Registry {

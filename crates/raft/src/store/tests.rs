@@ -5,7 +5,9 @@ use crate::TypeConfig;
 use concord_registry::{Batch, Command, Source};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{RaftSnapshotBuilder, CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote,
+};
 use tempfile::TempDir;
 
 fn identity(node_id: NodeId) -> Identity {
@@ -85,12 +87,25 @@ async fn refuses_data_dir_of_another_node_or_cluster() {
     let dir = TempDir::new().unwrap();
     drop(open(dir.path(), &identity(1)).await.unwrap());
     let err = open(dir.path(), &identity(2)).await.err().unwrap();
-    assert!(matches!(err, OpenError::NodeIdMismatch { found: 1, expected: 2, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            OpenError::NodeIdMismatch {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let mut other = identity(1);
     other.cluster = "elsewhere".into();
     let err = open(dir.path(), &other).await.err().unwrap();
     assert!(matches!(err, OpenError::ForeignCluster { .. }), "{err}");
-    assert!(err.to_string().contains("belongs to cluster \"test\""), "{err}");
+    assert!(
+        err.to_string().contains("belongs to cluster \"test\""),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -98,7 +113,12 @@ async fn snapshot_restores_a_fresh_state_machine() {
     let src = TempDir::new().unwrap();
     let (_, mut sm) = open(src.path(), &identity(1)).await.unwrap();
     sm.apply(vec![entry(1, "a"), entry(2, "b")]).await.unwrap();
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
 
     let dst = TempDir::new().unwrap();
     {

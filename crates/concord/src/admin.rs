@@ -1,0 +1,296 @@
+//! The admin HTTP API (JSON), on every replica.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | GET | `/healthz` | liveness |
+//! | GET | `/v1/status` | node id, role, term, leader, log and applied index, revision, members |
+//! | GET | `/v1/builders[?consistent=true]` | the registry (linearizable when asked) |
+//! | GET | `/v1/builders/{id}[?consistent=true]` | one builder |
+//! | PUT | `/v1/builders/{id}` | put a builder (source `api`), answered after commit |
+//! | DELETE | `/v1/builders/{id}` | remove a builder, answered after commit |
+//! | POST | `/v1/cluster/learners` | `{"node_id":4,"addr":"host:port"}`: add a learner |
+//! | POST | `/v1/cluster/voters` | `{"node_id":4}`: promote a learner |
+//! | DELETE | `/v1/cluster/members/{id}` | remove a node |
+//!
+//! Writes are accepted on any replica and forwarded to the leader. Errors are
+//! `{"error":{"code":…,"message":…}}` with 400 (bad request), 404, 409 (refused by the registry or
+//! membership rules), 503 (no leader, no quorum) or 504 (not committed in time).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
+use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Builds the admin router for `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/status", get(status))
+        .route("/v1/builders", get(list_builders))
+        .route(
+            "/v1/builders/{id}",
+            get(get_builder).put(put_builder).delete(remove_builder),
+        )
+        .route("/v1/cluster/learners", post(add_learner))
+        .route("/v1/cluster/voters", post(promote))
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(remove_member),
+        )
+        .with_state(node)
+}
+
+/// An API error: HTTP status, a stable code, and a message for people.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        let (status, code) = match &e {
+            ClientError::NoLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+            ClientError::NoQuorum { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+            ClientError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ClientError::LeaderUnreachable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable")
+            }
+            ClientError::Rejected(Rejection::InvalidBuilder(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_builder")
+            }
+            ClientError::Rejected(_) => (StatusCode::CONFLICT, "rejected"),
+            ClientError::Membership(_) => (StatusCode::CONFLICT, "membership"),
+            ClientError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+            ClientError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn bad_json(e: JsonRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Json<concord_raft::Status> {
+    Json(node.status())
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    /// Confirm with the leader before reading, so the read reflects every committed write.
+    #[serde(default)]
+    consistent: bool,
+}
+
+#[derive(Serialize)]
+struct BuilderList {
+    revision: u64,
+    builders: Vec<Arc<Builder>>,
+}
+
+async fn list_builders(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Json<BuilderList>, ApiError> {
+    if q.consistent {
+        node.read_barrier().await?;
+    }
+    let reg = node.registry().borrow().clone();
+    Ok(Json(BuilderList {
+        revision: reg.revision(),
+        builders: reg.iter().cloned().collect(),
+    }))
+}
+
+async fn get_builder(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if q.consistent {
+        node.read_barrier().await?;
+    }
+    let reg = node.registry().borrow().clone();
+    match reg.get(&id) {
+        Some(b) => Ok(Json(json!({ "revision": reg.revision(), "builder": b }))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no builder {id:?} at revision {}", reg.revision()),
+        )),
+    }
+}
+
+/// The body of a put; the id comes from the path and the source is always `api`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBuilder {
+    addr: SocketAddr,
+    sni: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct WriteResult {
+    revision: u64,
+    changed: bool,
+    log_index: u64,
+}
+
+async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError> {
+    let cmd = Command::new(Source::Api, batch);
+    match node.execute(ClientRequest::Write(cmd)).await? {
+        ClientReply::Written {
+            log_index,
+            outcome: Outcome::Applied { revision, changed },
+        } => Ok(Json(WriteResult {
+            revision,
+            changed,
+            log_index,
+        })),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected reply {other:?}"),
+        )),
+    }
+}
+
+async fn put_builder(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Result<Json<PutBuilder>, JsonRejection>,
+) -> Result<Json<WriteResult>, ApiError> {
+    let Json(p) = body.map_err(bad_json)?;
+    let b = Builder {
+        id,
+        addr: p.addr,
+        sni: p.sni,
+        region: p.region,
+        labels: p.labels,
+        source: Source::Api,
+    };
+    // Refuse what the registry would refuse before it costs a log entry.
+    b.validate()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_builder", e.to_string()))?;
+    write(
+        &node,
+        Batch {
+            upserts: vec![b],
+            removes: vec![],
+        },
+    )
+    .await
+}
+
+async fn remove_builder(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<WriteResult>, ApiError> {
+    write(
+        &node,
+        Batch {
+            upserts: vec![],
+            removes: vec![id],
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddLearner {
+    node_id: NodeId,
+    addr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Promote {
+    node_id: NodeId,
+}
+
+async fn membership(node: &Node, req: ClientRequest) -> Result<Json<serde_json::Value>, ApiError> {
+    match node.execute(req).await? {
+        ClientReply::Membership { log_index } => Ok(Json(json!({ "log_index": log_index }))),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected reply {other:?}"),
+        )),
+    }
+}
+
+async fn add_learner(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<AddLearner>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(a) = body.map_err(bad_json)?;
+    if a.node_id == 0
+        || a.addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "node id must be 1 or more and addr host:port (got {} and {:?})",
+                a.node_id, a.addr
+            ),
+        ));
+    }
+    membership(
+        &node,
+        ClientRequest::AddLearner {
+            node_id: a.node_id,
+            addr: a.addr,
+        },
+    )
+    .await
+}
+
+async fn promote(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<Promote>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(p) = body.map_err(bad_json)?;
+    membership(&node, ClientRequest::Promote { node_id: p.node_id }).await
+}
+
+async fn remove_member(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<NodeId>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    membership(&node, ClientRequest::Remove { node_id: id }).await
+}

@@ -1,0 +1,355 @@
+//! The operator's client: `concord cluster …` and `concord builders …` talk to any replica's admin
+//! API, which forwards writes to the leader.
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where to send a client command, and how to print the answer.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// Admin API of any replica (`host:port` or `http://host:port`).
+    #[arg(
+        long,
+        env = "CONCORD_ADMIN",
+        default_value = "127.0.0.1:8101",
+        global = true
+    )]
+    admin: String,
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `concord cluster`.
+#[derive(Args)]
+pub struct ClusterCmd {
+    #[command(subcommand)]
+    cmd: ClusterSub,
+}
+
+#[derive(Subcommand)]
+enum ClusterSub {
+    /// Show the replica's role, term, leader, log and applied index, revision and members.
+    Status,
+    /// Add a node as a learner: it receives the log but does not vote yet.
+    AddLearner {
+        /// The new node's id.
+        node_id: u64,
+        /// Its peer address, host:port.
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's id.
+        node_id: u64,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// The node's id.
+        node_id: u64,
+    },
+}
+
+/// `concord builders`.
+#[derive(Args)]
+pub struct BuildersCmd {
+    #[command(subcommand)]
+    cmd: BuildersSub,
+}
+
+#[derive(Subcommand)]
+enum BuildersSub {
+    /// List the registry.
+    List {
+        /// Confirm with the leader first, so the list includes every committed write.
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// Show one builder.
+    Get {
+        /// Builder id.
+        id: String,
+        /// Confirm with the leader first.
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// Put a builder (source `api`); returns once the cluster has committed it.
+    Put {
+        /// Builder id.
+        id: String,
+        /// Address Envoy connects to, ip:port.
+        #[arg(long)]
+        addr: String,
+        /// TLS server name clients use to reach it.
+        #[arg(long)]
+        sni: String,
+        /// Region.
+        #[arg(long, default_value = "")]
+        region: String,
+        /// Label key=value; repeatable.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Remove a builder; returns once the cluster has committed it.
+    Rm {
+        /// Builder id.
+        id: String,
+    },
+}
+
+/// A failed client call and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Target {
+    fn url(&self, path: &str) -> String {
+        let base = self.admin.trim_end_matches('/');
+        if base.starts_with("http://") || base.starts_with("https://") {
+            format!("{base}{path}")
+        } else {
+            format!("http://{base}{path}")
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let url = self.url(path);
+        let mut req = client.request(method, &url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("cannot reach replica at {}: {}", self.admin, root_cause(&e)),
+        })?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        let code = if status.is_server_error() { 4 } else { 1 };
+        Err(Failure { code, message })
+    }
+
+    fn finish(
+        &self,
+        result: Result<Value, Failure>,
+        human: impl FnOnce(&Value) -> String,
+    ) -> ExitCode {
+        match result {
+            Ok(v) if self.json => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(v) => {
+                print!("{}", human(&v));
+                ExitCode::SUCCESS
+            }
+            Err(f) => {
+                eprintln!("concord: {}", f.message);
+                ExitCode::from(f.code)
+            }
+        }
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn written(v: &Value) -> String {
+    format!(
+        "ok: revision {} (log index {}{})\n",
+        v["revision"],
+        v["log_index"],
+        if v["changed"] == json!(false) {
+            ", no change"
+        } else {
+            ""
+        }
+    )
+}
+
+fn opt(v: &Value) -> String {
+    if v.is_null() {
+        "-".into()
+    } else {
+        v.to_string()
+    }
+}
+
+impl ClusterCmd {
+    /// Runs the subcommand and returns the process exit code.
+    pub async fn run(self, t: &Target) -> ExitCode {
+        use reqwest::Method;
+        match self.cmd {
+            ClusterSub::Status => {
+                let r = t.call(Method::GET, "/v1/status", None).await;
+                t.finish(r, |v| {
+                    let mut out = format!(
+                        "node {} ({}) of cluster {}, term {}\nleader: {}  last log: {}  applied: {}  \
+                         snapshot: {}  revision: {}  builders: {}\nmembers:\n",
+                        v["node_id"],
+                        v["role"].as_str().unwrap_or("?"),
+                        v["cluster"].as_str().unwrap_or("?"),
+                        v["term"],
+                        opt(&v["leader"]),
+                        opt(&v["last_log_index"]),
+                        opt(&v["applied_index"]),
+                        opt(&v["snapshot_index"]),
+                        v["revision"],
+                        v["builders"],
+                    );
+                    for m in v["members"].as_array().into_iter().flatten() {
+                        out += &format!(
+                            "  {:<4} {:<24} {}\n",
+                            m["id"],
+                            m["addr"].as_str().unwrap_or("?"),
+                            if m["voter"] == json!(true) { "voter" } else { "learner" }
+                        );
+                    }
+                    out
+                })
+            }
+            ClusterSub::AddLearner { node_id, addr } => {
+                let body = json!({ "node_id": node_id, "addr": addr });
+                let r = t
+                    .call(Method::POST, "/v1/cluster/learners", Some(body))
+                    .await;
+                t.finish(r, |v| {
+                    format!(
+                        "ok: node {node_id} added as learner (log index {})\n",
+                        v["log_index"]
+                    )
+                })
+            }
+            ClusterSub::Promote { node_id } => {
+                let r = t
+                    .call(
+                        Method::POST,
+                        "/v1/cluster/voters",
+                        Some(json!({ "node_id": node_id })),
+                    )
+                    .await;
+                t.finish(r, |v| {
+                    format!(
+                        "ok: node {node_id} is a voter (log index {})\n",
+                        v["log_index"]
+                    )
+                })
+            }
+            ClusterSub::Remove { node_id } => {
+                let r = t
+                    .call(
+                        Method::DELETE,
+                        &format!("/v1/cluster/members/{node_id}"),
+                        None,
+                    )
+                    .await;
+                t.finish(r, |v| {
+                    format!(
+                        "ok: node {node_id} removed (log index {})\n",
+                        v["log_index"]
+                    )
+                })
+            }
+        }
+    }
+}
+
+impl BuildersCmd {
+    /// Runs the subcommand and returns the process exit code.
+    pub async fn run(self, t: &Target) -> ExitCode {
+        use reqwest::Method;
+        match self.cmd {
+            BuildersSub::List { consistent } => {
+                let r = t
+                    .call(
+                        Method::GET,
+                        &format!("/v1/builders?consistent={consistent}"),
+                        None,
+                    )
+                    .await;
+                t.finish(r, |v| {
+                    let mut out = format!(
+                        "revision {}\n{:<20} {:<24} {:<40} {:<8} SOURCE\n",
+                        v["revision"], "ID", "ADDR", "SNI", "REGION"
+                    );
+                    for b in v["builders"].as_array().into_iter().flatten() {
+                        out += &format!(
+                            "{:<20} {:<24} {:<40} {:<8} {}\n",
+                            b["id"].as_str().unwrap_or(""),
+                            b["addr"].as_str().unwrap_or(""),
+                            b["sni"].as_str().unwrap_or(""),
+                            b["region"].as_str().unwrap_or(""),
+                            b["source"].as_str().unwrap_or(""),
+                        );
+                    }
+                    out
+                })
+            }
+            BuildersSub::Get { id, consistent } => {
+                let r = t
+                    .call(
+                        Method::GET,
+                        &format!("/v1/builders/{id}?consistent={consistent}"),
+                        None,
+                    )
+                    .await;
+                t.finish(r, |v| {
+                    format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&v["builder"]).unwrap_or_default()
+                    )
+                })
+            }
+            BuildersSub::Put {
+                id,
+                addr,
+                sni,
+                region,
+                labels,
+            } => {
+                let mut map = serde_json::Map::new();
+                for l in &labels {
+                    let Some((k, v)) = l.split_once('=') else {
+                        eprintln!("concord: invalid --label {l:?}: expected KEY=VALUE");
+                        return ExitCode::from(2);
+                    };
+                    map.insert(k.to_string(), Value::String(v.to_string()));
+                }
+                let body = json!({ "addr": addr, "sni": sni, "region": region, "labels": map });
+                let r = t
+                    .call(Method::PUT, &format!("/v1/builders/{id}"), Some(body))
+                    .await;
+                t.finish(r, written)
+            }
+            BuildersSub::Rm { id } => {
+                let r = t
+                    .call(Method::DELETE, &format!("/v1/builders/{id}"), None)
+                    .await;
+                t.finish(r, written)
+            }
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! `concord serve` configuration: flags, with environment fallbacks, over an optional TOML file,
+//! over defaults that run a local three-node cluster with no editing. Validated once, before
+//! anything starts, into a [`ServeConfig`].
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use concord_raft::{NodeConfig, NodeId};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The initial member list of the local cluster that `deploy/local` runs.
+pub const DEFAULT_MEMBERS: &str = "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103";
+
+/// Flags of `concord serve`. Each has an environment fallback and a key in the config file
+/// (the flag's name without dashes' prefix, e.g. `node-id = 2`).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (flags and environment take precedence).
+    #[arg(long, env = "CONCORD_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Name of the cluster. A replica refuses peers and data dirs of another cluster.
+    /// [default: concord]
+    #[arg(long, env = "CONCORD_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// This replica's node id (1 or more), unique in the cluster and tied to its data dir.
+    /// [default: 1]
+    #[arg(long, env = "CONCORD_NODE_ID")]
+    pub node_id: Option<NodeId>,
+
+    /// Directory of this replica's Raft log and state. [default: ./concord-data/node-<id>]
+    #[arg(long, env = "CONCORD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address the peer (Raft) gRPC server listens on. [default: 127.0.0.1:7100+<id>]
+    #[arg(long, env = "CONCORD_PEER_ADDR", value_name = "IP:PORT")]
+    pub peer_addr: Option<SocketAddr>,
+
+    /// Address other replicas dial to reach this one, if not --peer-addr (e.g. behind NAT or
+    /// when listening on 0.0.0.0).
+    #[arg(long, env = "CONCORD_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+
+    /// Address of the admin HTTP API. [default: 127.0.0.1:8100+<id>]
+    #[arg(long, env = "CONCORD_ADMIN_ADDR", value_name = "IP:PORT")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Members of a new cluster as `id=host:port` peer addresses, comma separated. Give every
+    /// initial node the same list; a node in it initialises the cluster on its first start
+    /// (harmless on all of them, never repeated after a restart). `none` for a node that will
+    /// be added later with `concord cluster add-learner`.
+    /// [default: 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103]
+    #[arg(long, env = "CONCORD_INITIAL_MEMBERS", value_name = "LIST")]
+    pub initial_members: Option<String>,
+
+    /// Leader heartbeat interval in milliseconds. [default: 50]
+    #[arg(long, env = "CONCORD_HEARTBEAT_MS", value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Election timeout range in milliseconds, `min-max`. [default: 150-300]
+    #[arg(long, env = "CONCORD_ELECTION_TIMEOUT_MS", value_name = "MIN-MAX")]
+    pub election_timeout_ms: Option<String>,
+
+    /// Build a snapshot and compact the log after this many entries. [default: 5000]
+    #[arg(long, env = "CONCORD_SNAPSHOT_THRESHOLD", value_name = "ENTRIES")]
+    pub snapshot_threshold: Option<u64>,
+
+    /// How long a client request may wait for a leader and for its commit, in milliseconds.
+    /// [default: 5000]
+    #[arg(long, env = "CONCORD_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+
+    /// A leader that has not heard from a majority for this many milliseconds refuses writes at
+    /// once instead of letting them hang. [default: 1000]
+    #[arg(long, env = "CONCORD_QUORUM_TIMEOUT_MS", value_name = "MS")]
+    pub quorum_timeout_ms: Option<u64>,
+}
+
+/// The validated configuration of one replica.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Raft settings.
+    pub node: NodeConfig,
+    /// Where the admin HTTP API listens.
+    pub admin_addr: SocketAddr,
+}
+
+impl ServeArgs {
+    /// Layers flags/env over the file (if any) and validates the result.
+    pub fn resolve(self) -> Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => ServeArgs::default(),
+        };
+        let a = self.over(file);
+
+        let cluster = a.cluster.unwrap_or_else(|| "concord".into());
+        let cluster_ok = !cluster.is_empty()
+            && cluster.len() <= 63
+            && cluster
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        if !cluster_ok {
+            bail!("invalid --cluster {cluster:?}: use 1 to 63 ASCII letters, digits, '-' or '_'");
+        }
+        let node_id = a.node_id.unwrap_or(1);
+        if node_id == 0 {
+            bail!("invalid --node-id 0: node ids start at 1");
+        }
+        let default_port = |base: u64, flag: &str| -> Result<SocketAddr> {
+            let port = u16::try_from(base + node_id).with_context(|| {
+                format!("node id {node_id} is too large for a default {flag}; set {flag}")
+            })?;
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        };
+        let peer_addr = match a.peer_addr {
+            Some(addr) => addr,
+            None => default_port(7100, "--peer-addr")?,
+        };
+        let admin_addr = match a.admin_addr {
+            Some(addr) => addr,
+            None => default_port(8100, "--admin-addr")?,
+        };
+        if peer_addr == admin_addr {
+            bail!("--peer-addr and --admin-addr are both {peer_addr}; they need their own ports");
+        }
+        let advertise = match a.advertise_addr {
+            Some(addr) => {
+                check_host_port(&addr).context("invalid --advertise-addr")?;
+                addr
+            }
+            None if peer_addr.ip().is_unspecified() => {
+                bail!(
+                    "--peer-addr {peer_addr} is not an address peers can dial; set --advertise-addr"
+                )
+            }
+            None => peer_addr.to_string(),
+        };
+        let members = parse_members(a.initial_members.as_deref().unwrap_or(DEFAULT_MEMBERS))?;
+        if let Some(listed) = members.get(&node_id)
+            && *listed != advertise
+        {
+            bail!(
+                "conflicting node id: --initial-members lists node {node_id} at {listed}, but this \
+                 node advertises {advertise}; fix --node-id or the member list"
+            );
+        }
+        let heartbeat = a.heartbeat_ms.unwrap_or(50);
+        let (emin, emax) = parse_range(a.election_timeout_ms.as_deref().unwrap_or("150-300"))?;
+        if heartbeat == 0 || heartbeat >= emin {
+            bail!(
+                "--heartbeat-ms {heartbeat} must be above 0 and below the election timeout \
+                 minimum {emin}"
+            );
+        }
+        let snapshot_threshold = a.snapshot_threshold.unwrap_or(5000);
+        if snapshot_threshold == 0 {
+            bail!("--snapshot-threshold must be at least 1");
+        }
+        let request_timeout = a.request_timeout_ms.unwrap_or(5000);
+        let quorum_timeout = a.quorum_timeout_ms.unwrap_or(1000);
+        if request_timeout < emax || quorum_timeout <= heartbeat {
+            bail!(
+                "--request-timeout-ms ({request_timeout}) must cover an election ({emax} ms) and \
+                 --quorum-timeout-ms ({quorum_timeout}) must exceed the heartbeat ({heartbeat} ms)"
+            );
+        }
+        let data_dir = a
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("concord-data/node-{node_id}")));
+        Ok(ServeConfig {
+            node: NodeConfig {
+                cluster,
+                node_id,
+                data_dir,
+                listen_addr: peer_addr,
+                initial_members: members,
+                heartbeat: Duration::from_millis(heartbeat),
+                election_timeout_min: Duration::from_millis(emin),
+                election_timeout_max: Duration::from_millis(emax),
+                snapshot_threshold,
+                request_timeout: Duration::from_millis(request_timeout),
+                quorum_timeout: Duration::from_millis(quorum_timeout),
+            },
+            admin_addr,
+        })
+    }
+
+    /// `self` where set, else `file`.
+    fn over(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            cluster: self.cluster.or(file.cluster),
+            node_id: self.node_id.or(file.node_id),
+            data_dir: self.data_dir.or(file.data_dir),
+            peer_addr: self.peer_addr.or(file.peer_addr),
+            advertise_addr: self.advertise_addr.or(file.advertise_addr),
+            admin_addr: self.admin_addr.or(file.admin_addr),
+            initial_members: self.initial_members.or(file.initial_members),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
+            election_timeout_ms: self.election_timeout_ms.or(file.election_timeout_ms),
+            snapshot_threshold: self.snapshot_threshold.or(file.snapshot_threshold),
+            request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
+            quorum_timeout_ms: self.quorum_timeout_ms.or(file.quorum_timeout_ms),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<ServeArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn check_host_port(s: &str) -> Result<()> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("{s:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{s:?} has an invalid port"))?;
+    if host.is_empty() || port == 0 {
+        bail!("{s:?} is not host:port with a non-zero port");
+    }
+    Ok(())
+}
+
+/// Parses `1=host:port,2=host:port`; `none` or an empty string is the empty set.
+pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, String>> {
+    let mut members = BTreeMap::new();
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(members);
+    }
+    for item in s.split(',') {
+        let (id, addr) = item.trim().split_once('=').with_context(|| {
+            format!("invalid --initial-members entry {item:?}: expected id=host:port")
+        })?;
+        let id: NodeId = id
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .with_context(|| format!("invalid node id {id:?} in --initial-members"))?;
+        check_host_port(addr)
+            .with_context(|| format!("invalid address for node {id} in --initial-members"))?;
+        if members.values().any(|a| a == addr) {
+            bail!("--initial-members lists {addr} twice");
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            bail!("--initial-members lists node {id} twice");
+        }
+    }
+    Ok(members)
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64)> {
+    let err = || format!("invalid --election-timeout-ms {s:?}: expected MIN-MAX, e.g. 150-300");
+    let (a, b) = s.split_once('-').with_context(err)?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().with_context(err)?,
+        b.trim().parse().with_context(err)?,
+    );
+    if a == 0 || a >= b {
+        bail!("{}: MIN must be above 0 and below MAX", err());
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults_make_a_local_cluster() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.node.node_id, 1);
+        assert_eq!(c.node.listen_addr.to_string(), "127.0.0.1:7101");
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:8101");
+        assert_eq!(c.node.initial_members.len(), 3);
+        let c = ServeArgs {
+            node_id: Some(3),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.node.listen_addr.to_string(), "127.0.0.1:7103");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases: Vec<(ServeArgs, &str)> = vec![
+            (
+                ServeArgs {
+                    node_id: Some(0),
+                    ..args()
+                },
+                "node ids start at 1",
+            ),
+            (
+                ServeArgs {
+                    initial_members: Some("1=127.0.0.1:7101,x=foo".into()),
+                    ..args()
+                },
+                "expected id=host:port",
+            ),
+            (
+                ServeArgs {
+                    initial_members: Some("1=127.0.0.1:7101,2=127.0.0.1:7101".into()),
+                    ..args()
+                },
+                "twice",
+            ),
+            (
+                ServeArgs {
+                    peer_addr: Some("127.0.0.1:9999".parse().unwrap()),
+                    ..args()
+                },
+                "conflicting node id",
+            ),
+            (
+                ServeArgs {
+                    election_timeout_ms: Some("300-100".into()),
+                    ..args()
+                },
+                "MIN must be above 0 and below MAX",
+            ),
+            (
+                ServeArgs {
+                    cluster: Some("a b".into()),
+                    ..args()
+                },
+                "invalid --cluster",
+            ),
+        ];
+        for (a, want) in cases {
+            let err = format!("{:#}", a.resolve().unwrap_err());
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "node-id = 2\ncluster = \"prod\"\n").unwrap();
+        let c = ServeArgs {
+            config: Some(path.clone()),
+            cluster: Some("flag".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.node.node_id, 2);
+        assert_eq!(c.node.cluster, "flag");
+        std::fs::write(&path, "node_idd = 2\n").unwrap();
+        let err = format!(
+            "{:#}",
+            ServeArgs {
+                config: Some(path),
+                ..args()
+            }
+            .resolve()
+            .unwrap_err()
+        );
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Bad input gets a clear error and changes nothing: invalid config, invalid builders, duplicate
+//! SNI names, writes without a quorum, and data dirs of another node or cluster.
+
+use anyhow::{Result, ensure};
+use concord_tests::{Cluster, Options, concord_bin, eventually};
+use reqwest::Method;
+use serde_json::json;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn serve(args: &[&str]) -> (i32, String) {
+    let out = Command::new(concord_bin())
+        .arg("serve")
+        .args(args)
+        .output()
+        .expect("run concord");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_config_exits_before_starting() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--node-id", "0"], "node ids start at 1"),
+        (
+            &["--initial-members", "1=127.0.0.1:7101,2"],
+            "expected id=host:port",
+        ),
+        (&["--peer-addr", "not-an-address"], "invalid value"),
+        (
+            &["--election-timeout-ms", "300-100"],
+            "MIN must be above 0 and below MAX",
+        ),
+        (
+            &["--node-id", "2", "--peer-addr", "127.0.0.1:7999"],
+            "conflicting node id",
+        ),
+        (
+            &["--config", "/nonexistent/concord.toml"],
+            "cannot read config file",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = serve(args);
+        assert!(code != 0, "{args:?} should fail");
+        assert!(
+            err.contains(want),
+            "{args:?}: {err:?} should mention {want:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_builders_and_duplicate_sni_are_refused() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let cases = [
+        (
+            "b1",
+            json!({ "addr": "127.0.0.1", "sni": "b1.example.com" }),
+            400,
+        ),
+        (
+            "b1",
+            json!({ "addr": "0.0.0.0:80", "sni": "b1.example.com" }),
+            400,
+        ),
+        (
+            "b1",
+            json!({ "addr": "127.0.0.1:80", "sni": "Not A Name" }),
+            400,
+        ),
+        (
+            "b%20x",
+            json!({ "addr": "127.0.0.1:80", "sni": "bx.example.com" }),
+            400,
+        ),
+        ("b1", json!({ "addr": "127.0.0.1:80" }), 400),
+        (
+            "b1",
+            json!({ "addr": "127.0.0.1:80", "sni": "b1.example.com", "bogus": 1 }),
+            400,
+        ),
+    ];
+    for (id, body, want) in cases {
+        let (s, v) = c
+            .send(
+                1,
+                Method::PUT,
+                &format!("/v1/builders/{id}"),
+                Some(body.clone()),
+            )
+            .await?;
+        ensure!(s == want, "{body}: {s} {v}");
+        ensure!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+    c.put(2, "a", 9001).await?;
+    let (s, v) = c
+        .send(
+            3,
+            Method::PUT,
+            "/v1/builders/b",
+            Some(json!({ "addr": "127.0.0.1:9002", "sni": concord_tests::sni("a") })),
+        )
+        .await?;
+    ensure!(
+        s == 409
+            && v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("already used"),
+        "{s} {v}"
+    );
+    let (_, ids) = c.builders(1, true).await?;
+    ensure!(ids == ["a"], "only the valid builder exists: {ids:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn write_without_quorum_fails_in_time_and_applies_nothing() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let leader = c.leader().await?;
+    c.put(leader, "before", 9001).await?;
+    let others: Vec<u64> = c.nodes.keys().copied().filter(|&i| i != leader).collect();
+    for &id in &others {
+        c.node(id).kill();
+    }
+    // Once the lone leader knows it has lost its quorum, a write is refused at once.
+    eventually(
+        Duration::from_secs(10),
+        "leader notices it lost the quorum",
+        || async {
+            let s = c.status(leader).await?;
+            let age = s["millis_since_quorum_ack"].as_u64().unwrap_or(u64::MAX);
+            ensure!(s["role"] != "leader" || age > 1000, "{s}");
+            Ok(())
+        },
+    )
+    .await?;
+    let t0 = Instant::now();
+    let body = json!({ "addr": "127.0.0.1:9002", "sni": concord_tests::sni("lost") });
+    let (s, v) = c
+        .send(leader, Method::PUT, "/v1/builders/lost", Some(body))
+        .await?;
+    let took = t0.elapsed();
+    ensure!(s == 503, "{s} {v}");
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    ensure!(
+        msg.contains("no quorum") || msg.contains("no leader"),
+        "{msg}"
+    );
+    ensure!(took < Duration::from_secs(7), "took {took:?}");
+    // Bring the quorum back: the refused write never appears.
+    for &id in &others {
+        c.node(id).start()?;
+    }
+    c.leader().await?;
+    c.put(others[0], "after", 9003).await?;
+    let (_, ids) = c.builders(leader, true).await?;
+    ensure!(ids == ["after", "before"], "{ids:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    c.node(1).terminate()?;
+    let dir = c.nodes[&1].data_dir.display().to_string();
+    let members = c.members().to_string();
+    let peer1 = c.nodes[&1].peer.clone();
+    let admin = format!("127.0.0.1:{}", concord_tests::free_port());
+    let base = [
+        "--data-dir",
+        &dir,
+        "--initial-members",
+        &members,
+        "--admin-addr",
+        &admin,
+    ];
+    // Another cluster's name on this data dir.
+    let mut args = base.to_vec();
+    args.extend([
+        "--cluster",
+        "someone-else",
+        "--node-id",
+        "1",
+        "--peer-addr",
+        &peer1,
+    ]);
+    let (code, err) = serve(&args);
+    ensure!(
+        code != 0 && err.contains("belongs to cluster"),
+        "{code} {err}"
+    );
+    // Another node id on this data dir.
+    let peer = format!("127.0.0.1:{}", concord_tests::free_port());
+    let mut args = base.to_vec();
+    args.extend(["--cluster", &c.name, "--node-id", "7", "--peer-addr", &peer]);
+    let (code, err) = serve(&args);
+    ensure!(
+        code != 0 && err.contains("belongs to node 1"),
+        "{code} {err}"
+    );
+    // The rightful owner still starts from it.
+    c.node(1).start()?;
+    eventually(Duration::from_secs(20), "node 1 back", || async {
+        c.status(1).await.map(|_| ())
+    })
+    .await?;
+    Ok(())
+}
