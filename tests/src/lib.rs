@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -20,16 +20,28 @@ pub fn concord_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CONCORD_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-exe> → target/<profile>/concord
+    // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("concord");
+    let dir = exe.parent().expect("exe dir");
+    let bin = [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join("concord"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("concord"));
     assert!(
         bin.exists(),
         "{} not found: run `cargo build -p concord` first or set CONCORD_BIN",
         bin.display()
     );
     bin
+}
+
+/// Median, 99th percentile and maximum of `samples` (sorted in place), in milliseconds.
+pub fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| ms(samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1)]);
+    (at(0.5), at(0.99), ms(*samples.last().expect("samples")))
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again soon).

@@ -308,7 +308,7 @@ mod tests {
             ),
             (
                 ServeArgs {
-                    initial_members: Some("1=127.0.0.1:7101,x=foo".into()),
+                    initial_members: Some("1=127.0.0.1:7101,2".into()),
                     ..args()
                 },
                 "expected id=host:port",

@@ -207,8 +207,17 @@ impl Node {
             .iter()
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
             .collect();
-        // Safe on every initial member with the same set; refused (harmlessly) once the node
-        // has any log or vote, so a restarted node never re-initialises.
+        // A restarted node (any log or vote on disk) never re-initialises. On a new node it is
+        // safe on every initial member with the same set: the second proposal is refused.
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
+        {
+            tracing::debug!("already initialised");
+            return Ok(());
+        }
         match self.raft.initialize(nodes).await {
             Ok(()) => tracing::info!(members = ?members.keys(), "initialised a new cluster"),
             Err(RaftError::APIError(e)) => {
