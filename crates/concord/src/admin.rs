@@ -11,6 +11,7 @@
 //! | POST | `/v1/cluster/learners` | `{"node_id":4,"addr":"host:port"}`: add a learner |
 //! | POST | `/v1/cluster/voters` | `{"node_id":4}`: promote a learner |
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node |
+//! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //!
 //! Writes are accepted on any replica and forwarded to the leader. Errors are
 //! `{"error":{"code":…,"message":…}}` with 400 (bad request), 404, 409 (refused by the registry or
@@ -24,14 +25,22 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
+use concord_xds::XdsServer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Builds the admin router for `node`.
-pub fn router(node: Arc<Node>) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    node: Arc<Node>,
+    xds: XdsServer,
+}
+
+/// Builds the admin router for `node` and its ADS server.
+pub fn router(node: Arc<Node>, xds: XdsServer) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
@@ -46,7 +55,8 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/cluster/members/{id}",
             axum::routing::delete(remove_member),
         )
-        .with_state(node)
+        .route("/v1/envoys", get(envoys))
+        .with_state(AppState { node, xds })
 }
 
 /// An API error: HTTP status, a stable code, and a message for people.
@@ -98,8 +108,18 @@ fn bad_json(e: JsonRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
 }
 
-async fn status(State(node): State<Arc<Node>>) -> Json<concord_raft::Status> {
+async fn status(State(AppState { node, .. }): State<AppState>) -> Json<concord_raft::Status> {
     Json(node.status())
+}
+
+async fn envoys(State(AppState { node, xds }): State<AppState>) -> Json<serde_json::Value> {
+    let snapshot = xds.snapshot();
+    Json(json!({
+        "node_id": node.id(),
+        "revision": snapshot.revision(),
+        "nacks_total": xds.nacks_total(),
+        "envoys": xds.envoys(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -116,7 +136,7 @@ struct BuilderList {
 }
 
 async fn list_builders(
-    State(node): State<Arc<Node>>,
+    State(AppState { node, .. }): State<AppState>,
     Query(q): Query<ReadQuery>,
 ) -> Result<Json<BuilderList>, ApiError> {
     if q.consistent {
@@ -130,7 +150,7 @@ async fn list_builders(
 }
 
 async fn get_builder(
-    State(node): State<Arc<Node>>,
+    State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -187,7 +207,7 @@ async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError>
 }
 
 async fn put_builder(
-    State(node): State<Arc<Node>>,
+    State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<PutBuilder>, JsonRejection>,
 ) -> Result<Json<WriteResult>, ApiError> {
@@ -214,7 +234,7 @@ async fn put_builder(
 }
 
 async fn remove_builder(
-    State(node): State<Arc<Node>>,
+    State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<WriteResult>, ApiError> {
     write(
@@ -252,7 +272,7 @@ async fn membership(node: &Node, req: ClientRequest) -> Result<Json<serde_json::
 }
 
 async fn add_learner(
-    State(node): State<Arc<Node>>,
+    State(AppState { node, .. }): State<AppState>,
     body: Result<Json<AddLearner>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(a) = body.map_err(bad_json)?;
@@ -281,7 +301,7 @@ async fn add_learner(
 }
 
 async fn promote(
-    State(node): State<Arc<Node>>,
+    State(AppState { node, .. }): State<AppState>,
     body: Result<Json<Promote>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(p) = body.map_err(bad_json)?;
@@ -289,7 +309,7 @@ async fn promote(
 }
 
 async fn remove_member(
-    State(node): State<Arc<Node>>,
+    State(AppState { node, .. }): State<AppState>,
     Path(id): Path<NodeId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     membership(&node, ClientRequest::Remove { node_id: id }).await

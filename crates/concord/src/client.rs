@@ -353,3 +353,91 @@ impl BuildersCmd {
         }
     }
 }
+
+/// `concord envoy-bootstrap`.
+#[derive(Args)]
+pub struct BootstrapArgs {
+    /// The Envoy's node id, as the replicas will show it.
+    #[arg(long)]
+    node_id: String,
+    /// The Envoy's node cluster.
+    #[arg(long, default_value = "builders")]
+    node_cluster: String,
+    /// xDS address (host:port) of every replica, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    servers: Vec<String>,
+    /// Stream from the first server while it is healthy; the others are fallbacks.
+    #[arg(long)]
+    prefer_first: bool,
+    /// Envoy's own admin API address.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin_addr: std::net::SocketAddr,
+    /// Bind the builders' listener on this address instead of the replicas' default (for
+    /// several Envoys on one host).
+    #[arg(long, value_name = "IP:PORT")]
+    listener_address: Option<std::net::SocketAddr>,
+}
+
+impl BootstrapArgs {
+    /// Prints the bootstrap.
+    pub fn run(self) -> ExitCode {
+        let config = concord_xds::bootstrap::BootstrapConfig {
+            node_id: self.node_id,
+            node_cluster: self.node_cluster,
+            servers: self.servers,
+            prefer_first: self.prefer_first,
+            admin: self.admin_addr,
+            listener_address: self.listener_address,
+        };
+        match concord_xds::bootstrap::render(&config) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("concord: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+/// `concord envoys`: the Envoys streaming from one replica.
+pub async fn envoys(t: &Target) -> ExitCode {
+    let r = t.call(reqwest::Method::GET, "/v1/envoys", None).await;
+    t.finish(r, |v| {
+        let mut out = format!(
+            "replica node {} at revision {} ({} NACKs since start)\n{:<20} {:<8} {:<22} {:<22} LAST NACK\n",
+            v["node_id"], v["revision"], v["nacks_total"], "ENVOY", "STREAM", "CLUSTERS sent/acked", "LISTENERS sent/acked"
+        );
+        for e in v["envoys"].as_array().into_iter().flatten() {
+            let ty = |name: &str| {
+                let t = &e["types"][name];
+                format!(
+                    "{}/{}{}",
+                    opt(&t["sent"]),
+                    opt(&t["acked"]),
+                    if t["pending"] == json!(true) { " (pending)" } else { "" }
+                )
+            };
+            let nack = match e["last_nack"].as_object() {
+                Some(n) => format!(
+                    "{} v{}: {}",
+                    n["type_name"].as_str().unwrap_or(""),
+                    n["version"],
+                    n["message"].as_str().unwrap_or("")
+                ),
+                None => "-".into(),
+            };
+            out += &format!(
+                "{:<20} {:<8} {:<22} {:<22} {}\n",
+                e["node_id"].as_str().unwrap_or(""),
+                e["stream"].to_string(),
+                ty("clusters"),
+                ty("listeners"),
+                nack
+            );
+        }
+        out
+    })
+}

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use concord_raft::{NodeConfig, NodeId};
+use concord_xds::{ResourceConfig, XdsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -80,6 +81,36 @@ pub struct ServeArgs {
     /// once instead of letting them hang. [default: 1000]
     #[arg(long, env = "CONCORD_QUORUM_TIMEOUT_MS", value_name = "MS")]
     pub quorum_timeout_ms: Option<u64>,
+
+    /// Address of the Envoy ADS server (gRPC, with the gRPC health service).
+    /// [default: 127.0.0.1:18000+<id>]
+    #[arg(long, env = "CONCORD_XDS_ADDR", value_name = "IP:PORT")]
+    pub xds_addr: Option<SocketAddr>,
+
+    /// Name of the builders' listener in Envoy. Same on every replica. [default: builders]
+    #[arg(long, env = "CONCORD_ENVOY_LISTENER_NAME", value_name = "NAME")]
+    pub envoy_listener_name: Option<String>,
+
+    /// Address Envoy's builders' listener binds, unless an Envoy's bootstrap asks for another.
+    /// Same on every replica. [default: 0.0.0.0:10000]
+    #[arg(long, env = "CONCORD_ENVOY_LISTENER_ADDR", value_name = "IP:PORT")]
+    pub envoy_listener_addr: Option<SocketAddr>,
+
+    /// A replica out of contact with the quorum for this many milliseconds reports NOT_SERVING
+    /// and ends its Envoys' streams, so they move to a replica that still gets updates.
+    /// [default: 3000]
+    #[arg(long, env = "CONCORD_STALE_AFTER_MS", value_name = "MS")]
+    pub stale_after_ms: Option<u64>,
+
+    /// How long a stream whose Envoy already has a newer revision than this replica waits for
+    /// it before ending, so the Envoy tries another replica. [default: 2000]
+    #[arg(long, env = "CONCORD_CATCH_UP_TIMEOUT_MS", value_name = "MS")]
+    pub catch_up_timeout_ms: Option<u64>,
+
+    /// End each Envoy stream after about this many seconds so Envoys rebalance across
+    /// replicas; 0 for never. [default: 0]
+    #[arg(long, env = "CONCORD_MAX_STREAM_AGE_SECS", value_name = "SECS")]
+    pub max_stream_age_secs: Option<u64>,
 }
 
 /// The validated configuration of one replica.
@@ -89,6 +120,12 @@ pub struct ServeConfig {
     pub node: NodeConfig,
     /// Where the admin HTTP API listens.
     pub admin_addr: SocketAddr,
+    /// Where the ADS server listens.
+    pub xds_addr: SocketAddr,
+    /// ADS settings.
+    pub xds: XdsConfig,
+    /// Out of contact with the quorum this long, the replica stops serving Envoys.
+    pub stale_after: Duration,
 }
 
 impl ServeArgs {
@@ -127,8 +164,15 @@ impl ServeArgs {
             Some(addr) => addr,
             None => default_port(8100, "--admin-addr")?,
         };
-        if peer_addr == admin_addr {
-            bail!("--peer-addr and --admin-addr are both {peer_addr}; they need their own ports");
+        let xds_addr = match a.xds_addr {
+            Some(addr) => addr,
+            None => default_port(18000, "--xds-addr")?,
+        };
+        if peer_addr == admin_addr || peer_addr == xds_addr || admin_addr == xds_addr {
+            bail!(
+                "--peer-addr ({peer_addr}), --admin-addr ({admin_addr}) and --xds-addr \
+                 ({xds_addr}) need a port each"
+            );
         }
         let advertise = match a.advertise_addr {
             Some(addr) => {
@@ -171,6 +215,36 @@ impl ServeArgs {
                  --quorum-timeout-ms ({quorum_timeout}) must exceed the heartbeat ({heartbeat} ms)"
             );
         }
+        let stale_after = a.stale_after_ms.unwrap_or(3000);
+        if stale_after <= emax {
+            bail!(
+                "--stale-after-ms {stale_after} must exceed the election timeout maximum {emax}, \
+                 or every election would turn replicas away from their Envoys"
+            );
+        }
+        let listener_name = a.envoy_listener_name.unwrap_or_else(|| "builders".into());
+        if listener_name.is_empty()
+            || !listener_name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
+            bail!("invalid --envoy-listener-name {listener_name:?}");
+        }
+        let xds = XdsConfig {
+            identifier: format!("concord/{cluster}/node-{node_id}"),
+            catch_up_timeout: Duration::from_millis(a.catch_up_timeout_ms.unwrap_or(2000)),
+            max_stream_age: match a.max_stream_age_secs.unwrap_or(0) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            resources: ResourceConfig {
+                listener_name,
+                listener_addr: a
+                    .envoy_listener_addr
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 10000))),
+                ..ResourceConfig::default()
+            },
+        };
         let data_dir = a
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("concord-data/node-{node_id}")));
@@ -189,6 +263,9 @@ impl ServeArgs {
                 quorum_timeout: Duration::from_millis(quorum_timeout),
             },
             admin_addr,
+            xds_addr,
+            xds,
+            stale_after: Duration::from_millis(stale_after),
         })
     }
 
@@ -208,6 +285,12 @@ impl ServeArgs {
             snapshot_threshold: self.snapshot_threshold.or(file.snapshot_threshold),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
             quorum_timeout_ms: self.quorum_timeout_ms.or(file.quorum_timeout_ms),
+            xds_addr: self.xds_addr.or(file.xds_addr),
+            envoy_listener_name: self.envoy_listener_name.or(file.envoy_listener_name),
+            envoy_listener_addr: self.envoy_listener_addr.or(file.envoy_listener_addr),
+            stale_after_ms: self.stale_after_ms.or(file.stale_after_ms),
+            catch_up_timeout_ms: self.catch_up_timeout_ms.or(file.catch_up_timeout_ms),
+            max_stream_age_secs: self.max_stream_age_secs.or(file.max_stream_age_secs),
         }
     }
 }

@@ -52,6 +52,10 @@ enum Command {
     Cluster(client::ClusterCmd),
     /// List, put and remove builders.
     Builders(client::BuildersCmd),
+    /// Show the Envoys streaming from a replica: versions sent and ACKed, NACKs.
+    Envoys,
+    /// Print an Envoy bootstrap (YAML) that streams from every replica.
+    EnvoyBootstrap(client::BootstrapArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -96,5 +100,7 @@ fn main() -> ExitCode {
         }
         Command::Cluster(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Builders(cmd) => runtime.block_on(cmd.run(&cli.target)),
+        Command::Envoys => runtime.block_on(client::envoys(&cli.target)),
+        Command::EnvoyBootstrap(args) => args.run(),
     }
 }

@@ -5,7 +5,10 @@ use crate::admin;
 use crate::config::ServeConfig;
 use anyhow::{Context, Result};
 use concord_raft::Node;
+use concord_xds::XdsServer;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown may take before the process exits anyway.
@@ -20,6 +23,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         cluster = %config.node.cluster,
         peer_addr = %config.node.listen_addr,
         admin_addr = %config.admin_addr,
+        xds_addr = %config.xds_addr,
         data_dir = %config.node.data_dir.display(),
         "starting concord"
     );
@@ -27,9 +31,16 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
         .with_context(|| format!("cannot listen for the admin API on {}", config.admin_addr))?;
+    let xds_listener = tokio::net::TcpListener::bind(config.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen for Envoy ADS on {}", config.xds_addr))?;
     let (node, peer_server) = Node::start(config.node, shutdown.child_token()).await?;
 
-    let admin = axum::serve(admin_listener, admin::router(node.clone()))
+    let serving = watch_freshness(node.clone(), config.stale_after, shutdown.child_token());
+    let xds = XdsServer::new(config.xds, node.registry(), serving, shutdown.child_token());
+    let xds_server = tokio::spawn(xds.clone().serve(xds_listener));
+
+    let admin = axum::serve(admin_listener, admin::router(node.clone(), xds))
         .with_graceful_shutdown(shutdown.child_token().cancelled_owned());
     let admin = tokio::spawn(async move {
         if let Err(error) = admin.await {
@@ -44,6 +55,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let drain = async {
         node.shutdown().await;
         let _ = peer_server.await;
+        let _ = xds_server.await;
         let _ = admin.await;
     };
     if tokio::time::timeout(GRACE, drain).await.is_err() {
@@ -51,6 +63,39 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     }
     tracing::info!(node_id, "stopped");
     Ok(())
+}
+
+/// Publishes whether this replica is in contact with the quorum (DESIGN rule 6), checked every
+/// 100 ms; the ADS server ends its streams and reports NOT_SERVING while it is not.
+fn watch_freshness(
+    node: Arc<Node>,
+    stale_after: Duration,
+    shutdown: CancellationToken,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(true);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let gap = node.out_of_contact();
+            let fresh = gap <= stale_after;
+            if *tx.borrow() != fresh {
+                if fresh {
+                    tracing::info!("back in contact with the quorum; serving Envoys again");
+                } else {
+                    tracing::warn!(
+                        out_of_contact_ms = gap.as_millis() as u64,
+                        "out of contact with the quorum; turning Envoys away (NOT_SERVING)"
+                    );
+                }
+                tx.send_replace(fresh);
+            }
+        }
+    });
+    rx
 }
 
 async fn wait_for_signal() {

@@ -72,6 +72,8 @@ pub struct Node {
     raft: Raft,
     sm: StateMachine,
     network: Network,
+    /// When this node last accepted entries or a heartbeat from a leader.
+    leader_contact: std::sync::Mutex<Instant>,
 }
 
 /// A member of the cluster, as status shows it.
@@ -177,6 +179,7 @@ impl Node {
             raft,
             sm,
             network,
+            leader_contact: std::sync::Mutex::new(Instant::now()),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -480,6 +483,29 @@ impl Node {
             .map_err(|_| ClientError::Timeout {
                 waited_ms: self.config.request_timeout.as_millis() as u64,
             })
+    }
+
+    /// Records that a leader's append-entries (or heartbeat) was accepted just now.
+    pub(crate) fn touch_leader_contact(&self) {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// How long this replica has been out of contact with a quorum: on the leader, since a
+    /// majority last acknowledged it; elsewhere, since a leader last reached it. A replica out of
+    /// contact for long may be serving stale state (DESIGN rule 6).
+    pub fn out_of_contact(&self) -> Duration {
+        let m = self.raft.metrics().borrow().clone();
+        match (m.state, m.millis_since_quorum_ack) {
+            (ServerState::Leader, Some(ms)) => Duration::from_millis(ms),
+            _ => self
+                .leader_contact
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed(),
+        }
     }
 
     /// Stops Raft (the peer server stops with the shutdown token).

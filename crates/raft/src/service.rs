@@ -65,7 +65,11 @@ impl RaftRpc for PeerService {
     async fn append_entries(&self, req: Request<Message>) -> Result<Response<Message>, Status> {
         self.check(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.get_ref().payload)?;
-        reply(&self.node.raft().append_entries(rpc).await)
+        let resp = self.node.raft().append_entries(rpc).await;
+        if matches!(&resp, Ok(r) if r.is_success()) {
+            self.node.touch_leader_contact();
+        }
+        reply(&resp)
     }
 
     async fn vote(&self, req: Request<Message>) -> Result<Response<Message>, Status> {

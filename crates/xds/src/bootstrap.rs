@@ -1,0 +1,211 @@
+//! The Envoy bootstrap that connects an Envoy to every replica (DESIGN "How Envoys reach the
+//! cluster"): ADS over a static cluster of all replicas with HTTP/2 keepalives, gRPC health
+//! checks and a short reconnect backoff, so that when a replica dies or steps aside the Envoy is
+//! streaming from another within about a second.
+
+use crate::LISTENER_ADDRESS_KEY;
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+
+/// What goes into a bootstrap.
+#[derive(Debug, Clone)]
+pub struct BootstrapConfig {
+    /// The Envoy's node id (shown in the replicas' status).
+    pub node_id: String,
+    /// The Envoy's node cluster.
+    pub node_cluster: String,
+    /// xDS addresses of every replica (`host:port`).
+    pub servers: Vec<String>,
+    /// Prefer the first server while it is healthy (priority 0); the others are the fallback.
+    /// Without it the Envoy picks any healthy replica.
+    pub prefer_first: bool,
+    /// Envoy's admin API address.
+    pub admin: SocketAddr,
+    /// Ask the replicas for the builders' listener on this address instead of their default.
+    pub listener_address: Option<SocketAddr>,
+}
+
+/// Why a bootstrap cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// No replica given.
+    #[error("no servers: give every replica's xDS address with --servers")]
+    NoServers,
+    /// A server is not host:port.
+    #[error("invalid server {0:?}: expected host:port")]
+    BadServer(String),
+    /// A name that would break the YAML.
+    #[error("invalid {0} {1:?}: use letters, digits, '-', '_', '.' or ':'")]
+    BadName(&'static str, String),
+}
+
+fn plain(what: &'static str, s: &str) -> Result<(), BootstrapError> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BootstrapError::BadName(what, s.to_string()))
+    }
+}
+
+fn split(server: &str) -> Result<(&str, u16), BootstrapError> {
+    let bad = || BootstrapError::BadServer(server.to_string());
+    let (host, port) = server.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    plain("server host", host).map_err(|_| bad())?;
+    Ok((host, port))
+}
+
+/// Renders the bootstrap as YAML.
+pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
+    if c.servers.is_empty() {
+        return Err(BootstrapError::NoServers);
+    }
+    plain("node id", &c.node_id)?;
+    plain("node cluster", &c.node_cluster)?;
+    let servers = c
+        .servers
+        .iter()
+        .map(|s| split(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Names need DNS; addresses do not.
+    let all_ips = servers.iter().all(|(h, _)| h.parse::<IpAddr>().is_ok());
+    let mut y = String::new();
+    let w = &mut y;
+    let _ = writeln!(w, "# Envoy bootstrap written by `concord envoy-bootstrap`.");
+    let _ = writeln!(
+        w,
+        "# ADS from any of {} concord replica(s); see the concord README.",
+        servers.len()
+    );
+    let _ = writeln!(
+        w,
+        "node:\n  id: {}\n  cluster: {}",
+        c.node_id, c.node_cluster
+    );
+    if let Some(addr) = c.listener_address {
+        let _ = writeln!(w, "  metadata:\n    {LISTENER_ADDRESS_KEY}: \"{addr}\"");
+    }
+    let _ = writeln!(
+        w,
+        "admin:\n  address:\n    socket_address: {{ address: \"{}\", port_value: {} }}",
+        c.admin.ip(),
+        c.admin.port()
+    );
+    w.push_str(
+        "dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc:
+        cluster_name: concord_xds
+        # Reconnect fast when a replica dies or ends the stream.
+        retry_policy:
+          retry_back_off: { base_interval: 0.1s, max_interval: 1s }
+  cds_config: { ads: {}, resource_api_version: V3 }
+  lds_config: { ads: {}, resource_api_version: V3 }
+static_resources:
+  clusters:
+  - name: concord_xds
+",
+    );
+    let _ = writeln!(
+        w,
+        "    type: {}",
+        if all_ips { "STATIC" } else { "STRICT_DNS" }
+    );
+    w.push_str(
+        "    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options:
+            # Notice a dead replica within seconds even if no packet says so.
+            connection_keepalive: { interval: 1s, timeout: 1s }
+    # A replica that loses the quorum reports NOT_SERVING and is skipped on reconnect.
+    health_checks:
+    - timeout: 0.5s
+      interval: 1s
+      no_traffic_interval: 1s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      grpc_health_check: {}
+    load_assignment:
+      cluster_name: concord_xds
+      endpoints:
+",
+    );
+    for (i, (host, port)) in servers.iter().enumerate() {
+        let priority = if c.prefer_first && i > 0 { 1 } else { 0 };
+        let _ = writeln!(
+            w,
+            "      - priority: {priority}\n        lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: \"{host}\", port_value: {port} }} }} }}"
+        );
+    }
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BootstrapConfig {
+        BootstrapConfig {
+            node_id: "envoy-1".into(),
+            node_cluster: "builders".into(),
+            servers: vec!["127.0.0.1:18001".into(), "127.0.0.1:18002".into()],
+            prefer_first: true,
+            admin: "127.0.0.1:9901".parse().unwrap(),
+            listener_address: Some("127.0.0.1:10001".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn lists_every_server_with_priorities() {
+        let y = render(&config()).unwrap();
+        assert!(y.contains("type: STATIC"));
+        assert!(y.contains("- priority: 0\n        lb_endpoints:\n        - endpoint: { address: { socket_address: { address: \"127.0.0.1\", port_value: 18001"));
+        assert!(y.contains("- priority: 1\n"));
+        assert!(y.contains("concord.listener_address: \"127.0.0.1:10001\""));
+        let y = render(&BootstrapConfig {
+            servers: vec!["concord-0.concord:18000".into()],
+            ..config()
+        })
+        .unwrap();
+        assert!(y.contains("type: STRICT_DNS"));
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        assert!(matches!(
+            render(&BootstrapConfig {
+                servers: vec![],
+                ..config()
+            }),
+            Err(BootstrapError::NoServers)
+        ));
+        assert!(
+            render(&BootstrapConfig {
+                servers: vec!["nope".into()],
+                ..config()
+            })
+            .is_err()
+        );
+        assert!(
+            render(&BootstrapConfig {
+                node_id: "a\nb: c".into(),
+                ..config()
+            })
+            .is_err()
+        );
+    }
+}

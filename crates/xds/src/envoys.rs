@@ -1,0 +1,169 @@
+//! What this replica knows of the Envoys streaming from it: who, since when, which version of
+//! each type was sent and ACKed, and the last NACK — for the status endpoint and the CLI.
+
+use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One Envoy stream, as status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvoyStatus {
+    /// The Envoy's node id.
+    pub node_id: String,
+    /// The Envoy's node cluster.
+    pub node_cluster: String,
+    /// Stream id on this replica.
+    pub stream: u64,
+    /// Remote address of the stream.
+    pub peer: Option<String>,
+    /// When the stream started (Unix milliseconds).
+    pub connected_at_ms: u64,
+    /// Per type (`clusters`, `listeners`, or the type URL): versions sent and ACKed.
+    pub types: BTreeMap<String, TypeStatus>,
+    /// The last NACK on this stream.
+    pub last_nack: Option<NackStatus>,
+}
+
+/// Versions of one resource type on one stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatus {
+    /// The last version sent.
+    pub sent: Option<u64>,
+    /// The last version ACKed.
+    pub acked: Option<u64>,
+    /// Sent and not yet answered.
+    pub pending: bool,
+}
+
+/// A rejected config.
+#[derive(Debug, Clone, Serialize)]
+pub struct NackStatus {
+    /// Resource type.
+    pub type_name: String,
+    /// The rejected version.
+    pub version: u64,
+    /// Envoy's message.
+    pub message: String,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// Short names for the types this control plane serves.
+pub fn type_name(type_url: &str) -> String {
+    match type_url {
+        CLUSTER_TYPE => "clusters".into(),
+        LISTENER_TYPE => "listeners".into(),
+        other => other.to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The registry of connected Envoys on one replica.
+#[derive(Default)]
+pub struct Envoys {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: BTreeMap<u64, EnvoyStatus>,
+    /// (node id, type URL) → the last version that node NACKed here; survives reconnects.
+    nacked: HashMap<(String, String), u64>,
+    nacks_total: u64,
+}
+
+impl Envoys {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn with_type(&self, stream: u64, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+        self.with(|i| {
+            if let Some(s) = i.streams.get_mut(&stream) {
+                f(s.types.entry(type_name(type_url)).or_default());
+            }
+        })
+    }
+
+    pub(crate) fn connected(&self, stream: u64, node: &Node, peer: Option<SocketAddr>) {
+        let status = EnvoyStatus {
+            node_id: node.id.clone(),
+            node_cluster: node.cluster.clone(),
+            stream,
+            peer: peer.map(|p| p.to_string()),
+            connected_at_ms: now_ms(),
+            types: BTreeMap::new(),
+            last_nack: None,
+        };
+        self.with(|i| i.streams.insert(stream, status));
+    }
+
+    pub(crate) fn disconnected(&self, stream: u64) {
+        self.with(|i| i.streams.remove(&stream));
+    }
+
+    pub(crate) fn sent(&self, stream: u64, type_url: &str, version: u64) {
+        self.with_type(stream, type_url, |t| {
+            t.sent = Some(version);
+            t.pending = true;
+        });
+    }
+
+    pub(crate) fn acked(&self, stream: u64, type_url: &str, version: u64) {
+        self.with_type(stream, type_url, |t| {
+            t.acked = Some(version);
+            t.pending = false;
+        });
+    }
+
+    pub(crate) fn nacked(
+        &self,
+        stream: u64,
+        node_id: &str,
+        type_url: &str,
+        version: u64,
+        message: &str,
+    ) {
+        self.with_type(stream, type_url, |t| t.pending = false);
+        self.with(|i| {
+            i.nacks_total += 1;
+            i.nacked
+                .insert((node_id.to_string(), type_url.to_string()), version);
+            if let Some(s) = i.streams.get_mut(&stream) {
+                s.last_nack = Some(NackStatus {
+                    type_name: type_name(type_url),
+                    version,
+                    message: message.to_string(),
+                    at_ms: now_ms(),
+                });
+            }
+        });
+    }
+
+    pub(crate) fn nacked_before(&self, node_id: &str, type_url: &str) -> Option<u64> {
+        self.with(|i| {
+            i.nacked
+                .get(&(node_id.to_string(), type_url.to_string()))
+                .copied()
+        })
+    }
+
+    /// Every connected Envoy, by stream id.
+    pub fn list(&self) -> Vec<EnvoyStatus> {
+        self.with(|i| i.streams.values().cloned().collect())
+    }
+
+    /// NACKs received since start.
+    pub fn nacks_total(&self) -> u64 {
+        self.with(|i| i.nacks_total)
+    }
+}

@@ -1,0 +1,394 @@
+//! The ADS server of one replica (state of the world), with the standard gRPC health service.
+//!
+//! One task turns each applied registry revision into a [`Snapshot`] (built once, shared by every
+//! stream). Each stream runs [`StreamState`] against the latest snapshot: it answers requests,
+//! pushes new revisions to the types the Envoy subscribed to (clusters before listeners), and ends
+//! with UNAVAILABLE when this replica stops serving (DESIGN rule 6), when the Envoy is ahead of
+//! this replica for longer than the catch-up timeout (rule 3), or at the maximum stream age.
+
+use crate::LISTENER_ADDRESS_KEY;
+use crate::envoys::{EnvoyStatus, Envoys};
+use crate::resources::{ResourceConfig, Snapshot};
+use crate::sotw::{Decision, StreamState};
+use concord_registry::Registry;
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Settings of the ADS server.
+#[derive(Debug, Clone)]
+pub struct XdsConfig {
+    /// `control_plane.identifier` of every response: names this replica.
+    pub identifier: String,
+    /// How long a stream whose Envoy is ahead of this replica waits for it to catch up.
+    pub catch_up_timeout: Duration,
+    /// End streams after about this long (±10%), so Envoys rebalance across replicas.
+    pub max_stream_age: Option<Duration>,
+    /// The resources' shape.
+    pub resources: ResourceConfig,
+}
+
+struct Inner {
+    config: XdsConfig,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    serving: watch::Receiver<bool>,
+    envoys: Envoys,
+    next_stream: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// The xDS side of a replica. Cheap to clone.
+#[derive(Clone)]
+pub struct XdsServer {
+    inner: Arc<Inner>,
+}
+
+impl XdsServer {
+    /// Starts building snapshots from `registry`. `serving` is false while this replica is out of
+    /// contact with the quorum; streams end and health reports NOT_SERVING then.
+    pub fn new(
+        config: XdsConfig,
+        registry: watch::Receiver<Arc<Registry>>,
+        serving: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) -> XdsServer {
+        let snapshots = spawn_snapshots(registry, config.resources.clone(), shutdown.clone());
+        XdsServer {
+            inner: Arc::new(Inner {
+                config,
+                snapshots,
+                serving,
+                envoys: Envoys::default(),
+                next_stream: AtomicU64::new(1),
+                shutdown,
+            }),
+        }
+    }
+
+    /// The Envoys streaming from this replica now.
+    pub fn envoys(&self) -> Vec<EnvoyStatus> {
+        self.inner.envoys.list()
+    }
+
+    /// NACKs received since start.
+    pub fn nacks_total(&self) -> u64 {
+        self.inner.envoys.nacks_total()
+    }
+
+    /// The resources served now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshots.borrow().clone()
+    }
+
+    /// Serves ADS and gRPC health on `listener` until shutdown.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), tonic::transport::Error> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let mut serving = self.inner.serving.clone();
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let up = *serving.borrow_and_update();
+                let status = if up {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status("", status).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = serving.changed() => if r.is_err() { break },
+                }
+            }
+            // A draining replica tells health checkers first, so Envoys move on.
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        });
+        let shutdown = self.inner.shutdown.clone();
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(health)
+            .add_service(
+                AggregatedDiscoveryServiceServer::new(self)
+                    .max_decoding_message_size(16 * 1024 * 1024)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await
+    }
+}
+
+/// Rebuilds the snapshot whenever the applied revision moves.
+fn spawn_snapshots(
+    mut registry: watch::Receiver<Arc<Registry>>,
+    config: ResourceConfig,
+    shutdown: CancellationToken,
+) -> watch::Receiver<Arc<Snapshot>> {
+    let first = registry.borrow_and_update().clone();
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::build(first, config.clone())));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = registry.changed() => if r.is_err() { break },
+            }
+            let reg = registry.borrow_and_update().clone();
+            if reg.revision() == tx.borrow().revision() {
+                continue;
+            }
+            let config = config.clone();
+            // Large registries take milliseconds to encode: keep that off the async workers.
+            let snap = tokio::task::spawn_blocking(move || Snapshot::build(reg, config)).await;
+            match snap {
+                Ok(s) => {
+                    tracing::debug!(revision = s.revision(), "new xDS snapshot");
+                    tx.send_replace(Arc::new(s));
+                }
+                Err(error) => tracing::error!(%error, "building the xDS snapshot failed"),
+            }
+        }
+    });
+    rx
+}
+
+/// The listener address an Envoy asks for in its node metadata, if any.
+fn listener_addr(node: &Node) -> Option<SocketAddr> {
+    let fields = &node.metadata.as_ref()?.fields;
+    match fields.get(LISTENER_ADDRESS_KEY)?.kind.as_ref()? {
+        Kind::StringValue(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        if !*self.inner.serving.borrow() {
+            return Err(Status::unavailable(
+                "this replica is out of contact with the cluster's quorum; try another",
+            ));
+        }
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(4);
+        let stream = Stream {
+            xds: self.inner.clone(),
+            id: self.inner.next_stream.fetch_add(1, Ordering::Relaxed),
+            peer,
+            tx,
+            state: StreamState::new(),
+            node: None,
+            listener_addr: self.inner.snapshots.borrow().default_listener_addr(),
+            snapshots: self.inner.snapshots.clone(),
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "delta xDS is not served yet; use state of the world (ads_config.api_type: GRPC)",
+        ))
+    }
+}
+
+/// One ADS stream.
+struct Stream {
+    xds: Arc<Inner>,
+    id: u64,
+    peer: Option<SocketAddr>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    state: StreamState,
+    node: Option<Node>,
+    listener_addr: SocketAddr,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// Completes when a stream of this id has reached the maximum age (never, without one).
+async fn max_age(age: Option<Duration>, stream: u64) {
+    match age {
+        Some(age) => {
+            // ±10% jitter from the stream id, so Envoys do not reconnect in lockstep.
+            let spread = (stream.wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
+            tokio::time::sleep(age.mul_f64(0.9 + 0.2 * spread)).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a stream stopped.
+enum End {
+    /// The Envoy closed it, or this replica is shutting down.
+    Closed,
+    /// End it with this status so the Envoy reconnects (elsewhere).
+    Status(Status),
+}
+
+impl Stream {
+    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
+        let mut serving = self.xds.serving.clone();
+        let shutdown = self.xds.shutdown.clone();
+        let age = max_age(self.xds.config.max_stream_age, self.id);
+        let lost_quorum = async move {
+            let _ = serving.wait_for(|up| !*up).await;
+        };
+        tokio::pin!(age, lost_quorum);
+        let end = loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(End::Closed),
+                _ = &mut lost_quorum => Err(End::Status(Status::unavailable(
+                    "this replica lost contact with the cluster's quorum; reconnect to another",
+                ))),
+                _ = &mut age => Err(End::Status(Status::unavailable(
+                    "maximum stream age reached; reconnect",
+                ))),
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => self.on_request(req).await,
+                    Ok(None) | Err(_) => Err(End::Closed),
+                },
+                r = self.snapshots.changed() => match r {
+                    Ok(()) => self.push_stale().await,
+                    Err(_) => Err(End::Closed),
+                },
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        self.xds.envoys.disconnected(self.id);
+        if let End::Status(status) = end {
+            tracing::info!(
+                stream = self.id,
+                node = self.node_id(),
+                reason = status.message(),
+                "ending ADS stream"
+            );
+            let _ = self.tx.send(Err(status)).await;
+        } else {
+            tracing::debug!(stream = self.id, node = self.node_id(), "ADS stream closed");
+        }
+    }
+
+    fn node_id(&self) -> &str {
+        self.node.as_ref().map_or("", |n| n.id.as_str())
+    }
+
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), End> {
+        if self.node.is_none() {
+            let node = req.node.clone().unwrap_or_default();
+            if let Some(addr) = listener_addr(&node) {
+                self.listener_addr = addr;
+            }
+            tracing::info!(stream = self.id, node = %node.id, peer = ?self.peer, "Envoy connected");
+            self.xds.envoys.connected(self.id, &node, self.peer);
+            self.node = Some(node);
+        }
+        let current = self.snapshots.borrow().revision();
+        let error = req.error_detail.as_ref().map(|e| e.message.as_str());
+        let nacked_before = self.xds.envoys.nacked_before(self.node_id(), &req.type_url);
+        let decision = self.state.on_request(
+            &req.type_url,
+            &req.version_info,
+            &req.response_nonce,
+            error,
+            current,
+            nacked_before,
+        );
+        match decision {
+            Decision::Respond => self.send(&req.type_url).await?,
+            Decision::WaitFor(wanted) => {
+                let timeout = self.xds.config.catch_up_timeout;
+                let caught_up = matches!(
+                    tokio::time::timeout(
+                        timeout,
+                        self.snapshots.wait_for(|s| s.revision() >= wanted),
+                    )
+                    .await,
+                    Ok(Ok(_))
+                );
+                if !caught_up {
+                    return Err(End::Status(Status::unavailable(format!(
+                        "this replica has applied revision {current}, but the Envoy already has \
+                         {wanted}; not caught up within {timeout:?}, try another replica"
+                    ))));
+                }
+                self.send(&req.type_url).await?;
+            }
+            Decision::Acked(version) => {
+                self.xds.envoys.acked(self.id, &req.type_url, version);
+            }
+            Decision::Nacked { version, message } => {
+                tracing::warn!(
+                    stream = self.id,
+                    node = self.node_id(),
+                    type_url = %req.type_url,
+                    version,
+                    %message,
+                    "Envoy rejected a config (NACK); holding this version back from it"
+                );
+                self.xds
+                    .envoys
+                    .nacked(self.id, self.node_id(), &req.type_url, version, &message);
+            }
+            Decision::Ignore => {}
+        }
+        // A wait may have let the snapshot move past what other types were sent.
+        self.push_stale().await
+    }
+
+    async fn push_stale(&mut self) -> Result<(), End> {
+        let current = self.snapshots.borrow_and_update().revision();
+        for type_url in self.state.stale_types(current) {
+            self.send(&type_url).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, type_url: &str) -> Result<(), End> {
+        let snapshot = self.snapshots.borrow().clone();
+        let resources = snapshot.resources(type_url, self.listener_addr);
+        let nonce = self.state.record_sent(type_url, snapshot.revision());
+        self.xds.envoys.sent(self.id, type_url, snapshot.revision());
+        let resp = DiscoveryResponse {
+            version_info: snapshot.version().to_string(),
+            resources: resources.to_vec(),
+            type_url: type_url.to_string(),
+            nonce,
+            control_plane: Some(ControlPlane {
+                identifier: self.xds.config.identifier.clone(),
+            }),
+            ..Default::default()
+        };
+        self.tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+    }
+}
