@@ -78,6 +78,8 @@ pub struct Replica {
     pub peer: String,
     /// Admin API base URL.
     pub admin: String,
+    /// ADS (xDS gRPC) address.
+    pub xds: String,
     /// Data dir.
     pub data_dir: PathBuf,
     log: PathBuf,
@@ -223,6 +225,7 @@ impl Cluster {
     /// Creates and starts a replica process (not yet a member unless listed in `members`).
     pub fn add_replica(&mut self, id: u64, peer: String, members: &str) -> Result<&mut Replica> {
         let admin_port = free_port();
+        let xds = format!("127.0.0.1:{}", free_port());
         let data_dir = self.dir.path().join(format!("node-{id}"));
         let mut args = vec![
             "--cluster".into(),
@@ -235,6 +238,8 @@ impl Cluster {
             peer.clone(),
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
+            "--xds-addr".into(),
+            xds.clone(),
             "--initial-members".into(),
             if members.is_empty() {
                 "none".into()
@@ -249,6 +254,7 @@ impl Cluster {
             id,
             peer,
             admin: format!("http://127.0.0.1:{admin_port}"),
+            xds,
             data_dir,
             log: self.dir.path().join(format!("node-{id}.log")),
             args,

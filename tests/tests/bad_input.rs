@@ -175,7 +175,10 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
     let members = c.members().to_string();
     let peer1 = c.nodes[&1].peer.clone();
     let admin = format!("127.0.0.1:{}", concord_tests::free_port());
+    let xds = format!("127.0.0.1:{}", concord_tests::free_port());
     let base = [
+        "--xds-addr",
+        &xds,
         "--data-dir",
         &dir,
         "--initial-members",
