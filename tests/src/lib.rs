@@ -5,6 +5,9 @@
 //! The binary is `$CONCORD_BIN`, or `concord` next to the test executable's target dir (build it
 //! first: `cargo build -p concord`).
 
+pub mod envoy;
+pub mod tls;
+
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -264,6 +267,47 @@ impl Cluster {
         r.start()?;
         self.nodes.insert(id, r);
         Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// The cluster's temporary directory (for Envoy bootstraps and logs).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Puts builder `bid` at `addr` with SNI `sni_name` through replica `id`; returns the revision.
+    pub async fn put_at(
+        &self,
+        id: u64,
+        bid: &str,
+        addr: std::net::SocketAddr,
+        sni_name: &str,
+    ) -> Result<u64> {
+        let body = json!({ "addr": addr.to_string(), "sni": sni_name });
+        let (status, v) = self
+            .send(
+                id,
+                reqwest::Method::PUT,
+                &format!("/v1/builders/{bid}"),
+                Some(body),
+            )
+            .await?;
+        if status != 200 {
+            bail!("put {bid} on node {id}: {status} {v}");
+        }
+        v["revision"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no revision in {v}"))
+    }
+
+    /// The ids of the Envoys streaming from replica `id`.
+    pub async fn envoys_on(&self, id: u64) -> Result<Vec<String>> {
+        let v = self.get(id, "/v1/envoys").await?;
+        Ok(v["envoys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["node_id"].as_str().map(str::to_string))
+            .collect())
     }
 
     /// The initial member list (`id=addr,…`).

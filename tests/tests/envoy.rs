@@ -1,0 +1,279 @@
+//! Real Envoy 1.40 in front of real replicas: routing by SNI to TLS builders, changes reaching
+//! every Envoy at the same version, failover when an Envoy's replica is SIGKILLed, and a
+//! registry of 1000 builders.
+
+use anyhow::{Result, bail, ensure};
+use concord_tests::envoy::Envoy;
+use concord_tests::tls::{TestCa, TlsBuilder, probe};
+use concord_tests::{Cluster, Options, eventually, sni};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Waits until `envoy` routes `name`'s SNI to the builder `name`.
+async fn routes(ca: &TestCa, envoy: &Envoy, name: &str) -> Result<()> {
+    eventually(T, &format!("{} routes {name}", envoy.node_id), || async {
+        let got = probe(ca, envoy.listener, &sni(name)).await?;
+        ensure!(got == format!("builder {name}"), "reached {got:?}");
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.context(envoy.log_tail()))
+}
+
+/// Waits until `envoy` no longer routes `name` (the handshake fails).
+async fn does_not_route(ca: &TestCa, envoy: &Envoy, name: &str) -> Result<()> {
+    eventually(
+        T,
+        &format!("{} stops routing {name}", envoy.node_id),
+        || async {
+            match probe(ca, envoy.listener, &sni(name)).await {
+                Ok(got) => bail!("still reached {got:?}"),
+                Err(_) => Ok(()),
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `envoy` reports `revision` for both clusters and listeners.
+async fn at_revision(envoy: &Envoy, revision: u64) -> Result<()> {
+    eventually(
+        T,
+        &format!("{} at revision {revision}", envoy.node_id),
+        || async {
+            let v = envoy.versions().await?;
+            ensure!(
+                v.clusters == Some(revision) && v.listeners == Some(revision),
+                "{v:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
+async fn leader_revision(c: &Cluster) -> Result<u64> {
+    let leader = c.leader().await?;
+    let (rev, _) = c.builders(leader, true).await?;
+    Ok(rev)
+}
+
+#[tokio::test]
+async fn envoys_on_two_replicas_route_by_sni_at_the_same_version() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let ca = TestCa::new()?;
+    let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
+    let b2 = TlsBuilder::start(&ca, "b2", &sni("b2")).await?;
+    c.put_at(1, "b1", b1.addr, &sni("b1")).await?;
+    c.put_at(2, "b2", b2.addr, &sni("b2")).await?;
+    let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
+    // Each Envoy prefers another replica, so they stream from different ones.
+    let e1 = Envoy::start(c.dir(), "envoy-1", &[x[0], x[1], x[2]], true).await?;
+    let e2 = Envoy::start(c.dir(), "envoy-2", &[x[1], x[2], x[0]], true).await?;
+    for e in [&e1, &e2] {
+        routes(&ca, e, "b1").await?;
+        routes(&ca, e, "b2").await?;
+        ensure!(
+            probe(&ca, e.listener, &sni("unknown")).await.is_err(),
+            "an unknown SNI must reach no builder"
+        );
+    }
+    ensure!(c.envoys_on(1).await? == ["envoy-1"], "envoy-1 on node 1");
+    ensure!(c.envoys_on(2).await? == ["envoy-2"], "envoy-2 on node 2");
+    // Same version on both, equal to the cluster's revision.
+    let rev = leader_revision(&c).await?;
+    at_revision(&e1, rev).await?;
+    at_revision(&e2, rev).await?;
+    // control_plane.identifier names the replica.
+    let v = c.get(1, "/v1/envoys").await?;
+    ensure!(v["envoys"][0]["types"]["clusters"]["acked"] == rev, "{v}");
+
+    // Remove b2: it stops routing everywhere; add b3: it routes everywhere.
+    c.remove(3, "b2").await?;
+    let b3 = TlsBuilder::start(&ca, "b3", &sni("b3")).await?;
+    c.put_at(3, "b3", b3.addr, &sni("b3")).await?;
+    for e in [&e1, &e2] {
+        does_not_route(&ca, e, "b2").await?;
+        routes(&ca, e, "b3").await?;
+        routes(&ca, e, "b1").await?;
+    }
+    let rev = leader_revision(&c).await?;
+    at_revision(&e1, rev).await?;
+    at_revision(&e2, rev).await?;
+    ensure!(
+        b2.served.load(Ordering::Relaxed) > 0,
+        "b2 was reached before removal"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn envoy_fails_over_when_its_replica_is_killed() -> Result<()> {
+    let mut c = Cluster::start(Options::default()).await?;
+    let ca = TestCa::new()?;
+    let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
+    c.put_at(2, "b1", b1.addr, &sni("b1")).await?;
+    let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
+    let e = Arc::new(Envoy::start(c.dir(), "envoy-1", &[&x[0], &x[1], &x[2]], true).await?);
+    routes(&ca, &e, "b1").await?;
+    ensure!(
+        c.envoys_on(1).await? == ["envoy-1"],
+        "streams from node 1 first"
+    );
+    let before = e.versions().await?;
+
+    // New connections through the Envoy, all the time, and its versions, all the time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let ca = Arc::new(ca);
+    let prober = {
+        let (e, ca, stop, ok, failed) = (
+            e.clone(),
+            ca.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match probe(&ca, e.listener, &sni("b1")).await {
+                    Ok(g) if g == "builder b1" => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let watcher = {
+        let (e, stop) = (e.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut last = before;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(v) = e.versions().await {
+                    if v.clusters < last.clusters || v.listeners < last.listeners {
+                        return Err(anyhow::anyhow!("went backwards: {last:?} -> {v:?}"));
+                    }
+                    last = v;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        })
+    };
+
+    let killed = Instant::now();
+    c.node(1).kill();
+    let moved_to = eventually(T, "envoy-1 streams from another replica", || async {
+        for id in [2, 3] {
+            if c.envoys_on(id).await?.contains(&"envoy-1".to_string()) {
+                return Ok(id);
+            }
+        }
+        bail!("not reconnected yet")
+    })
+    .await?;
+    let failover = killed.elapsed();
+    // A builder added after the kill reaches it.
+    let b3 = TlsBuilder::start(&ca, "b3", &sni("b3")).await?;
+    c.put_at(moved_to, "b3", b3.addr, &sni("b3")).await?;
+    routes(&ca, &e, "b3").await?;
+    let rev = leader_revision(&c).await?;
+    at_revision(&e, rev).await?;
+
+    stop.store(true, Ordering::Relaxed);
+    prober.await?;
+    watcher.await??;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    ensure!(
+        failed == 0,
+        "{failed} of {} connections to b1 failed during failover",
+        ok + failed
+    );
+    ensure!(ok > 10, "only {ok} probes ran");
+    eprintln!("failover to node {moved_to} in {failover:?}; {ok} connections, none failed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_real_envoy_takes_1000_builders() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let ca = TestCa::new()?;
+    let upserts: Vec<_> = (0..999)
+        .map(|i| {
+            json!({
+                "id": format!("bulk{i}"),
+                "addr": format!("127.0.0.{}:{}", 2 + i / 250, 20000 + i),
+                "sni": sni(&format!("bulk{i}")),
+            })
+        })
+        .collect();
+    let (s, v) = c
+        .send(
+            1,
+            reqwest::Method::POST,
+            "/v1/builders",
+            Some(json!({ "upserts": upserts })),
+        )
+        .await?;
+    ensure!(s == 200, "batch put: {s} {v}");
+    let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
+    let e = Envoy::start(c.dir(), "envoy-big", &x, false).await?;
+    // The 1000th, added last, is a real TLS builder.
+    let last = TlsBuilder::start(&ca, "last", &sni("last")).await?;
+    c.put_at(2, "last", last.addr, &sni("last")).await?;
+    routes(&ca, &e, "last").await?;
+    let rev = leader_revision(&c).await?;
+    at_revision(&e, rev).await?;
+    let clusters: u64 = e.stat("cluster_manager.active_clusters").await?.parse()?;
+    ensure!(
+        clusters == 1001,
+        "{clusters} active clusters (1000 builders + the xDS cluster)"
+    );
+    Ok(())
+}
+
+#[test]
+fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cases: [&[&str]; 2] = [
+        &[
+            "--servers",
+            "127.0.0.1:18001,127.0.0.1:18002,127.0.0.1:18003",
+            "--prefer-first",
+        ],
+        &[
+            "--servers",
+            "concord-0.concord:18000,concord-1.concord:18000",
+            "--listener-address",
+            "0.0.0.0:10443",
+        ],
+    ];
+    for (i, args) in cases.iter().enumerate() {
+        let out = std::process::Command::new(concord_tests::concord_bin())
+            .args(["envoy-bootstrap", "--node-id", "validate"])
+            .args(*args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.path().join(format!("b{i}.yaml"));
+        std::fs::write(&path, &out.stdout)?;
+        let v = std::process::Command::new(concord_tests::envoy::envoy_bin())
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&path)
+            .output()?;
+        let text =
+            String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+        ensure!(
+            v.status.success() && text.contains("OK"),
+            "{args:?}: {text}"
+        );
+    }
+    Ok(())
+}
