@@ -79,13 +79,25 @@ impl Drop for TlsBuilder {
 impl TlsBuilder {
     /// Starts a builder `id` with a certificate for `sni` on a free loopback port.
     pub async fn start(ca: &TestCa, id: &str, sni: &str) -> Result<TlsBuilder> {
+        Self::start_on(ca, id, sni, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a builder `id` with a certificate for `sni` on `listen`.
+    pub async fn start_on(
+        ca: &TestCa,
+        id: &str,
+        sni: &str,
+        listen: SocketAddr,
+    ) -> Result<TlsBuilder> {
         let (cert, key) = ca.leaf(sni)?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(vec![cert], key)?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let greeting = format!("builder {id}\n");

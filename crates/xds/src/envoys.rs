@@ -35,6 +35,8 @@ pub struct TypeStatus {
     pub sent: Option<u64>,
     /// The last version ACKed.
     pub acked: Option<u64>,
+    /// When that ACK arrived (Unix microseconds).
+    pub acked_at_us: Option<u64>,
     /// Sent and not yet answered.
     pub pending: bool,
 }
@@ -61,10 +63,14 @@ pub fn type_name(type_url: &str) -> String {
     }
 }
 
-fn now_ms() -> u64 {
+fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn now_ms() -> u64 {
+    now_us() / 1000
 }
 
 /// The registry of connected Envoys on one replica.
@@ -119,8 +125,10 @@ impl Envoys {
     }
 
     pub(crate) fn acked(&self, stream: u64, type_url: &str, version: u64) {
+        let at = now_us();
         self.with_type(stream, type_url, |t| {
             t.acked = Some(version);
+            t.acked_at_us = Some(at);
             t.pending = false;
         });
     }

@@ -1,0 +1,143 @@
+//! Benchmark of the xDS path with three real replicas and two real Envoys per replica:
+//! the time from an API put to the ACK of every connected Envoy (timestamped by the replica that
+//! received each ACK), with an empty registry and with 1000 builders registered, and the time from
+//! SIGKILL of a replica to its Envoys streaming from another.
+//!
+//! `cargo build --release -p concord -p concord-tests && target/release/bench-xds [PUTS] [KILLS]`
+
+use anyhow::{Result, bail};
+use concord_tests::envoy::Envoy;
+use concord_tests::{Cluster, Options, eventually, percentiles, sni};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Waits until every Envoy has ACKed `rev` for clusters and listeners; returns the latest ACK time.
+async fn all_acked(c: &Cluster, envoys: usize, rev: u64) -> Result<u64> {
+    eventually(Duration::from_secs(20), "every Envoy ACKs", || async {
+        let mut seen = 0;
+        let mut last = 0;
+        for id in c.up() {
+            let v = c.get(id, "/v1/envoys").await?;
+            for e in v["envoys"].as_array().into_iter().flatten() {
+                for ty in ["clusters", "listeners"] {
+                    let t: &Value = &e["types"][ty];
+                    if t["acked"].as_u64().unwrap_or(0) < rev {
+                        bail!("{} {ty} not at {rev}", e["node_id"]);
+                    }
+                    last = last.max(t["acked_at_us"].as_u64().unwrap_or(0));
+                }
+                seen += 1;
+            }
+        }
+        if seen < envoys {
+            bail!("{seen} of {envoys} Envoys connected");
+        }
+        Ok(last)
+    })
+    .await
+}
+
+async fn put_to_ack(c: &Cluster, leader: u64, n: usize, envoys: usize, label: &str) -> Result<()> {
+    let mut lat = Vec::new();
+    for i in 0..n {
+        let t0 = now_us();
+        let rev = if i % 2 == 0 {
+            c.put(leader, &format!("churn{i}"), 40000 + (i % 1000) as u16)
+                .await?
+        } else {
+            c.remove(leader, &format!("churn{}", i - 1)).await?
+        };
+        let acked = all_acked(c, envoys, rev).await?;
+        lat.push(Duration::from_micros(acked.saturating_sub(t0)));
+    }
+    let (p50, p99, max) = percentiles(&mut lat);
+    println!(
+        "put -> ACK of all {envoys} Envoys, {label}: n={n} p50={p50:.1} ms p99={p99:.1} ms max={max:.1} ms"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let puts: usize = args.next().map_or(Ok(200), |a| a.parse())?;
+    let kills: usize = args.next().map_or(Ok(10), |a| a.parse())?;
+    let mut c = Cluster::start(Options::default()).await?;
+    let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
+    let mut envoys = Vec::new();
+    for i in 0..6 {
+        let first = i % 3;
+        let order: Vec<&str> = (0..3).map(|k| x[(first + k) % 3].as_str()).collect();
+        envoys.push(Envoy::start(c.dir(), &format!("envoy-{i}"), &order, true).await?);
+    }
+    let leader = c.leader().await?;
+    let rev = c.put(leader, "warmup", 9000).await?;
+    all_acked(&c, envoys.len(), rev).await?;
+    put_to_ack(&c, leader, puts, envoys.len(), "empty registry").await?;
+
+    let upserts: Vec<_> = (0..1000)
+        .map(|i| json!({ "id": format!("bulk{i}"), "addr": format!("127.0.1.{}:{}", 1 + i % 250, 20000 + i), "sni": sni(&format!("bulk{i}")) }))
+        .collect();
+    let (s, v) = c
+        .send(
+            leader,
+            reqwest::Method::POST,
+            "/v1/builders",
+            Some(json!({ "upserts": upserts })),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "bulk put {s} {v}");
+    all_acked(&c, envoys.len(), v["revision"].as_u64().unwrap_or(0)).await?;
+    put_to_ack(&c, leader, puts, envoys.len(), "1000 builders registered").await?;
+
+    let mut failover = Vec::new();
+    for _ in 0..kills {
+        // Kill the replica serving the most Envoys.
+        let mut busiest = (0, 0);
+        for id in c.up() {
+            let n = c.envoys_on(id).await?.len();
+            if n > busiest.1 {
+                busiest = (id, n);
+            }
+        }
+        let (victim, moved) = busiest;
+        let t = Instant::now();
+        c.node(victim).kill();
+        eventually(
+            Duration::from_secs(20),
+            "Envoys stream from other replicas",
+            || async {
+                let mut n = 0;
+                for id in c.up() {
+                    n += c.envoys_on(id).await?.len();
+                }
+                if n < envoys.len() {
+                    bail!("{n} streaming");
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        failover.push(t.elapsed());
+        eprintln!(
+            "killed node {victim} ({moved} Envoys): streaming again after {:?}",
+            t.elapsed()
+        );
+        c.node(victim).start()?;
+        c.leader().await?;
+    }
+    if !failover.is_empty() {
+        let (p50, p99, max) = percentiles(&mut failover);
+        println!(
+            "SIGKILL replica -> its Envoys streaming from another: n={kills} median={p50:.0} ms p99={p99:.0} ms max={max:.0} ms"
+        );
+    }
+    Ok(())
+}
