@@ -170,8 +170,34 @@ async fn write_without_quorum_fails_in_time_and_applies_nothing() -> Result<()> 
 #[tokio::test]
 async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
     let mut c = Cluster::start(Options::default()).await?;
-    c.node(1).terminate()?;
     let dir = c.nodes[&1].data_dir.display().to_string();
+    // A second process on a live replica's data dir.
+    let (admin2, xds2, peer2) = (
+        format!("127.0.0.1:{}", concord_tests::free_port()),
+        format!("127.0.0.1:{}", concord_tests::free_port()),
+        format!("127.0.0.1:{}", concord_tests::free_port()),
+    );
+    let (code, err) = serve(&[
+        "--cluster",
+        &c.name,
+        "--node-id",
+        "1",
+        "--data-dir",
+        &dir,
+        "--peer-addr",
+        &peer2,
+        "--admin-addr",
+        &admin2,
+        "--xds-addr",
+        &xds2,
+        "--initial-members",
+        "none",
+    ]);
+    ensure!(
+        code != 0 && err.contains("in use by another process"),
+        "{code} {err}"
+    );
+    c.node(1).terminate()?;
     let members = c.members().to_string();
     let peer1 = c.nodes[&1].peer.clone();
     let admin = format!("127.0.0.1:{}", concord_tests::free_port());

@@ -50,6 +50,12 @@ pub enum OpenError {
         /// sled's error.
         source: sled::Error,
     },
+    /// Another process has the data dir open.
+    #[error("data dir {dir} is in use by another process (is another concord running on it?)")]
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+    },
     /// The data dir was created by another cluster.
     #[error(
         "data dir {dir} belongs to cluster {found:?}, not {expected:?}; \
@@ -127,13 +133,28 @@ pub async fn open(dir: &Path, identity: &Identity) -> Result<(LogStore, StateMac
         source,
     };
     std::fs::create_dir_all(dir).map_err(|e| sled_err(sled::Error::Io(e)))?;
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(dir.join("db"))
         // The flusher thread only bounds the loss of state machine writes, which are re-applied
         // from the log anyway; the log itself is flushed before it is acknowledged.
-        .flush_every_ms(Some(1000))
-        .open()
-        .map_err(sled_err)?;
+        .flush_every_ms(Some(1000));
+    // The lock of a database closed a moment ago (a replica restarting in place) can linger
+    // briefly; another live process holding it is reported after a short wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let db = loop {
+        match config.open() {
+            Ok(db) => break db,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(OpenError::Locked {
+                        dir: dir.to_path_buf(),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(sled_err(e)),
+        }
+    };
     let db = Db {
         db,
         flush_lock: Arc::new(Mutex::new(())),
