@@ -9,7 +9,7 @@
 mod builder;
 mod command;
 
-pub use builder::{Builder, InvalidBuilder, Source};
+pub use builder::{Builder, InvalidBuilder, Source, is_dns_name};
 pub use command::{Batch, Command, Outcome, Rejection};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
