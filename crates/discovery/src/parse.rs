@@ -52,10 +52,18 @@ impl Parsed {
     pub fn merge(&mut self, other: Parsed) {
         self.skipped.extend(other.skipped);
         for (id, b) in other.builders {
-            if self.builders.contains_key(&id) {
-                self.skip(&b.sni, &id, format!("duplicate id {id:?} across names"));
-            } else {
-                self.builders.insert(id, b);
+            match self.builders.entry(id) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(b);
+                }
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    let reason = format!("duplicate id {:?} across names", o.key());
+                    self.skipped.push(Skipped {
+                        name: b.sni.clone(),
+                        entry: b.id.clone(),
+                        reason,
+                    });
+                }
             }
         }
     }
