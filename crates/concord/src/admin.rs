@@ -12,6 +12,7 @@
 //! | POST | `/v1/cluster/learners` | `{"node_id":4,"addr":"host:port"}`: add a learner |
 //! | POST | `/v1/cluster/voters` | `{"node_id":4}`: promote a learner |
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node |
+//! | GET | `/v1/discovery` | the DNS poller: who polls, last poll and result, last change, skips |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //!
 //! Writes are accepted on any replica and forwarded to the leader. Errors are
@@ -24,6 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
 use concord_xds::XdsServer;
@@ -31,17 +33,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     node: Arc<Node>,
     xds: XdsServer,
+    discovery: Option<Arc<Mutex<PollerStatus>>>,
 }
 
 /// Builds the admin router for `node` and its ADS server.
-pub fn router(node: Arc<Node>, xds: XdsServer) -> Router {
+pub fn router(
+    node: Arc<Node>,
+    xds: XdsServer,
+    discovery: Option<Arc<Mutex<PollerStatus>>>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
@@ -57,7 +64,12 @@ pub fn router(node: Arc<Node>, xds: XdsServer) -> Router {
             axum::routing::delete(remove_member),
         )
         .route("/v1/envoys", get(envoys))
-        .with_state(AppState { node, xds })
+        .route("/v1/discovery", get(discovery_status))
+        .with_state(AppState {
+            node,
+            xds,
+            discovery,
+        })
 }
 
 /// An API error: HTTP status, a stable code, and a message for people.
@@ -113,7 +125,31 @@ async fn status(State(AppState { node, .. }): State<AppState>) -> Json<concord_r
     Json(node.status())
 }
 
-async fn envoys(State(AppState { node, xds }): State<AppState>) -> Json<serde_json::Value> {
+async fn discovery_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let leader = state.node.status().leader;
+    let poller = state
+        .discovery
+        .as_ref()
+        .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let polling = poller.as_ref().is_some_and(|p| p.polling);
+    Json(json!({
+        "node_id": state.node.id(),
+        "enabled": poller.is_some(),
+        "leader": leader,
+        "polling": polling,
+        "note": match (&poller, polling) {
+            (None, _) => "DNS discovery is off on this replica (no --dns-server)".to_string(),
+            (Some(_), true) => "this replica leads and polls".to_string(),
+            (Some(_), false) => match leader {
+                Some(l) => format!("node {l} leads and polls; this replica stands by"),
+                None => "no leader: nobody polls until one is elected".to_string(),
+            },
+        },
+        "poller": poller,
+    }))
+}
+
+async fn envoys(State(AppState { node, xds, .. }): State<AppState>) -> Json<serde_json::Value> {
     let snapshot = xds.snapshot();
     Json(json!({
         "node_id": node.id(),

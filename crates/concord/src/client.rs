@@ -441,3 +441,48 @@ pub async fn envoys(t: &Target) -> ExitCode {
         out
     })
 }
+
+/// `concord discovery`: the DNS poller as one replica sees it.
+pub async fn discovery(t: &Target) -> ExitCode {
+    let r = t.call(reqwest::Method::GET, "/v1/discovery", None).await;
+    t.finish(r, |v| {
+        let mut out = format!(
+            "node {}: {}\n",
+            v["node_id"],
+            v["note"].as_str().unwrap_or("")
+        );
+        let p = &v["poller"];
+        if p.is_object() {
+            out += &format!(
+                "server {}  sources {}  interval {} ms\npolls {}  errors {}  changes {}  held {}  \
+                 stale {}  discovered {}  skipped (last poll) {}\nlast result: {}\n",
+                p["server"].as_str().unwrap_or(""),
+                p["sources"],
+                p["interval_ms"],
+                p["polls"],
+                p["errors"],
+                p["changes"],
+                p["held"],
+                p["stale"],
+                p["discovered"],
+                p["skipped"].as_array().map_or(0, Vec::len),
+                p["last_result"].as_str().unwrap_or(""),
+            );
+            if let Some(c) = p["last_change"].as_object() {
+                out += &format!(
+                    "last change: revision {} (+{} ~{} -{})\n",
+                    c["revision"], c["added"], c["updated"], c["removed"]
+                );
+            }
+            for s in p["skipped"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "  skipped {}: {:?}: {}\n",
+                    s["name"].as_str().unwrap_or(""),
+                    s["entry"].as_str().unwrap_or(""),
+                    s["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        out
+    })
+}

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use concord_discovery::{DiscoveryConfig, GuardConfig, NxDomain, SniTemplate, SourceSpec};
 use concord_raft::{NodeConfig, NodeId};
 use concord_xds::{ResourceConfig, XdsConfig};
 use serde::Deserialize;
@@ -111,6 +112,52 @@ pub struct ServeArgs {
     /// replicas; 0 for never. [default: 0]
     #[arg(long, env = "CONCORD_MAX_STREAM_AGE_SECS", value_name = "SECS")]
     pub max_stream_age_secs: Option<u64>,
+
+    /// Nameserver to poll for builders; turns DNS discovery on (the leader polls).
+    #[arg(long, env = "CONCORD_DNS_SERVER", value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
+
+    /// Names to poll, comma separated or repeated: `txt:NAME:PORT` (Fly-style TXT, builders on
+    /// PORT), `srv:NAME` (SRV; targets resolved to addresses), `a:NAME:PORT` (every A/AAAA
+    /// address is a builder on PORT).
+    #[arg(
+        long,
+        env = "CONCORD_DNS_SOURCES",
+        value_name = "SOURCE",
+        value_delimiter = ','
+    )]
+    pub dns_source: Option<Vec<String>>,
+
+    /// SNI name of a discovered builder; placeholders {id}, {ip}, {region}, {app}, {name}.
+    /// [default: {id}.builders.local]
+    #[arg(long, env = "CONCORD_DNS_SNI_TEMPLATE", value_name = "TEMPLATE")]
+    pub dns_sni_template: Option<String>,
+
+    /// Time between DNS polls in milliseconds. [default: 100]
+    #[arg(long, env = "CONCORD_DNS_INTERVAL_MS", value_name = "MS")]
+    pub dns_interval_ms: Option<u64>,
+
+    /// Timeout of one DNS query, below the interval. [default: 80% of the interval]
+    #[arg(long, env = "CONCORD_DNS_TIMEOUT_MS", value_name = "MS")]
+    pub dns_timeout_ms: Option<u64>,
+
+    /// Time between polls after a failed one, until one succeeds. [default: 1000]
+    #[arg(long, env = "CONCORD_DNS_ERROR_BACKOFF_MS", value_name = "MS")]
+    pub dns_error_backoff_ms: Option<u64>,
+
+    /// A poll that would remove more than this share (0-1) of the discovered builders is
+    /// applied only after it repeats. [default: 0.5]
+    #[arg(long, env = "CONCORD_DNS_MAX_REMOVAL_SHARE", value_name = "SHARE")]
+    pub dns_max_removal_share: Option<f64>,
+
+    /// Consecutive identical polls that confirm such a removal. [default: 3]
+    #[arg(long, env = "CONCORD_DNS_REMOVAL_CONFIRMATIONS", value_name = "N")]
+    pub dns_removal_confirmations: Option<u32>,
+
+    /// What NXDOMAIN means: `empty` (the name has no builders) or `error` (change nothing).
+    /// NOERROR with no records always means no builders. [default: empty]
+    #[arg(long, env = "CONCORD_DNS_NXDOMAIN", value_name = "empty|error")]
+    pub dns_nxdomain: Option<String>,
 }
 
 /// The validated configuration of one replica.
@@ -126,6 +173,8 @@ pub struct ServeConfig {
     pub xds: XdsConfig,
     /// Out of contact with the quorum this long, the replica stops serving Envoys.
     pub stale_after: Duration,
+    /// DNS discovery, if configured.
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 impl ServeArgs {
@@ -136,6 +185,7 @@ impl ServeArgs {
             None => ServeArgs::default(),
         };
         let a = self.over(file);
+        let discovery = dns_config(&a)?;
 
         let cluster = a.cluster.unwrap_or_else(|| "concord".into());
         let cluster_ok = !cluster.is_empty()
@@ -266,6 +316,7 @@ impl ServeArgs {
             xds_addr,
             xds,
             stale_after: Duration::from_millis(stale_after),
+            discovery,
         })
     }
 
@@ -291,8 +342,74 @@ impl ServeArgs {
             stale_after_ms: self.stale_after_ms.or(file.stale_after_ms),
             catch_up_timeout_ms: self.catch_up_timeout_ms.or(file.catch_up_timeout_ms),
             max_stream_age_secs: self.max_stream_age_secs.or(file.max_stream_age_secs),
+            dns_server: self.dns_server.or(file.dns_server),
+            dns_source: self.dns_source.or(file.dns_source),
+            dns_sni_template: self.dns_sni_template.or(file.dns_sni_template),
+            dns_interval_ms: self.dns_interval_ms.or(file.dns_interval_ms),
+            dns_timeout_ms: self.dns_timeout_ms.or(file.dns_timeout_ms),
+            dns_error_backoff_ms: self.dns_error_backoff_ms.or(file.dns_error_backoff_ms),
+            dns_max_removal_share: self.dns_max_removal_share.or(file.dns_max_removal_share),
+            dns_removal_confirmations: self
+                .dns_removal_confirmations
+                .or(file.dns_removal_confirmations),
+            dns_nxdomain: self.dns_nxdomain.or(file.dns_nxdomain),
         }
     }
+}
+
+/// The DNS discovery settings; `None` when no `--dns-server` is given.
+fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
+    let Some(server) = a.dns_server else {
+        if a.dns_source.as_ref().is_some_and(|s| !s.is_empty()) {
+            bail!("--dns-source needs --dns-server (the nameserver to ask)");
+        }
+        return Ok(None);
+    };
+    let sources = a
+        .dns_source
+        .iter()
+        .flatten()
+        .map(|s| s.trim().parse::<SourceSpec>().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    if sources.is_empty() {
+        bail!("--dns-server needs at least one --dns-source (e.g. txt:_instances.internal:8372)");
+    }
+    let template = SniTemplate::parse(
+        a.dns_sni_template
+            .as_deref()
+            .unwrap_or("{id}.builders.local"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let interval = a.dns_interval_ms.unwrap_or(100);
+    if interval == 0 {
+        bail!("--dns-interval-ms must be at least 1");
+    }
+    let timeout = a.dns_timeout_ms.unwrap_or((interval * 4 / 5).max(1));
+    if timeout == 0 || timeout >= interval {
+        bail!("--dns-timeout-ms {timeout} must be above 0 and below --dns-interval-ms {interval}");
+    }
+    let share = a.dns_max_removal_share.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&share) {
+        bail!("--dns-max-removal-share {share} must be between 0 and 1");
+    }
+    let nxdomain = match a.dns_nxdomain.as_deref().unwrap_or("empty") {
+        "empty" => NxDomain::Empty,
+        "error" => NxDomain::Error,
+        other => bail!("invalid --dns-nxdomain {other:?}: use empty or error"),
+    };
+    Ok(Some(DiscoveryConfig {
+        server,
+        sources,
+        template,
+        interval: Duration::from_millis(interval),
+        timeout: Duration::from_millis(timeout),
+        error_backoff: Duration::from_millis(a.dns_error_backoff_ms.unwrap_or(1000).max(interval)),
+        guard: GuardConfig {
+            max_removal_share: share,
+            confirmations: a.dns_removal_confirmations.unwrap_or(3).max(1),
+        },
+        nxdomain,
+    }))
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs> {

@@ -54,6 +54,8 @@ enum Command {
     Builders(client::BuildersCmd),
     /// Show the Envoys streaming from a replica: versions sent and ACKed, NACKs.
     Envoys,
+    /// Show DNS discovery: who polls, the last poll and its result, the last change, skips.
+    Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
     EnvoyBootstrap(client::BootstrapArgs),
 }
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Cluster(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Builders(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Envoys => runtime.block_on(client::envoys(&cli.target)),
+        Command::Discovery => runtime.block_on(client::discovery(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
     }
 }

@@ -4,7 +4,9 @@
 use crate::admin;
 use crate::config::ServeConfig;
 use anyhow::{Context, Result};
-use concord_raft::Node;
+use concord_discovery::{Poller, ProposeError, Replica};
+use concord_raft::{ClientError, ClientReply, ClientRequest, Node};
+use concord_registry::{Command, Outcome};
 use concord_xds::XdsServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,12 +37,24 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen for Envoy ADS on {}", config.xds_addr))?;
     let (node, peer_server) = Node::start(config.node, shutdown.child_token()).await?;
+    let poller_error = |e: String| anyhow::anyhow!(e);
 
     let serving = watch_freshness(node.clone(), config.stale_after, shutdown.child_token());
     let xds = XdsServer::new(config.xds, node.registry(), serving, shutdown.child_token());
     let xds_server = tokio::spawn(xds.clone().serve(xds_listener));
 
-    let admin = axum::serve(admin_listener, admin::router(node.clone(), xds))
+    let discovery = match config.discovery {
+        Some(dns) => {
+            let replica = Arc::new(PollerReplica::new(node.clone(), shutdown.child_token()));
+            let poller = Poller::new(dns, replica).map_err(poller_error)?;
+            let status = poller.status();
+            tokio::spawn(poller.run(shutdown.child_token()));
+            Some(status)
+        }
+        None => None,
+    };
+
+    let admin = axum::serve(admin_listener, admin::router(node.clone(), xds, discovery))
         .with_graceful_shutdown(shutdown.child_token().cancelled_owned());
     let admin = tokio::spawn(async move {
         if let Err(error) = admin.await {
@@ -104,5 +118,53 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The replica as the DNS poller sees it.
+struct PollerReplica {
+    node: Arc<Node>,
+    leadership: watch::Receiver<bool>,
+}
+
+impl PollerReplica {
+    fn new(node: Arc<Node>, shutdown: CancellationToken) -> Self {
+        let mut metrics = node.raft().metrics();
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let leads = metrics.borrow_and_update().state == openraft::ServerState::Leader;
+                tx.send_if_modified(|l| std::mem::replace(l, leads) != leads);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = metrics.changed() => if r.is_err() { break },
+                }
+            }
+            tx.send_replace(false);
+        });
+        PollerReplica {
+            node,
+            leadership: rx,
+        }
+    }
+}
+
+impl Replica for PollerReplica {
+    fn leadership(&self) -> watch::Receiver<bool> {
+        self.leadership.clone()
+    }
+
+    fn registry(&self) -> watch::Receiver<Arc<concord_registry::Registry>> {
+        self.node.registry()
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        match self.node.execute_local(ClientRequest::Write(cmd)).await {
+            Ok(ClientReply::Written { outcome, .. }) => Ok(outcome),
+            Ok(other) => Err(ProposeError::Other(format!("unexpected reply {other:?}"))),
+            Err(ClientError::Rejected(r)) => Ok(Outcome::Rejected(r)),
+            Err(ClientError::NotLeader { .. }) => Err(ProposeError::NotLeader),
+            Err(e) => Err(ProposeError::Other(e.to_string())),
+        }
     }
 }

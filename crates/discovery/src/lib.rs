@@ -5,8 +5,12 @@
 
 pub mod guard;
 pub mod parse;
+pub mod poller;
+pub mod resolve;
 pub mod template;
 
 pub use guard::{Guard, GuardConfig, Verdict};
 pub use parse::{Parsed, Skipped};
+pub use poller::{DiscoveryConfig, Poller, PollerStatus, ProposeError, Replica};
+pub use resolve::{Kind, NxDomain, SourceSpec};
 pub use template::SniTemplate;

@@ -1,0 +1,395 @@
+//! The DNS poller: runs on the leader only (DESIGN rule 7). It starts polling the moment this
+//! replica becomes leader (first poll at once) and stops when it steps down. Each poll resolves
+//! every source, builds the set of builders they describe, diffs it against the registry's `dns`
+//! builders, and — only when something changed, and the mass-removal guard agrees — proposes one
+//! batch through Raft, fenced by `if_revision` so a late proposal never undoes a newer change.
+//! A poll error changes nothing and backs the poller off until a poll succeeds.
+
+use crate::guard::{Guard, GuardConfig, Verdict};
+use crate::parse::{Parsed, Skipped};
+use crate::resolve::{NxDomain, PollError, Resolver, SourceSpec};
+use crate::template::SniTemplate;
+use concord_registry::{Command, Outcome, Registry, Rejection, Source, diff};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Poller settings, validated by the daemon.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// The nameserver to ask.
+    pub server: SocketAddr,
+    /// The names to poll.
+    pub sources: Vec<SourceSpec>,
+    /// SNI names of discovered builders.
+    pub template: SniTemplate,
+    /// Time between polls.
+    pub interval: Duration,
+    /// Timeout of one query (below the interval).
+    pub timeout: Duration,
+    /// Time between polls after an error, until one succeeds.
+    pub error_backoff: Duration,
+    /// The mass-removal guard.
+    pub guard: GuardConfig,
+    /// What NXDOMAIN means.
+    pub nxdomain: NxDomain,
+}
+
+/// Why a proposal did not go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This replica is not the leader any more.
+    NotLeader,
+    /// Anything else (no quorum, timeout, shutting down).
+    Other(String),
+}
+
+/// What the poller needs from its replica.
+pub trait Replica: Send + Sync + 'static {
+    /// Whether this replica leads, updated as elections happen.
+    fn leadership(&self) -> watch::Receiver<bool>;
+    /// The applied registry.
+    fn registry(&self) -> watch::Receiver<Arc<Registry>>;
+    /// Proposes `cmd` as leader; resolves once it is committed and applied.
+    fn propose(&self, cmd: Command) -> impl Future<Output = Result<Outcome, ProposeError>> + Send;
+}
+
+/// The last change the poller made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+    /// The registry revision it produced.
+    pub revision: u64,
+    /// Builders added.
+    pub added: usize,
+    /// Builders changed.
+    pub updated: usize,
+    /// Builders removed.
+    pub removed: usize,
+}
+
+/// What the poller is doing, for the status endpoint and the CLI.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PollerStatus {
+    /// True while this replica polls (it leads).
+    pub polling: bool,
+    /// The nameserver.
+    pub server: String,
+    /// The sources.
+    pub sources: Vec<String>,
+    /// Poll interval.
+    pub interval_ms: u64,
+    /// Polls made while leading, since start.
+    pub polls: u64,
+    /// Polls that failed, since start.
+    pub errors: u64,
+    /// Failed polls in a row now.
+    pub consecutive_errors: u64,
+    /// When the last poll started (Unix milliseconds).
+    pub last_poll_at_ms: Option<u64>,
+    /// How long it took.
+    pub last_poll_us: Option<u64>,
+    /// `unchanged`, `changed`, `held …`, `stale`, or `error: …`.
+    pub last_result: String,
+    /// The last error and when.
+    pub last_error: Option<(u64, String)>,
+    /// The last change proposed and committed.
+    pub last_change: Option<Change>,
+    /// Builders the last successful poll found.
+    pub discovered: usize,
+    /// What the last successful poll skipped.
+    pub skipped: Vec<Skipped>,
+    /// Entries skipped, summed over polls.
+    pub skipped_total: u64,
+    /// Changes committed.
+    pub changes: u64,
+    /// Polls held back by the mass-removal guard.
+    pub held: u64,
+    /// Proposals refused because the registry moved meanwhile (retried at once).
+    pub stale: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A poll's result, deciding when the next one runs.
+enum Next {
+    Interval,
+    Now,
+    Backoff,
+    Stop,
+}
+
+/// The poller of one replica.
+pub struct Poller<R: Replica> {
+    config: DiscoveryConfig,
+    replica: Arc<R>,
+    status: Arc<Mutex<PollerStatus>>,
+    resolver: Resolver,
+    guard: Guard,
+    last_skipped: BTreeSet<Skipped>,
+}
+
+impl<R: Replica> Poller<R> {
+    /// A poller; fails only if the resolver cannot be built.
+    pub fn new(config: DiscoveryConfig, replica: Arc<R>) -> Result<Self, String> {
+        let resolver = Resolver::new(config.server, config.timeout, config.nxdomain)?;
+        let status = PollerStatus {
+            server: config.server.to_string(),
+            sources: config.sources.iter().map(ToString::to_string).collect(),
+            interval_ms: config.interval.as_millis() as u64,
+            last_result: "not polled yet".into(),
+            ..PollerStatus::default()
+        };
+        Ok(Poller {
+            guard: Guard::new(config.guard),
+            config,
+            replica,
+            status: Arc::new(Mutex::new(status)),
+            resolver,
+            last_skipped: BTreeSet::new(),
+        })
+    }
+
+    /// The status, shared with the admin API.
+    pub fn status(&self) -> Arc<Mutex<PollerStatus>> {
+        self.status.clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PollerStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Polls while this replica leads, until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut leadership = self.replica.leadership();
+        loop {
+            let became_leader = async {
+                let _ = leadership.wait_for(|l| *l).await;
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = became_leader => {}
+            }
+            tracing::info!(server = %self.config.server, "leader: DNS polling starts");
+            self.update(|s| s.polling = true);
+            self.guard.reset();
+            let mut lost = leadership.clone();
+            let stepped_down = async move {
+                let _ = lost.wait_for(|l| !*l).await;
+            };
+            tokio::pin!(stepped_down);
+            let mut next = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = &mut stepped_down => break,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+                let started = tokio::time::Instant::now();
+                next = match self.poll().await {
+                    Next::Interval => started + self.config.interval,
+                    Next::Now => tokio::time::Instant::now(),
+                    Next::Backoff => started + self.config.error_backoff,
+                    Next::Stop => break,
+                };
+            }
+            tracing::info!("no longer leader: DNS polling stops");
+            self.update(|s| s.polling = false);
+        }
+    }
+
+    async fn poll(&mut self) -> Next {
+        let t0 = Instant::now();
+        let at = now_ms();
+        let registry = self.replica.registry().borrow().clone();
+        let result = self.resolve(&registry).await;
+        let elapsed = t0.elapsed().as_micros() as u64;
+        self.update(|s| {
+            s.polls += 1;
+            s.last_poll_at_ms = Some(at);
+            s.last_poll_us = Some(elapsed);
+        });
+        let parsed = match result {
+            Ok(p) => p,
+            Err(e) => {
+                let first = self
+                    .status
+                    .lock()
+                    .map(|s| s.consecutive_errors == 0)
+                    .unwrap_or(true);
+                if first {
+                    tracing::warn!(error = %e, "DNS poll failed; nothing changes, backing off");
+                }
+                self.guard.reset();
+                self.update(|s| {
+                    s.errors += 1;
+                    s.consecutive_errors += 1;
+                    s.last_result = format!("error: {e}");
+                    s.last_error = Some((at, e.to_string()));
+                });
+                return Next::Backoff;
+            }
+        };
+        let recovered = self
+            .status
+            .lock()
+            .map(|s| s.consecutive_errors > 0)
+            .unwrap_or(false);
+        if recovered {
+            tracing::info!("DNS polls succeed again");
+        }
+        self.note_skipped(&parsed.skipped);
+        let current = registry.of_source(Source::Dns);
+        self.update(|s| {
+            s.consecutive_errors = 0;
+            s.discovered = parsed.builders.len();
+            s.skipped_total += parsed.skipped.len() as u64;
+            s.skipped = parsed.skipped.clone();
+        });
+        let batch = diff(&current, &parsed.builders);
+        if let Verdict::Hold {
+            removals,
+            seen,
+            needed,
+        } = self.guard.judge(&current, &parsed.builders)
+        {
+            tracing::warn!(
+                removals,
+                of = current.len(),
+                seen,
+                needed,
+                "DNS answer would remove a large share of the builders; holding it until it repeats"
+            );
+            self.update(|s| {
+                s.held += 1;
+                s.last_result = format!(
+                    "held: would remove {removals} of {} ({seen}/{needed})",
+                    current.len()
+                );
+            });
+            return Next::Interval;
+        }
+        if batch.is_empty() {
+            self.update(|s| s.last_result = "unchanged".into());
+            return Next::Interval;
+        }
+        let (added, updated, removed) = (
+            batch
+                .upserts
+                .iter()
+                .filter(|b| !current.contains_key(&b.id))
+                .count(),
+            batch
+                .upserts
+                .iter()
+                .filter(|b| current.contains_key(&b.id))
+                .count(),
+            batch.removes.len(),
+        );
+        let cmd = Command {
+            if_revision: Some(registry.revision()),
+            ..Command::new(Source::Dns, batch)
+        };
+        match self.replica.propose(cmd).await {
+            Ok(Outcome::Applied { revision, .. }) => {
+                tracing::info!(added, updated, removed, revision, "DNS change committed");
+                self.update(|s| {
+                    s.changes += 1;
+                    s.last_result = "changed".into();
+                    s.last_change = Some(Change {
+                        at_ms: at,
+                        revision,
+                        added,
+                        updated,
+                        removed,
+                    });
+                });
+                Next::Interval
+            }
+            Ok(Outcome::Rejected(Rejection::StaleRevision { .. })) => {
+                // The registry moved between our read and the commit: diff again at once.
+                self.update(|s| {
+                    s.stale += 1;
+                    s.last_result = "stale".into();
+                });
+                Next::Now
+            }
+            Ok(Outcome::Rejected(r)) => {
+                tracing::error!(reason = %r, "the registry refused the DNS change");
+                self.update(|s| {
+                    s.errors += 1;
+                    s.consecutive_errors += 1;
+                    s.last_result = format!("error: refused: {r}");
+                    s.last_error = Some((at, r.to_string()));
+                });
+                Next::Backoff
+            }
+            Err(ProposeError::NotLeader) => Next::Stop,
+            Err(ProposeError::Other(e)) => {
+                tracing::warn!(error = %e, "proposing the DNS change failed");
+                self.update(|s| {
+                    s.errors += 1;
+                    s.consecutive_errors += 1;
+                    s.last_result = format!("error: {e}");
+                    s.last_error = Some((at, e));
+                });
+                Next::Backoff
+            }
+        }
+    }
+
+    /// Resolves every source; one failing source fails the poll (its builders must not look
+    /// removed). Builders that would collide with `api` builders are skipped.
+    async fn resolve(&self, registry: &Registry) -> Result<Parsed, PollError> {
+        let mut all = Parsed::default();
+        for s in &self.config.sources {
+            let p = self.resolver.poll(s, &self.config.template).await?;
+            all.merge(p);
+        }
+        let api_snis: BTreeSet<&str> = registry
+            .iter()
+            .filter(|b| b.source == Source::Api)
+            .map(|b| b.sni.as_str())
+            .collect();
+        let clashes: Vec<String> = all
+            .builders
+            .values()
+            .filter(|b| {
+                registry.get(&b.id).is_some_and(|o| o.source == Source::Api)
+                    || api_snis.contains(b.sni.as_str())
+            })
+            .map(|b| b.id.clone())
+            .collect();
+        for id in clashes {
+            if let Some(b) = all.builders.remove(&id) {
+                all.skipped.push(Skipped {
+                    name: b.sni.clone(),
+                    entry: id,
+                    reason: "id or SNI name belongs to a builder put through the API".into(),
+                });
+            }
+        }
+        Ok(all)
+    }
+
+    /// Logs skipped entries when the set changes, not on every poll.
+    fn note_skipped(&mut self, skipped: &[Skipped]) {
+        let set: BTreeSet<Skipped> = skipped.iter().cloned().collect();
+        if set != self.last_skipped {
+            for s in set.difference(&self.last_skipped) {
+                tracing::warn!(name = %s.name, entry = %s.entry, reason = %s.reason, "skipping a malformed DNS entry");
+            }
+            self.last_skipped = set;
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! One poll of every configured source against the configured nameserver (hickory-resolver): cache
+//! off (a 100 ms poller must really ask), one attempt with a timeout below the interval, UDP with
+//! TCP when an answer is truncated, fully-qualified names only.
+//!
+//! Answers are classified once, here: records → builders; NXDOMAIN ("the name does not exist")
+//! and NODATA ("the name exists but has no records of this type") → no builders at that name
+//! (unless NXDOMAIN is configured to count as an error); anything else (SERVFAIL, REFUSED,
+//! timeout, connection failure, a malformed message) → an error that changes nothing.
+
+use crate::parse::{self, Parsed, SrvTarget};
+use crate::template::SniTemplate;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Fly-style TXT (`instance=…,ip=…;…`).
+    FlyTxt,
+    /// SRV, targets resolved to addresses.
+    Srv,
+    /// A and AAAA: every address is a builder.
+    Addr,
+}
+
+/// One name to poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// Its format.
+    pub kind: Kind,
+    /// The fully-qualified name (with the trailing dot).
+    pub name: String,
+    /// Builder port for TXT and A/AAAA (SRV records carry their own).
+    pub port: u16,
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::FlyTxt => "txt",
+            Kind::Srv => "srv",
+            Kind::Addr => "a",
+        };
+        match self.kind {
+            Kind::Srv => write!(f, "{kind}:{}", self.name),
+            _ => write!(f, "{kind}:{}:{}", self.name, self.port),
+        }
+    }
+}
+
+impl FromStr for SourceSpec {
+    type Err = String;
+
+    /// `txt:NAME:PORT`, `srv:NAME`, or `a:NAME:PORT`; a missing trailing dot is added.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid DNS source {s:?}: expected txt:NAME:PORT, srv:NAME or a:NAME:PORT \
+                 (e.g. txt:_instances.internal:8372)"
+            )
+        };
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        let kind = match kind {
+            "txt" => Kind::FlyTxt,
+            "srv" => Kind::Srv,
+            "a" | "aaaa" | "addr" => Kind::Addr,
+            _ => return Err(bad()),
+        };
+        let (name, port) = match kind {
+            Kind::Srv => (rest, 0),
+            _ => {
+                let (name, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+                let port: u16 = port.parse().map_err(|_| bad())?;
+                if port == 0 {
+                    return Err(bad());
+                }
+                (name, port)
+            }
+        };
+        let name = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        Name::from_ascii(&name).map_err(|e| format!("{}: {e}", bad()))?;
+        if name == "." {
+            return Err(bad());
+        }
+        Ok(SourceSpec { kind, name, port })
+    }
+}
+
+/// What to do with NXDOMAIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NxDomain {
+    /// The name has no builders (subject to the mass-removal guard).
+    #[default]
+    Empty,
+    /// An error: change nothing (for names that must always exist).
+    Error,
+}
+
+/// Why a poll failed; it changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {reason}")]
+pub struct PollError {
+    /// The name that failed.
+    pub name: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// The resolver of one poller.
+pub struct Resolver {
+    inner: TokioResolver,
+    nxdomain: NxDomain,
+}
+
+/// How a name answered.
+enum Answer<T> {
+    Records(T),
+    /// NXDOMAIN or NODATA: nothing at this name.
+    Nothing,
+}
+
+impl Resolver {
+    /// A resolver for `server`, with the cache off and one attempt of `timeout`.
+    pub fn new(server: SocketAddr, timeout: Duration, nxdomain: NxDomain) -> Result<Self, String> {
+        let mut udp = ConnectionConfig::udp();
+        udp.port = server.port();
+        let mut tcp = ConnectionConfig::tcp();
+        tcp.port = server.port();
+        let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
+        let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.timeout = timeout;
+        opts.attempts = 1;
+        opts.ndots = 0;
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.recursion_desired = false;
+        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
+            .build()
+            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        Ok(Resolver { inner, nxdomain })
+    }
+
+    async fn lookup(&self, name: &str, ty: RecordType) -> Result<Answer<Vec<RData>>, PollError> {
+        let err = |reason: String| PollError {
+            name: name.to_string(),
+            reason,
+        };
+        match self.inner.lookup(name, ty).await {
+            Ok(l) => Ok(Answer::Records(
+                l.answers()
+                    .iter()
+                    .filter(|r| r.record_type() == ty)
+                    .map(|r| r.data.clone())
+                    .collect(),
+            )),
+            Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. }))) => {
+                match response_code {
+                    ResponseCode::NoError => Ok(Answer::Nothing),
+                    ResponseCode::NXDomain if self.nxdomain == NxDomain::Empty => {
+                        Ok(Answer::Nothing)
+                    }
+                    ResponseCode::NXDomain => Err(err("name does not exist (NXDOMAIN)".into())),
+                    other => Err(err(format!("{other} for {ty}"))),
+                }
+            }
+            Err(e) => Err(err(format!("{ty} lookup failed: {e}"))),
+        }
+    }
+
+    async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, PollError> {
+        let mut out = Vec::new();
+        for ty in [RecordType::A, RecordType::AAAA] {
+            if let Answer::Records(rs) = self.lookup(name, ty).await? {
+                out.extend(rs.into_iter().filter_map(|r| match r {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Polls one source.
+    pub async fn poll(&self, s: &SourceSpec, template: &SniTemplate) -> Result<Parsed, PollError> {
+        let label = s.name.trim_end_matches('.');
+        match s.kind {
+            Kind::FlyTxt => {
+                let records = match self.lookup(&s.name, RecordType::TXT).await? {
+                    Answer::Records(rs) => rs
+                        .into_iter()
+                        .filter_map(|r| match r {
+                            RData::TXT(t) => {
+                                Some(t.txt_data.iter().map(|s| s.to_vec()).collect::<Vec<_>>())
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                    Answer::Nothing => Vec::new(),
+                };
+                Ok(parse::fly_txt(label, &records, s.port, template))
+            }
+            Kind::Srv => {
+                let records = match self.lookup(&s.name, RecordType::SRV).await? {
+                    Answer::Records(rs) => rs,
+                    Answer::Nothing => Vec::new(),
+                };
+                let mut targets = Vec::new();
+                for r in records {
+                    if let RData::SRV(srv) = r {
+                        let target = srv.target.to_ascii();
+                        let addrs = self.addresses(&target).await?;
+                        targets.push(SrvTarget {
+                            target: target.trim_end_matches('.').to_string(),
+                            port: srv.port,
+                            addrs,
+                        });
+                    }
+                }
+                Ok(parse::srv(label, &targets, template))
+            }
+            Kind::Addr => {
+                let addrs = self.addresses(&s.name).await?;
+                Ok(parse::addresses(label, &addrs, s.port, template))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specs_parse() {
+        let s: SourceSpec = "txt:_instances.internal:8372".parse().unwrap();
+        assert_eq!(
+            (s.kind, s.name.as_str(), s.port),
+            (Kind::FlyTxt, "_instances.internal.", 8372)
+        );
+        let s: SourceSpec = "srv:_buildkit._tcp.builders.test.".parse().unwrap();
+        assert_eq!((s.kind, s.port), (Kind::Srv, 0));
+        assert_eq!(s.to_string(), "srv:_buildkit._tcp.builders.test.");
+        for bad in [
+            "txt:_instances.internal",
+            "mx:a.b:1",
+            "a:pool.test:0",
+            "a::1",
+            "nonsense",
+        ] {
+            assert!(bad.parse::<SourceSpec>().is_err(), "{bad}");
+        }
+    }
+}
