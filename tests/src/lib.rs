@@ -5,6 +5,7 @@
 //! The binary is `$CONCORD_BIN`, or `concord` next to the test executable's target dir (build it
 //! first: `cargo build -p concord`).
 
+pub mod dns;
 pub mod envoy;
 pub mod tls;
 

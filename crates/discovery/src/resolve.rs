@@ -11,7 +11,8 @@ use crate::parse::{self, Parsed, SrvTarget};
 use crate::template::SniTemplate;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+    ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError, NoRecords};
@@ -144,8 +145,11 @@ impl Resolver {
         let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
         let mut opts = ResolverOpts::default();
         opts.cache_size = 0;
+        // `timeout` bounds the whole lookup, including the TCP retry of a truncated UDP answer;
+        // `attempts` counts retries, so 0 is exactly one try per poll.
         opts.timeout = timeout;
-        opts.attempts = 1;
+        opts.attempts = 0;
+        opts.use_hosts_file = ResolveHosts::Never;
         opts.ndots = 0;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         opts.recursion_desired = false;
@@ -156,19 +160,33 @@ impl Resolver {
         Ok(Resolver { inner, nxdomain })
     }
 
-    async fn lookup(&self, name: &str, ty: RecordType) -> Result<Answer<Vec<RData>>, PollError> {
+    /// One query; answers of type `ty`, and the additional section (SRV targets' addresses).
+    async fn lookup(
+        &self,
+        name: &str,
+        ty: RecordType,
+    ) -> Result<Answer<(Vec<RData>, Vec<(String, RData)>)>, PollError> {
         let err = |reason: String| PollError {
             name: name.to_string(),
             reason,
         };
-        match self.inner.lookup(name, ty).await {
-            Ok(l) => Ok(Answer::Records(
-                l.answers()
+        // from_ascii: service labels such as `_instances` are not host names (IDNA refuses some).
+        let fqdn = Name::from_ascii(name).map_err(|e| err(format!("invalid name: {e}")))?;
+        match self.inner.lookup(fqdn, ty).await {
+            Ok(l) => {
+                let answers = l
+                    .answers()
                     .iter()
                     .filter(|r| r.record_type() == ty)
                     .map(|r| r.data.clone())
-                    .collect(),
-            )),
+                    .collect();
+                let extra = l
+                    .additionals()
+                    .iter()
+                    .map(|r| (r.name.to_ascii(), r.data.clone()))
+                    .collect();
+                Ok(Answer::Records((answers, extra)))
+            }
             Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. }))) => {
                 match response_code {
                     ResponseCode::NoError => Ok(Answer::Nothing),
@@ -179,6 +197,7 @@ impl Resolver {
                     other => Err(err(format!("{other} for {ty}"))),
                 }
             }
+            Err(NetError::Timeout) => Err(err(format!("{ty} query timed out"))),
             Err(e) => Err(err(format!("{ty} lookup failed: {e}"))),
         }
     }
@@ -186,12 +205,8 @@ impl Resolver {
     async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, PollError> {
         let mut out = Vec::new();
         for ty in [RecordType::A, RecordType::AAAA] {
-            if let Answer::Records(rs) = self.lookup(name, ty).await? {
-                out.extend(rs.into_iter().filter_map(|r| match r {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                }));
+            if let Answer::Records((rs, _)) = self.lookup(name, ty).await? {
+                out.extend(rs.iter().filter_map(ip_of));
             }
         }
         Ok(out)
@@ -203,7 +218,7 @@ impl Resolver {
         match s.kind {
             Kind::FlyTxt => {
                 let records = match self.lookup(&s.name, RecordType::TXT).await? {
-                    Answer::Records(rs) => rs
+                    Answer::Records((rs, _)) => rs
                         .into_iter()
                         .filter_map(|r| match r {
                             RData::TXT(t) => {
@@ -217,15 +232,24 @@ impl Resolver {
                 Ok(parse::fly_txt(label, &records, s.port, template))
             }
             Kind::Srv => {
-                let records = match self.lookup(&s.name, RecordType::SRV).await? {
-                    Answer::Records(rs) => rs,
-                    Answer::Nothing => Vec::new(),
+                let (records, extra) = match self.lookup(&s.name, RecordType::SRV).await? {
+                    Answer::Records(r) => r,
+                    Answer::Nothing => Default::default(),
                 };
                 let mut targets = Vec::new();
                 for r in records {
                     if let RData::SRV(srv) = r {
                         let target = srv.target.to_ascii();
-                        let addrs = self.addresses(&target).await?;
+                        // The server usually sends the targets' addresses along; ask only
+                        // for the ones it did not.
+                        let mut addrs: Vec<IpAddr> = extra
+                            .iter()
+                            .filter(|(n, _)| n.eq_ignore_ascii_case(&target))
+                            .filter_map(|(_, d)| ip_of(d))
+                            .collect();
+                        if addrs.is_empty() {
+                            addrs = self.addresses(&target).await?;
+                        }
                         targets.push(SrvTarget {
                             target: target.trim_end_matches('.').to_string(),
                             port: srv.port,
@@ -240,6 +264,14 @@ impl Resolver {
                 Ok(parse::addresses(label, &addrs, s.port, template))
             }
         }
+    }
+}
+
+fn ip_of(r: &RData) -> Option<IpAddr> {
+    match r {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        _ => None,
     }
 }
 
