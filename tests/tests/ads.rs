@@ -39,13 +39,23 @@ impl Ads {
     }
 
     async fn request(&self, version: &str, nonce: &str, error: Option<&str>) -> Result<()> {
+        self.request_type(CDS, version, nonce, error).await
+    }
+
+    async fn request_type(
+        &self,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
         let req = DiscoveryRequest {
             version_info: version.to_string(),
             node: Some(Node {
                 id: "scripted".into(),
                 ..Default::default()
             }),
-            type_url: CDS.into(),
+            type_url: type_url.into(),
             response_nonce: nonce.to_string(),
             error_detail: error.map(|m| RpcStatus {
                 code: 3,
@@ -208,5 +218,51 @@ async fn nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
         }
         ads.request(&next.version_info, &next.nonce, None).await?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_types_get_an_empty_set_and_responses_name_the_replica() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let rev = c.put(1, "b1", 9001).await?;
+    c.builders(1, true).await?;
+    let mut ads = Ads::open(&c.nodes[&1].xds).await?;
+    let rds = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    ads.request_type(rds, "", "", None).await?;
+    let r = ads.next().await?;
+    ensure!(r.type_url == rds && r.resources.is_empty(), "{r:?}");
+    let v: u64 = r.version_info.parse()?;
+    ensure!(v <= rev, "version {v} is a revision");
+    let id = r.control_plane.map(|cp| cp.identifier).unwrap_or_default();
+    ensure!(
+        id == format!("concord/{}/node-1", c.name),
+        "identifier {id:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_end_at_the_maximum_age() -> Result<()> {
+    let c = Cluster::start(Options {
+        extra: vec!["--max-stream-age-secs".into(), "1".into()],
+        ..Options::default()
+    })
+    .await?;
+    let mut ads = Ads::open(&c.nodes[&2].xds).await?;
+    let t0 = Instant::now();
+    ads.request("", "", None).await?;
+    ads.next().await?;
+    match ads.next().await {
+        Ok(r) => bail!("unexpected response {}", r.version_info),
+        Err(s) => {
+            ensure!(s.code() == tonic::Code::Unavailable, "{s:?}");
+            ensure!(s.message().contains("maximum stream age"), "{s:?}");
+        }
+    }
+    let age = t0.elapsed();
+    ensure!(
+        age >= Duration::from_millis(850) && age < Duration::from_secs(5),
+        "ended after {age:?}"
+    );
     Ok(())
 }
