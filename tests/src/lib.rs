@@ -432,7 +432,15 @@ impl Cluster {
     /// Waits until every replica that is up answers, all agree on one leader, and it calls
     /// itself leader.
     pub async fn leader(&self) -> Result<u64> {
-        eventually(Duration::from_secs(20), "one leader elected", || async {
+        eventually(Duration::from_secs(20), "one leader elected", || {
+            self.leader_now()
+        })
+        .await
+    }
+
+    /// [`Cluster::leader`] without waiting: an error unless that holds right now.
+    pub async fn leader_now(&self) -> Result<u64> {
+        {
             let mut seen = None;
             for id in self.up() {
                 let s = self.status(id).await?;
@@ -448,8 +456,7 @@ impl Cluster {
                 bail!("node {l} is not leader yet");
             }
             Ok(l)
-        })
-        .await
+        }
     }
 
     /// Waits until every replica that is up has applied the same registry.

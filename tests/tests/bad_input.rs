@@ -119,6 +119,16 @@ async fn invalid_builders_and_duplicate_sni_are_refused() -> Result<()> {
     );
     let (_, ids) = c.builders(1, true).await?;
     ensure!(ids == ["a"], "only the valid builder exists: {ids:?}");
+    // Fault injection exists only when a replica is started for chaos tests.
+    let (s, _) = c
+        .send(
+            1,
+            Method::POST,
+            "/v1/debug/isolate",
+            Some(json!({ "isolated": true })),
+        )
+        .await?;
+    ensure!(s == 404, "fault injection must be off by default: {s}");
     Ok(())
 }
 

@@ -48,8 +48,15 @@ pub fn router(
     node: Arc<Node>,
     xds: XdsServer,
     discovery: Option<Arc<Mutex<PollerStatus>>>,
+    fault_injection: bool,
 ) -> Router {
+    let debug = if fault_injection {
+        Router::new().route("/v1/debug/isolate", post(isolate))
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(debug)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
         .route("/v1/builders", get(list_builders).post(batch))
@@ -147,6 +154,22 @@ async fn discovery_status(State(state): State<AppState>) -> Json<serde_json::Val
         },
         "poller": poller,
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Isolate {
+    isolated: bool,
+}
+
+/// Fault injection (only with `--enable-fault-injection`): cut this replica off, or reconnect it.
+async fn isolate(
+    State(AppState { node, .. }): State<AppState>,
+    body: Result<Json<Isolate>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(b) = body.map_err(bad_json)?;
+    node.isolate(b.isolated);
+    Ok(Json(json!({ "isolated": b.isolated })))
 }
 
 async fn envoys(State(AppState { node, xds, .. }): State<AppState>) -> Json<serde_json::Value> {

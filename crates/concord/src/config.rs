@@ -154,6 +154,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORD_DNS_REMOVAL_CONFIRMATIONS", value_name = "N")]
     pub dns_removal_confirmations: Option<u32>,
 
+    /// Allow `POST /v1/debug/isolate` on the admin API, which cuts this replica off from its
+    /// peers and Envoys as a network partition would. For chaos tests; never in production.
+    #[arg(long, env = "CONCORD_ENABLE_FAULT_INJECTION")]
+    #[serde(default)]
+    pub enable_fault_injection: bool,
+
     /// What NXDOMAIN means: `empty` (the name has no builders) or `error` (change nothing).
     /// NOERROR with no records always means no builders. [default: empty]
     #[arg(long, env = "CONCORD_DNS_NXDOMAIN", value_name = "empty|error")]
@@ -175,6 +181,8 @@ pub struct ServeConfig {
     pub stale_after: Duration,
     /// DNS discovery, if configured.
     pub discovery: Option<DiscoveryConfig>,
+    /// Whether the fault-injection endpoint is on.
+    pub fault_injection: bool,
 }
 
 impl ServeArgs {
@@ -317,6 +325,7 @@ impl ServeArgs {
             xds,
             stale_after: Duration::from_millis(stale_after),
             discovery,
+            fault_injection: a.enable_fault_injection,
         })
     }
 
@@ -353,6 +362,7 @@ impl ServeArgs {
                 .dns_removal_confirmations
                 .or(file.dns_removal_confirmations),
             dns_nxdomain: self.dns_nxdomain.or(file.dns_nxdomain),
+            enable_fault_injection: self.enable_fault_injection || file.enable_fault_injection,
         }
     }
 }

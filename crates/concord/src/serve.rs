@@ -54,13 +54,19 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         None => None,
     };
 
-    let admin = axum::serve(admin_listener, admin::router(node.clone(), xds, discovery))
-        .with_graceful_shutdown(shutdown.child_token().cancelled_owned());
+    let admin = axum::serve(
+        admin_listener,
+        admin::router(node.clone(), xds, discovery, config.fault_injection),
+    )
+    .with_graceful_shutdown(shutdown.child_token().cancelled_owned());
     let admin = tokio::spawn(async move {
         if let Err(error) = admin.await {
             tracing::error!(%error, "admin API failed");
         }
     });
+    if config.fault_injection {
+        tracing::warn!("fault injection is enabled (POST /v1/debug/isolate): for tests only");
+    }
     tracing::info!(node_id, "ready");
 
     wait_for_signal().await;
@@ -95,7 +101,9 @@ fn watch_freshness(
                 _ = tick.tick() => {}
             }
             let gap = node.out_of_contact();
-            let fresh = gap <= stale_after;
+            // An isolated replica (fault injection) is cut off from its Envoys at once, as a
+            // partition would; otherwise it steps aside after `stale_after` without a quorum.
+            let fresh = !node.is_isolated() && gap <= stale_after;
             if *tx.borrow() != fresh {
                 if fresh {
                     tracing::info!("back in contact with the quorum; serving Envoys again");

@@ -21,6 +21,7 @@ use openraft::{AnyError, BasicNode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -40,6 +41,8 @@ pub struct Network {
     cluster: String,
     from: NodeId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Fault injection: while set, every call fails as if the network were cut.
+    isolated: Arc<AtomicBool>,
 }
 
 impl Network {
@@ -49,10 +52,19 @@ impl Network {
             cluster,
             from,
             channels: Arc::default(),
+            isolated: Arc::default(),
         }
     }
 
+    /// The fault-injection switch shared with the peer server (see [`crate::Node::isolate`]).
+    pub(crate) fn isolation(&self) -> Arc<AtomicBool> {
+        self.isolated.clone()
+    }
+
     fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        if self.isolated.load(Ordering::Relaxed) {
+            return Err("isolated by fault injection".into());
+        }
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),

@@ -74,6 +74,8 @@ pub struct Node {
     network: Network,
     /// When this node last accepted entries or a heartbeat from a leader.
     leader_contact: std::sync::Mutex<Instant>,
+    /// Fault injection: cut off from every peer, both ways.
+    isolated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A member of the cluster, as status shows it.
@@ -174,11 +176,13 @@ impl Node {
                 addr: config.listen_addr,
                 source,
             })?;
+        let isolated = network.isolation();
         let node = Arc::new(Node {
             config,
             raft,
             sm,
             network,
+            isolated,
             leader_contact: std::sync::Mutex::new(Instant::now()),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
@@ -483,6 +487,23 @@ impl Node {
             .map_err(|_| ClientError::Timeout {
                 waited_ms: self.config.request_timeout.as_millis() as u64,
             })
+    }
+
+    /// Fault injection (chaos tests): cut this replica off from every peer, or reconnect it.
+    /// Outgoing RPCs fail as unreachable and incoming ones are refused, as in a partition.
+    pub fn isolate(&self, on: bool) {
+        self.isolated
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            isolated = on,
+            "fault injection: peer network {}",
+            if on { "cut" } else { "restored" }
+        );
+    }
+
+    /// Whether [`Node::isolate`] is on.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records that a leader's append-entries (or heartbeat) was accepted just now.

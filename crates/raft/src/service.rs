@@ -26,6 +26,9 @@ impl PeerService {
     }
 
     fn check(&self, req: &Request<Message>) -> Result<(), Status> {
+        if self.node.is_isolated() {
+            return Err(Status::unavailable("isolated by fault injection"));
+        }
         let md = req.metadata();
         let header = |k| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
         let cluster = header(CLUSTER_HEADER);

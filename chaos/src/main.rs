@@ -1,0 +1,471 @@
+//! concord-chaos: runs a named fault scenario against a real world on loopback — BIND 9 with a
+//! TXT record that keeps changing, concord replicas discovering from it, TLS builders, Envoys spread
+//! over the replicas, and clients connecting through the Envoys the whole time — checks the
+//! invariants continuously and at the end, and writes a JSON report and a summary.
+//!
+//! Invariants: (1) no Envoy reports a CDS or LDS version lower than one it reported before;
+//! (2) after the last fault every Envoy reaches the leader's revision within a bound; (3) every
+//! DNS change is reflected at the end and no removed builder reappears; (4) connections to
+//! builders that stayed in DNS all succeed, and removed builders stop being routed; (5) every
+//! replica restarts from its data dir and all agree at the end.
+//!
+//! `concord-chaos kill-leader --faults 50`; exits non-zero on any violation.
+
+mod world;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use concord_tests::tls::probe;
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use world::{Setup, World, sni};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    /// SIGKILL the current leader, restart it after a while, repeat.
+    KillLeader,
+    /// SIGKILL a random replica, restart it, repeat.
+    KillRandom,
+    /// SIGTERM each replica in turn and start it again, as an upgrade would.
+    RollingRestart,
+    /// Cut the leader off from its peers and its Envoys (in-process fault injection), heal.
+    PartitionLeader,
+    /// All replicas down at once, then up; Envoys keep their config meanwhile.
+    RestartAll,
+    /// SIGKILL the same replica repeatedly under heavy write load.
+    DiskKill,
+}
+
+/// Run a chaos scenario against real replicas, Envoys, DNS and TLS builders on loopback.
+#[derive(Parser)]
+#[command(name = "concord-chaos")]
+struct Args {
+    /// The scenario.
+    scenario: Scenario,
+    /// Number of faults to inject.
+    #[arg(long, default_value_t = 5)]
+    faults: usize,
+    /// Replicas (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    /// Envoys, spread over the replicas.
+    #[arg(long, default_value_t = 3)]
+    envoys: usize,
+    /// Milliseconds between DNS changes.
+    #[arg(long, default_value_t = 500)]
+    dns_every_ms: u64,
+    /// Seconds every Envoy has, after the last fault, to reach the leader's revision (invariant 2).
+    #[arg(long, default_value_t = 20)]
+    converge_bound_secs: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "chaos/reports")]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let setup = Setup {
+        replicas: args.replicas,
+        envoys: args.envoys,
+        stable: 3,
+    };
+    let world = World::start(&setup).await.context("setting up the world")?;
+    let stop = CancellationToken::new();
+    let monitors = world.monitor(stop.clone(), Duration::from_millis(args.dns_every_ms));
+    let acked = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let writer = (args.scenario == Scenario::DiskKill)
+        .then(|| spawn_writer(&world, stop.clone(), acked.clone()));
+
+    let faults_ok = inject(&world, &args).await;
+    let last_fault = Instant::now();
+    if let Err(e) = &faults_ok {
+        world
+            .rec
+            .violation(5, json!({ "fault loop failed": format!("{e:#}") }));
+    }
+    // Let DNS churn and traffic go on a little after the last fault, then stop the churn.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    if let Some(w) = writer {
+        let _ = w.await;
+    }
+    for m in monitors {
+        let _ = m.await;
+    }
+    let convergence = final_checks(&world, &args, last_fault, &acked).await;
+    report(&world, &args, convergence)
+}
+
+/// Waits for a leader among the running replicas, holding the cluster only briefly at a time
+/// so the monitors keep watching.
+async fn leader(world: &World) -> Result<u64> {
+    concord_tests::eventually(Duration::from_secs(20), "one leader", || async {
+        world.cluster.lock().await.leader_now().await
+    })
+    .await
+}
+
+async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
+    let mut rng = rand::rng();
+    for k in 0..args.faults {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2000))).await;
+        let t0 = Instant::now();
+        match args.scenario {
+            Scenario::KillLeader | Scenario::KillRandom | Scenario::DiskKill => {
+                let victim = match args.scenario {
+                    Scenario::KillLeader => leader(world).await?,
+                    Scenario::DiskKill => 1,
+                    _ => rng.random_range(1..=args.replicas),
+                };
+                world.cluster.lock().await.node(victim).kill();
+                world.rec.event(
+                    "fault",
+                    json!({ "n": k, "kind": "sigkill", "node": victim }),
+                );
+                let new = leader(world).await?;
+                world.rec.event(
+                    "election",
+                    json!({ "node": new, "ms": t0.elapsed().as_secs_f64() * 1e3 }),
+                );
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+                restart(world, victim).await?;
+            }
+            Scenario::RollingRestart => {
+                let victim = (k as u64 % args.replicas) + 1;
+                let status = world.cluster.lock().await.node(victim).terminate()?;
+                world.rec.event(
+                    "fault",
+                    json!({ "n": k, "kind": "sigterm", "node": victim, "exit": status.code() }),
+                );
+                if !status.success() {
+                    world
+                        .rec
+                        .violation(5, json!({ "node": victim, "sigterm exit": status.code() }));
+                }
+                let new = leader(world).await?;
+                world.rec.event(
+                    "election",
+                    json!({ "node": new, "ms": t0.elapsed().as_secs_f64() * 1e3 }),
+                );
+                restart(world, victim).await?;
+            }
+            Scenario::PartitionLeader => {
+                let victim = leader(world).await?;
+                isolate(world, victim, true).await?;
+                world.rec.event(
+                    "fault",
+                    json!({ "n": k, "kind": "partition", "node": victim }),
+                );
+                let new = wait_leader_other_than(world, victim).await?;
+                world.rec.event(
+                    "election",
+                    json!({ "node": new, "ms": t0.elapsed().as_secs_f64() * 1e3 }),
+                );
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
+                isolate(world, victim, false).await?;
+                world.rec.event("heal", json!({ "node": victim }));
+                caught_up(world, victim).await?;
+            }
+            Scenario::RestartAll => {
+                let ids: Vec<u64> = world.cluster.lock().await.up();
+                for &id in &ids {
+                    world.cluster.lock().await.node(id).kill();
+                }
+                world
+                    .rec
+                    .event("fault", json!({ "n": k, "kind": "sigkill-all" }));
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+                for &id in &ids {
+                    world.cluster.lock().await.node(id).start()?;
+                }
+                let new = leader(world).await?;
+                world.rec.event(
+                    "election",
+                    json!({ "node": new, "ms": t0.elapsed().as_secs_f64() * 1e3 }),
+                );
+                for &id in &ids {
+                    caught_up(world, id).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn isolate(world: &World, node: u64, on: bool) -> Result<()> {
+    let c = world.cluster.lock().await;
+    let (s, v) = c
+        .send(
+            node,
+            reqwest::Method::POST,
+            "/v1/debug/isolate",
+            Some(json!({ "isolated": on })),
+        )
+        .await?;
+    if s != 200 {
+        bail!("isolate {node}: {s} {v}");
+    }
+    Ok(())
+}
+
+async fn wait_leader_other_than(world: &World, old: u64) -> Result<u64> {
+    concord_tests::eventually(Duration::from_secs(20), "a new leader", || async {
+        let c = world.cluster.lock().await;
+        for id in c.up().into_iter().filter(|&id| id != old) {
+            let s = c.status(id).await?;
+            if s["role"] == "leader" {
+                return Ok(id);
+            }
+        }
+        bail!("none yet")
+    })
+    .await
+}
+
+async fn restart(world: &World, node: u64) -> Result<()> {
+    world.cluster.lock().await.node(node).start()?;
+    caught_up(world, node).await?;
+    world.rec.event("restarted", json!({ "node": node }));
+    Ok(())
+}
+
+/// Waits until `node` answers and has applied as far as the leader had when we asked.
+async fn caught_up(world: &World, node: u64) -> Result<()> {
+    concord_tests::eventually(
+        Duration::from_secs(30),
+        &format!("node {node} catches up"),
+        || async {
+            let c = world.cluster.lock().await;
+            let l = c.leader_now().await?;
+            let want = c.status(l).await?["applied_index"].as_u64().unwrap_or(0);
+            let got = c.status(node).await?["applied_index"].as_u64().unwrap_or(0);
+            if got < want {
+                bail!("node {node} at {got}, leader at {want}");
+            }
+            Ok(())
+        },
+    )
+    .await
+    .map_err(|e| {
+        world.rec.violation(
+            5,
+            json!({ "node": node, "did not come back": format!("{e:#}") }),
+        );
+        e
+    })
+}
+
+/// Heavy write load for disk-kill: api builders put through every replica, acknowledged ones kept.
+fn spawn_writer(
+    world: &Arc<World>,
+    stop: CancellationToken,
+    acked: Arc<std::sync::Mutex<BTreeSet<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    let w = world.clone();
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut i = 0u32;
+        while !stop.is_cancelled() {
+            let admins: Vec<String> = {
+                let c = w.cluster.lock().await;
+                c.up()
+                    .into_iter()
+                    .map(|id| c.nodes[&id].admin.clone())
+                    .collect()
+            };
+            let admin = &admins[i as usize % admins.len()];
+            let id = format!("w{i}");
+            let body =
+                json!({ "addr": format!("127.0.3.1:{}", 1000 + i % 60000), "sni": sni(&id) });
+            if let Ok(r) = http
+                .put(format!("{admin}/v1/builders/{id}"))
+                .json(&body)
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                acked.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+            }
+            i += 1;
+        }
+    })
+}
+
+fn median_max(mut v: Vec<f64>) -> Value {
+    if v.is_empty() {
+        return json!(null);
+    }
+    v.sort_by(f64::total_cmp);
+    json!({ "n": v.len(), "median_ms": v[v.len() / 2].round(), "max_ms": v[v.len() - 1].round() })
+}
+
+/// The end-of-run invariants; returns the convergence time in ms.
+async fn final_checks(
+    world: &World,
+    args: &Args,
+    last_fault: Instant,
+    acked: &std::sync::Mutex<BTreeSet<String>>,
+) -> Option<f64> {
+    let rec = &world.rec;
+    let bound = Duration::from_secs(args.converge_bound_secs);
+    let dns = world.dns.lock().await;
+    let published = dns.published();
+    let removed = dns.removed().clone();
+    drop(dns);
+    // (5) every replica is up; (3) the leader has exactly what DNS has, plus the api writes.
+    let c = world.cluster.lock().await;
+    for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+        if !c.up().contains(&id) {
+            rec.violation(5, json!({ "node": id, "not running at the end": true }));
+        }
+    }
+    let start = Instant::now();
+    let converged = concord_tests::eventually(
+        bound,
+        "every Envoy and replica at the leader's revision",
+        || async {
+            let l = c.leader().await?;
+            let lv = c.get(l, "/v1/builders?consistent=true").await?;
+            let rev = lv["revision"].as_u64().unwrap_or(0);
+            let dns_ids: BTreeSet<String> = lv["builders"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["source"] == "dns")
+                .filter_map(|b| b["id"].as_str().map(str::to_string))
+                .collect();
+            if dns_ids != published {
+                bail!("leader has {dns_ids:?}, DNS has {published:?}");
+            }
+            for e in &world.envoys {
+                let v = e.versions().await?;
+                if v.clusters != Some(rev) || v.listeners != Some(rev) {
+                    bail!("{} at {v:?}, leader at {rev}", e.node_id);
+                }
+            }
+            let reference = c.get(l, "/v1/builders").await?;
+            for id in c.up() {
+                let other = c.get(id, "/v1/builders").await?;
+                if other != reference {
+                    bail!("node {id} differs from the leader");
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let convergence = match converged {
+        Ok(()) => {
+            rec.event(
+                "converged",
+                json!({ "ms_after_last_fault": last_fault.elapsed().as_secs_f64() * 1e3 }),
+            );
+            Some(start.elapsed().as_secs_f64() * 1e3)
+        }
+        Err(e) => {
+            rec.violation(2, json!({ "not converged within": args.converge_bound_secs, "evidence": format!("{e:#}") }));
+            None
+        }
+    };
+    // (3) no removed builder anywhere; (4) and none routed.
+    for id in c.up() {
+        if let Ok(v) = c.get(id, "/v1/builders").await {
+            for b in v["builders"].as_array().into_iter().flatten() {
+                if let Some(bid) = b["id"].as_str()
+                    && removed.contains(bid)
+                {
+                    rec.violation(3, json!({ "node": id, "removed builder is back": bid }));
+                }
+            }
+        }
+    }
+    for e in &world.envoys {
+        for bid in removed.iter().rev().take(3) {
+            if let Ok(g) = probe(&world.ca, e.listener, &sni(bid)).await {
+                rec.violation(
+                    4,
+                    json!({ "envoy": e.node_id, "removed builder still routed": bid, "answer": g }),
+                );
+            }
+        }
+        for bid in &published {
+            match probe(&world.ca, e.listener, &sni(bid)).await {
+                Ok(g) if g == format!("builder {bid}") => {}
+                other => rec.violation(3, json!({ "envoy": e.node_id, "builder in DNS not routed": bid, "result": format!("{other:?}") })),
+            }
+        }
+    }
+    // disk-kill: every acknowledged write survived.
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if !acked.is_empty()
+        && let Ok(l) = c.leader().await
+        && let Ok(v) = c.get(l, "/v1/builders?consistent=true").await
+    {
+        let have: BTreeSet<String> = v["builders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b["id"].as_str().map(str::to_string))
+            .collect();
+        let lost: Vec<_> = acked.difference(&have).collect();
+        if !lost.is_empty() {
+            rec.violation(5, json!({ "acknowledged writes lost": lost }));
+        }
+        rec.event("writes", json!({ "acknowledged": acked.len() }));
+    }
+    convergence
+}
+
+fn report(world: &World, args: &Args, convergence: Option<f64>) -> Result<()> {
+    let rec = &world.rec;
+    let events = rec.events();
+    let violations = rec.violations();
+    let faults = events.iter().filter(|e| e["kind"] == "fault").count();
+    let dns_changes = events.iter().filter(|e| e["kind"] == "dns").count();
+    let summary = json!({
+        "scenario": format!("{:?}", args.scenario),
+        "faults": faults,
+        "dns_changes": dns_changes,
+        "elections": median_max(rec.durations("election")),
+        "envoy_failovers": median_max(rec.durations("failover").into_iter().filter(|ms| *ms > 0.0).collect()),
+        "convergence_after_last_change_ms": convergence.map(f64::round),
+        "traffic": { "sent": world.traffic.sent.load(Ordering::Relaxed), "failed": world.traffic.failed.load(Ordering::Relaxed) },
+        "violations": violations.len(),
+    });
+    std::fs::create_dir_all(&args.out)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let path = args
+        .out
+        .join(format!("{:?}-{stamp}.json", args.scenario).to_lowercase());
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(
+            &json!({ "summary": summary, "violations": violations, "events": events }),
+        )?,
+    )?;
+    println!(
+        "chaos {:?}: {}",
+        args.scenario,
+        serde_json::to_string_pretty(&summary)?
+    );
+    println!("report: {}", path.display());
+    if !violations.is_empty() {
+        bail!(
+            "{} invariant violation(s); see the report",
+            violations.len()
+        );
+    }
+    Ok(())
+}

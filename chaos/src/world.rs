@@ -1,0 +1,393 @@
+//! The world a chaos run happens in, all real and on loopback: a BIND 9 whose TXT record keeps
+//! changing, concord replicas discovering builders from it, TLS builders, Envoys spread over the
+//! replicas, and the monitors that watch the invariants while faults are injected.
+
+use anyhow::{Result, bail};
+use concord_tests::dns::Bind;
+use concord_tests::envoy::{Envoy, Versions};
+use concord_tests::tls::{TestCa, TlsBuilder, probe};
+use concord_tests::{Cluster, Options, free_port};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+
+/// SNI names of the run's builders.
+pub fn sni(id: &str) -> String {
+    format!("{id}.chaos.test")
+}
+
+/// Every event and violation of a run, timestamped from its start.
+pub struct Recorder {
+    start: Instant,
+    events: Mutex<Vec<Value>>,
+    violations: Mutex<Vec<Value>>,
+}
+
+impl Recorder {
+    fn new() -> Arc<Recorder> {
+        Arc::new(Recorder {
+            start: Instant::now(),
+            events: Mutex::default(),
+            violations: Mutex::default(),
+        })
+    }
+
+    /// Milliseconds since the run started.
+    pub fn now_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Records an event.
+    pub fn event(&self, kind: &str, detail: Value) {
+        let e = json!({ "t_ms": self.now_ms(), "kind": kind, "detail": detail });
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e);
+    }
+
+    /// Records an invariant violation with its evidence.
+    pub fn violation(&self, invariant: u8, detail: Value) {
+        eprintln!("VIOLATION of invariant {invariant}: {detail}");
+        let e = json!({ "t_ms": self.now_ms(), "invariant": invariant, "detail": detail });
+        self.violations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e.clone());
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(json!({ "t_ms": e["t_ms"], "kind": "violation", "detail": e }));
+    }
+
+    /// Events so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Violations so far.
+    pub fn violations(&self) -> Vec<Value> {
+        self.violations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Durations (ms) of the events of one kind, from their `ms` field.
+    pub fn durations(&self, kind: &str) -> Vec<f64> {
+        self.events()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .filter_map(|e| e["detail"]["ms"].as_f64())
+            .collect()
+    }
+}
+
+/// The DNS side: which churn builders are published, which were removed for good.
+pub struct Dns {
+    pub bind: Bind,
+    port: u16,
+    stable: Vec<String>,
+    live: Vec<String>,
+    removed: BTreeSet<String>,
+    next: u32,
+    servers: BTreeMap<String, TlsBuilder>,
+}
+
+impl Dns {
+    fn entry(id: &str, ip: [u8; 4]) -> String {
+        let ip = std::net::Ipv4Addr::from(ip);
+        format!("instance={id},app=chaos,ip={ip},region=local")
+    }
+
+    fn ip_of(&self, id: &str) -> [u8; 4] {
+        // Stable builders on 127.0.1.x, churn builders on 127.0.2.x (each its own address).
+        match self.stable.iter().position(|s| s == id) {
+            Some(i) => [127, 0, 1, 10 + i as u8],
+            None => {
+                let k: u32 = id.trim_start_matches('c').parse().unwrap_or(0);
+                [127, 0, 2, (10 + k % 200) as u8]
+            }
+        }
+    }
+
+    fn publish(&self) -> Result<()> {
+        let entries: Vec<String> = self
+            .stable
+            .iter()
+            .chain(&self.live)
+            .map(|id| Self::entry(id, self.ip_of(id)))
+            .collect();
+        self.bind.set_instances(&entries)
+    }
+
+    /// Adds a churn builder (with a real TLS server) or removes the oldest; returns what it did.
+    pub async fn churn(&mut self, ca: &TestCa) -> Result<Value> {
+        let add = self.live.len() < 3 || (self.live.len() < 6 && !self.next.is_multiple_of(3));
+        let what = if add {
+            self.next += 1;
+            let id = format!("c{}", self.next);
+            let addr = SocketAddr::from((self.ip_of(&id), self.port));
+            self.servers.insert(
+                id.clone(),
+                TlsBuilder::start_on(ca, &id, &sni(&id), addr).await?,
+            );
+            self.live.push(id.clone());
+            json!({ "added": id })
+        } else {
+            let id = self.live.remove(0);
+            self.servers.remove(&id);
+            self.removed.insert(id.clone());
+            json!({ "removed": id })
+        };
+        self.publish()?;
+        Ok(what)
+    }
+
+    /// Builders in DNS now.
+    pub fn published(&self) -> BTreeSet<String> {
+        self.stable.iter().chain(&self.live).cloned().collect()
+    }
+
+    /// Builders removed from DNS during the run.
+    pub fn removed(&self) -> &BTreeSet<String> {
+        &self.removed
+    }
+
+    /// Builders in DNS the whole run.
+    pub fn stable(&self) -> &[String] {
+        &self.stable
+    }
+}
+
+/// Traffic counters.
+#[derive(Default)]
+pub struct Traffic {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Everything of one run.
+pub struct World {
+    pub cluster: AsyncMutex<Cluster>,
+    pub dns: AsyncMutex<Dns>,
+    pub ca: TestCa,
+    pub envoys: Vec<Arc<Envoy>>,
+    pub rec: Arc<Recorder>,
+    pub traffic: Arc<Traffic>,
+    _stable_servers: Vec<TlsBuilder>,
+}
+
+/// Settings of the world.
+pub struct Setup {
+    pub replicas: u64,
+    pub envoys: usize,
+    pub stable: usize,
+}
+
+impl World {
+    /// Starts DNS, replicas, stable builders and Envoys, and waits until every Envoy routes every
+    /// stable builder.
+    pub async fn start(s: &Setup) -> Result<Arc<World>> {
+        let bind = Bind::start().await?;
+        bind.ready().await?;
+        let port = free_port();
+        let ca = TestCa::new()?;
+        let stable: Vec<String> = (1..=s.stable).map(|i| format!("s{i}")).collect();
+        let dns = Dns {
+            bind,
+            port,
+            stable: stable.clone(),
+            live: Vec::new(),
+            removed: BTreeSet::new(),
+            next: 0,
+            servers: BTreeMap::new(),
+        };
+        let mut servers = Vec::new();
+        for id in &stable {
+            let addr = SocketAddr::from((dns.ip_of(id), port));
+            servers.push(TlsBuilder::start_on(&ca, id, &sni(id), addr).await?);
+        }
+        dns.publish()?;
+        let cluster = Cluster::start(Options {
+            nodes: s.replicas,
+            snapshot_threshold: 200,
+            extra: vec![
+                "--enable-fault-injection".into(),
+                "--dns-server".into(),
+                dns.bind.addr(),
+                "--dns-source".into(),
+                format!("txt:_instances.internal:{port}"),
+                "--dns-sni-template".into(),
+                "{id}.chaos.test".into(),
+                "--stale-after-ms".into(),
+                "1500".into(),
+            ],
+        })
+        .await?;
+        let xds: Vec<String> = cluster.nodes.values().map(|r| r.xds.clone()).collect();
+        let mut envoys = Vec::new();
+        for i in 0..s.envoys {
+            let order: Vec<&str> = (0..xds.len())
+                .map(|k| xds[(i + k) % xds.len()].as_str())
+                .collect();
+            envoys.push(Arc::new(
+                Envoy::start(cluster.dir(), &format!("envoy-{}", i + 1), &order, true).await?,
+            ));
+        }
+        let world = World {
+            cluster: AsyncMutex::new(cluster),
+            dns: AsyncMutex::new(dns),
+            ca,
+            envoys,
+            rec: Recorder::new(),
+            traffic: Arc::default(),
+            _stable_servers: servers,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for e in &world.envoys {
+            for id in &stable {
+                loop {
+                    match probe(&world.ca, e.listener, &sni(id)).await {
+                        Ok(g) if g == format!("builder {id}") => break,
+                        _ if Instant::now() > deadline => {
+                            bail!("{} never routed {id}:\n{}", e.node_id, e.log_tail())
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+        }
+        world.rec.event(
+            "ready",
+            json!({ "replicas": s.replicas, "envoys": s.envoys }),
+        );
+        Ok(Arc::new(world))
+    }
+
+    /// Starts the monitors; they run until `stop`.
+    pub fn monitor(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+        dns_every: Duration,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        // Traffic (invariant 4): new TLS connections to stable builders through every Envoy.
+        for e in &self.envoys {
+            let (w, e, stop) = (self.clone(), e.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let stable: Vec<String> = w.dns.lock().await.stable().to_vec();
+                let mut i = 0usize;
+                while !stop.is_cancelled() {
+                    let id = &stable[i % stable.len()];
+                    i += 1;
+                    w.traffic.sent.fetch_add(1, Ordering::Relaxed);
+                    match probe(&w.ca, e.listener, &sni(id)).await {
+                        Ok(g) if g == format!("builder {id}") => {}
+                        other => {
+                            w.traffic.failed.fetch_add(1, Ordering::Relaxed);
+                            w.rec.violation(4, json!({ "envoy": e.node_id, "builder": id, "result": format!("{other:?}") }));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }));
+        }
+        // Versions (invariant 1): never lower than one reported before.
+        for e in &self.envoys {
+            let (w, e, stop) = (self.clone(), e.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut max = Versions::default();
+                while !stop.is_cancelled() {
+                    if let Ok(v) = e.versions().await {
+                        if v.clusters < max.clusters || v.listeners < max.listeners {
+                            w.rec.violation(1, json!({ "envoy": e.node_id, "before": format!("{max:?}"), "now": format!("{v:?}") }));
+                        }
+                        max.clusters = max.clusters.max(v.clusters);
+                        max.listeners = max.listeners.max(v.listeners);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
+        }
+        // DNS churn: a change every `dns_every`.
+        {
+            let (w, stop) = (self.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let what = w.dns.lock().await.churn(&w.ca).await;
+                    match what {
+                        Ok(d) => w.rec.event("dns", d),
+                        Err(e) => w.rec.event("dns-error", json!(e.to_string())),
+                    }
+                    tokio::time::sleep(dns_every).await;
+                }
+            }));
+        }
+        // Leaders and Envoy placement, as the replicas report them.
+        {
+            let (w, stop) = (self.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut leader: Option<u64> = None;
+                let mut placement: BTreeMap<String, u64> = BTreeMap::new();
+                let mut lost: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+                while !stop.is_cancelled() {
+                    let (ids, admins): (Vec<u64>, Vec<String>) = {
+                        let c = w.cluster.lock().await;
+                        c.up().into_iter().map(|id| (id, c.nodes[&id].admin.clone())).unzip()
+                    };
+                    let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+                    let mut seen_leader = None;
+                    let mut now_on: BTreeMap<String, u64> = BTreeMap::new();
+                    for (id, admin) in ids.iter().zip(&admins) {
+                        if let Ok(r) = http.get(format!("{admin}/v1/status")).send().await
+                            && let Ok(v) = r.json::<Value>().await
+                            && v["role"] == "leader"
+                        {
+                            seen_leader = Some(*id);
+                        }
+                        if let Ok(r) = http.get(format!("{admin}/v1/envoys")).send().await
+                            && let Ok(v) = r.json::<Value>().await
+                        {
+                            for e in v["envoys"].as_array().into_iter().flatten() {
+                                if let Some(n) = e["node_id"].as_str() {
+                                    now_on.insert(n.to_string(), *id);
+                                }
+                            }
+                        }
+                    }
+                    if seen_leader.is_some() && seen_leader != leader {
+                        w.rec.event("leader", json!({ "from": leader, "to": seen_leader }));
+                        leader = seen_leader;
+                    }
+                    for (envoy, was) in &placement {
+                        if !now_on.contains_key(envoy) && !lost.contains_key(envoy) {
+                            lost.insert(envoy.clone(), (*was, w.rec.now_ms()));
+                        }
+                    }
+                    for (envoy, on) in &now_on {
+                        if let Some((from, since)) = lost.remove(envoy) {
+                            let ms = w.rec.now_ms() - since;
+                            w.rec.event("failover", json!({ "envoy": envoy, "from": from, "to": on, "ms": ms }));
+                        } else if placement.get(envoy).is_some_and(|p| p != on) {
+                            w.rec.event("failover", json!({ "envoy": envoy, "from": placement[envoy], "to": on, "ms": 0.0 }));
+                        }
+                    }
+                    for (envoy, on) in now_on {
+                        placement.insert(envoy, on);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
+        }
+        tasks
+    }
+}
