@@ -204,6 +204,13 @@ async fn only_the_leader_polls_and_a_new_leader_misses_no_change() -> Result<()>
     // No removed builder comes back, on any replica.
     c.node(leader).start()?;
     c.converged(T).await?;
+    // The old leader restarts believing it leads (its own committed vote) until it hears of the
+    // new term; it must not poll meanwhile: the poller confirms leadership with a quorum first.
+    let v = discovery(&c, leader).await?;
+    ensure!(
+        v["poller"]["polls"] == 0 && v["polling"] == false,
+        "restarted old leader polled: {v}"
+    );
     for id in c.up() {
         let have = dns_ids(&c, id).await?;
         let back: Vec<_> = have.intersection(&removed).collect();

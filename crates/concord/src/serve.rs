@@ -158,6 +158,14 @@ impl PollerReplica {
 }
 
 impl Replica for PollerReplica {
+    async fn confirm_leadership(&self) -> bool {
+        let confirm = self.node.raft().ensure_linearizable();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), confirm).await,
+            Ok(Ok(_))
+        )
+    }
+
     fn leadership(&self) -> watch::Receiver<bool> {
         self.leadership.clone()
     }

@@ -57,6 +57,9 @@ pub trait Replica: Send + Sync + 'static {
     fn registry(&self) -> watch::Receiver<Arc<Registry>>;
     /// Proposes `cmd` as leader; resolves once it is committed and applied.
     fn propose(&self, cmd: Command) -> impl Future<Output = Result<Outcome, ProposeError>> + Send;
+    /// Confirms with a quorum that this replica still leads. A replica restarted from disk may
+    /// believe it leads for a moment (its own committed vote) before it hears of a newer term.
+    fn confirm_leadership(&self) -> impl Future<Output = bool> + Send;
 }
 
 /// The last change the poller made.
@@ -179,6 +182,14 @@ impl<R: Replica> Poller<R> {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = became_leader => {}
+            }
+            if !self.replica.confirm_leadership().await {
+                // Not really leading (or no quorum): look again after a moment.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(self.config.interval) => {}
+                }
+                continue;
             }
             tracing::info!(server = %self.config.server, "leader: DNS polling starts");
             self.update(|s| s.polling = true);
@@ -334,7 +345,10 @@ impl<R: Replica> Poller<R> {
                 });
                 Next::Backoff
             }
-            Err(ProposeError::NotLeader) => Next::Stop,
+            Err(ProposeError::NotLeader) => {
+                self.update(|s| s.last_result = "not leader any more; stopped".into());
+                Next::Stop
+            }
             Err(ProposeError::Other(e)) => {
                 tracing::warn!(error = %e, "proposing the DNS change failed");
                 self.update(|s| {
