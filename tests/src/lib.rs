@@ -380,21 +380,13 @@ impl Cluster {
 
     /// Puts builder `bid` through replica `id`; returns the revision it was committed at.
     pub async fn put(&self, id: u64, bid: &str, port: u16) -> Result<u64> {
-        let body = json!({ "addr": format!("127.0.0.1:{port}"), "sni": sni(bid) });
-        let (status, v) = self
-            .send(
-                id,
-                reqwest::Method::PUT,
-                &format!("/v1/builders/{bid}"),
-                Some(body),
-            )
-            .await?;
-        if status != 200 {
-            bail!("put {bid} on node {id}: {status} {v}");
-        }
-        v["revision"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("no revision in {v}"))
+        self.put_at(
+            id,
+            bid,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            &sni(bid),
+        )
+        .await
     }
 
     /// Removes builder `bid` through replica `id`.

@@ -312,7 +312,8 @@ async fn remove_builder(
     .await
 }
 
-/// One builder of a batch: a put body with its id.
+/// One builder of a batch: a put body with its id. (The fields are spelled out again because
+/// serde cannot `flatten` together with `deny_unknown_fields`.)
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchBuilder {
