@@ -220,6 +220,8 @@ impl World {
         let cluster = Cluster::start(Options {
             nodes: s.replicas,
             snapshot_threshold: 200,
+            // The product's own election timing: chaos measures the real failover.
+            relaxed_elections: false,
             extra: vec![
                 "--enable-fault-injection".into(),
                 "--dns-server".into(),

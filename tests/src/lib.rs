@@ -48,12 +48,26 @@ pub fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
     (at(0.5), at(0.99), ms(*samples.last().expect("samples")))
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again soon).
+/// A free TCP port on 127.0.0.1, from below the kernel's ephemeral range (32768–60999 here).
+///
+/// A port picked by binding port 0 comes from the ephemeral range, where the kernel may hand it
+/// to an outgoing connection before a replica restarted in a test binds it again; ports below
+/// that range are never given out implicitly. Each test process walks its own stretch of
+/// 10000–31999 (from its pid) and skips ports that are taken.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 220) * 100;
+    for _ in 0..22_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (10_000 + (base - 10_000 + n) % 22_000) as u16;
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// Polls `f` until it returns `Ok`, or fails with the last error after `timeout`.
@@ -177,6 +191,9 @@ pub struct Options {
     pub snapshot_threshold: u64,
     /// Extra flags for every replica.
     pub extra: Vec<String>,
+    /// Election timeouts of 500-1000 ms instead of the defaults (150-300 ms), for tests that
+    /// share the machine with other clusters; off for measurements of the real thing.
+    pub relaxed_elections: bool,
 }
 
 impl Default for Options {
@@ -185,6 +202,7 @@ impl Default for Options {
             nodes: 3,
             snapshot_threshold: 5000,
             extra: Vec::new(),
+            relaxed_elections: true,
         }
     }
 }
@@ -258,6 +276,14 @@ impl Cluster {
             "--snapshot-threshold".into(),
             self.opts.snapshot_threshold.to_string(),
         ];
+        if self.opts.relaxed_elections {
+            // Slower elections than the defaults (50 ms, 150-300 ms): several clusters and
+            // Envoys share two cores during the tests, and a starved follower must not depose a
+            // healthy leader in the middle of a test.
+            args.extend(
+                ["--heartbeat-ms", "100", "--election-timeout-ms", "500-1000"].map(String::from),
+            );
+        }
         args.extend(self.opts.extra.iter().cloned());
         let mut r = Replica {
             id,

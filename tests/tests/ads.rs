@@ -137,7 +137,7 @@ async fn replica_behind_the_envoy_holds_or_turns_it_away() -> Result<()> {
 #[tokio::test]
 async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
     let mut c = Cluster::start(Options {
-        extra: vec!["--stale-after-ms".into(), "1000".into()],
+        extra: vec!["--stale-after-ms".into(), "1500".into()],
         ..Options::default()
     })
     .await?;
@@ -188,7 +188,15 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
 #[tokio::test]
 async fn nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
-    c.put(1, "b1", 9001).await?;
+    let rev = c.put(1, "b1", 9001).await?;
+    // Open the stream once node 1 serves that revision, so no newer push (with a newer nonce)
+    // overtakes the NACK of the first response.
+    eventually(T, "node 1 serves the write", || async {
+        let v = c.get(1, "/v1/envoys").await?;
+        ensure!(v["revision"] == rev, "{v}");
+        Ok(())
+    })
+    .await?;
     let mut ads = Ads::open(&c.nodes[&1].xds).await?;
     ads.request("", "", None).await?;
     let first = ads.next().await?;

@@ -369,8 +369,10 @@ impl Node {
                 })
             }
             ClientRequest::Promote { node_id } => {
-                self.change_membership(ChangeMembers::AddVoterIds([node_id].into()))
-                    .await
+                self.change_membership(ChangeMembers::AddVoterIds([node_id].into()), |m| {
+                    m.voter_ids().any(|v| v == node_id)
+                })
+                .await
             }
             ClientRequest::Remove { node_id } => {
                 let is_voter = self
@@ -386,7 +388,8 @@ impl Node {
                 } else {
                     ChangeMembers::RemoveNodes([node_id].into())
                 };
-                self.change_membership(change).await
+                self.change_membership(change, |m| m.get_node(&node_id).is_none())
+                    .await
             }
             ClientRequest::ReadIndex => {
                 let res = tokio::time::timeout(timeout, self.raft.ensure_linearizable())
@@ -414,21 +417,55 @@ impl Node {
         }
     }
 
+    /// Changes the membership and returns once the cluster's configuration is uniform (not
+    /// joint) and `done` holds for it. openraft commits a change in two steps and another change,
+    /// or a leader change, can interleave; so the result is checked and the (idempotent) change
+    /// retried until it holds or the request times out.
     async fn change_membership(
         &self,
         change: ChangeMembers<NodeId, BasicNode>,
+        done: impl Fn(&openraft::Membership<NodeId, BasicNode>) -> bool,
     ) -> Result<ClientReply, ClientError> {
         self.check_quorum()?;
         let timeout = self.config.request_timeout;
-        let resp = tokio::time::timeout(timeout, self.raft.change_membership(change, false))
+        let timed_out = || ClientError::Timeout {
+            waited_ms: timeout.as_millis() as u64,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let membership = m.membership_config.membership();
+                if membership.get_joint_config().len() == 1 && done(membership) {
+                    return Ok(ClientReply::Membership {
+                        log_index: m.membership_config.log_id().map_or(0, |l| l.index),
+                    });
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(timed_out());
+            }
+            let res = tokio::time::timeout(
+                remaining,
+                self.raft.change_membership(change.clone(), false),
+            )
             .await
-            .map_err(|_| ClientError::Timeout {
-                waited_ms: timeout.as_millis() as u64,
-            })?
-            .map_err(|e| self.write_error(e))?;
-        Ok(ClientReply::Membership {
-            log_index: resp.log_id.index,
-        })
+            .map_err(|_| timed_out())?;
+            match res {
+                Ok(_) => {}
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) => {}
+                Err(e) => return Err(self.write_error(e)),
+            }
+            // Let the applied configuration catch up before looking again.
+            let pause = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(pause, metrics.changed()).await;
+        }
     }
 
     fn write_error(

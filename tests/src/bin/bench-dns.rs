@@ -124,6 +124,8 @@ async fn main() -> Result<()> {
             "--dns-source".into(),
             "txt:_instances.internal:8443".into(),
         ],
+        // The product's own election timing: these are measurements.
+        relaxed_elections: false,
         ..Options::default()
     })
     .await?;
