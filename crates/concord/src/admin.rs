@@ -13,6 +13,7 @@
 //! | POST | `/v1/cluster/voters` | `{"node_id":4}`: promote a learner |
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node |
 //! | GET | `/v1/discovery` | the DNS poller: who polls, last poll and result, last change, skips |
+//! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //!
 //! Writes are accepted on any replica and forwarded to the leader. Errors are
@@ -71,6 +72,7 @@ pub fn router(
             axum::routing::delete(remove_member),
         )
         .route("/v1/envoys", get(envoys))
+        .route("/metrics", get(metrics))
         .route("/v1/discovery", get(discovery_status))
         .with_state(AppState {
             node,
@@ -130,6 +132,55 @@ fn bad_json(e: JsonRejection) -> ApiError {
 
 async fn status(State(AppState { node, .. }): State<AppState>) -> Json<concord_raft::Status> {
     Json(node.status())
+}
+
+/// Prometheus text exposition: the counters and histograms, and gauges read now.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let s = state.node.status();
+    let polling = state
+        .discovery
+        .as_ref()
+        .is_some_and(|d| d.lock().unwrap_or_else(|e| e.into_inner()).polling);
+    let gauges = [
+        (
+            "concord_raft_is_leader",
+            "1 if this replica is the Raft leader.",
+            f64::from(u8::from(s.role == "leader")),
+        ),
+        ("concord_raft_term", "Current Raft term.", s.term as f64),
+        (
+            "concord_raft_applied_index",
+            "Index of the last applied log entry.",
+            s.applied_index.unwrap_or(0) as f64,
+        ),
+        (
+            "concord_registry_revision",
+            "Registry revision (log index of its last change).",
+            s.revision as f64,
+        ),
+        (
+            "concord_registry_builders",
+            "Builders in the registry.",
+            s.builders as f64,
+        ),
+        (
+            "concord_xds_connected_envoys",
+            "Envoys streaming from this replica.",
+            state.xds.envoys().len() as f64,
+        ),
+        (
+            "concord_dns_polling",
+            "1 if this replica polls DNS (it leads).",
+            f64::from(u8::from(polling)),
+        ),
+    ];
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        concord_telemetry::metrics().render(&gauges),
+    )
 }
 
 async fn discovery_status(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -248,7 +299,13 @@ struct WriteResult {
 }
 
 async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError> {
-    let cmd = Command::new(Source::Api, batch);
+    let mut cmd = Command::new(Source::Api, batch);
+    // When the change was asked for: the start of its discovery-to-ACK time.
+    let seen_at_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    cmd.trace
+        .insert("seen_at_us".into(), seen_at_us.to_string());
     match node.execute(ClientRequest::Write(cmd)).await? {
         ClientReply::Written {
             log_index,

@@ -40,7 +40,23 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let poller_error = |e: String| anyhow::anyhow!(e);
 
     let serving = watch_freshness(node.clone(), config.stale_after, shutdown.child_token());
-    let xds = XdsServer::new(config.xds, node.registry(), serving, shutdown.child_token());
+    let times: concord_xds::RevisionTimesFn = {
+        let node = node.clone();
+        Arc::new(move |after, upto| {
+            node.revision_times(after, upto)
+                .into_iter()
+                .map(|t| (t.applied_at, t.seen_at_us))
+                .collect()
+        })
+    };
+    let xds = XdsServer::new(
+        config.xds,
+        node.registry(),
+        serving,
+        times,
+        shutdown.child_token(),
+    );
+    count_leader_changes(node.clone(), shutdown.child_token());
     let xds_server = tokio::spawn(xds.clone().serve(xds_listener));
 
     let discovery = match config.discovery {
@@ -118,6 +134,27 @@ fn watch_freshness(
         }
     });
     rx
+}
+
+/// Counts the leader changes this replica sees, for `/metrics`.
+fn count_leader_changes(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut metrics = node.raft().metrics();
+    tokio::spawn(async move {
+        let mut last = metrics.borrow_and_update().current_leader;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = metrics.changed() => if r.is_err() { break },
+            }
+            let now = metrics.borrow_and_update().current_leader;
+            if now.is_some() && now != last {
+                concord_telemetry::metrics().leader_changes.inc();
+            }
+            if now.is_some() {
+                last = now;
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -222,9 +222,16 @@ impl<R: Replica> Poller<R> {
     async fn poll(&mut self) -> Next {
         let t0 = Instant::now();
         let at = now_ms();
+        // When this poll saw the DNS state: carried in the command to time discovery-to-ACK.
+        let seen_at_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let m = concord_telemetry::metrics();
+        m.polls.inc();
         let registry = self.replica.registry().borrow().clone();
         let result = self.resolve(&registry).await;
         let elapsed = t0.elapsed().as_micros() as u64;
+        m.poll_duration.observe(t0.elapsed());
         self.update(|s| {
             s.polls += 1;
             s.last_poll_at_ms = Some(at);
@@ -242,6 +249,7 @@ impl<R: Replica> Poller<R> {
                     tracing::warn!(error = %e, "DNS poll failed; nothing changes, backing off");
                 }
                 self.guard.reset();
+                m.poll_errors.inc();
                 self.update(|s| {
                     s.errors += 1;
                     s.consecutive_errors += 1;
@@ -260,6 +268,7 @@ impl<R: Replica> Poller<R> {
             tracing::info!("DNS polls succeed again");
         }
         self.note_skipped(&parsed.skipped);
+        m.skipped_records.add(parsed.skipped.len() as u64);
         let current = registry.of_source(Source::Dns);
         self.update(|s| {
             s.consecutive_errors = 0;
@@ -307,13 +316,16 @@ impl<R: Replica> Poller<R> {
                 .count(),
             batch.removes.len(),
         );
-        let cmd = Command {
+        let mut cmd = Command {
             if_revision: Some(registry.revision()),
             ..Command::new(Source::Dns, batch)
         };
+        cmd.trace
+            .insert("seen_at_us".into(), seen_at_us.to_string());
         match self.replica.propose(cmd).await {
             Ok(Outcome::Applied { revision, .. }) => {
                 tracing::info!(added, updated, removed, revision, "DNS change committed");
+                m.changes_proposed.inc();
                 self.update(|s| {
                     s.changes += 1;
                     s.last_result = "changed".into();

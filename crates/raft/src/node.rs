@@ -250,6 +250,12 @@ impl Node {
         &self.raft
     }
 
+    /// When the revisions after `after` up to `upto` were applied on this replica, and when
+    /// their changes were first seen by their proposers (recent revisions only).
+    pub fn revision_times(&self, after: u64, upto: u64) -> Vec<crate::store::RevisionTimes> {
+        self.sm.revision_times(after, upto)
+    }
+
     /// The applied registry; changes after every apply that changed it.
     pub fn registry(&self) -> watch::Receiver<Arc<Registry>> {
         self.sm.registry()

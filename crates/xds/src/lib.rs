@@ -13,7 +13,7 @@ pub mod sotw;
 
 pub use envoys::EnvoyStatus;
 pub use resources::{CLUSTER_TYPE, LISTENER_TYPE, ResourceConfig, Snapshot};
-pub use server::{XdsConfig, XdsServer};
+pub use server::{RevisionTimesFn, XdsConfig, XdsServer};
 
 /// Node metadata key by which an Envoy asks for its builders' listener on another address than
 /// the replica's default (several Envoys on one host need distinct ports).

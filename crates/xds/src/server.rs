@@ -19,10 +19,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +42,13 @@ pub struct XdsConfig {
     pub resources: ResourceConfig,
 }
 
+/// For the revisions after the first argument up to the second: when each was applied here,
+/// and when its change was first seen (Unix µs), for the latency histograms.
+pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<(Instant, Option<u64>)> + Send + Sync>;
+
 struct Inner {
     config: XdsConfig,
+    times: RevisionTimesFn,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     serving: watch::Receiver<bool>,
     envoys: Envoys,
@@ -63,12 +69,14 @@ impl XdsServer {
         config: XdsConfig,
         registry: watch::Receiver<Arc<Registry>>,
         serving: watch::Receiver<bool>,
+        times: RevisionTimesFn,
         shutdown: CancellationToken,
     ) -> XdsServer {
         let snapshots = spawn_snapshots(registry, config.resources.clone(), shutdown.clone());
         XdsServer {
             inner: Arc::new(Inner {
                 config,
+                times,
                 snapshots,
                 serving,
                 envoys: Envoys::default(),
@@ -202,6 +210,8 @@ impl AggregatedDiscoveryService for XdsServer {
             tx,
             state: StreamState::new(),
             node: None,
+            sent_at: HashMap::new(),
+            known: HashMap::new(),
             listener_addr: self.inner.snapshots.borrow().default_listener_addr(),
             snapshots: self.inner.snapshots.clone(),
         };
@@ -229,6 +239,10 @@ struct Stream {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     state: StreamState,
     node: Option<Node>,
+    /// When the last response of each type went out.
+    sent_at: HashMap<String, Instant>,
+    /// The newest version of each type the Envoy is known to hold.
+    known: HashMap<String, u64>,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
@@ -316,6 +330,10 @@ impl Stream {
         let current = self.snapshots.borrow().revision();
         let error = req.error_detail.as_ref().map(|e| e.message.as_str());
         let nacked_before = self.xds.envoys.nacked_before(self.node_id(), &req.type_url);
+        if req.response_nonce.is_empty() {
+            let had = crate::sotw::parse_version(&req.version_info).unwrap_or(0);
+            self.known.insert(req.type_url.clone(), had);
+        }
         let decision = self.state.on_request(
             &req.type_url,
             &req.version_info,
@@ -346,6 +364,7 @@ impl Stream {
             }
             Decision::Acked(version) => {
                 self.xds.envoys.acked(self.id, &req.type_url, version);
+                self.observe_ack(&req.type_url, version);
             }
             Decision::Nacked { version, message } => {
                 tracing::warn!(
@@ -359,11 +378,44 @@ impl Stream {
                 self.xds
                     .envoys
                     .nacked(self.id, self.node_id(), &req.type_url, version, &message);
+                let m = concord_telemetry::metrics();
+                m.nacks.inc();
+                if let Some(at) = self.sent_at.get(&req.type_url) {
+                    m.push_duration.observe(at.elapsed());
+                }
             }
             Decision::Ignore => {}
         }
         // A wait may have let the snapshot move past what other types were sent.
         self.push_stale().await
+    }
+
+    /// Records an ACK in the metrics: push duration always; commit-to-ACK and discovery-to-ACK
+    /// once for every change the Envoy newly accepts with it (its clusters; several changes may
+    /// arrive in one push), and not when it re-ACKs a version it already had (a reconnect).
+    fn observe_ack(&mut self, type_url: &str, version: u64) {
+        let m = concord_telemetry::metrics();
+        m.acks.inc();
+        if let Some(at) = self.sent_at.get(type_url) {
+            m.push_duration.observe(at.elapsed());
+        }
+        let had = self
+            .known
+            .insert(type_url.to_string(), version)
+            .unwrap_or(0);
+        if type_url != crate::CLUSTER_TYPE || version <= had {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for (applied_at, seen_at_us) in (self.xds.times)(had, version) {
+            m.commit_to_ack.observe(applied_at.elapsed());
+            if let Some(seen) = seen_at_us {
+                m.discovery_to_ack
+                    .observe(Duration::from_micros(now.saturating_sub(seen)));
+            }
+        }
     }
 
     async fn push_stale(&mut self) -> Result<(), End> {
@@ -378,6 +430,8 @@ impl Stream {
         let snapshot = self.snapshots.borrow().clone();
         let resources = snapshot.resources(type_url, self.listener_addr);
         let nonce = self.state.record_sent(type_url, snapshot.revision());
+        concord_telemetry::metrics().pushes.inc();
+        self.sent_at.insert(type_url.to_string(), Instant::now());
         self.xds.envoys.sent(self.id, type_url, snapshot.revision());
         let resp = DiscoveryResponse {
             version_info: snapshot.version().to_string(),

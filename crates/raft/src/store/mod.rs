@@ -15,7 +15,7 @@ mod log;
 mod sm;
 
 pub use log::LogStore;
-pub use sm::StateMachine;
+pub use sm::{RevisionTimes, StateMachine};
 
 use openraft::{AnyError, StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};

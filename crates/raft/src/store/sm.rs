@@ -49,7 +49,24 @@ struct Inner {
     registry: watch::Sender<Arc<Registry>>,
     /// Held while applying, so `applied` and `registry` are always read as a consistent pair.
     applied: Mutex<Applied>,
+    /// When recent revisions were applied here, and when their change was first seen (the
+    /// `seen_at_us` a proposer put in the command): for commit-to-ACK and discovery-to-ACK.
+    times: Mutex<std::collections::VecDeque<RevisionTimes>>,
 }
+
+/// When one revision was applied on this replica, and when its change was first seen.
+#[derive(Debug, Clone, Copy)]
+pub struct RevisionTimes {
+    /// The revision.
+    pub revision: u64,
+    /// When this replica applied it.
+    pub applied_at: std::time::Instant,
+    /// When the change was seen by whoever proposed it (Unix microseconds), if recorded.
+    pub seen_at_us: Option<u64>,
+}
+
+/// Revisions whose times are kept.
+const KEPT_TIMES: usize = 4096;
 
 #[derive(Clone, Default)]
 struct Applied {
@@ -96,6 +113,7 @@ impl StateMachine {
                     last_applied,
                     membership,
                 }),
+                times: Mutex::default(),
             }),
         };
         // The state machine tree is not flushed on apply; if a crash lost applies that a
@@ -111,6 +129,16 @@ impl StateMachine {
     /// The applied registry, updated after every apply. Borrow it briefly, or clone the `Arc`.
     pub fn registry(&self) -> watch::Receiver<Arc<Registry>> {
         self.inner.registry.subscribe()
+    }
+
+    /// When the revisions after `after` up to `upto` were applied here (the recent ones).
+    pub fn revision_times(&self, after: u64, upto: u64) -> Vec<RevisionTimes> {
+        let times = self.inner.times.lock().unwrap_or_else(|e| e.into_inner());
+        times
+            .iter()
+            .filter(|t| t.revision > after && t.revision <= upto)
+            .copied()
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -238,7 +266,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }),
                     EntryPayload::Normal(cmd) => {
                         let out = Arc::make_mut(registry).apply(entry.log_id.index, &cmd);
-                        if let Outcome::Applied { changed: true, .. } = out {
+                        if let Outcome::Applied {
+                            changed: true,
+                            revision,
+                        } = out
+                        {
+                            let mut times =
+                                self.inner.times.lock().unwrap_or_else(|e| e.into_inner());
+                            if times.len() == KEPT_TIMES {
+                                times.pop_front();
+                            }
+                            times.push_back(RevisionTimes {
+                                revision,
+                                applied_at: std::time::Instant::now(),
+                                seen_at_us: cmd
+                                    .trace
+                                    .get("seen_at_us")
+                                    .and_then(|v| v.parse().ok()),
+                            });
                             for id in &cmd.batch.removes {
                                 batch.remove(builder_key(id));
                             }
