@@ -52,15 +52,23 @@ pub fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
 ///
 /// A port picked by binding port 0 comes from the ephemeral range, where the kernel may hand it
 /// to an outgoing connection before a replica restarted in a test binds it again; ports below
-/// that range are never given out implicitly. Each test process walks its own stretch of
-/// 10000–31999 (from its pid) and skips ports that are taken.
+/// that range are never given out implicitly. Test processes run side by side, so each port is
+/// also claimed with a file in a shared directory (created exclusively, holding the claimer's
+/// pid): a port claimed by a live process is never handed to another; claims of dead processes
+/// are taken over.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = 10_000 + (std::process::id() % 220) * 100;
+    let dir = std::env::temp_dir().join("concord-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let me = std::process::id();
+    let base = (me % 220) * 100;
     for _ in 0..22_000 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (10_000 + (base - 10_000 + n) % 22_000) as u16;
+        let port = (10_000 + (base + n) % 22_000) as u16;
+        if !claim(&dir.join(port.to_string()), me) {
+            continue;
+        }
         let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
             && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
         if free {
@@ -68,6 +76,35 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port below the ephemeral range");
+}
+
+/// Claims a port file for `pid`, unless a live process holds it.
+fn claim(path: &std::path::Path, pid: u32) -> bool {
+    use std::io::Write;
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    if let Ok(mut f) = create() {
+        return write!(f, "{pid}").is_ok();
+    }
+    let holder: Option<u32> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    match holder {
+        Some(h) if h == pid => true,
+        Some(h) if std::path::Path::new(&format!("/proc/{h}")).exists() => false,
+        // Its holder is gone (or the file is half written): take it over.
+        _ => {
+            let _ = std::fs::remove_file(path);
+            match create() {
+                Ok(mut f) => write!(f, "{pid}").is_ok(),
+                Err(_) => false,
+            }
+        }
+    }
 }
 
 /// Polls `f` until it returns `Ok`, or fails with the last error after `timeout`.

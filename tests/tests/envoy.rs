@@ -88,9 +88,16 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version() -> Result<()>
     let rev = leader_revision(&c).await?;
     at_revision(&e1, rev).await?;
     at_revision(&e2, rev).await?;
-    // control_plane.identifier names the replica.
     let v = c.get(1, "/v1/envoys").await?;
     ensure!(v["envoys"][0]["types"]["clusters"]["acked"] == rev, "{v}");
+    // What the replica serves, decoded: a chain and a cluster per builder.
+    let d = c.get(2, "/v1/xds/resources").await?;
+    let r = &d["resources"];
+    let version = rev.to_string();
+    ensure!(r["version_info"].as_str() == Some(version.as_str()), "{d}");
+    ensure!(r["clusters"].as_array().map(Vec::len) == Some(2), "{d}");
+    ensure!(r["clusters"][0]["endpoint"] == b1.addr.to_string(), "{d}");
+    ensure!(r["listener"]["filter_chains"][1][0] == sni("b2"), "{d}");
 
     // Remove b2: it stops routing everywhere; add b3: it routes everywhere.
     c.remove(3, "b2").await?;

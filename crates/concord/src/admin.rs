@@ -13,6 +13,7 @@
 //! | POST | `/v1/cluster/voters` | `{"node_id":4}`: promote a learner |
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node |
 //! | GET | `/v1/discovery` | the DNS poller: who polls, last poll and result, last change, skips |
+//! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //!
@@ -73,6 +74,7 @@ pub fn router(
         )
         .route("/v1/envoys", get(envoys))
         .route("/metrics", get(metrics))
+        .route("/v1/xds/resources", get(xds_resources))
         .route("/v1/discovery", get(discovery_status))
         .with_state(AppState {
             node,
@@ -132,6 +134,13 @@ fn bad_json(e: JsonRejection) -> ApiError {
 
 async fn status(State(AppState { node, .. }): State<AppState>) -> Json<concord_raft::Status> {
     Json(node.status())
+}
+
+/// What this replica serves Envoys right now (decoded from the encoded resources).
+async fn xds_resources(
+    State(AppState { node, xds, .. }): State<AppState>,
+) -> Json<serde_json::Value> {
+    Json(json!({ "node_id": node.id(), "resources": xds.snapshot().dump() }))
 }
 
 /// Prometheus text exposition: the counters and histograms, and gauges read now.

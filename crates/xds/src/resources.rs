@@ -300,6 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn dump_shows_what_is_served() {
+        let snap = Snapshot::build(registry(2), ResourceConfig::default());
+        let d = snap.dump();
+        assert_eq!(d.version_info, "7");
+        assert_eq!(d.clusters.len(), 2);
+        assert_eq!(d.clusters[0].name, "builder_b0");
+        assert_eq!(d.clusters[0].endpoint, "10.0.0.1:443");
+        let l = d.listener.unwrap();
+        assert_eq!(l.address, "0.0.0.0:10000");
+        assert_eq!(
+            l.filter_chains[1],
+            (
+                "b1.builders.example.com".to_string(),
+                "builder_b1".to_string()
+            )
+        );
+    }
+
+    #[test]
     fn empty_registry_has_no_listener() {
         let snap = Snapshot::build(Arc::new(Registry::new()), ResourceConfig::default());
         assert!(
@@ -307,5 +326,102 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(snap.version(), "0");
+    }
+}
+
+/// What a replica serves right now, decoded back from the encoded resources (so it shows exactly
+/// what goes out): for `GET /v1/xds/resources`, like Envoy's own config dump.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Dump {
+    /// `version_info` of the resources.
+    pub version_info: String,
+    /// The builders' listener at the default address (absent with no builders).
+    pub listener: Option<ListenerDump>,
+    /// One STATIC cluster per builder.
+    pub clusters: Vec<ClusterDump>,
+}
+
+/// A listener, summarised.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerDump {
+    /// Its name.
+    pub name: String,
+    /// Where it binds.
+    pub address: String,
+    /// SNI name → cluster, one per filter chain.
+    pub filter_chains: Vec<(String, String)>,
+}
+
+/// A cluster, summarised.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterDump {
+    /// Its name.
+    pub name: String,
+    /// Its one endpoint.
+    pub endpoint: String,
+}
+
+fn addr_text(a: Option<&Address>) -> String {
+    match a.and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(s)) => match s.port_specifier {
+            Some(socket_address::PortSpecifier::PortValue(p)) => format!("{}:{p}", s.address),
+            _ => s.address.clone(),
+        },
+        _ => String::new(),
+    }
+}
+
+impl Snapshot {
+    /// Decodes what this snapshot serves at the default listener address.
+    pub fn dump(&self) -> Dump {
+        let addr = self.default_listener_addr();
+        let clusters = self
+            .resources(CLUSTER_TYPE, addr)
+            .iter()
+            .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
+            .map(|c| {
+                let endpoint = c
+                    .load_assignment
+                    .as_ref()
+                    .and_then(|la| la.endpoints.first())
+                    .and_then(|e| e.lb_endpoints.first())
+                    .and_then(|lb| match &lb.host_identifier {
+                        Some(lb_endpoint::HostIdentifier::Endpoint(e)) => {
+                            Some(addr_text(e.address.as_ref()))
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                ClusterDump {
+                    name: c.name,
+                    endpoint,
+                }
+            })
+            .collect();
+        let listener = self
+            .resources(LISTENER_TYPE, addr)
+            .first()
+            .and_then(|a| Listener::decode(a.value.as_slice()).ok())
+            .map(|l| ListenerDump {
+                address: addr_text(l.address.as_ref()),
+                filter_chains: l
+                    .filter_chains
+                    .iter()
+                    .map(|fc| {
+                        let sni = fc
+                            .filter_chain_match
+                            .as_ref()
+                            .map(|m| m.server_names.join(","))
+                            .unwrap_or_default();
+                        (sni, fc.name.clone())
+                    })
+                    .collect(),
+                name: l.name,
+            });
+        Dump {
+            version_info: self.version.clone(),
+            listener,
+            clusters,
+        }
     }
 }
