@@ -531,6 +531,35 @@ impl Cluster {
         .await
     }
 
+    /// Waits until `envoys` Envoys stream from the replicas that are up and every one has ACKed
+    /// at least `revision` for clusters and listeners; returns the latest of those ACK times
+    /// (Unix µs, as the replicas stamped them).
+    pub async fn all_acked(&self, envoys: usize, revision: u64) -> Result<u64> {
+        eventually(Duration::from_secs(30), "every Envoy ACKs", || async {
+            let (mut seen, mut last) = (0, 0);
+            for id in self.up() {
+                let Ok(v) = self.get(id, "/v1/envoys").await else {
+                    continue;
+                };
+                for e in v["envoys"].as_array().into_iter().flatten() {
+                    for ty in ["clusters", "listeners"] {
+                        let t = &e["types"][ty];
+                        if t["acked"].as_u64().unwrap_or(0) < revision {
+                            bail!("{} {ty} not at {revision}", e["node_id"]);
+                        }
+                        last = last.max(t["acked_at_us"].as_u64().unwrap_or(0));
+                    }
+                    seen += 1;
+                }
+            }
+            if seen < envoys {
+                bail!("{seen} of {envoys} Envoys streaming");
+            }
+            Ok(last)
+        })
+        .await
+    }
+
     /// The log tails of every replica, for failure messages.
     pub fn logs(&self) -> String {
         self.nodes

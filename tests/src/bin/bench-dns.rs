@@ -18,38 +18,6 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// Waits until every Envoy has ACKed a revision above `after` for clusters and listeners, and
-/// returns (that revision floor, the latest of those ACK times).
-async fn all_acked_after(c: &Cluster, envoys: usize, after: u64) -> Result<u64> {
-    eventually(
-        Duration::from_secs(30),
-        "every Envoy ACKs the change",
-        || async {
-            let (mut seen, mut last) = (0, 0);
-            for id in c.up() {
-                let Ok(v) = c.get(id, "/v1/envoys").await else {
-                    continue;
-                };
-                for e in v["envoys"].as_array().into_iter().flatten() {
-                    for ty in ["clusters", "listeners"] {
-                        let t = &e["types"][ty];
-                        if t["acked"].as_u64().unwrap_or(0) <= after {
-                            bail!("{} {ty} not past {after}", e["node_id"]);
-                        }
-                        last = last.max(t["acked_at_us"].as_u64().unwrap_or(0));
-                    }
-                    seen += 1;
-                }
-            }
-            if seen < envoys {
-                bail!("{seen} of {envoys} Envoys streaming");
-            }
-            Ok(last)
-        },
-    )
-    .await
-}
-
 async fn revision(c: &Cluster) -> Result<u64> {
     let l = c.leader().await?;
     Ok(c.status(l).await?["revision"].as_u64().unwrap_or(0))
@@ -137,7 +105,7 @@ async fn main() -> Result<()> {
     }
     let n = envoys.len();
     let r0 = revision(&c).await?;
-    all_acked_after(&c, n, r0.saturating_sub(1)).await?;
+    c.all_acked(n, r0).await?;
 
     // DNS change -> every Envoy's ACK.
     let mut lat = Vec::new();
@@ -150,7 +118,7 @@ async fn main() -> Result<()> {
         bind.set_instances(&entries(live))?;
         update_time.push(t_start.elapsed());
         let served = now_us();
-        let acked = all_acked_after(&c, n, before).await?;
+        let acked = c.all_acked(n, before + 1).await?;
         lat.push(Duration::from_micros(acked.saturating_sub(served)));
     }
     let (p50, p99, max) = percentiles(&mut lat);
@@ -190,7 +158,7 @@ async fn main() -> Result<()> {
         c.node(leader).kill();
         bind.set_instances(&entries(11 - (k % 2)))?;
         let served = now_us();
-        let acked = all_acked_after(&c, n, before).await?;
+        let acked = c.all_acked(n, before + 1).await?;
         gaps.push(Duration::from_micros(acked.saturating_sub(served)));
         c.node(leader).start()?;
         c.leader().await?;

@@ -8,7 +8,7 @@
 use anyhow::{Result, bail};
 use concord_tests::envoy::Envoy;
 use concord_tests::{Cluster, Options, eventually, percentiles, sni};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_us() -> u64 {
@@ -16,32 +16,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
-}
-
-/// Waits until every Envoy has ACKed `rev` for clusters and listeners; returns the latest ACK time.
-async fn all_acked(c: &Cluster, envoys: usize, rev: u64) -> Result<u64> {
-    eventually(Duration::from_secs(20), "every Envoy ACKs", || async {
-        let mut seen = 0;
-        let mut last = 0;
-        for id in c.up() {
-            let v = c.get(id, "/v1/envoys").await?;
-            for e in v["envoys"].as_array().into_iter().flatten() {
-                for ty in ["clusters", "listeners"] {
-                    let t: &Value = &e["types"][ty];
-                    if t["acked"].as_u64().unwrap_or(0) < rev {
-                        bail!("{} {ty} not at {rev}", e["node_id"]);
-                    }
-                    last = last.max(t["acked_at_us"].as_u64().unwrap_or(0));
-                }
-                seen += 1;
-            }
-        }
-        if seen < envoys {
-            bail!("{seen} of {envoys} Envoys connected");
-        }
-        Ok(last)
-    })
-    .await
 }
 
 async fn put_to_ack(c: &Cluster, leader: u64, n: usize, envoys: usize, label: &str) -> Result<()> {
@@ -54,7 +28,7 @@ async fn put_to_ack(c: &Cluster, leader: u64, n: usize, envoys: usize, label: &s
         } else {
             c.remove(leader, &format!("churn{}", i - 1)).await?
         };
-        let acked = all_acked(c, envoys, rev).await?;
+        let acked = c.all_acked(envoys, rev).await?;
         lat.push(Duration::from_micros(acked.saturating_sub(t0)));
     }
     let (p50, p99, max) = percentiles(&mut lat);
@@ -84,7 +58,7 @@ async fn main() -> Result<()> {
     }
     let leader = c.leader().await?;
     let rev = c.put(leader, "warmup", 9000).await?;
-    all_acked(&c, envoys.len(), rev).await?;
+    c.all_acked(envoys.len(), rev).await?;
     put_to_ack(&c, leader, puts, envoys.len(), "empty registry").await?;
 
     let upserts: Vec<_> = (0..1000)
@@ -99,7 +73,8 @@ async fn main() -> Result<()> {
         )
         .await?;
     anyhow::ensure!(s == 200, "bulk put {s} {v}");
-    all_acked(&c, envoys.len(), v["revision"].as_u64().unwrap_or(0)).await?;
+    c.all_acked(envoys.len(), v["revision"].as_u64().unwrap_or(0))
+        .await?;
     put_to_ack(&c, leader, puts, envoys.len(), "1000 builders registered").await?;
 
     let mut failover = Vec::new();
