@@ -220,8 +220,6 @@ impl World {
         let cluster = Cluster::start(Options {
             nodes: s.replicas,
             snapshot_threshold: 200,
-            // The product's own election timing: chaos measures the real failover.
-            relaxed_elections: false,
             extra: vec![
                 "--enable-fault-injection".into(),
                 "--dns-server".into(),
@@ -233,6 +231,8 @@ impl World {
                 "--stale-after-ms".into(),
                 "1500".into(),
             ],
+            // The product's own election timing: chaos measures the real failover.
+            ..Options::measured()
         })
         .await?;
         let xds: Vec<String> = cluster.nodes.values().map(|r| r.xds.clone()).collect();

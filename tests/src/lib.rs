@@ -233,6 +233,16 @@ pub struct Options {
     pub relaxed_elections: bool,
 }
 
+impl Options {
+    /// The product's own election timing, for measurements (benchmarks, chaos runs).
+    pub fn measured() -> Self {
+        Options {
+            relaxed_elections: false,
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -495,23 +505,21 @@ impl Cluster {
 
     /// [`Cluster::leader`] without waiting: an error unless that holds right now.
     pub async fn leader_now(&self) -> Result<u64> {
-        {
-            let mut seen = None;
-            for id in self.up() {
-                let s = self.status(id).await?;
-                let l = s["leader"].as_u64().context("no leader known")?;
-                if seen.is_some_and(|x| x != l) {
-                    bail!("nodes disagree on the leader");
-                }
-                seen = Some(l);
+        let mut seen = None;
+        for id in self.up() {
+            let s = self.status(id).await?;
+            let l = s["leader"].as_u64().context("no leader known")?;
+            if seen.is_some_and(|x| x != l) {
+                bail!("nodes disagree on the leader");
             }
-            let l = seen.context("no node answered")?;
-            let s = self.status(l).await?;
-            if s["role"] != "leader" {
-                bail!("node {l} is not leader yet");
-            }
-            Ok(l)
+            seen = Some(l);
         }
+        let l = seen.context("no node answered")?;
+        let s = self.status(l).await?;
+        if s["role"] != "leader" {
+            bail!("node {l} is not leader yet");
+        }
+        Ok(l)
     }
 
     /// Waits until every replica that is up has applied the same registry.

@@ -310,11 +310,7 @@ struct WriteResult {
 async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError> {
     let mut cmd = Command::new(Source::Api, batch);
     // When the change was asked for: the start of its discovery-to-ACK time.
-    let seen_at_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    cmd.trace
-        .insert("seen_at_us".into(), seen_at_us.to_string());
+    cmd.set_seen_at_us(concord_telemetry::unix_micros());
     match node.execute(ClientRequest::Write(cmd)).await? {
         ClientReply::Written {
             log_index,

@@ -37,7 +37,6 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen for Envoy ADS on {}", config.xds_addr))?;
     let (node, peer_server) = Node::start(config.node, shutdown.child_token()).await?;
-    let poller_error = |e: String| anyhow::anyhow!(e);
 
     let serving = watch_freshness(node.clone(), config.stale_after, shutdown.child_token());
     let times: concord_xds::RevisionTimesFn = {
@@ -62,7 +61,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let discovery = match config.discovery {
         Some(dns) => {
             let replica = Arc::new(PollerReplica::new(node.clone(), shutdown.child_token()));
-            let poller = Poller::new(dns, replica).map_err(poller_error)?;
+            let poller = Poller::new(dns, replica).map_err(anyhow::Error::msg)?;
             let status = poller.status();
             tokio::spawn(poller.run(shutdown.child_token()));
             Some(status)

@@ -48,6 +48,28 @@ impl Parsed {
         }
     }
 
+    /// Adds builder `id` at `ip:port` with no other fields (SRV and A/AAAA records).
+    fn add_at(
+        &mut self,
+        name: &str,
+        entry: &str,
+        id: &str,
+        ip: IpAddr,
+        port: u16,
+        template: &SniTemplate,
+    ) {
+        let fields = Fields {
+            id,
+            ip: ip.to_string(),
+            name,
+            ..Fields::default()
+        };
+        match template.render(&fields) {
+            Ok(sni) => self.add(name, entry, builder(&fields, ip, port, sni)),
+            Err(e) => self.skip(name, entry, e),
+        }
+    }
+
     /// Merges another name's builders into these; an id seen twice is skipped the second time.
     pub fn merge(&mut self, other: Parsed) {
         self.skipped.extend(other.skipped);
@@ -201,16 +223,7 @@ pub fn srv(name: &str, records: &[SrvTarget], template: &SniTemplate) -> Parsed 
             } else {
                 format!("{label}-{i}")
             };
-            let fields = Fields {
-                id: &id,
-                ip: ip.to_string(),
-                name,
-                ..Fields::default()
-            };
-            match template.render(&fields) {
-                Ok(sni) => out.add(name, &entry, builder(&fields, *ip, r.port, sni)),
-                Err(e) => out.skip(name, &entry, e),
-            }
+            out.add_at(name, &entry, &id, *ip, r.port, template);
         }
     }
     out
@@ -225,17 +238,7 @@ pub fn addr_id(ip: IpAddr) -> String {
 pub fn addresses(name: &str, addrs: &[IpAddr], port: u16, template: &SniTemplate) -> Parsed {
     let mut out = Parsed::default();
     for ip in addrs {
-        let id = addr_id(*ip);
-        let fields = Fields {
-            id: &id,
-            ip: ip.to_string(),
-            name,
-            ..Fields::default()
-        };
-        match template.render(&fields) {
-            Ok(sni) => out.add(name, &ip.to_string(), builder(&fields, *ip, port, sni)),
-            Err(e) => out.skip(name, &ip.to_string(), e),
-        }
+        out.add_at(name, &ip.to_string(), &addr_id(*ip), *ip, port, template);
     }
     out
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -119,9 +119,7 @@ pub struct PollerStatus {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    concord_telemetry::unix_micros() / 1000
 }
 
 /// A poll's result, deciding when the next one runs.
@@ -223,9 +221,7 @@ impl<R: Replica> Poller<R> {
         let t0 = Instant::now();
         let at = now_ms();
         // When this poll saw the DNS state: carried in the command to time discovery-to-ACK.
-        let seen_at_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let seen_at_us = concord_telemetry::unix_micros();
         let m = concord_telemetry::metrics();
         m.polls.inc();
         let registry = self.replica.registry().borrow().clone();
@@ -320,8 +316,7 @@ impl<R: Replica> Poller<R> {
             if_revision: Some(registry.revision()),
             ..Command::new(Source::Dns, batch)
         };
-        cmd.trace
-            .insert("seen_at_us".into(), seen_at_us.to_string());
+        cmd.set_seen_at_us(seen_at_us);
         match self.replica.propose(cmd).await {
             Ok(Outcome::Applied { revision, .. }) => {
                 tracing::info!(added, updated, removed, revision, "DNS change committed");

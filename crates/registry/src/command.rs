@@ -42,6 +42,21 @@ pub struct Command {
 }
 
 impl Command {
+    /// Key in [`Command::trace`] of the time the change was first seen (Unix microseconds).
+    pub const SEEN_AT_KEY: &'static str = "seen_at_us";
+
+    /// Records when the change was first seen (a DNS poll, an API request), so every replica can
+    /// time how long it took to reach its Envoys.
+    pub fn set_seen_at_us(&mut self, unix_micros: u64) {
+        self.trace
+            .insert(Self::SEEN_AT_KEY.to_string(), unix_micros.to_string());
+    }
+
+    /// When the change was first seen, if recorded.
+    pub fn seen_at_us(&self) -> Option<u64> {
+        self.trace.get(Self::SEEN_AT_KEY)?.parse().ok()
+    }
+
     /// A command of `source` applying `batch` unconditionally.
     pub fn new(source: Source, batch: Batch) -> Self {
         Command {

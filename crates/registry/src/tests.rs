@@ -185,7 +185,10 @@ fn duplicate_and_contradictory_batches_are_rejected() {
 #[test]
 fn command_json_round_trips() {
     let mut cmd = put(vec![b("a", 1, Source::Api)]);
+    assert_eq!(cmd.seen_at_us(), None);
     cmd.trace.insert("traceparent".into(), "00-1-2-01".into());
+    cmd.set_seen_at_us(1_700_000_000_123_456);
+    assert_eq!(cmd.seen_at_us(), Some(1_700_000_000_123_456));
     let json = serde_json::to_string(&cmd).unwrap();
     assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
 }

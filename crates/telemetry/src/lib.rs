@@ -10,6 +10,13 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Now, in Unix microseconds: the wall clock that change and ACK times are compared on.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A monotonically increasing count.
 #[derive(Default)]
 pub struct Counter(AtomicU64);

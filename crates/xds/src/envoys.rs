@@ -2,12 +2,12 @@
 //! each type was sent and ACKed, and the last NACK — for the status endpoint and the CLI.
 
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+use concord_telemetry::unix_micros as now_us;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One Envoy stream, as status shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -61,12 +61,6 @@ pub fn type_name(type_url: &str) -> String {
         LISTENER_TYPE => "listeners".into(),
         other => other.to_string(),
     }
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn now_ms() -> u64 {

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -406,9 +406,7 @@ impl Stream {
         if type_url != crate::CLUSTER_TYPE || version <= had {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let now = concord_telemetry::unix_micros();
         for (applied_at, seen_at_us) in (self.xds.times)(had, version) {
             m.commit_to_ack.observe(applied_at.elapsed());
             if let Some(seen) = seen_at_us {

@@ -92,9 +92,7 @@ async fn main() -> Result<()> {
             "--dns-source".into(),
             "txt:_instances.internal:8443".into(),
         ],
-        // The product's own election timing: these are measurements.
-        relaxed_elections: false,
-        ..Options::default()
+        ..Options::measured()
     })
     .await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();

@@ -13,12 +13,7 @@ async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let puts: u32 = args.next().map_or(Ok(1000), |a| a.parse())?;
     let kills: u32 = args.next().map_or(Ok(10), |a| a.parse())?;
-    let mut c = Cluster::start(Options {
-        // The product's own election timing: these are measurements.
-        relaxed_elections: false,
-        ..Options::default()
-    })
-    .await?;
+    let mut c = Cluster::start(Options::measured()).await?;
     let leader = c.leader().await?;
     let follower = c.nodes.keys().copied().find(|&id| id != leader).unwrap();
 

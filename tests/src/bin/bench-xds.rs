@@ -43,12 +43,7 @@ async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let puts: usize = args.next().map_or(Ok(200), |a| a.parse())?;
     let kills: usize = args.next().map_or(Ok(10), |a| a.parse())?;
-    let mut c = Cluster::start(Options {
-        // The product's own election timing: these are measurements.
-        relaxed_elections: false,
-        ..Options::default()
-    })
-    .await?;
+    let mut c = Cluster::start(Options::measured()).await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let mut envoys = Vec::new();
     for i in 0..6 {

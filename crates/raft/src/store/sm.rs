@@ -279,10 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             times.push_back(RevisionTimes {
                                 revision,
                                 applied_at: std::time::Instant::now(),
-                                seen_at_us: cmd
-                                    .trace
-                                    .get("seen_at_us")
-                                    .and_then(|v| v.parse().ok()),
+                                seen_at_us: cmd.seen_at_us(),
                             });
                             for id in &cmd.batch.removes {
                                 batch.remove(builder_key(id));
