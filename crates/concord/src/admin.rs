@@ -30,6 +30,7 @@ use axum::{Json, Router};
 use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
+use concord_telemetry::trace::Span;
 use concord_xds::XdsServer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -308,10 +309,35 @@ struct WriteResult {
 }
 
 async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError> {
+    let mut root = Span::root("api.change", std::time::SystemTime::now());
+    if root.is_recording() {
+        root.set("builders.upserts", batch.upserts.len() as i64);
+        root.set("builders.removes", batch.removes.len() as i64);
+    }
     let mut cmd = Command::new(Source::Api, batch);
     // When the change was asked for: the start of its discovery-to-ACK time.
     cmd.set_seen_at_us(concord_telemetry::unix_micros());
-    match node.execute(ClientRequest::Write(cmd)).await? {
+    // An API change starts a trace as a poll that found a change does; the proposal (forwarded
+    // to the leader if need be) is its child.
+    let mut span = root.child("raft.propose");
+    span.inject(&mut cmd.trace);
+    let result = node.execute(ClientRequest::Write(cmd)).await;
+    match &result {
+        Ok(ClientReply::Written {
+            outcome: Outcome::Applied { revision, .. },
+            ..
+        }) => {
+            span.set("registry.revision", *revision as i64);
+            span.ok();
+            root.ok();
+        }
+        Ok(_) => {}
+        Err(e) => {
+            span.fail(e.to_string());
+            root.fail(e.to_string());
+        }
+    }
+    match result? {
         ClientReply::Written {
             log_index,
             outcome: Outcome::Applied { revision, changed },

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use concord_discovery::{DiscoveryConfig, GuardConfig, NxDomain, SniTemplate, SourceSpec};
 use concord_raft::{NodeConfig, NodeId};
+use concord_telemetry::trace::TraceConfig;
 use concord_xds::{ResourceConfig, XdsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -164,6 +165,25 @@ pub struct ServeArgs {
     /// NOERROR with no records always means no builders. [default: empty]
     #[arg(long, env = "CONCORD_DNS_NXDOMAIN", value_name = "empty|error")]
     pub dns_nxdomain: Option<String>,
+
+    /// Export OpenTelemetry traces of every registry change (poll or API request, proposal,
+    /// commit, apply on each replica, push to each Envoy until its ACK) to this OTLP/gRPC
+    /// collector, e.g. `http://127.0.0.1:4317`. Tracing is off without it.
+    #[arg(long, env = "CONCORD_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans. [default: concord]
+    #[arg(long, env = "CONCORD_OTLP_SERVICE_NAME", value_name = "NAME")]
+    pub otlp_service_name: Option<String>,
+
+    /// Share (0-1) of changes traced. [default: 1]
+    #[arg(long, env = "CONCORD_TRACE_SAMPLING_RATIO", value_name = "RATIO")]
+    pub trace_sampling_ratio: Option<f64>,
+
+    /// Ended spans held for export; when the collector is slow or down, spans beyond this are
+    /// dropped and counted (concord_trace_spans_dropped_total), never waited for. [default: 4096]
+    #[arg(long, env = "CONCORD_OTLP_QUEUE_SIZE", value_name = "SPANS")]
+    pub otlp_queue_size: Option<usize>,
 }
 
 /// The validated configuration of one replica.
@@ -183,6 +203,8 @@ pub struct ServeConfig {
     pub discovery: Option<DiscoveryConfig>,
     /// Whether the fault-injection endpoint is on.
     pub fault_injection: bool,
+    /// Trace export, if configured.
+    pub tracing: Option<TraceConfig>,
 }
 
 impl ServeArgs {
@@ -194,6 +216,7 @@ impl ServeArgs {
         };
         let a = self.over(file);
         let discovery = dns_config(&a)?;
+        let tracing = trace_config(&a, a.node_id.unwrap_or(1))?;
 
         let cluster = a.cluster.unwrap_or_else(|| "concord".into());
         let cluster_ok = !cluster.is_empty()
@@ -326,6 +349,7 @@ impl ServeArgs {
             stale_after: Duration::from_millis(stale_after),
             discovery,
             fault_injection: a.enable_fault_injection,
+            tracing,
         })
     }
 
@@ -362,9 +386,45 @@ impl ServeArgs {
                 .dns_removal_confirmations
                 .or(file.dns_removal_confirmations),
             dns_nxdomain: self.dns_nxdomain.or(file.dns_nxdomain),
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
+            otlp_service_name: self.otlp_service_name.or(file.otlp_service_name),
+            trace_sampling_ratio: self.trace_sampling_ratio.or(file.trace_sampling_ratio),
+            otlp_queue_size: self.otlp_queue_size.or(file.otlp_queue_size),
             enable_fault_injection: self.enable_fault_injection || file.enable_fault_injection,
         }
     }
+}
+
+/// The trace export settings; `None` when no `--otlp-endpoint` is given.
+fn trace_config(a: &ServeArgs, node_id: NodeId) -> Result<Option<TraceConfig>> {
+    let Some(endpoint) = a.otlp_endpoint.clone().filter(|e| !e.is_empty()) else {
+        if a.trace_sampling_ratio.is_some() || a.otlp_service_name.is_some() {
+            bail!("--trace-sampling-ratio and --otlp-service-name need --otlp-endpoint");
+        }
+        return Ok(None);
+    };
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        bail!("invalid --otlp-endpoint {endpoint:?}: give a URL, e.g. http://127.0.0.1:4317");
+    }
+    let sampling_ratio = a.trace_sampling_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling_ratio) {
+        bail!("invalid --trace-sampling-ratio {sampling_ratio}: give a share from 0 to 1");
+    }
+    let queue_size = a.otlp_queue_size.unwrap_or(4096);
+    if queue_size == 0 {
+        bail!("invalid --otlp-queue-size 0: give at least 1");
+    }
+    Ok(Some(TraceConfig {
+        endpoint,
+        service_name: a
+            .otlp_service_name
+            .clone()
+            .unwrap_or_else(|| "concord".into()),
+        sampling_ratio,
+        replica: node_id,
+        queue_size,
+        export_timeout: Duration::from_secs(5),
+    }))
 }
 
 /// The DNS discovery settings; `None` when no `--dns-server` is given.

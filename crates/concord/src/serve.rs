@@ -29,6 +29,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         data_dir = %config.node.data_dir.display(),
         "starting concord"
     );
+    let exporter = match config.tracing.clone() {
+        Some(t) => {
+            let (endpoint, ratio) = (t.endpoint.clone(), t.sampling_ratio);
+            let exporter = concord_telemetry::trace::init(t).map_err(anyhow::Error::msg)?;
+            tracing::info!(%endpoint, sampling_ratio = ratio, "exporting traces over OTLP");
+            Some(exporter)
+        }
+        None => None,
+    };
     // Bind the admin port first: a port clash is reported before the data dir is touched.
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
@@ -41,12 +50,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let serving = watch_freshness(node.clone(), config.stale_after, shutdown.child_token());
     let times: concord_xds::RevisionTimesFn = {
         let node = node.clone();
-        Arc::new(move |after, upto| {
-            node.revision_times(after, upto)
-                .into_iter()
-                .map(|t| (t.applied_at, t.seen_at_us))
-                .collect()
-        })
+        Arc::new(move |after, upto| node.revision_times(after, upto))
     };
     let xds = XdsServer::new(
         config.xds,
@@ -95,6 +99,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     };
     if tokio::time::timeout(GRACE, drain).await.is_err() {
         tracing::warn!("shutdown took longer than {GRACE:?}; exiting anyway");
+    }
+    if let Some(exporter) = exporter {
+        // The last changes' spans (pushes ended by the streams' close) go out before exit.
+        exporter.shutdown(Duration::from_secs(2)).await;
     }
     tracing::info!(node_id, "stopped");
     Ok(())

@@ -8,6 +8,7 @@ use crate::service::PeerService;
 use crate::store::{self, Identity, OpenError, StateMachine};
 use crate::{NodeId, Raft};
 use concord_registry::{Outcome, Registry};
+use concord_telemetry::trace::Span;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::Serialize;
@@ -342,6 +343,27 @@ impl Node {
         }
     }
 
+    async fn write_local(
+        &self,
+        cmd: concord_registry::Command,
+        timeout: Duration,
+    ) -> Result<ClientReply, ClientError> {
+        self.check_quorum()?;
+        let resp = tokio::time::timeout(timeout, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                waited_ms: timeout.as_millis() as u64,
+            })?
+            .map_err(|e| self.write_error(e))?;
+        match resp.data {
+            Outcome::Rejected(r) => Err(ClientError::Rejected(r)),
+            outcome => Ok(ClientReply::Written {
+                log_index: resp.log_id.index,
+                outcome,
+            }),
+        }
+    }
+
     /// Executes `req` if this node is the leader; otherwise answers `NotLeader`.
     pub async fn execute_local(&self, req: ClientRequest) -> Result<ClientReply, ClientError> {
         let timeout = self.config.request_timeout;
@@ -349,19 +371,23 @@ impl Node {
             waited_ms: timeout.as_millis() as u64,
         };
         match req {
-            ClientRequest::Write(cmd) => {
-                self.check_quorum()?;
-                let resp = tokio::time::timeout(timeout, self.raft.client_write(cmd))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(|e| self.write_error(e))?;
-                match resp.data {
-                    Outcome::Rejected(r) => Err(ClientError::Rejected(r)),
-                    outcome => Ok(ClientReply::Written {
-                        log_index: resp.log_id.index,
-                        outcome,
-                    }),
+            ClientRequest::Write(mut cmd) => {
+                // The commit is a span of the change's trace; the applies continue below it.
+                let mut span = Span::remote_child(&cmd.trace, "raft.commit");
+                span.inject(&mut cmd.trace);
+                let result = self.write_local(cmd, timeout).await;
+                match &result {
+                    Ok(ClientReply::Written { log_index, outcome }) => {
+                        span.set("raft.log_index", *log_index as i64);
+                        if let Outcome::Applied { revision, .. } = outcome {
+                            span.set("registry.revision", *revision as i64);
+                        }
+                        span.ok();
+                    }
+                    Ok(_) => {}
+                    Err(e) => span.fail(e.to_string()),
                 }
+                result
             }
             ClientRequest::AddLearner { node_id, addr } => {
                 self.check_quorum()?;

@@ -11,6 +11,8 @@ use crate::envoys::{EnvoyStatus, Envoys};
 use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
 use concord_registry::Registry;
+use concord_telemetry::AppliedRevision;
+use concord_telemetry::trace::Span;
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -43,8 +45,9 @@ pub struct XdsConfig {
 }
 
 /// For the revisions after the first argument up to the second: when each was applied here,
-/// and when its change was first seen (Unix µs), for the latency histograms.
-pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<(Instant, Option<u64>)> + Send + Sync>;
+/// when its change was first seen, and its apply span: for the latency histograms and the push
+/// spans.
+pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<AppliedRevision> + Send + Sync>;
 
 struct Inner {
     config: XdsConfig,
@@ -212,6 +215,7 @@ impl AggregatedDiscoveryService for XdsServer {
             node: None,
             sent_at: HashMap::new(),
             known: HashMap::new(),
+            push: None,
             listener_addr: self.inner.snapshots.borrow().default_listener_addr(),
             snapshots: self.inner.snapshots.clone(),
         };
@@ -243,8 +247,19 @@ struct Stream {
     sent_at: HashMap<String, Instant>,
     /// The newest version of each type the Envoy is known to hold.
     known: HashMap<String, u64>,
+    /// The trace span of the push of the newest traced change, until the Envoy ACKs (or NACKs)
+    /// every type sent at its version.
+    push: Option<PushSpan>,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// The open push span of one stream.
+struct PushSpan {
+    version: u64,
+    /// Types sent at `version` and not yet ACKed.
+    pending: Vec<String>,
+    span: Span,
 }
 
 /// Completes when a stream of this id has reached the maximum age (never, without one).
@@ -300,6 +315,9 @@ impl Stream {
             }
         };
         self.xds.envoys.disconnected(self.id);
+        if let Some(p) = self.push.take() {
+            p.span.fail("the stream ended before the Envoy ACKed");
+        }
         if let End::Status(status) = end {
             tracing::info!(
                 stream = self.id,
@@ -364,6 +382,7 @@ impl Stream {
             }
             Decision::Acked(version) => {
                 self.xds.envoys.acked(self.id, &req.type_url, version);
+                self.trace_ack(&req.type_url, version, None);
                 self.observe_ack(&req.type_url, version);
             }
             Decision::Nacked { version, message } => {
@@ -378,6 +397,7 @@ impl Stream {
                 self.xds
                     .envoys
                     .nacked(self.id, self.node_id(), &req.type_url, version, &message);
+                self.trace_ack(&req.type_url, version, Some(&message));
                 let m = concord_telemetry::metrics();
                 m.nacks.inc();
                 if let Some(at) = self.sent_at.get(&req.type_url) {
@@ -407,12 +427,74 @@ impl Stream {
             return;
         }
         let now = concord_telemetry::unix_micros();
-        for (applied_at, seen_at_us) in (self.xds.times)(had, version) {
-            m.commit_to_ack.observe(applied_at.elapsed());
-            if let Some(seen) = seen_at_us {
+        for t in (self.xds.times)(had, version) {
+            m.commit_to_ack.observe(t.applied_at.elapsed());
+            if let Some(seen) = t.seen_at_us {
                 m.discovery_to_ack
                     .observe(Duration::from_micros(now.saturating_sub(seen)));
             }
+        }
+    }
+
+    /// Opens (or extends) the push span of `version` when it delivers a traced change to this
+    /// Envoy: one span per Envoy and version, covering every type sent at it, a child of this
+    /// replica's apply of the newest change it delivers.
+    fn trace_push(&mut self, type_url: &str, version: u64) {
+        if !concord_telemetry::trace::enabled() {
+            return;
+        }
+        if let Some(p) = &mut self.push {
+            if p.version == version {
+                if !p.pending.iter().any(|t| t == type_url) {
+                    p.pending.push(type_url.to_string());
+                }
+                return;
+            }
+            if let Some(old) = self.push.take() {
+                let mut span = old.span;
+                span.set("xds.superseded_by", version as i64);
+            }
+        }
+        let had = self.known.get(type_url).copied().unwrap_or(0);
+        if version <= had {
+            return;
+        }
+        let changes = (self.xds.times)(had, version);
+        let Some(parent) = changes.iter().rev().find_map(|t| t.trace.as_ref()) else {
+            return;
+        };
+        let mut span = Span::child_of(parent, "xds.push");
+        span.set("envoy.node_id", self.node_id().to_string());
+        span.set("xds.stream", self.id as i64);
+        span.set("xds.version", version as i64);
+        span.set("xds.changes", changes.len() as i64);
+        self.push = Some(PushSpan {
+            version,
+            pending: vec![type_url.to_string()],
+            span,
+        });
+    }
+
+    /// Ends the push span of `version` once every type sent at it is ACKed, or at once with
+    /// an error on a NACK.
+    fn trace_ack(&mut self, type_url: &str, version: u64, nack: Option<&str>) {
+        let Some(p) = &mut self.push else { return };
+        if p.version != version {
+            return;
+        }
+        if let Some(message) = nack {
+            if let Some(p) = self.push.take() {
+                let mut span = p.span;
+                span.set("xds.nacked_type", type_url.to_string());
+                span.fail(message);
+            }
+            return;
+        }
+        p.pending.retain(|t| t != type_url);
+        if p.pending.is_empty()
+            && let Some(p) = self.push.take()
+        {
+            p.span.ok();
         }
     }
 
@@ -431,6 +513,7 @@ impl Stream {
         concord_telemetry::metrics().pushes.inc();
         self.sent_at.insert(type_url.to_string(), Instant::now());
         self.xds.envoys.sent(self.id, type_url, snapshot.revision());
+        self.trace_push(type_url, snapshot.revision());
         let resp = DiscoveryResponse {
             version_info: snapshot.version().to_string(),
             resources: resources.to_vec(),
