@@ -59,6 +59,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         times,
         shutdown.child_token(),
     );
+    {
+        let xds = xds.clone();
+        node.set_local_status(Box::new(move || crate::admin::local_envoys(node_id, &xds)));
+    }
     count_leader_changes(node.clone(), shutdown.child_token());
     let xds_server = tokio::spawn(xds.clone().serve(xds_listener));
 

@@ -77,7 +77,12 @@ pub struct Node {
     leader_contact: std::sync::Mutex<Instant>,
     /// Fault injection: cut off from every peer, both ways.
     isolated: Arc<std::sync::atomic::AtomicBool>,
+    /// What this replica reports of itself to [`ClientRequest::LocalStatus`].
+    local_status: std::sync::OnceLock<LocalStatusFn>,
 }
+
+/// Produces a replica's own status (JSON) for cluster-wide views.
+pub type LocalStatusFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// A member of the cluster, as status shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -185,6 +190,7 @@ impl Node {
             network,
             isolated,
             leader_contact: std::sync::Mutex::new(Instant::now()),
+            local_status: std::sync::OnceLock::new(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -364,6 +370,50 @@ impl Node {
         }
     }
 
+    /// Sets what this replica reports of itself to [`Node::local_status_of`] (once).
+    pub fn set_local_status(&self, f: LocalStatusFn) {
+        let _ = self.local_status.set(f);
+    }
+
+    fn local_status(&self) -> serde_json::Value {
+        self.local_status
+            .get()
+            .map_or(serde_json::Value::Null, |f| f())
+    }
+
+    /// What replica `id` (a member, or this one) reports of itself, asked over the peer
+    /// channel; an error names the replica and why it did not answer.
+    pub async fn local_status_of(
+        &self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        if id == self.config.node_id {
+            return Ok(self.local_status());
+        }
+        let addr = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| format!("node {id} is not a member"))?;
+        match self
+            .network
+            .forward(id, &addr, &ClientRequest::LocalStatus, timeout)
+            .await
+        {
+            Ok(ClientReply::LocalStatus { status }) => Ok(status),
+            Ok(other) => Err(format!("node {id} answered {other:?}")),
+            Err(ClientError::LeaderUnreachable { error, .. }) => {
+                Err(format!("node {id} at {addr} is unreachable: {error}"))
+            }
+            Err(e) => Err(format!("node {id}: {e}")),
+        }
+    }
+
     /// Executes `req` if this node is the leader; otherwise answers `NotLeader`.
     pub async fn execute_local(&self, req: ClientRequest) -> Result<ClientReply, ClientError> {
         let timeout = self.config.request_timeout;
@@ -423,6 +473,9 @@ impl Node {
                 self.change_membership(change, |m| m.get_node(&node_id).is_none())
                     .await
             }
+            ClientRequest::LocalStatus => Ok(ClientReply::LocalStatus {
+                status: self.local_status(),
+            }),
             ClientRequest::ReadIndex => {
                 let res = tokio::time::timeout(timeout, self.raft.ensure_linearizable())
                     .await
