@@ -128,7 +128,12 @@ impl TraceService for Service {
 impl Collector {
     /// Starts a receiver on a free loopback port.
     pub async fn start() -> Result<Collector> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Collector::start_on("127.0.0.1:0".parse()?).await
+    }
+
+    /// Starts a receiver on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> Result<Collector> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let spans = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
@@ -157,6 +162,11 @@ impl Collector {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().expect("spans").clone()
+    }
+
+    /// Every span received since the last call, removed from the receiver.
+    pub fn take(&self) -> Vec<ReceivedSpan> {
+        std::mem::take(&mut *self.spans.lock().expect("spans"))
     }
 
     /// The spans of the trace that `root` (a span id) belongs to.

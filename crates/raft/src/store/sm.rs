@@ -268,9 +268,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             span.set("registry.upserts", cmd.batch.upserts.len() as i64);
                             span.set("registry.removes", cmd.batch.removes.len() as i64);
                             span.set("registry.revision", registry.revision() as i64);
-                            if let Outcome::Rejected(r) = &out {
-                                span.set("registry.rejected", r.to_string());
-                            }
                         }
                         if let Outcome::Applied {
                             changed: true,
@@ -294,6 +291,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             for b in &cmd.batch.upserts {
                                 batch.insert(builder_key(&b.id), encode(b));
                             }
+                        }
+                        match &out {
+                            Outcome::Rejected(r) => span.fail(r.to_string()),
+                            Outcome::Applied { .. } => span.ok(),
                         }
                         outcomes.push(out);
                     }
