@@ -110,6 +110,8 @@ pub struct Metrics {
     pub nacks: Counter,
     /// Leader changes this replica has seen.
     pub leader_changes: Counter,
+    /// Builders whose Envoy resources were built and serialised (only changed ones are).
+    pub builders_encoded: Counter,
     /// Duration of one DNS poll.
     pub poll_duration: Histogram,
     /// From sending a response to its ACK or NACK.
@@ -133,7 +135,7 @@ impl Metrics {
     /// The page, in the Prometheus text format (0.0.4), with `gauges` appended.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 8] = [
+        let counters: [(&str, &str, &Counter); 9] = [
             (
                 "concord_dns_polls_total",
                 "DNS polls made by this replica as leader.",
@@ -173,6 +175,11 @@ impl Metrics {
                 "concord_raft_leader_changes_total",
                 "Changes of leader seen by this replica.",
                 &self.leader_changes,
+            ),
+            (
+                "concord_xds_builders_encoded_total",
+                "Builders whose Envoy resources were built and serialised (changed ones only).",
+                &self.builders_encoded,
             ),
         ];
         for (name, help, c) in counters {

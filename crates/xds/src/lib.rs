@@ -9,10 +9,11 @@ pub mod bootstrap;
 pub mod envoys;
 pub mod resources;
 pub mod server;
+pub mod snapshot;
 pub mod sotw;
 
 pub use envoys::EnvoyStatus;
-pub use resources::{CLUSTER_TYPE, LISTENER_TYPE, ResourceConfig, Snapshot};
+pub use resources::{CLUSTER_TYPE, LISTENER_TYPE, ListenerMode, ResourceConfig, Snapshot};
 pub use server::{RevisionTimesFn, XdsConfig, XdsServer};
 
 /// Node metadata key by which an Envoy asks for its builders' listener on another address than

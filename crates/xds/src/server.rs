@@ -153,7 +153,9 @@ fn spawn_snapshots(
     shutdown: CancellationToken,
 ) -> watch::Receiver<Arc<Snapshot>> {
     let first = registry.borrow_and_update().clone();
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::build(first, config.clone())));
+    let first = Snapshot::build(first, config);
+    crate::snapshot::log_skips(&first, &first);
+    let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -164,12 +166,18 @@ fn spawn_snapshots(
             if reg.revision() == tx.borrow().revision() {
                 continue;
             }
-            let config = config.clone();
-            // Large registries take milliseconds to encode: keep that off the async workers.
-            let snap = tokio::task::spawn_blocking(move || Snapshot::build(reg, config)).await;
+            let prev = tx.borrow().clone();
+            // Only changed builders are encoded, but a large change still takes milliseconds:
+            // keep it off the async workers.
+            let snap = tokio::task::spawn_blocking(move || prev.next(reg)).await;
             match snap {
                 Ok(s) => {
-                    tracing::debug!(revision = s.revision(), "new xDS snapshot");
+                    crate::snapshot::log_skips(&tx.borrow(), &s);
+                    tracing::debug!(
+                        revision = s.revision(),
+                        encoded = s.serialised(),
+                        "new xDS snapshot"
+                    );
                     tx.send_replace(Arc::new(s));
                 }
                 Err(error) => tracing::error!(%error, "building the xDS snapshot failed"),
