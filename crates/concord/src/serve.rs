@@ -54,7 +54,17 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         serving,
         times,
         shutdown.child_token(),
-    );
+    )
+    .with_read_barrier({
+        let node = node.clone();
+        Arc::new(move || {
+            let node = node.clone();
+            Box::pin(async move {
+                node.read_barrier().await.map_err(|e| e.to_string())?;
+                Ok(node.registry().borrow().revision())
+            })
+        })
+    });
     count_leader_changes(node.clone(), shutdown.child_token());
     let xds_server = tokio::spawn(xds.clone().serve(xds_listener));
 

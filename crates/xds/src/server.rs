@@ -8,6 +8,7 @@
 
 use crate::LISTENER_ADDRESS_KEY;
 use crate::envoys::{EnvoyStatus, Envoys};
+use crate::push::Pushes;
 use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
 use concord_registry::Registry;
@@ -19,8 +20,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,14 +48,20 @@ pub struct XdsConfig {
 /// and when its change was first seen (Unix µs), for the latency histograms.
 pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<(Instant, Option<u64>)> + Send + Sync>;
 
-struct Inner {
-    config: XdsConfig,
-    times: RevisionTimesFn,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    serving: watch::Receiver<bool>,
-    envoys: Envoys,
-    next_stream: AtomicU64,
-    shutdown: CancellationToken,
+/// Brings this replica up to date with the cluster (a linearizable read barrier: everything
+/// committed before the call is applied here) and returns the applied registry revision.
+pub type ReadBarrierFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send>> + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub(crate) config: XdsConfig,
+    pub(crate) times: RevisionTimesFn,
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) serving: watch::Receiver<bool>,
+    pub(crate) envoys: Envoys,
+    pub(crate) next_stream: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) read_barrier: Option<ReadBarrierFn>,
 }
 
 /// The xDS side of a replica. Cheap to clone.
@@ -82,8 +90,18 @@ impl XdsServer {
                 envoys: Envoys::default(),
                 next_stream: AtomicU64::new(1),
                 shutdown,
+                read_barrier: None,
             }),
         }
+    }
+
+    /// How a delta stream whose Envoy may hold a newer revision catches up with the cluster
+    /// before answering (DESIGN rule 3). Call right after [`XdsServer::new`].
+    pub fn with_read_barrier(mut self, barrier: ReadBarrierFn) -> XdsServer {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.read_barrier = Some(barrier);
+        }
+        self
     }
 
     /// The Envoys streaming from this replica now.
@@ -188,7 +206,7 @@ fn spawn_snapshots(
 }
 
 /// The listener address an Envoy asks for in its node metadata, if any.
-fn listener_addr(node: &Node) -> Option<SocketAddr> {
+pub(crate) fn listener_addr(node: &Node) -> Option<SocketAddr> {
     let fields = &node.metadata.as_ref()?.fields;
     match fields.get(LISTENER_ADDRESS_KEY)?.kind.as_ref()? {
         Kind::StringValue(s) => s.parse().ok(),
@@ -218,8 +236,7 @@ impl AggregatedDiscoveryService for XdsServer {
             tx,
             state: StreamState::new(),
             node: None,
-            sent_at: HashMap::new(),
-            known: HashMap::new(),
+            pushes: Pushes::default(),
             listener_addr: self.inner.snapshots.borrow().default_listener_addr(),
             snapshots: self.inner.snapshots.clone(),
         };
@@ -231,11 +248,9 @@ impl AggregatedDiscoveryService for XdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served yet; use state of the world (ads_config.api_type: GRPC)",
-        ))
+        crate::delta_stream::start(self.inner.clone(), request)
     }
 }
 
@@ -247,16 +262,14 @@ struct Stream {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     state: StreamState,
     node: Option<Node>,
-    /// When the last response of each type went out.
-    sent_at: HashMap<String, Instant>,
-    /// The newest version of each type the Envoy is known to hold.
-    known: HashMap<String, u64>,
+    /// What was sent, ACKed and NACKed, for status and metrics.
+    pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
 /// Completes when a stream of this id has reached the maximum age (never, without one).
-async fn max_age(age: Option<Duration>, stream: u64) {
+pub(crate) async fn max_age(age: Option<Duration>, stream: u64) {
     match age {
         Some(age) => {
             // ±10% jitter from the stream id, so Envoys do not reconnect in lockstep.
@@ -268,7 +281,7 @@ async fn max_age(age: Option<Duration>, stream: u64) {
 }
 
 /// Why a stream stopped.
-enum End {
+pub(crate) enum End {
     /// The Envoy closed it, or this replica is shutting down.
     Closed,
     /// End it with this status so the Envoy reconnects (elsewhere).
@@ -340,7 +353,7 @@ impl Stream {
         let nacked_before = self.xds.envoys.nacked_before(self.node_id(), &req.type_url);
         if req.response_nonce.is_empty() {
             let had = crate::sotw::parse_version(&req.version_info).unwrap_or(0);
-            self.known.insert(req.type_url.clone(), had);
+            self.pushes.reported(&req.type_url, had);
         }
         let decision = self.state.on_request(
             &req.type_url,
@@ -371,57 +384,24 @@ impl Stream {
                 self.send(&req.type_url).await?;
             }
             Decision::Acked(version) => {
-                self.xds.envoys.acked(self.id, &req.type_url, version);
-                self.observe_ack(&req.type_url, version);
+                let x = &self.xds;
+                (self.pushes).acked(&x.envoys, &x.times, self.id, &req.type_url, version);
             }
             Decision::Nacked { version, message } => {
-                tracing::warn!(
-                    stream = self.id,
-                    node = self.node_id(),
-                    type_url = %req.type_url,
+                let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+                (self.pushes).nacked(
+                    &self.xds.envoys,
+                    self.id,
+                    node,
+                    &req.type_url,
                     version,
-                    %message,
-                    "Envoy rejected a config (NACK); holding this version back from it"
+                    &message,
                 );
-                self.xds
-                    .envoys
-                    .nacked(self.id, self.node_id(), &req.type_url, version, &message);
-                let m = concord_telemetry::metrics();
-                m.nacks.inc();
-                if let Some(at) = self.sent_at.get(&req.type_url) {
-                    m.push_duration.observe(at.elapsed());
-                }
             }
             Decision::Ignore => {}
         }
         // A wait may have let the snapshot move past what other types were sent.
         self.push_stale().await
-    }
-
-    /// Records an ACK in the metrics: push duration always; commit-to-ACK and discovery-to-ACK
-    /// once for every change the Envoy newly accepts with it (its clusters; several changes may
-    /// arrive in one push), and not when it re-ACKs a version it already had (a reconnect).
-    fn observe_ack(&mut self, type_url: &str, version: u64) {
-        let m = concord_telemetry::metrics();
-        m.acks.inc();
-        if let Some(at) = self.sent_at.get(type_url) {
-            m.push_duration.observe(at.elapsed());
-        }
-        let had = self
-            .known
-            .insert(type_url.to_string(), version)
-            .unwrap_or(0);
-        if type_url != crate::CLUSTER_TYPE || version <= had {
-            return;
-        }
-        let now = concord_telemetry::unix_micros();
-        for (applied_at, seen_at_us) in (self.xds.times)(had, version) {
-            m.commit_to_ack.observe(applied_at.elapsed());
-            if let Some(seen) = seen_at_us {
-                m.discovery_to_ack
-                    .observe(Duration::from_micros(now.saturating_sub(seen)));
-            }
-        }
     }
 
     async fn push_stale(&mut self) -> Result<(), End> {
@@ -436,9 +416,14 @@ impl Stream {
         let snapshot = self.snapshots.borrow().clone();
         let resources = snapshot.resources(type_url, self.listener_addr);
         let nonce = self.state.record_sent(type_url, snapshot.revision());
-        concord_telemetry::metrics().pushes.inc();
-        self.sent_at.insert(type_url.to_string(), Instant::now());
-        self.xds.envoys.sent(self.id, type_url, snapshot.revision());
+        let counts = (resources.len(), 0);
+        (self.pushes).sent(
+            &self.xds.envoys,
+            self.id,
+            type_url,
+            snapshot.revision(),
+            counts,
+        );
         let resp = DiscoveryResponse {
             version_info: snapshot.version().to_string(),
             resources: resources.to_vec(),
