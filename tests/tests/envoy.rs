@@ -379,6 +379,8 @@ fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
             "concord-0.concord:18000,concord-1.concord:18000",
             "--listener-address",
             "0.0.0.0:10443",
+            "--xds-protocol",
+            "sotw",
         ],
     ];
     for (i, args) in cases.iter().enumerate() {

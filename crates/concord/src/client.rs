@@ -376,9 +376,9 @@ pub struct BootstrapArgs {
     /// several Envoys on one host).
     #[arg(long, value_name = "IP:PORT")]
     listener_address: Option<std::net::SocketAddr>,
-    /// The ADS protocol: `delta` (only changed resources travel) or `sotw` (state of the
-    /// world: every resource in every response).
-    #[arg(long, value_name = "delta|sotw", default_value = "sotw")]
+    /// The ADS protocol: `delta` (only changed resources travel; an Envoy that fails over gets
+    /// only what differs) or `sotw` (state of the world: every resource in every response).
+    #[arg(long, value_name = "delta|sotw", default_value = "delta")]
     xds_protocol: concord_xds::bootstrap::XdsProtocol,
 }
 
