@@ -13,17 +13,23 @@ pub use builder::{Builder, InvalidBuilder, Source, is_dns_name};
 pub use command::{Batch, Command, Outcome, Rejection};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Persistent (structurally shared) maps: a copy of the registry is O(1) and a change to it
+/// copies O(log n), so the state machine's copy-on-write `Arc<Registry>` (shared with snapshots
+/// and every xDS stream) costs O(change) per commit, not O(registry).
+type Builders = imbl::OrdMap<String, Arc<Builder>>;
+type SniIndex = imbl::HashMap<String, String>;
 use std::sync::Arc;
 
 /// The replicated set of builders at one revision.
 ///
-/// Builders are held in `Arc`s so that a copy of the registry (published to every xDS stream after
-/// each apply) shares them instead of cloning each one.
+/// Builders are held in `Arc`s in persistent maps, so that a copy of the registry (published to
+/// every xDS stream after each apply, kept by snapshots) shares them instead of cloning each one.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    builders: BTreeMap<String, Arc<Builder>>,
+    builders: Builders,
     /// SNI name → builder id; derived from `builders`, kept to check SNI uniqueness in O(batch).
-    sni_index: HashMap<String, String>,
+    sni_index: SniIndex,
     revision: u64,
 }
 
