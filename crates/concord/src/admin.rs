@@ -180,7 +180,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         (
             "concord_xds_skipped_builders",
             "Builders the listener mode cannot route to (sni-cluster: SNI outside the suffix).",
-            state.xds.snapshot().skipped().len() as f64,
+            state.xds.snapshot().skipped_count() as f64,
         ),
         (
             "concord_dns_polling",

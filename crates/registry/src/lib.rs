@@ -96,6 +96,21 @@ impl Registry {
         self.builders.values()
     }
 
+    /// Ids of the builders added, changed or removed between `older` and this registry. Visits
+    /// only the parts of the two that are not shared, so for a registry that `older` became by
+    /// applying commands it costs O(change), not O(registry).
+    pub fn changed_ids(&self, older: &Registry) -> Vec<String> {
+        older
+            .builders
+            .diff(&self.builders)
+            .map(|d| match d {
+                imbl::ordmap::DiffItem::Add(id, _)
+                | imbl::ordmap::DiffItem::Remove(id, _)
+                | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => id.clone(),
+            })
+            .collect()
+    }
+
     /// The builders of one source, by id (what the DNS poller diffs against).
     pub fn of_source(&self, source: Source) -> BTreeMap<String, Builder> {
         self.builders

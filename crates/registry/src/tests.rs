@@ -284,4 +284,15 @@ fn a_copy_shares_every_builder_until_one_changes() {
     );
     assert_eq!(r.get("b7").unwrap().addr.port(), 9999);
     assert!(Arc::ptr_eq(old.get("b8").unwrap(), r.get("b8").unwrap()));
+    r.apply(3, &rm(&["b9"]));
+    r.apply(
+        4,
+        &put(vec![b("b8", 1008, Source::Api), b("new", 7, Source::Api)]),
+    );
+    assert_eq!(
+        r.changed_ids(&old),
+        ["b7", "b9", "new"],
+        "b8 was put unchanged"
+    );
+    assert!(r.changed_ids(&r.clone()).is_empty());
 }

@@ -11,11 +11,17 @@
 //!   explicit names are honoured too.
 //! - What is sent counts as held from then on (as in go-control-plane): a NACKed resource
 //!   version is therefore not sent again; the resource's next version is.
+//! - What an Envoy holds is a persistent map that, once it is in sync, is a copy of the
+//!   snapshot's own map: per-stream memory does not grow with the registry, and finding what
+//!   changed since the last push visits only the changed entries.
 //! - Never backwards: holding versions this replica does not serve may mean the Envoy has seen
 //!   a newer revision; the stream driver then catches up with the cluster before answering.
 
-use crate::snapshot::Named;
+use crate::snapshot::{Named, Resources};
+use envoy_types::pb::google::protobuf::Any;
+use imbl::ordmap::DiffItem;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// What one type's subscription has seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,8 +30,9 @@ pub struct DeltaType {
     pub wildcard: bool,
     /// Resources subscribed to by name.
     pub names: BTreeSet<String>,
-    /// Name → version the Envoy holds (or was last sent).
-    pub held: HashMap<String, String>,
+    /// What the Envoy holds (or was last sent), by name; resources reported by the Envoy on
+    /// reconnect are version-only placeholders.
+    pub held: Resources,
     /// Nonce → revision of the responses not yet ACKed or NACKed.
     pub outstanding: BTreeMap<String, u64>,
     /// Revision of the last response.
@@ -79,14 +86,14 @@ pub struct Outcome {
 
 /// The changes to send for one type.
 #[derive(Debug, Clone, Default)]
-pub struct Changes<'a> {
+pub struct Changes {
     /// Resources the Envoy does not hold at this version.
-    pub updates: Vec<&'a Named>,
+    pub updates: Vec<Arc<Named>>,
     /// Names it holds that are gone.
     pub removals: Vec<String>,
 }
 
-impl Changes<'_> {
+impl Changes {
     /// Nothing to send.
     pub fn is_empty(&self) -> bool {
         self.updates.is_empty() && self.removals.is_empty()
@@ -121,7 +128,17 @@ impl DeltaState {
             // Legacy wildcard: a first request without names subscribes to everything.
             t.wildcard = r.subscribe.is_empty();
             if let Some(held) = r.initial_versions {
-                t.held = held.clone();
+                t.held = held
+                    .iter()
+                    .map(|(name, version)| {
+                        let placeholder = Named {
+                            name: name.clone(),
+                            version: version.clone(),
+                            resource: Any::default(),
+                        };
+                        (name.clone(), Arc::new(placeholder))
+                    })
+                    .collect();
             }
         }
         for name in r.subscribe {
@@ -143,9 +160,14 @@ impl DeltaState {
                 t.held.remove(name);
             }
         }
-        if !t.wildcard {
+        if !t.wildcard && !r.unsubscribe.is_empty() {
             let names = &t.names;
-            t.held.retain(|n, _| names.contains(n));
+            t.held = t
+                .held
+                .iter()
+                .filter(|(n, _)| names.contains(*n))
+                .map(|(n, r)| (n.clone(), r.clone()))
+                .collect();
         }
         if !r.nonce.is_empty()
             && let Some(revision) = t.outstanding.remove(r.nonce)
@@ -165,29 +187,27 @@ impl DeltaState {
     }
 
     /// What to send `type_url` so the Envoy holds exactly `current` (of what it subscribes to).
-    pub fn changes<'a>(&self, type_url: &str, current: &[&'a Named]) -> Changes<'a> {
+    pub fn changes(&self, type_url: &str, current: &Resources) -> Changes {
+        let mut c = Changes::default();
         let Some(t) = self.types.get(type_url) else {
-            return Changes::default();
+            return c;
         };
-        let updates = current
-            .iter()
-            .filter(|n| t.subscribed(&n.name) && t.held.get(&n.name) != Some(&n.version))
-            .copied()
-            .collect();
-        let now: BTreeSet<&str> = current.iter().map(|n| n.name.as_str()).collect();
-        let mut removals: Vec<String> = t
-            .held
-            .keys()
-            .filter(|n| !now.contains(n.as_str()))
-            .cloned()
-            .collect();
-        removals.sort();
-        Changes { updates, removals }
+        for d in t.held.diff(current) {
+            match d {
+                DiffItem::Add(name, n) | DiffItem::Update { new: (name, n), .. } => {
+                    if t.subscribed(name) {
+                        c.updates.push(n.clone());
+                    }
+                }
+                DiffItem::Remove(name, _) => c.removals.push(name.clone()),
+            }
+        }
+        c
     }
 
     /// True when the Envoy reported holding resources (on its first request) that are not
     /// exactly `current`: it may have seen a newer revision than this replica.
-    pub fn holds_other_than(&self, type_url: &str, current: &[&Named]) -> bool {
+    pub fn holds_other_than(&self, type_url: &str, current: &Resources) -> bool {
         self.types
             .get(type_url)
             .is_some_and(|t| !t.held.is_empty() && !self.changes(type_url, current).is_empty())
@@ -195,26 +215,44 @@ impl DeltaState {
 
     /// Marks `current` as held without sending it (a version this Envoy NACKed on an earlier
     /// stream is not sent again).
-    pub fn assume_held(&mut self, type_url: &str, current: &[&Named]) {
+    pub fn assume_held(&mut self, type_url: &str, current: &Resources) {
         if let Some(t) = self.types.get_mut(type_url) {
-            t.held = current
-                .iter()
-                .filter(|n| t.wildcard || t.names.contains(&n.name))
-                .map(|n| (n.name.clone(), n.version.clone()))
-                .collect();
+            t.held = if t.wildcard {
+                current.clone()
+            } else {
+                let names = &t.names;
+                current
+                    .iter()
+                    .filter(|(n, _)| names.contains(*n))
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect()
+            };
         }
     }
 
-    /// Records a response about to be sent at `revision` and returns its nonce.
-    pub fn record_sent(&mut self, type_url: &str, revision: u64, changes: &Changes<'_>) -> String {
+    /// Records a response about to be sent at `revision` with `changes`, computed against
+    /// `current`, and returns its nonce.
+    pub fn record_sent(
+        &mut self,
+        type_url: &str,
+        revision: u64,
+        changes: &Changes,
+        current: &Resources,
+    ) -> String {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         let t = self.types.entry(type_url.to_string()).or_default();
-        for n in &changes.updates {
-            t.held.insert(n.name.clone(), n.version.clone());
-        }
-        for name in &changes.removals {
-            t.held.remove(name);
+        if t.wildcard {
+            // Every difference went out: the Envoy now holds exactly `current`, and shares its
+            // structure (no copy per stream).
+            t.held = current.clone();
+        } else {
+            for n in &changes.updates {
+                t.held.insert(n.name.clone(), n.clone());
+            }
+            for name in &changes.removals {
+                t.held.remove(name);
+            }
         }
         t.outstanding.insert(nonce.clone(), revision);
         // A client that never answers must not grow this without bound.
@@ -230,17 +268,23 @@ impl DeltaState {
 mod tests {
     use super::*;
     use crate::resources::CLUSTER_TYPE;
-    use envoy_types::pb::google::protobuf::Any;
 
-    fn named(name: &str, version: &str) -> Named {
-        Named {
+    fn named(name: &str, version: &str) -> Arc<Named> {
+        Arc::new(Named {
             name: name.into(),
             version: version.into(),
             resource: Any::default(),
-        }
+        })
     }
 
-    fn first<'a>(held: Option<&'a HashMap<String, String>>) -> Request<'a> {
+    fn map(items: &[&Arc<Named>]) -> Resources {
+        items
+            .iter()
+            .map(|n| (n.name.clone(), Arc::clone(n)))
+            .collect()
+    }
+
+    fn first_request<'a>(held: Option<&'a HashMap<String, String>>) -> Request<'a> {
         Request {
             type_url: CLUSTER_TYPE,
             initial_versions: held,
@@ -248,19 +292,19 @@ mod tests {
         }
     }
 
-    fn names(c: &Changes<'_>) -> Vec<String> {
+    fn names(c: &Changes) -> Vec<String> {
         c.updates.iter().map(|n| n.name.clone()).collect()
     }
 
     #[test]
     fn wildcard_gets_everything_then_only_changes() {
         let mut s = DeltaState::new();
-        let out = s.on_request(&first(None));
+        let out = s.on_request(&first_request(None));
         assert!(out.first);
         let (a, b) = (named("a", "1"), named("b", "1"));
-        let c = s.changes(CLUSTER_TYPE, &[&a, &b]);
+        let c = s.changes(CLUSTER_TYPE, &map(&[&a, &b]));
         assert_eq!(names(&c), ["a", "b"]);
-        let nonce = s.record_sent(CLUSTER_TYPE, 5, &c);
+        let nonce = s.record_sent(CLUSTER_TYPE, 5, &c, &map(&[&a, &b]));
         assert!(s.types()[CLUSTER_TYPE].pending());
         let ack = s.on_request(&Request {
             type_url: CLUSTER_TYPE,
@@ -271,11 +315,63 @@ mod tests {
         assert!(!s.types()[CLUSTER_TYPE].pending());
         // b changes, c appears, a goes.
         let (b2, c1) = (named("b", "2"), named("c", "1"));
-        let c = s.changes(CLUSTER_TYPE, &[&b2, &c1]);
+        let c = s.changes(CLUSTER_TYPE, &map(&[&b2, &c1]));
         assert_eq!(names(&c), ["b", "c"]);
         assert_eq!(c.removals, ["a"]);
-        s.record_sent(CLUSTER_TYPE, 6, &c);
-        assert!(s.changes(CLUSTER_TYPE, &[&b2, &c1]).is_empty());
+        let now = map(&[&b2, &c1]);
+        s.record_sent(CLUSTER_TYPE, 6, &c, &now);
+        assert!(s.changes(CLUSTER_TYPE, &now).is_empty());
+        assert!(
+            s.types()[CLUSTER_TYPE].held.ptr_eq(&now),
+            "in sync, a stream shares the snapshot's map instead of copying it"
+        );
+    }
+
+    #[test]
+    fn a_change_of_k_builders_sends_k() {
+        use crate::resources::ResourceConfig;
+        use crate::snapshot::Snapshot;
+        use concord_registry::{Batch, Builder, Command, Registry, Source};
+        let builder = |i: usize, port: u16| Builder {
+            id: format!("b{i}"),
+            addr: format!("10.0.0.1:{port}").parse().unwrap(),
+            sni: format!("b{i}.builders.example.com"),
+            region: String::new(),
+            labels: Default::default(),
+            source: Source::Api,
+        };
+        let apply = |r: &mut Registry, index, upserts, removes| {
+            r.apply(
+                index,
+                &Command::new(Source::Api, Batch { upserts, removes }),
+            );
+        };
+        let mut r = Registry::new();
+        apply(
+            &mut r,
+            1,
+            (0..1000).map(|i| builder(i, 443)).collect(),
+            vec![],
+        );
+        let first = Snapshot::build(Arc::new(r.clone()), ResourceConfig::default());
+        let mut s = DeltaState::new();
+        s.on_request(&first_request(None));
+        let all = first.cluster_map();
+        let c = s.changes(CLUSTER_TYPE, &all);
+        assert_eq!(c.updates.len(), 1000);
+        s.record_sent(CLUSTER_TYPE, 1, &c, &all);
+        // k = 3: one added, one changed, one removed.
+        apply(
+            &mut r,
+            2,
+            vec![builder(1000, 443), builder(5, 444)],
+            vec!["b7".into()],
+        );
+        let second = first.next(Arc::new(r));
+        assert_eq!(second.serialised(), 2);
+        let c = s.changes(CLUSTER_TYPE, &second.cluster_map());
+        assert_eq!(names(&c), ["builder_b1000", "builder_b5"]);
+        assert_eq!(c.removals, ["builder_b7"]);
     }
 
     #[test]
@@ -284,31 +380,31 @@ mod tests {
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .into();
         let mut s = DeltaState::new();
-        s.on_request(&first(Some(&held)));
+        s.on_request(&first_request(Some(&held)));
         let (a, b2) = (named("a", "1"), named("b", "2"));
-        assert!(s.holds_other_than(CLUSTER_TYPE, &[&a, &b2]));
-        let c = s.changes(CLUSTER_TYPE, &[&a, &b2]);
+        assert!(s.holds_other_than(CLUSTER_TYPE, &map(&[&a, &b2])));
+        let c = s.changes(CLUSTER_TYPE, &map(&[&a, &b2]));
         assert_eq!(names(&c), ["b"]);
         assert_eq!(c.removals, ["gone"]);
         // Holding exactly what is served: nothing to catch up on, nothing to send.
         let mut s = DeltaState::new();
         let same: HashMap<String, String> = [("a".to_string(), "1".to_string())].into();
-        s.on_request(&first(Some(&same)));
-        assert!(!s.holds_other_than(CLUSTER_TYPE, &[&a]));
-        assert!(s.changes(CLUSTER_TYPE, &[&a]).is_empty());
+        s.on_request(&first_request(Some(&same)));
+        assert!(!s.holds_other_than(CLUSTER_TYPE, &map(&[&a])));
+        assert!(s.changes(CLUSTER_TYPE, &map(&[&a])).is_empty());
         // A fresh Envoy holds nothing: nothing to move backwards.
         let mut s = DeltaState::new();
-        s.on_request(&first(None));
-        assert!(!s.holds_other_than(CLUSTER_TYPE, &[&a]));
+        s.on_request(&first_request(None));
+        assert!(!s.holds_other_than(CLUSTER_TYPE, &map(&[&a])));
     }
 
     #[test]
     fn nacked_versions_are_not_resent() {
         let mut s = DeltaState::new();
-        s.on_request(&first(None));
+        s.on_request(&first_request(None));
         let a = named("a", "1");
-        let c = s.changes(CLUSTER_TYPE, &[&a]);
-        let nonce = s.record_sent(CLUSTER_TYPE, 3, &c);
+        let c = s.changes(CLUSTER_TYPE, &map(&[&a]));
+        let nonce = s.record_sent(CLUSTER_TYPE, 3, &c, &map(&[&a]));
         let out = s.on_request(&Request {
             type_url: CLUSTER_TYPE,
             nonce: &nonce,
@@ -317,10 +413,13 @@ mod tests {
         });
         assert_eq!(out.nacked, Some((3, "bad cluster".to_string())));
         assert_eq!(out.acked, None);
-        assert!(s.changes(CLUSTER_TYPE, &[&a]).is_empty(), "not sent again");
+        assert!(
+            s.changes(CLUSTER_TYPE, &map(&[&a])).is_empty(),
+            "not sent again"
+        );
         let a2 = named("a", "2");
         assert_eq!(
-            names(&s.changes(CLUSTER_TYPE, &[&a2])),
+            names(&s.changes(CLUSTER_TYPE, &map(&[&a2]))),
             ["a"],
             "the next one is"
         );
@@ -343,9 +442,9 @@ mod tests {
             ..Request::default()
         });
         let (a, b) = (named("a", "1"), named("b", "1"));
-        let c = s.changes(CLUSTER_TYPE, &[&a, &b]);
+        let c = s.changes(CLUSTER_TYPE, &map(&[&a, &b]));
         assert_eq!(names(&c), ["a"]);
-        s.record_sent(CLUSTER_TYPE, 1, &c);
+        s.record_sent(CLUSTER_TYPE, 1, &c, &map(&[&a, &b]));
         let star = vec!["*".to_string()];
         let out = s.on_request(&Request {
             type_url: CLUSTER_TYPE,
@@ -353,13 +452,13 @@ mod tests {
             ..Request::default()
         });
         assert!(out.resync);
-        assert_eq!(names(&s.changes(CLUSTER_TYPE, &[&a, &b])), ["b"]);
+        assert_eq!(names(&s.changes(CLUSTER_TYPE, &map(&[&a, &b]))), ["b"]);
         let out = s.on_request(&Request {
             type_url: CLUSTER_TYPE,
             unsubscribe: &star,
             ..Request::default()
         });
         assert!(!out.resync);
-        assert!(s.changes(CLUSTER_TYPE, &[&a, &b]).is_empty());
+        assert!(s.changes(CLUSTER_TYPE, &map(&[&a, &b])).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use crate::delta::{DeltaState, Request as DeltaRequest};
 use crate::push::Pushes;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
 use crate::server::{End, Inner, listener_addr, max_age};
-use crate::snapshot::{Named, Snapshot};
+use crate::snapshot::{Resources, Snapshot};
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
@@ -48,20 +48,15 @@ pub(crate) fn start(
     Ok(Response::new(ReceiverStream::new(rx)))
 }
 
-/// The current resources of `type_url` for a listener at `addr`, lent to `f`.
-fn with_current<R>(
-    snap: &Snapshot,
-    addr: SocketAddr,
-    type_url: &str,
-    f: impl FnOnce(&[&Named]) -> R,
-) -> R {
+/// The current resources of `type_url` for a listener at `addr` (a cheap, shared copy).
+fn current(snap: &Snapshot, addr: SocketAddr, type_url: &str) -> Resources {
     match type_url {
-        CLUSTER_TYPE => f(&snap.clusters().collect::<Vec<_>>()),
-        LISTENER_TYPE => {
-            let l = snap.named_listener(addr);
-            f(&l.iter().map(|l| &**l).collect::<Vec<_>>())
-        }
-        _ => f(&[]),
+        CLUSTER_TYPE => snap.cluster_map(),
+        LISTENER_TYPE => snap
+            .named_listener(addr)
+            .map(|l| Resources::unit(l.name.clone(), l))
+            .unwrap_or_default(),
+        _ => Resources::new(),
     }
 }
 
@@ -173,9 +168,7 @@ impl DeltaStream {
     async fn first_request(&mut self, type_url: &str) -> Result<(), End> {
         let snap = self.snapshots.borrow().clone();
         let addr = self.listener_addr;
-        let held_other = with_current(&snap, addr, type_url, |cur| {
-            self.state.holds_other_than(type_url, cur)
-        });
+        let held_other = (self.state).holds_other_than(type_url, &current(&snap, addr, type_url));
         let held_any = self
             .state
             .types()
@@ -192,9 +185,7 @@ impl DeltaStream {
         let nacked_before = self.xds.envoys.nacked_before(self.node_id(), type_url);
         if nacked_before == Some(snap.revision()) {
             // This Envoy rejected these resources on an earlier stream: not again.
-            with_current(&snap, addr, type_url, |cur| {
-                self.state.assume_held(type_url, cur)
-            });
+            (self.state).assume_held(type_url, &current(&snap, addr, type_url));
         }
         self.send(type_url, true).await
     }
@@ -252,25 +243,23 @@ impl DeltaStream {
     async fn send(&mut self, type_url: &str, always: bool) -> Result<(), End> {
         let snap = self.snapshots.borrow().clone();
         let revision = snap.revision();
-        let state = &mut self.state;
-        let built = with_current(&snap, self.listener_addr, type_url, |cur| {
-            let changes = state.changes(type_url, cur);
-            if changes.is_empty() && !always {
-                return None;
-            }
-            let resources: Vec<Resource> = changes
-                .updates
-                .iter()
-                .map(|n| Resource {
-                    name: n.name.clone(),
-                    version: n.version.clone(),
-                    resource: Some(n.resource.clone()),
-                    ..Default::default()
-                })
-                .collect();
-            let nonce = state.record_sent(type_url, revision, &changes);
-            Some((resources, changes.removals, nonce))
-        });
+        let cur = current(&snap, self.listener_addr, type_url);
+        let changes = self.state.changes(type_url, &cur);
+        if changes.is_empty() && !always {
+            return Ok(());
+        }
+        let resources: Vec<Resource> = changes
+            .updates
+            .iter()
+            .map(|n| Resource {
+                name: n.name.clone(),
+                version: n.version.clone(),
+                resource: Some(n.resource.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let nonce = self.state.record_sent(type_url, revision, &changes, &cur);
+        let built = Some((resources, changes.removals, nonce));
         let Some((resources, removed_resources, nonce)) = built else {
             return Ok(());
         };

@@ -329,7 +329,7 @@ impl Snapshot {
             version_info: self.version().to_string(),
             listener,
             clusters,
-            skipped: self.skipped().to_vec(),
+            skipped: self.skipped(),
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The encoded resources of one registry revision, built incrementally: each builder's cluster
 //! (and, in filter-chains mode, its filter chain) is encoded once when the builder changes and
 //! shared by every later snapshot and every stream until it changes again, so a change of k
-//! builders serialises k builders' resources, not the whole registry.
+//! builders serialises k builders' resources, not the whole registry. The changed builders are
+//! found by diffing the registry's persistent maps, and the snapshot's own maps are persistent
+//! too (a new snapshot shares all but the changed entries with the last), so building one costs
+//! O(change); delta streams diff them the same way.
 //!
 //! In filter-chains mode the listener is assembled from the builders' pre-encoded chains (a
 //! repeated protobuf field is the concatenation of its encoded elements): a copy per revision,
@@ -45,17 +48,29 @@ pub struct Named {
     pub resource: Any,
 }
 
+/// Two resources are the same when name and (content) version are.
+impl PartialEq for Named {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.version == other.version
+    }
+}
+
+impl Eq for Named {}
+
+/// Resources by name, as a persistent map: copies share structure, and diffs between copies
+/// visit only what differs.
+pub type Resources = imbl::OrdMap<String, Arc<Named>>;
+
 /// One builder's encoded resources.
 #[derive(Debug)]
 struct Entry {
-    builder: Arc<Builder>,
     /// `None` when the listener mode cannot route to this builder (skipped).
     encoded: Option<Encoded>,
 }
 
 #[derive(Debug)]
 struct Encoded {
-    cluster: Named,
+    cluster: Arc<Named>,
     /// Filter-chains mode: the builder's chain encoded as the listener's `filter_chains` field
     /// (tag, length, message), ready to be appended to an encoded listener. Empty otherwise.
     chain: Vec<u8>,
@@ -65,7 +80,7 @@ struct Encoded {
 const LISTENER_FILTER_CHAINS_FIELD: u32 = 3;
 
 impl Entry {
-    fn build(b: &Arc<Builder>, config: &ResourceConfig) -> Entry {
+    fn build(b: &Builder, config: &ResourceConfig) -> Entry {
         let encoded = builder_cluster_name(b, &config.mode).map(|name| {
             let resource = any(CLUSTER_TYPE, &cluster(&name, b, config));
             let chain = match config.mode {
@@ -81,18 +96,15 @@ impl Entry {
                 ListenerMode::SniCluster { .. } => Vec::new(),
             };
             Encoded {
-                cluster: Named {
+                cluster: Arc::new(Named {
                     version: content_version(&resource.value),
                     name,
                     resource,
-                },
+                }),
                 chain,
             }
         });
-        Entry {
-            builder: b.clone(),
-            encoded,
-        }
+        Entry { encoded }
     }
 }
 
@@ -113,9 +125,12 @@ pub struct Snapshot {
     version: String,
     registry: Arc<Registry>,
     config: Arc<ResourceConfig>,
-    /// One per builder, in registry (id) order.
-    entries: Arc<[Arc<Entry>]>,
-    skipped: Vec<String>,
+    /// One per builder, by id.
+    entries: imbl::OrdMap<String, Arc<Entry>>,
+    /// Every cluster, by name.
+    by_name: Resources,
+    /// Ids of the builders the listener mode cannot route to.
+    skipped: imbl::OrdSet<String>,
     serialised: usize,
     /// Every cluster, materialised on first use for state-of-the-world responses.
     clusters: OnceLock<Arc<[Any]>>,
@@ -141,29 +156,48 @@ impl Snapshot {
         config: Arc<ResourceConfig>,
         prev: Option<&Snapshot>,
     ) -> Snapshot {
-        let mut serialised = 0;
-        let mut skipped = Vec::new();
-        let mut entries = Vec::with_capacity(registry.len());
-        // Both sequences are ordered by id: one merge walk finds each builder's old entry.
-        let mut old = prev.map(|p| p.entries.iter().peekable());
-        for b in registry.iter() {
-            let mut reused = None;
-            if let Some(old) = old.as_mut() {
-                while old.next_if(|e| e.builder.id < b.id).is_some() {}
-                if let Some(e) = old.next_if(|e| e.builder.id == b.id)
-                    && (Arc::ptr_eq(&e.builder, b) || e.builder == *b)
+        let (mut entries, mut by_name, mut skipped, changed) = match prev {
+            Some(p) => (
+                p.entries.clone(),
+                p.by_name.clone(),
+                p.skipped.clone(),
+                registry.changed_ids(&p.registry),
+            ),
+            None => (
+                imbl::OrdMap::new(),
+                Resources::new(),
+                imbl::OrdSet::new(),
+                registry.iter().map(|b| b.id.clone()).collect(),
+            ),
+        };
+        // Removals first: a cluster name released by one builder may be taken by another in the
+        // same change (sni-cluster mode names clusters by SNI).
+        for id in &changed {
+            if let Some(old) = entries.remove(id) {
+                if let Some(enc) = &old.encoded
+                    && by_name
+                        .get(&enc.cluster.name)
+                        .is_some_and(|n| Arc::ptr_eq(n, &enc.cluster))
                 {
-                    reused = Some(e.clone());
+                    by_name.remove(&enc.cluster.name);
+                }
+                skipped.remove(id);
+            }
+        }
+        let mut serialised = 0;
+        for id in &changed {
+            let Some(b) = registry.get(id) else { continue };
+            serialised += 1;
+            let entry = Arc::new(Entry::build(b, &config));
+            match &entry.encoded {
+                Some(enc) => {
+                    by_name.insert(enc.cluster.name.clone(), enc.cluster.clone());
+                }
+                None => {
+                    skipped.insert(id.clone());
                 }
             }
-            let entry = reused.unwrap_or_else(|| {
-                serialised += 1;
-                Arc::new(Entry::build(b, &config))
-            });
-            if entry.encoded.is_none() {
-                skipped.push(b.id.clone());
-            }
-            entries.push(entry);
+            entries.insert(id.clone(), entry);
         }
         concord_telemetry::metrics()
             .builders_encoded
@@ -177,7 +211,8 @@ impl Snapshot {
             version: registry.revision().to_string(),
             registry,
             config,
-            entries: entries.into(),
+            entries,
+            by_name,
             skipped,
             serialised,
             clusters: OnceLock::new(),
@@ -211,9 +246,14 @@ impl Snapshot {
     }
 
     /// Ids of the builders the listener mode cannot route to (sni-cluster mode: SNI outside the
-    /// suffix); they get no cluster.
-    pub fn skipped(&self) -> &[String] {
-        &self.skipped
+    /// suffix), by id; they get no cluster.
+    pub fn skipped(&self) -> Vec<String> {
+        self.skipped.iter().cloned().collect()
+    }
+
+    /// How many builders are skipped.
+    pub fn skipped_count(&self) -> usize {
+        self.skipped.len()
     }
 
     /// How many builders' resources were built for this snapshot (the changed ones, or all for
@@ -238,8 +278,13 @@ impl Snapshot {
     /// Every cluster, by builder id, with its name and version.
     pub fn clusters(&self) -> impl Iterator<Item = &Named> {
         self.entries
-            .iter()
-            .filter_map(|e| e.encoded.as_ref().map(|c| &c.cluster))
+            .values()
+            .filter_map(|e| e.encoded.as_ref().map(|c| &*c.cluster))
+    }
+
+    /// Every cluster by name (a cheap, structurally shared copy).
+    pub fn cluster_map(&self) -> Resources {
+        self.by_name.clone()
     }
 
     /// The listener for an Envoy whose listener binds `listener_addr`, with its name and
@@ -271,12 +316,12 @@ impl Snapshot {
                 };
             }
             ListenerMode::FilterChains => {
-                let chains = self.entries.iter().filter_map(|e| e.encoded.as_ref());
+                let chains = || self.entries.values().filter_map(|e| e.encoded.as_ref());
                 let head = listener(vec![], name, addr).encode_to_vec();
-                let len = head.len() + chains.clone().map(|c| c.chain.len()).sum::<usize>();
+                let len = head.len() + chains().map(|c| c.chain.len()).sum::<usize>();
                 let mut buf = Vec::with_capacity(len);
                 buf.extend_from_slice(&head);
-                for c in chains {
+                for c in chains() {
                     buf.extend_from_slice(&c.chain);
                 }
                 buf
@@ -310,9 +355,10 @@ pub fn log_skips(prev: &Snapshot, next: &Snapshot) {
     }
     if let ListenerMode::SniCluster { suffix } = &next.config.mode {
         const SHOWN: usize = 10;
+        let shown: Vec<&String> = next.skipped.iter().take(SHOWN).collect();
         tracing::warn!(
             skipped = next.skipped.len(),
-            first = ?&next.skipped[..next.skipped.len().min(SHOWN)],
+            first = ?shown,
             suffix = %suffix,
             "builders with an SNI name outside the listener's suffix get no cluster \
              (sni-cluster mode); Envoys cannot route to them"
