@@ -30,6 +30,25 @@ pub fn envoy_bin() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The ADS protocol an Envoy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// State of the world.
+    Sotw,
+    /// Delta (incremental) xDS.
+    Delta,
+}
+
+impl Protocol {
+    /// Its `--xds-protocol` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Protocol::Sotw => "sotw",
+            Protocol::Delta => "delta",
+        }
+    }
+}
+
 /// A running Envoy.
 pub struct Envoy {
     /// Its node id.
@@ -62,12 +81,24 @@ pub struct Versions {
 }
 
 impl Envoy {
-    /// Writes a bootstrap for `servers` (xDS addresses) in `dir` and starts Envoy with it.
+    /// Writes a bootstrap for `servers` (xDS addresses) in `dir` and starts Envoy with it,
+    /// speaking the bootstrap generator's default protocol.
     pub async fn start(
         dir: &Path,
         node_id: &str,
         servers: &[&str],
         prefer_first: bool,
+    ) -> Result<Envoy> {
+        Self::start_with(dir, node_id, servers, prefer_first, None).await
+    }
+
+    /// As [`Envoy::start`], speaking `protocol` (the generator's default if `None`).
+    pub async fn start_with(
+        dir: &Path,
+        node_id: &str,
+        servers: &[&str],
+        prefer_first: bool,
+        protocol: Option<Protocol>,
     ) -> Result<Envoy> {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -83,6 +114,9 @@ impl Envoy {
         .args(["--listener-address", &listener.to_string()]);
         if prefer_first {
             cmd.arg("--prefer-first");
+        }
+        if let Some(p) = protocol {
+            cmd.args(["--xds-protocol", p.flag()]);
         }
         let out = cmd.output()?;
         if !out.status.success() {

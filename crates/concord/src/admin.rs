@@ -181,6 +181,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             state.xds.envoys().len() as f64,
         ),
         (
+            "concord_xds_skipped_builders",
+            "Builders the listener mode cannot route to (sni-cluster: SNI outside the suffix).",
+            state.xds.snapshot().skipped_count() as f64,
+        ),
+        (
             "concord_dns_polling",
             "1 if this replica polls DNS (it leads).",
             f64::from(u8::from(polling)),

@@ -376,6 +376,10 @@ pub struct BootstrapArgs {
     /// several Envoys on one host).
     #[arg(long, value_name = "IP:PORT")]
     listener_address: Option<std::net::SocketAddr>,
+    /// The ADS protocol: `delta` (only changed resources travel; an Envoy that fails over gets
+    /// only what differs) or `sotw` (state of the world: every resource in every response).
+    #[arg(long, value_name = "delta|sotw", default_value = "delta")]
+    xds_protocol: concord_xds::bootstrap::XdsProtocol,
 }
 
 impl BootstrapArgs {
@@ -388,6 +392,7 @@ impl BootstrapArgs {
             prefer_first: self.prefer_first,
             admin: self.admin_addr,
             listener_address: self.listener_address,
+            protocol: self.xds_protocol,
         };
         match concord_xds::bootstrap::render(&config) {
             Ok(yaml) => {

@@ -6,13 +6,17 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use concord_discovery::{DiscoveryConfig, GuardConfig, NxDomain, SniTemplate, SourceSpec};
 use concord_raft::{NodeConfig, NodeId};
+use concord_registry::is_dns_name;
 use concord_telemetry::trace::TraceConfig;
-use concord_xds::{ResourceConfig, XdsConfig};
+use concord_xds::{ListenerMode, ResourceConfig, XdsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The SNI template of discovered builders unless one is given.
+const DEFAULT_SNI_TEMPLATE: &str = "{id}.builders.local";
 
 /// The initial member list of the local cluster that `deploy/local` runs.
 pub const DEFAULT_MEMBERS: &str = "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103";
@@ -97,6 +101,24 @@ pub struct ServeArgs {
     /// Same on every replica. [default: 0.0.0.0:10000]
     #[arg(long, env = "CONCORD_ENVOY_LISTENER_ADDR", value_name = "IP:PORT")]
     pub envoy_listener_addr: Option<SocketAddr>,
+
+    /// How Envoy's builders' listener routes: `filter-chains` (one chain per builder, matching
+    /// its SNI name) or `sni-cluster` (one chain matching `*.<--sni-suffix>` with the
+    /// `sni_cluster` filter; clusters named by SNI, so the listener never changes). Same on every
+    /// replica. [default: filter-chains]
+    #[arg(
+        long,
+        env = "CONCORD_LISTENER_MODE",
+        value_name = "filter-chains|sni-cluster"
+    )]
+    pub listener_mode: Option<String>,
+
+    /// The builder SNI suffix of sni-cluster mode (e.g. `builders.example.com`): only names
+    /// under it reach a builder; any other SNI matches no chain and is closed. Builders whose
+    /// SNI is outside it get no cluster (skipped, logged). [default: the fixed tail of
+    /// --dns-sni-template, e.g. builders.local]
+    #[arg(long, env = "CONCORD_SNI_SUFFIX", value_name = "DOMAIN")]
+    pub sni_suffix: Option<String>,
 
     /// A replica out of contact with the quorum for this many milliseconds reports NOT_SERVING
     /// and ends its Envoys' streams, so they move to a replica that still gets updates.
@@ -217,6 +239,7 @@ impl ServeArgs {
         let a = self.over(file);
         let discovery = dns_config(&a)?;
         let tracing = trace_config(&a, a.node_id.unwrap_or(1))?;
+        let mode = listener_mode(&a, discovery.as_ref())?;
 
         let cluster = a.cluster.unwrap_or_else(|| "concord".into());
         let cluster_ok = !cluster.is_empty()
@@ -323,6 +346,7 @@ impl ServeArgs {
                 listener_addr: a
                     .envoy_listener_addr
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 10000))),
+                mode,
                 ..ResourceConfig::default()
             },
         };
@@ -372,6 +396,8 @@ impl ServeArgs {
             xds_addr: self.xds_addr.or(file.xds_addr),
             envoy_listener_name: self.envoy_listener_name.or(file.envoy_listener_name),
             envoy_listener_addr: self.envoy_listener_addr.or(file.envoy_listener_addr),
+            listener_mode: self.listener_mode.or(file.listener_mode),
+            sni_suffix: self.sni_suffix.or(file.sni_suffix),
             stale_after_ms: self.stale_after_ms.or(file.stale_after_ms),
             catch_up_timeout_ms: self.catch_up_timeout_ms.or(file.catch_up_timeout_ms),
             max_stream_age_secs: self.max_stream_age_secs.or(file.max_stream_age_secs),
@@ -427,6 +453,50 @@ fn trace_config(a: &ServeArgs, node_id: NodeId) -> Result<Option<TraceConfig>> {
     }))
 }
 
+/// The listener mode, with the sni-cluster suffix checked against the DNS SNI template.
+fn listener_mode(a: &ServeArgs, dns: Option<&DiscoveryConfig>) -> Result<ListenerMode> {
+    let template = match dns {
+        Some(d) => d.template.clone(),
+        None => SniTemplate::parse(DEFAULT_SNI_TEMPLATE).map_err(anyhow::Error::msg)?,
+    };
+    let tail = template.fixed_tail();
+    match a.listener_mode.as_deref().unwrap_or("filter-chains") {
+        "filter-chains" => Ok(ListenerMode::FilterChains),
+        "sni-cluster" => {
+            let suffix = match &a.sni_suffix {
+                Some(s) => s
+                    .trim_start_matches("*.")
+                    .trim_matches('.')
+                    .to_ascii_lowercase(),
+                None => match tail.as_deref().and_then(|t| t.strip_prefix('.')) {
+                    Some(t) => t.to_string(),
+                    None => bail!(
+                        "--listener-mode sni-cluster needs --sni-suffix (the SNI template {:?} \
+                         has no fixed domain to take it from)",
+                        template.as_str()
+                    ),
+                },
+            };
+            if !is_dns_name(&suffix) {
+                bail!("invalid --sni-suffix {suffix:?}: expected a lower-case DNS name");
+            }
+            if dns.is_some()
+                && !tail
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(&format!(".{suffix}")))
+            {
+                bail!(
+                    "--dns-sni-template {:?} makes names outside --sni-suffix {suffix:?}; \
+                     sni-cluster mode could not route to those builders",
+                    template.as_str()
+                );
+            }
+            Ok(ListenerMode::SniCluster { suffix })
+        }
+        other => bail!("invalid --listener-mode {other:?}: use filter-chains or sni-cluster"),
+    }
+}
+
 /// The DNS discovery settings; `None` when no `--dns-server` is given.
 fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
     let Some(server) = a.dns_server else {
@@ -447,7 +517,7 @@ fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
     let template = SniTemplate::parse(
         a.dns_sni_template
             .as_deref()
-            .unwrap_or("{id}.builders.local"),
+            .unwrap_or(DEFAULT_SNI_TEMPLATE),
     )
     .map_err(anyhow::Error::msg)?;
     let interval = a.dns_interval_ms.unwrap_or(100);
@@ -613,6 +683,45 @@ mod tests {
             ),
         ];
         for (a, want) in cases {
+            let err = format!("{:#}", a.resolve().unwrap_err());
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn listener_modes() {
+        let mode = |a: ServeArgs| a.resolve().map(|c| c.xds.resources.mode);
+        assert_eq!(mode(args()).unwrap(), ListenerMode::FilterChains);
+        let sni = |suffix: &str| ListenerMode::SniCluster {
+            suffix: suffix.into(),
+        };
+        let with = |m: &str, s: Option<&str>| ServeArgs {
+            listener_mode: Some(m.into()),
+            sni_suffix: s.map(Into::into),
+            ..args()
+        };
+        // The suffix defaults to the SNI template's domain.
+        assert_eq!(
+            mode(with("sni-cluster", None)).unwrap(),
+            sni("builders.local")
+        );
+        assert_eq!(
+            mode(with("sni-cluster", Some("*.b.example.com"))).unwrap(),
+            sni("b.example.com")
+        );
+        for (a, want) in [
+            (with("sni", None), "invalid --listener-mode"),
+            (with("sni-cluster", Some("a b")), "invalid --sni-suffix"),
+            (
+                ServeArgs {
+                    dns_server: Some("127.0.0.1:53".parse().unwrap()),
+                    dns_source: Some(vec!["txt:_i.internal:9443".into()]),
+                    dns_sni_template: Some("{id}.other.test".into()),
+                    ..with("sni-cluster", Some("builders.test"))
+                },
+                "outside --sni-suffix",
+            ),
+        ] {
             let err = format!("{:#}", a.resolve().unwrap_err());
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }

@@ -58,7 +58,17 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         serving,
         times,
         shutdown.child_token(),
-    );
+    )
+    .with_read_barrier({
+        let node = node.clone();
+        Arc::new(move || {
+            let node = node.clone();
+            Box::pin(async move {
+                node.read_barrier().await.map_err(|e| e.to_string())?;
+                Ok(node.registry().borrow().revision())
+            })
+        })
+    });
     {
         let xds = xds.clone();
         node.set_local_status(Box::new(move || crate::admin::local_envoys(node_id, &xds)));

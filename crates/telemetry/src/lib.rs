@@ -130,6 +130,10 @@ pub struct Metrics {
     pub spans_exported: Counter,
     /// Trace spans dropped: the export queue was full or the export failed.
     pub spans_dropped: Counter,
+    /// Builders whose Envoy resources were built and serialised (only changed ones are).
+    pub builders_encoded: Counter,
+    /// Resources sent to Envoys, summed over responses.
+    pub resources_sent: Counter,
     /// Duration of one DNS poll.
     pub poll_duration: Histogram,
     /// From sending a response to its ACK or NACK.
@@ -153,7 +157,7 @@ impl Metrics {
     /// The page, in the Prometheus text format (0.0.4), with `gauges` appended.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "concord_dns_polls_total",
                 "DNS polls made by this replica as leader.",
@@ -203,6 +207,16 @@ impl Metrics {
                 "concord_trace_spans_dropped_total",
                 "Trace spans dropped because the export queue was full or the export failed.",
                 &self.spans_dropped,
+            ),
+            (
+                "concord_xds_builders_encoded_total",
+                "Builders whose Envoy resources were built and serialised (changed ones only).",
+                &self.builders_encoded,
+            ),
+            (
+                "concord_xds_resources_sent_total",
+                "Resources sent to Envoys, summed over responses (delta sends changed ones only).",
+                &self.resources_sent,
             ),
         ];
         for (name, help, c) in counters {

@@ -8,11 +8,11 @@
 
 use crate::LISTENER_ADDRESS_KEY;
 use crate::envoys::{EnvoyStatus, Envoys};
+use crate::push::Pushes;
 use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
 use concord_registry::Registry;
 use concord_telemetry::AppliedRevision;
-use concord_telemetry::trace::Span;
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -21,11 +21,12 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -49,14 +50,20 @@ pub struct XdsConfig {
 /// spans.
 pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<AppliedRevision> + Send + Sync>;
 
-struct Inner {
-    config: XdsConfig,
-    times: RevisionTimesFn,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    serving: watch::Receiver<bool>,
-    envoys: Envoys,
-    next_stream: AtomicU64,
-    shutdown: CancellationToken,
+/// Brings this replica up to date with the cluster (a linearizable read barrier: everything
+/// committed before the call is applied here) and returns the applied registry revision.
+pub type ReadBarrierFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send>> + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub(crate) config: XdsConfig,
+    pub(crate) times: RevisionTimesFn,
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) serving: watch::Receiver<bool>,
+    pub(crate) envoys: Envoys,
+    pub(crate) next_stream: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) read_barrier: Option<ReadBarrierFn>,
 }
 
 /// The xDS side of a replica. Cheap to clone.
@@ -85,8 +92,18 @@ impl XdsServer {
                 envoys: Envoys::default(),
                 next_stream: AtomicU64::new(1),
                 shutdown,
+                read_barrier: None,
             }),
         }
+    }
+
+    /// How a delta stream whose Envoy may hold a newer revision catches up with the cluster
+    /// before answering (DESIGN rule 3). Call right after [`XdsServer::new`].
+    pub fn with_read_barrier(mut self, barrier: ReadBarrierFn) -> XdsServer {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.read_barrier = Some(barrier);
+        }
+        self
     }
 
     /// The Envoys streaming from this replica now.
@@ -156,7 +173,9 @@ fn spawn_snapshots(
     shutdown: CancellationToken,
 ) -> watch::Receiver<Arc<Snapshot>> {
     let first = registry.borrow_and_update().clone();
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::build(first, config.clone())));
+    let first = Snapshot::build(first, config);
+    crate::snapshot::log_skips(&first, &first);
+    let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -167,12 +186,18 @@ fn spawn_snapshots(
             if reg.revision() == tx.borrow().revision() {
                 continue;
             }
-            let config = config.clone();
-            // Large registries take milliseconds to encode: keep that off the async workers.
-            let snap = tokio::task::spawn_blocking(move || Snapshot::build(reg, config)).await;
+            let prev = tx.borrow().clone();
+            // Only changed builders are encoded, but a large change still takes milliseconds:
+            // keep it off the async workers.
+            let snap = tokio::task::spawn_blocking(move || prev.next(reg)).await;
             match snap {
                 Ok(s) => {
-                    tracing::debug!(revision = s.revision(), "new xDS snapshot");
+                    crate::snapshot::log_skips(&tx.borrow(), &s);
+                    tracing::debug!(
+                        revision = s.revision(),
+                        encoded = s.serialised(),
+                        "new xDS snapshot"
+                    );
                     tx.send_replace(Arc::new(s));
                 }
                 Err(error) => tracing::error!(%error, "building the xDS snapshot failed"),
@@ -183,7 +208,7 @@ fn spawn_snapshots(
 }
 
 /// The listener address an Envoy asks for in its node metadata, if any.
-fn listener_addr(node: &Node) -> Option<SocketAddr> {
+pub(crate) fn listener_addr(node: &Node) -> Option<SocketAddr> {
     let fields = &node.metadata.as_ref()?.fields;
     match fields.get(LISTENER_ADDRESS_KEY)?.kind.as_ref()? {
         Kind::StringValue(s) => s.parse().ok(),
@@ -213,9 +238,7 @@ impl AggregatedDiscoveryService for XdsServer {
             tx,
             state: StreamState::new(),
             node: None,
-            sent_at: HashMap::new(),
-            known: HashMap::new(),
-            push: None,
+            pushes: Pushes::default(),
             listener_addr: self.inner.snapshots.borrow().default_listener_addr(),
             snapshots: self.inner.snapshots.clone(),
         };
@@ -227,11 +250,9 @@ impl AggregatedDiscoveryService for XdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served yet; use state of the world (ads_config.api_type: GRPC)",
-        ))
+        crate::delta_stream::start(self.inner.clone(), request)
     }
 }
 
@@ -243,27 +264,14 @@ struct Stream {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     state: StreamState,
     node: Option<Node>,
-    /// When the last response of each type went out.
-    sent_at: HashMap<String, Instant>,
-    /// The newest version of each type the Envoy is known to hold.
-    known: HashMap<String, u64>,
-    /// The trace span of the push of the newest traced change, until the Envoy ACKs (or NACKs)
-    /// every type sent at its version.
-    push: Option<PushSpan>,
+    /// What was sent, ACKed and NACKed, for status and metrics.
+    pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
-/// The open push span of one stream.
-struct PushSpan {
-    version: u64,
-    /// Types sent at `version` and not yet ACKed.
-    pending: Vec<String>,
-    span: Span,
-}
-
 /// Completes when a stream of this id has reached the maximum age (never, without one).
-async fn max_age(age: Option<Duration>, stream: u64) {
+pub(crate) async fn max_age(age: Option<Duration>, stream: u64) {
     match age {
         Some(age) => {
             // ±10% jitter from the stream id, so Envoys do not reconnect in lockstep.
@@ -275,7 +283,7 @@ async fn max_age(age: Option<Duration>, stream: u64) {
 }
 
 /// Why a stream stopped.
-enum End {
+pub(crate) enum End {
     /// The Envoy closed it, or this replica is shutting down.
     Closed,
     /// End it with this status so the Envoy reconnects (elsewhere).
@@ -315,9 +323,6 @@ impl Stream {
             }
         };
         self.xds.envoys.disconnected(self.id);
-        if let Some(p) = self.push.take() {
-            p.span.fail("the stream ended before the Envoy ACKed");
-        }
         if let End::Status(status) = end {
             tracing::info!(
                 stream = self.id,
@@ -350,7 +355,7 @@ impl Stream {
         let nacked_before = self.xds.envoys.nacked_before(self.node_id(), &req.type_url);
         if req.response_nonce.is_empty() {
             let had = crate::sotw::parse_version(&req.version_info).unwrap_or(0);
-            self.known.insert(req.type_url.clone(), had);
+            self.pushes.reported(&req.type_url, had);
         }
         let decision = self.state.on_request(
             &req.type_url,
@@ -381,121 +386,24 @@ impl Stream {
                 self.send(&req.type_url).await?;
             }
             Decision::Acked(version) => {
-                self.xds.envoys.acked(self.id, &req.type_url, version);
-                self.trace_ack(&req.type_url, version, None);
-                self.observe_ack(&req.type_url, version);
+                let x = &self.xds;
+                (self.pushes).acked(&x.envoys, &x.times, self.id, &req.type_url, version);
             }
             Decision::Nacked { version, message } => {
-                tracing::warn!(
-                    stream = self.id,
-                    node = self.node_id(),
-                    type_url = %req.type_url,
+                let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+                (self.pushes).nacked(
+                    &self.xds.envoys,
+                    self.id,
+                    node,
+                    &req.type_url,
                     version,
-                    %message,
-                    "Envoy rejected a config (NACK); holding this version back from it"
+                    &message,
                 );
-                self.xds
-                    .envoys
-                    .nacked(self.id, self.node_id(), &req.type_url, version, &message);
-                self.trace_ack(&req.type_url, version, Some(&message));
-                let m = concord_telemetry::metrics();
-                m.nacks.inc();
-                if let Some(at) = self.sent_at.get(&req.type_url) {
-                    m.push_duration.observe(at.elapsed());
-                }
             }
             Decision::Ignore => {}
         }
         // A wait may have let the snapshot move past what other types were sent.
         self.push_stale().await
-    }
-
-    /// Records an ACK in the metrics: push duration always; commit-to-ACK and discovery-to-ACK
-    /// once for every change the Envoy newly accepts with it (its clusters; several changes may
-    /// arrive in one push), and not when it re-ACKs a version it already had (a reconnect).
-    fn observe_ack(&mut self, type_url: &str, version: u64) {
-        let m = concord_telemetry::metrics();
-        m.acks.inc();
-        if let Some(at) = self.sent_at.get(type_url) {
-            m.push_duration.observe(at.elapsed());
-        }
-        let had = self
-            .known
-            .insert(type_url.to_string(), version)
-            .unwrap_or(0);
-        if type_url != crate::CLUSTER_TYPE || version <= had {
-            return;
-        }
-        let now = concord_telemetry::unix_micros();
-        for t in (self.xds.times)(had, version) {
-            m.commit_to_ack.observe(t.applied_at.elapsed());
-            if let Some(seen) = t.seen_at_us {
-                m.discovery_to_ack
-                    .observe(Duration::from_micros(now.saturating_sub(seen)));
-            }
-        }
-    }
-
-    /// Opens (or extends) the push span of `version` when it delivers a traced change to this
-    /// Envoy: one span per Envoy and version, covering every type sent at it, a child of this
-    /// replica's apply of the newest change it delivers.
-    fn trace_push(&mut self, type_url: &str, version: u64) {
-        if !concord_telemetry::trace::enabled() {
-            return;
-        }
-        if let Some(p) = &mut self.push {
-            if p.version == version {
-                if !p.pending.iter().any(|t| t == type_url) {
-                    p.pending.push(type_url.to_string());
-                }
-                return;
-            }
-            if let Some(old) = self.push.take() {
-                let mut span = old.span;
-                span.set("xds.superseded_by", version as i64);
-            }
-        }
-        let had = self.known.get(type_url).copied().unwrap_or(0);
-        if version <= had {
-            return;
-        }
-        let changes = (self.xds.times)(had, version);
-        let Some(parent) = changes.iter().rev().find_map(|t| t.trace.as_ref()) else {
-            return;
-        };
-        let mut span = Span::child_of(parent, "xds.push");
-        span.set("envoy.node_id", self.node_id().to_string());
-        span.set("xds.stream", self.id as i64);
-        span.set("xds.version", version as i64);
-        span.set("xds.changes", changes.len() as i64);
-        self.push = Some(PushSpan {
-            version,
-            pending: vec![type_url.to_string()],
-            span,
-        });
-    }
-
-    /// Ends the push span of `version` once every type sent at it is ACKed, or at once with
-    /// an error on a NACK.
-    fn trace_ack(&mut self, type_url: &str, version: u64, nack: Option<&str>) {
-        let Some(p) = &mut self.push else { return };
-        if p.version != version {
-            return;
-        }
-        if let Some(message) = nack {
-            if let Some(p) = self.push.take() {
-                let mut span = p.span;
-                span.set("xds.nacked_type", type_url.to_string());
-                span.fail(message);
-            }
-            return;
-        }
-        p.pending.retain(|t| t != type_url);
-        if p.pending.is_empty()
-            && let Some(p) = self.push.take()
-        {
-            p.span.ok();
-        }
     }
 
     async fn push_stale(&mut self) -> Result<(), End> {
@@ -510,10 +418,16 @@ impl Stream {
         let snapshot = self.snapshots.borrow().clone();
         let resources = snapshot.resources(type_url, self.listener_addr);
         let nonce = self.state.record_sent(type_url, snapshot.revision());
-        concord_telemetry::metrics().pushes.inc();
-        self.sent_at.insert(type_url.to_string(), Instant::now());
-        self.xds.envoys.sent(self.id, type_url, snapshot.revision());
-        self.trace_push(type_url, snapshot.revision());
+        let counts = (resources.len(), 0);
+        let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+        (self.pushes).sent(
+            &self.xds.envoys,
+            &self.xds.times,
+            (self.id, node),
+            type_url,
+            snapshot.revision(),
+            counts,
+        );
         let resp = DiscoveryResponse {
             version_info: snapshot.version().to_string(),
             resources: resources.to_vec(),

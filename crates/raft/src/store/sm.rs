@@ -3,7 +3,9 @@
 //!
 //! The applied registry lives in a `watch` channel as an `Arc<Registry>`: readers (the admin API,
 //! the xDS server) take the current `Arc` without copying, and apply mutates it in place unless a
-//! reader still holds the old revision (copy on write).
+//! reader still holds the old revision (copy on write). Readers nearly always do, so the copy
+//! happens on most commits; the registry's persistent maps make it O(1), and the change itself
+//! O(log n) per builder.
 
 use super::{Db, decode, encode, io_err};
 use crate::{NodeId, TypeConfig};
