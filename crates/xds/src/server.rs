@@ -1,4 +1,5 @@
-//! The ADS server of one replica (state of the world), with the standard gRPC health service.
+//! The ADS server of one replica, with the standard gRPC health service: state-of-the-world
+//! streams here, delta streams in `delta_stream.rs` (same rules, same bookkeeping in `push.rs`).
 //!
 //! One task turns each applied registry revision into a [`Snapshot`] (built once, shared by every
 //! stream). Each stream runs [`StreamState`] against the latest snapshot: it answers requests,
