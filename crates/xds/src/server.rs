@@ -386,11 +386,12 @@ impl Stream {
             }
             Decision::Acked(version) => {
                 let x = &self.xds;
-                (self.pushes).acked(&x.envoys, &x.times, self.id, &req.type_url, version);
+                self.pushes
+                    .acked(&x.envoys, &x.times, self.id, &req.type_url, version);
             }
             Decision::Nacked { version, message } => {
                 let node = self.node.as_ref().map_or("", |n| n.id.as_str());
-                (self.pushes).nacked(
+                self.pushes.nacked(
                     &self.xds.envoys,
                     self.id,
                     node,
@@ -418,7 +419,7 @@ impl Stream {
         let resources = snapshot.resources(type_url, self.listener_addr);
         let nonce = self.state.record_sent(type_url, snapshot.revision());
         let counts = (resources.len(), 0);
-        (self.pushes).sent(
+        self.pushes.sent(
             &self.xds.envoys,
             self.id,
             type_url,
