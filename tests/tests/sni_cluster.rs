@@ -5,7 +5,7 @@
 //! as its SNI matches no filter chain and reaches nothing.
 
 use anyhow::{Result, bail, ensure};
-use concord_tests::envoy::Envoy;
+use concord_tests::envoy::{Envoy, Protocol};
 use concord_tests::tls::{TestCa, TlsBuilder, probe};
 use concord_tests::{Cluster, Options, eventually, sni};
 use std::time::Duration;
@@ -57,13 +57,22 @@ async fn counter(envoy: &Envoy, name: &str) -> Result<u64> {
 }
 
 #[tokio::test]
-async fn sni_cluster_routes_builders_under_the_suffix() -> Result<()> {
+async fn sni_cluster_routes_builders_under_the_suffix_delta() -> Result<()> {
+    sni_cluster_routes_builders_under_the_suffix(Protocol::Delta).await
+}
+
+#[tokio::test]
+async fn sni_cluster_routes_builders_under_the_suffix_sotw() -> Result<()> {
+    sni_cluster_routes_builders_under_the_suffix(Protocol::Sotw).await
+}
+
+async fn sni_cluster_routes_builders_under_the_suffix(p: Protocol) -> Result<()> {
     let c = Cluster::start(sni_cluster_mode()).await?;
     let ca = TestCa::new()?;
     let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
     c.put_at(1, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
-    let e = Envoy::start(c.dir(), "envoy-1", &x, true).await?;
+    let e = Envoy::start_with(c.dir(), "envoy-1", &x, true, Some(p)).await?;
     routes(&ca, &e, "b1").await?;
     // Clusters are named by SNI; the listener has one wildcard chain.
     let d = c.get(1, "/v1/xds/resources").await?;

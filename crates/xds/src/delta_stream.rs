@@ -148,11 +148,13 @@ impl DeltaStream {
         });
         let x = &self.xds;
         if let Some(revision) = outcome.acked {
-            (self.pushes).acked(&x.envoys, &x.times, self.id, type_url, revision);
+            self.pushes
+                .acked(&x.envoys, &x.times, self.id, type_url, revision);
         }
         if let Some((revision, message)) = &outcome.nacked {
             let node = self.node.as_ref().map_or("", |n| n.id.as_str());
-            (self.pushes).nacked(&x.envoys, self.id, node, type_url, *revision, message);
+            self.pushes
+                .nacked(&x.envoys, self.id, node, type_url, *revision, message);
         }
         if outcome.first {
             self.first_request(type_url).await?;
@@ -168,7 +170,9 @@ impl DeltaStream {
     async fn first_request(&mut self, type_url: &str) -> Result<(), End> {
         let snap = self.snapshots.borrow().clone();
         let addr = self.listener_addr;
-        let held_other = (self.state).holds_other_than(type_url, &current(&snap, addr, type_url));
+        let held_other = self
+            .state
+            .holds_other_than(type_url, &current(&snap, addr, type_url));
         let held_any = self
             .state
             .types()
@@ -185,7 +189,8 @@ impl DeltaStream {
         let nacked_before = self.xds.envoys.nacked_before(self.node_id(), type_url);
         if nacked_before == Some(snap.revision()) {
             // This Envoy rejected these resources on an earlier stream: not again.
-            (self.state).assume_held(type_url, &current(&snap, addr, type_url));
+            self.state
+                .assume_held(type_url, &current(&snap, addr, type_url));
         }
         self.send(type_url, true).await
     }
@@ -265,7 +270,7 @@ impl DeltaStream {
         };
         let counts = (resources.len(), removed_resources.len());
         let node = self.node.as_ref().map_or("", |n| n.id.as_str());
-        (self.pushes).sent(
+        self.pushes.sent(
             &self.xds.envoys,
             &self.xds.times,
             (self.id, node),

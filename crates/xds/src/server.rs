@@ -1,4 +1,5 @@
-//! The ADS server of one replica (state of the world), with the standard gRPC health service.
+//! The ADS server of one replica, with the standard gRPC health service: state-of-the-world
+//! streams here, delta streams in `delta_stream.rs` (same rules, same bookkeeping in `push.rs`).
 //!
 //! One task turns each applied registry revision into a [`Snapshot`] (built once, shared by every
 //! stream). Each stream runs [`StreamState`] against the latest snapshot: it answers requests,
@@ -387,11 +388,12 @@ impl Stream {
             }
             Decision::Acked(version) => {
                 let x = &self.xds;
-                (self.pushes).acked(&x.envoys, &x.times, self.id, &req.type_url, version);
+                self.pushes
+                    .acked(&x.envoys, &x.times, self.id, &req.type_url, version);
             }
             Decision::Nacked { version, message } => {
                 let node = self.node.as_ref().map_or("", |n| n.id.as_str());
-                (self.pushes).nacked(
+                self.pushes.nacked(
                     &self.xds.envoys,
                     self.id,
                     node,
@@ -420,7 +422,7 @@ impl Stream {
         let nonce = self.state.record_sent(type_url, snapshot.revision());
         let counts = (resources.len(), 0);
         let node = self.node.as_ref().map_or("", |n| n.id.as_str());
-        (self.pushes).sent(
+        self.pushes.sent(
             &self.xds.envoys,
             &self.xds.times,
             (self.id, node),
