@@ -17,10 +17,14 @@
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //!
+//! With an admin token file every request but `/healthz` needs a bearer token, read (GET) or
+//! write (everything else): see [`crate::auth`].
+//!
 //! Writes are accepted on any replica and forwarded to the leader. Errors are
 //! `{"error":{"code":…,"message":…}}` with 400 (bad request), 404, 409 (refused by the registry or
 //! membership rules), 503 (no leader, no quorum) or 504 (not committed in time).
 
+use crate::auth::{self, Auth};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -45,12 +49,13 @@ pub struct AppState {
     discovery: Option<Arc<Mutex<PollerStatus>>>,
 }
 
-/// Builds the admin router for `node` and its ADS server.
+/// Builds the admin router for `node` and its ADS server, behind `auth`.
 pub fn router(
     node: Arc<Node>,
     xds: XdsServer,
     discovery: Option<Arc<Mutex<PollerStatus>>>,
     fault_injection: bool,
+    auth: Auth,
 ) -> Router {
     let debug = if fault_injection {
         Router::new().route("/v1/debug/isolate", post(isolate))
@@ -81,6 +86,10 @@ pub fn router(
             xds,
             discovery,
         })
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_token,
+        ))
 }
 
 /// An API error: HTTP status, a stable code, and a message for people.
