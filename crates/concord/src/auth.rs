@@ -283,8 +283,7 @@ pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -
         return refuse(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "this admin API needs `Authorization: Bearer <token>` (CLI: --token-file or \
-             CONCORD_TOKEN_FILE)",
+            "this admin API needs `Authorization: Bearer <token>`",
         );
     };
     match tokens.check(presented) {
