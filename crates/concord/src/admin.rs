@@ -31,14 +31,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use concord_api::{AddLearner, BatchBody, Isolate, Promote, PutBuilder, RequestError};
 use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
 use concord_xds::XdsServer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// What the handlers share.
@@ -137,6 +136,16 @@ impl From<ClientError> for ApiError {
     }
 }
 
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let code = match e {
+            RequestError::InvalidBuilder(_) => "invalid_builder",
+            RequestError::Malformed(_) | RequestError::Invalid(_) => "bad_request",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
 fn bad_json(e: JsonRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
 }
@@ -225,12 +234,6 @@ async fn discovery_status(State(state): State<AppState>) -> Json<serde_json::Val
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Isolate {
-    isolated: bool,
-}
-
 /// Fault injection (only with `--enable-fault-injection`): cut this replica off, or reconnect it.
 async fn isolate(
     State(AppState { node, .. }): State<AppState>,
@@ -297,18 +300,6 @@ async fn get_builder(
     }
 }
 
-/// The body of a put; the id comes from the path and the source is always `api`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutBuilder {
-    addr: SocketAddr,
-    sni: String,
-    #[serde(default)]
-    region: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
 #[derive(Serialize)]
 struct WriteResult {
     revision: u64,
@@ -337,28 +328,13 @@ async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError>
     }
 }
 
-/// A builder of source `api`, validated before it costs a log entry.
-fn api_builder(id: String, p: PutBuilder) -> Result<Builder, ApiError> {
-    let b = Builder {
-        id,
-        addr: p.addr,
-        sni: p.sni,
-        region: p.region,
-        labels: p.labels,
-        source: Source::Api,
-    };
-    b.validate()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_builder", e.to_string()))?;
-    Ok(b)
-}
-
 async fn put_builder(
     State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<PutBuilder>, JsonRejection>,
 ) -> Result<Json<WriteResult>, ApiError> {
     let Json(p) = body.map_err(bad_json)?;
-    let b = api_builder(id, p)?;
+    let b = p.into_builder(id)?;
     write(
         &node,
         Batch {
@@ -383,69 +359,13 @@ async fn remove_builder(
     .await
 }
 
-/// One builder of a batch: a put body with its id. (The fields are spelled out again because
-/// serde cannot `flatten` together with `deny_unknown_fields`.)
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBuilder {
-    id: String,
-    addr: SocketAddr,
-    sni: String,
-    #[serde(default)]
-    region: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    #[serde(default)]
-    upserts: Vec<BatchBuilder>,
-    #[serde(default)]
-    removes: Vec<String>,
-}
-
 /// Puts and removes many builders in one log entry: all or nothing.
 async fn batch(
     State(AppState { node, .. }): State<AppState>,
     body: Result<Json<BatchBody>, JsonRejection>,
 ) -> Result<Json<WriteResult>, ApiError> {
     let Json(body) = body.map_err(bad_json)?;
-    let upserts = body
-        .upserts
-        .into_iter()
-        .map(|b| {
-            let spec = PutBuilder {
-                addr: b.addr,
-                sni: b.sni,
-                region: b.region,
-                labels: b.labels,
-            };
-            api_builder(b.id, spec)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    write(
-        &node,
-        Batch {
-            upserts,
-            removes: body.removes,
-        },
-    )
-    .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddLearner {
-    node_id: NodeId,
-    addr: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Promote {
-    node_id: NodeId,
+    write(&node, body.into_batch()?).await
 }
 
 async fn membership(node: &Node, req: ClientRequest) -> Result<Json<serde_json::Value>, ApiError> {
@@ -464,20 +384,7 @@ async fn add_learner(
     body: Result<Json<AddLearner>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(a) = body.map_err(bad_json)?;
-    if a.node_id == 0
-        || a.addr
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!(
-                "node id must be 1 or more and addr host:port (got {} and {:?})",
-                a.node_id, a.addr
-            ),
-        ));
-    }
+    a.validate()?;
     membership(
         &node,
         ClientRequest::AddLearner {
