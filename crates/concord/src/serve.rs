@@ -128,16 +128,17 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Tokens are secrets: say so when the file is readable by group or others.
+/// Tokens are secrets: say so when every user may read the file. (Group access is the usual way to
+/// share it with the service user, e.g. root:concord 0640, or a Kubernetes secret with fsGroup.)
 fn warn_if_readable_by_others(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o007 != 0
     {
         tracing::warn!(
             path = %path.display(),
             mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "the admin token file is readable by other users; chmod 600 it"
+            "every user on this host may read the admin token file; chmod o-rwx it"
         );
     }
 }
