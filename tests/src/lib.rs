@@ -233,6 +233,9 @@ pub struct Options {
     /// Election timeouts of 500-1000 ms instead of the defaults (150-300 ms), for tests that
     /// share the machine with other clusters; off for measurements of the real thing.
     pub relaxed_elections: bool,
+    /// Bearer token the harness sends with every admin request (for clusters started with
+    /// `--admin-token-file` in `extra`).
+    pub admin_token: Option<String>,
 }
 
 impl Options {
@@ -252,8 +255,24 @@ impl Default for Options {
             snapshot_threshold: 5000,
             extra: Vec::new(),
             relaxed_elections: true,
+            admin_token: None,
         }
     }
+}
+
+/// An HTTP client for admin APIs that sends `token` (if any) as a bearer token.
+pub fn admin_client(token: Option<&str>) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .default_headers(headers)
+        .build()?)
 }
 
 /// A cluster of real replicas on loopback; everything is killed and removed on drop.
@@ -278,9 +297,7 @@ impl Cluster {
             opts: opts.clone(),
             members: String::new(),
             dir,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()?,
+            http: admin_client(opts.admin_token.as_deref())?,
         };
         let peers: Vec<(u64, String)> = (1..=opts.nodes)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))

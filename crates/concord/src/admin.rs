@@ -17,16 +17,21 @@
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //!
+//! With an admin token file every request but `/healthz` needs a bearer token, read (GET) or
+//! write (everything else): see [`crate::auth`].
+//!
 //! Writes are accepted on any replica and forwarded to the leader. Errors are
 //! `{"error":{"code":…,"message":…}}` with 400 (bad request), 404, 409 (refused by the registry or
 //! membership rules), 503 (no leader, no quorum) or 504 (not committed in time).
 
+use crate::auth::{self, Auth};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use concord_api::{AddLearner, BatchBody, Isolate, Promote, PutBuilder, RequestError};
 use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
@@ -34,8 +39,6 @@ use concord_telemetry::trace::Span;
 use concord_xds::XdsServer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,12 +50,13 @@ pub struct AppState {
     discovery: Option<Arc<Mutex<PollerStatus>>>,
 }
 
-/// Builds the admin router for `node` and its ADS server.
+/// Builds the admin router for `node` and its ADS server, behind `auth`.
 pub fn router(
     node: Arc<Node>,
     xds: XdsServer,
     discovery: Option<Arc<Mutex<PollerStatus>>>,
     fault_injection: bool,
+    auth: Auth,
 ) -> Router {
     let debug = if fault_injection {
         Router::new().route("/v1/debug/isolate", post(isolate))
@@ -84,6 +88,10 @@ pub fn router(
             xds,
             discovery,
         })
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_token,
+        ))
 }
 
 /// An API error: HTTP status, a stable code, and a message for people.
@@ -128,6 +136,16 @@ impl From<ClientError> for ApiError {
             ClientError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let code = match e {
+            RequestError::InvalidBuilder(_) => "invalid_builder",
+            RequestError::Malformed(_) | RequestError::Invalid(_) => "bad_request",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     }
 }
 
@@ -222,12 +240,6 @@ async fn discovery_status(State(state): State<AppState>) -> Json<serde_json::Val
         },
         "poller": poller,
     }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Isolate {
-    isolated: bool,
 }
 
 /// Fault injection (only with `--enable-fault-injection`): cut this replica off, or reconnect it.
@@ -342,18 +354,6 @@ async fn get_builder(
     }
 }
 
-/// The body of a put; the id comes from the path and the source is always `api`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutBuilder {
-    addr: SocketAddr,
-    sni: String,
-    #[serde(default)]
-    region: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
 #[derive(Serialize)]
 struct WriteResult {
     revision: u64,
@@ -407,28 +407,13 @@ async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError>
     }
 }
 
-/// A builder of source `api`, validated before it costs a log entry.
-fn api_builder(id: String, p: PutBuilder) -> Result<Builder, ApiError> {
-    let b = Builder {
-        id,
-        addr: p.addr,
-        sni: p.sni,
-        region: p.region,
-        labels: p.labels,
-        source: Source::Api,
-    };
-    b.validate()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_builder", e.to_string()))?;
-    Ok(b)
-}
-
 async fn put_builder(
     State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<PutBuilder>, JsonRejection>,
 ) -> Result<Json<WriteResult>, ApiError> {
     let Json(p) = body.map_err(bad_json)?;
-    let b = api_builder(id, p)?;
+    let b = p.into_builder(id)?;
     write(
         &node,
         Batch {
@@ -453,69 +438,13 @@ async fn remove_builder(
     .await
 }
 
-/// One builder of a batch: a put body with its id. (The fields are spelled out again because
-/// serde cannot `flatten` together with `deny_unknown_fields`.)
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBuilder {
-    id: String,
-    addr: SocketAddr,
-    sni: String,
-    #[serde(default)]
-    region: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    #[serde(default)]
-    upserts: Vec<BatchBuilder>,
-    #[serde(default)]
-    removes: Vec<String>,
-}
-
 /// Puts and removes many builders in one log entry: all or nothing.
 async fn batch(
     State(AppState { node, .. }): State<AppState>,
     body: Result<Json<BatchBody>, JsonRejection>,
 ) -> Result<Json<WriteResult>, ApiError> {
     let Json(body) = body.map_err(bad_json)?;
-    let upserts = body
-        .upserts
-        .into_iter()
-        .map(|b| {
-            let spec = PutBuilder {
-                addr: b.addr,
-                sni: b.sni,
-                region: b.region,
-                labels: b.labels,
-            };
-            api_builder(b.id, spec)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    write(
-        &node,
-        Batch {
-            upserts,
-            removes: body.removes,
-        },
-    )
-    .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddLearner {
-    node_id: NodeId,
-    addr: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Promote {
-    node_id: NodeId,
+    write(&node, body.into_batch()?).await
 }
 
 async fn membership(node: &Node, req: ClientRequest) -> Result<Json<serde_json::Value>, ApiError> {
@@ -534,20 +463,7 @@ async fn add_learner(
     body: Result<Json<AddLearner>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(a) = body.map_err(bad_json)?;
-    if a.node_id == 0
-        || a.addr
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!(
-                "node id must be 1 or more and addr host:port (got {} and {:?})",
-                a.node_id, a.addr
-            ),
-        ));
-    }
+    a.validate()?;
     membership(
         &node,
         ClientRequest::AddLearner {

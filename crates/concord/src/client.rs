@@ -17,6 +17,11 @@ pub struct Target {
         global = true
     )]
     admin: String,
+    /// File holding the admin API token: the token alone, or a `read|write <token>` line of a
+    /// replica's token file (the first token in it). Without it, the token is taken from
+    /// $CONCORD_TOKEN, if set.
+    #[arg(long, env = "CONCORD_TOKEN_FILE", value_name = "FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     json: bool,
@@ -105,7 +110,38 @@ struct Failure {
     message: String,
 }
 
+/// The first token of a client token file: a line holding the token alone, or `read|write
+/// <token>`; blank lines and `#` comments are skipped.
+fn token_in(text: &str) -> Result<String, String> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or("no token in it")?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields[..] {
+        [token] | ["read" | "write", token] => Ok(token.to_string()),
+        _ => Err("expected the token alone on a line, or `read|write <token>`".into()),
+    }
+}
+
 impl Target {
+    /// The bearer token to send: from --token-file / $CONCORD_TOKEN_FILE, else $CONCORD_TOKEN.
+    fn token(&self) -> Result<Option<String>, Failure> {
+        let usage = |message: String| Failure { code: 2, message };
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read token file {}: {e}", path.display())))?;
+            return token_in(&text)
+                .map(Some)
+                .map_err(|e| usage(format!("invalid token file {}: {e}", path.display())));
+        }
+        Ok(std::env::var("CONCORD_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
+    }
+
     fn url(&self, path: &str) -> String {
         let base = self.admin.trim_end_matches('/');
         if base.starts_with("http://") || base.starts_with("https://") {
@@ -127,6 +163,9 @@ impl Target {
             .expect("http client");
         let url = self.url(path);
         let mut req = client.request(method, &url);
+        if let Some(token) = self.token()? {
+            req = req.bearer_auth(token);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -143,6 +182,12 @@ impl Target {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {status}"));
+        let message = match status.as_u16() {
+            401 => format!(
+                "{message} (give a token with --token-file, $CONCORD_TOKEN_FILE or $CONCORD_TOKEN)"
+            ),
+            _ => message,
+        };
         let code = if status.is_server_error() { 4 } else { 1 };
         Err(Failure { code, message })
     }
@@ -562,4 +607,22 @@ pub async fn discovery(t: &Target) -> ExitCode {
         }
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_in;
+
+    #[test]
+    fn token_files() {
+        assert_eq!(token_in("abc\n").unwrap(), "abc");
+        assert_eq!(
+            token_in("# mine\n\n  write abc  \nread def\n").unwrap(),
+            "abc"
+        );
+        assert_eq!(token_in("read def").unwrap(), "def");
+        assert!(token_in("# none\n").is_err());
+        assert!(token_in("admin abc").is_err());
+        assert!(token_in("a b c").is_err());
+    }
 }

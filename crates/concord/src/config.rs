@@ -2,6 +2,7 @@
 //! over defaults that run a local three-node cluster with no editing. Validated once, before
 //! anything starts, into a [`ServeConfig`].
 
+use crate::auth::Tokens;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use concord_discovery::{DiscoveryConfig, GuardConfig, NxDomain, SniTemplate, SourceSpec};
@@ -54,9 +55,22 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORD_ADVERTISE_ADDR", value_name = "HOST:PORT")]
     pub advertise_addr: Option<String>,
 
-    /// Address of the admin HTTP API. [default: 127.0.0.1:8100+<id>]
+    /// Address of the admin HTTP API. A non-loopback address needs --admin-token-file (or
+    /// --insecure-admin). [default: 127.0.0.1:8100+<id>]
     #[arg(long, env = "CONCORD_ADMIN_ADDR", value_name = "IP:PORT")]
     pub admin_addr: Option<SocketAddr>,
+
+    /// File of admin API tokens, one `read <token>` or `write <token>` a line (write implies
+    /// read; `#` comments). With it, every admin request but /healthz needs `Authorization:
+    /// Bearer <token>`. Re-read when it changes.
+    #[arg(long, env = "CONCORD_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Serve the admin API on a non-loopback address without tokens: anyone who reaches it may
+    /// change the registry. Logs a warning.
+    #[arg(long, env = "CONCORD_INSECURE_ADMIN")]
+    #[serde(default)]
+    pub insecure_admin: bool,
 
     /// Members of a new cluster as `id=host:port` peer addresses, comma separated. Give every
     /// initial node the same list; a node in it initialises the cluster on its first start
@@ -215,6 +229,10 @@ pub struct ServeConfig {
     pub node: NodeConfig,
     /// Where the admin HTTP API listens.
     pub admin_addr: SocketAddr,
+    /// The admin API's tokens and the file they come from; `None`: no tokens needed.
+    pub admin_tokens: Option<(PathBuf, Tokens)>,
+    /// Whether a non-loopback admin API without tokens was explicitly allowed.
+    pub insecure_admin: bool,
     /// Where the ADS server listens.
     pub xds_addr: SocketAddr,
     /// ADS settings.
@@ -272,6 +290,20 @@ impl ServeArgs {
             Some(addr) => addr,
             None => default_port(18000, "--xds-addr")?,
         };
+        let admin_tokens = match &a.admin_token_file {
+            Some(path) => Some((
+                path.clone(),
+                Tokens::load(path).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        };
+        if admin_tokens.is_none() && !admin_addr.ip().is_loopback() && !a.insecure_admin {
+            bail!(
+                "refusing to serve the admin API on {admin_addr} without tokens: anyone who \
+                 reaches it could change the registry; set --admin-token-file, or \
+                 --insecure-admin to accept that"
+            );
+        }
         if peer_addr == admin_addr || peer_addr == xds_addr || admin_addr == xds_addr {
             bail!(
                 "--peer-addr ({peer_addr}), --admin-addr ({admin_addr}) and --xds-addr \
@@ -368,6 +400,8 @@ impl ServeArgs {
                 quorum_timeout: Duration::from_millis(quorum_timeout),
             },
             admin_addr,
+            admin_tokens,
+            insecure_admin: a.insecure_admin,
             xds_addr,
             xds,
             stale_after: Duration::from_millis(stale_after),
@@ -387,6 +421,8 @@ impl ServeArgs {
             peer_addr: self.peer_addr.or(file.peer_addr),
             advertise_addr: self.advertise_addr.or(file.advertise_addr),
             admin_addr: self.admin_addr.or(file.admin_addr),
+            admin_token_file: self.admin_token_file.or(file.admin_token_file),
+            insecure_admin: self.insecure_admin || file.insecure_admin,
             initial_members: self.initial_members.or(file.initial_members),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             election_timeout_ms: self.election_timeout_ms.or(file.election_timeout_ms),
@@ -725,6 +761,63 @@ mod tests {
             let err = format!("{:#}", a.resolve().unwrap_err());
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
+    }
+
+    #[test]
+    fn admin_exposure_needs_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = "0.0.0.0:8101".parse().ok();
+        let err = format!(
+            "{:#}",
+            ServeArgs {
+                admin_addr: open,
+                ..args()
+            }
+            .resolve()
+            .unwrap_err()
+        );
+        assert!(err.contains("without tokens"), "{err}");
+        let c = ServeArgs {
+            admin_addr: open,
+            insecure_admin: true,
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(c.insecure_admin && c.admin_tokens.is_none());
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "write 0123456789abcdef0123\n").unwrap();
+        let c = ServeArgs {
+            admin_addr: open,
+            admin_token_file: Some(path.clone()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(c.admin_tokens.is_some());
+        // A malformed file is refused before anything starts, naming the file and the line.
+        std::fs::write(&path, "write 0123456789abcdef0123\nwrite\n").unwrap();
+        let err = format!(
+            "{:#}",
+            ServeArgs {
+                admin_token_file: Some(path),
+                ..args()
+            }
+            .resolve()
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("invalid admin token file") && err.contains("line 2"),
+            "{err}"
+        );
+        // IPv6 loopback needs nothing.
+        let c = ServeArgs {
+            admin_addr: "[::1]:8101".parse().ok(),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(c.admin_tokens.is_none());
     }
 
     #[test]

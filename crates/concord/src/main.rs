@@ -2,6 +2,7 @@
 //! the other subcommands are the operator's client of a replica's admin API.
 
 mod admin;
+mod auth;
 mod client;
 mod config;
 mod serve;

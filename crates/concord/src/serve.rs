@@ -2,6 +2,7 @@
 //! drain with a grace timeout.
 
 use crate::admin;
+use crate::auth::Auth;
 use crate::config::ServeConfig;
 use anyhow::{Context, Result};
 use concord_discovery::{Poller, ProposeError, Replica};
@@ -87,9 +88,36 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         None => None,
     };
 
+    let auth = match config.admin_tokens {
+        Some((path, tokens)) => {
+            warn_if_readable_by_others(&path);
+            if !config.admin_addr.ip().is_loopback() {
+                tracing::warn!(
+                    admin_addr = %config.admin_addr,
+                    "the admin API is served without TLS: bearer tokens cross the network in \
+                     the clear; put it behind a TLS proxy or keep it on a private network"
+                );
+            }
+            let auth = Auth::with_tokens(tokens);
+            auth.reload_on_change(path, Duration::from_secs(2), shutdown.child_token());
+            auth
+        }
+        None => {
+            // Config validation refused a non-loopback address without tokens unless asked to.
+            if config.insecure_admin && !config.admin_addr.ip().is_loopback() {
+                tracing::warn!(
+                    admin_addr = %config.admin_addr,
+                    "--insecure-admin: the admin API is open to anyone who can reach {}; they \
+                     can change where every Envoy sends traffic",
+                    config.admin_addr
+                );
+            }
+            Auth::open()
+        }
+    };
     let admin = axum::serve(
         admin_listener,
-        admin::router(node.clone(), xds, discovery, config.fault_injection),
+        admin::router(node.clone(), xds, discovery, config.fault_injection, auth),
     )
     .with_graceful_shutdown(shutdown.child_token().cancelled_owned());
     let admin = tokio::spawn(async move {
@@ -120,6 +148,21 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     }
     tracing::info!(node_id, "stopped");
     Ok(())
+}
+
+/// Tokens are secrets: say so when every user may read the file. (Group access is the usual way to
+/// share it with the service user, e.g. root:concord 0640, or a Kubernetes secret with fsGroup.)
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o007 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "every user on this host may read the admin token file; chmod o-rwx it"
+        );
+    }
 }
 
 /// Publishes whether this replica is in contact with the quorum (DESIGN rule 6), checked every

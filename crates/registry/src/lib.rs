@@ -49,8 +49,9 @@ impl Registry {
 
     /// Rebuilds a registry from stored builders (a snapshot or the state machine's tree).
     ///
-    /// The builders were validated when they were applied; a duplicate SNI here means the store
-    /// is corrupt, which is reported rather than silently resolved.
+    /// The builders were validated when they were applied; a duplicate id or SNI name here means
+    /// the store (or a received snapshot) is corrupt, which is reported rather than silently
+    /// resolved.
     pub fn from_parts(
         builders: impl IntoIterator<Item = Builder>,
         revision: u64,
@@ -60,6 +61,10 @@ impl Registry {
             ..Registry::default()
         };
         for b in builders {
+            // One id twice would leave the first one's SNI name indexed for nobody.
+            if reg.builders.contains_key(&b.id) {
+                return Err(Rejection::DuplicateId(b.id));
+            }
             if let Some(other) = reg.sni_index.insert(b.sni.clone(), b.id.clone()) {
                 return Err(Rejection::DuplicateSni {
                     sni: b.sni,

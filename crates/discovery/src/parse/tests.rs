@@ -173,3 +173,103 @@ proptest! {
         }
     }
 }
+
+/// Templates as an operator might write them, valid or not.
+fn arb_template() -> impl Strategy<Value = SniTemplate> {
+    prop_oneof![
+        4 => Just("{id}.builders.test".to_string()),
+        1 => "[a-z{}.-]{0,8}\\{(id|ip|region|app|name)\\}[a-z{}.-]{0,12}",
+        1 => ".{0,30}",
+    ]
+    .prop_map(|s| SniTemplate::parse(&s).unwrap_or_else(|_| t()))
+}
+
+/// A Fly TXT entry made of the real keys (and some others) with values that are often close to
+/// valid: ids, IPv4 and IPv6 addresses, names, and noise.
+fn arb_fly_entry() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        Just("instance".to_string()),
+        Just("ip".to_string()),
+        Just("app".to_string()),
+        Just("region".to_string()),
+        "[a-z ]{0,6}",
+    ];
+    let value = prop_oneof![
+        "[a-z0-9-]{0,12}",
+        any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+        any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+        "[0-9a-f:.]{0,20}",
+        ".{0,10}",
+    ];
+    proptest::collection::vec((key, value, "[ =]{0,2}"), 0..6).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(k, v, sep)| format!("{k}={v}{sep}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+fn all_valid(p: &Parsed) -> Result<(), TestCaseError> {
+    for (id, b) in &p.builders {
+        prop_assert!(b.validate().is_ok(), "{b:?}");
+        prop_assert_eq!(id, &b.id);
+        prop_assert_eq!(b.source, Source::Dns);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn fly_txt_keyed_noise_never_panics(
+        records in proptest::collection::vec(proptest::collection::vec(arb_fly_entry(), 0..8), 0..3),
+        splits in proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+        port in any::<u16>(), template in arb_template()) {
+        // Each record's entries joined with ';', then cut into strings at arbitrary points (even
+        // inside a UTF-8 sequence), as a record's strings may be.
+        let records: Vec<Vec<Vec<u8>>> = records.into_iter().map(|entries| {
+            let bytes = entries.join(";").into_bytes();
+            let mut cuts: Vec<usize> = splits.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut strings = Vec::new();
+            let mut from = 0;
+            for c in cuts {
+                strings.push(bytes[from..c].to_vec());
+                from = c;
+            }
+            strings.push(bytes[from..].to_vec());
+            strings
+        }).collect();
+        let p = fly_txt("_instances.internal", &records, port, &template);
+        all_valid(&p)?;
+    }
+
+    #[test]
+    fn srv_and_addresses_never_panic(
+        targets in proptest::collection::vec(
+            (".{0,40}", any::<u16>(), proptest::collection::vec(any::<IpAddr>(), 0..4)), 0..6),
+        addrs in proptest::collection::vec(any::<IpAddr>(), 0..8),
+        port in any::<u16>(), template in arb_template()) {
+        let records: Vec<SrvTarget> = targets.into_iter()
+            .map(|(target, port, addrs)| SrvTarget { target, port, addrs })
+            .collect();
+        let mut p = srv("_buildkit._tcp.example.com", &records, &template);
+        all_valid(&p)?;
+        let a = addresses("pool.example.com", &addrs, port, &template);
+        all_valid(&a)?;
+        p.merge(a);
+        all_valid(&p)?;
+    }
+
+    #[test]
+    fn templates_never_panic(s in ".{0,40}", id in ".{0,20}", region in ".{0,8}", ip in any::<IpAddr>()) {
+        if let Ok(template) = SniTemplate::parse(&s) {
+            let fields = Fields { id: &id, ip: ip.to_string(), region: &region, ..Fields::default() };
+            if let Ok(name) = template.render(&fields) {
+                prop_assert!(concord_registry::is_dns_name(&name), "{name:?}");
+            }
+        }
+    }
+}

@@ -34,7 +34,7 @@ const SNAP_DATA: &str = "data";
 
 /// What a snapshot's data holds (its meta is stored beside it).
 #[derive(Serialize, Deserialize)]
-struct SnapshotData {
+pub(super) struct SnapshotData {
     revision: u64,
     builders: Vec<Builder>,
 }
@@ -339,8 +339,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
         // Validate before anything is replaced, then keep the snapshot durable before the state.
+        // A snapshot that decodes but is no registry (one SNI name twice) is refused here, before
+        // it is stored: stored, it would stop this replica again at every start.
         let write = StorageIOError::<NodeId>::write_state_machine;
-        decode::<SnapshotData>(&data).map_err(|e| io_err(write, &e))?;
+        let snap = decode::<SnapshotData>(&data).map_err(|e| io_err(write, &e))?;
+        Registry::from_parts(snap.builders, snap.revision).map_err(|e| io_err(write, &e))?;
         self.store_snapshot(meta, &data).await?;
         self.restore(meta, &data)
     }

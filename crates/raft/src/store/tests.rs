@@ -136,3 +136,72 @@ async fn snapshot_restores_a_fresh_state_machine() {
     assert_eq!(applied.map(|l| l.index), Some(2));
     assert!(other.get_current_snapshot().await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_make_a_registry_is_refused_before_it_is_stored() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut sm) = open(dir.path(), &identity(2)).await.unwrap();
+    sm.apply(vec![entry(1, "a")]).await.unwrap();
+    let good = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut b = match &entry(1, "x").payload {
+        EntryPayload::Normal(cmd) => cmd.batch.upserts[0].clone(),
+        _ => unreachable!(),
+    };
+    // Two builders with one SNI name, and one id twice: decodes, but is no registry.
+    b.sni = "same.example.com".into();
+    let mut c = b.clone();
+    c.id = "y".into();
+    let mut d = b.clone();
+    d.sni = "other.example.com".into();
+    for builders in [vec![b.clone(), c], vec![b, d]] {
+        let data = serde_json::to_vec(&serde_json::json!({ "revision": 5, "builders": builders }))
+            .unwrap();
+        let mut meta = good.meta.clone();
+        meta.snapshot_id = "bad".into();
+        let err = sm
+            .install_snapshot(&meta, Box::new(std::io::Cursor::new(data)))
+            .await;
+        assert!(err.is_err(), "{builders:?}");
+        // Nothing was stored or replaced.
+        assert!(
+            sm.get_current_snapshot()
+                .await
+                .unwrap()
+                .is_none_or(|s| s.meta.snapshot_id != "bad")
+        );
+        assert_eq!(sm.registry().borrow().len(), 1);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+    /// Log entries and snapshots read back from disk decode without panicking whatever the bytes:
+    /// arbitrary ones, and real encodings cut short or with a byte changed.
+    #[test]
+    fn stored_bytes_decode_without_panicking(
+        raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        at in proptest::prelude::any::<proptest::sample::Index>(),
+        damage in 0u8..3,
+    ) {
+        let _ = decode::<Entry<TypeConfig>>(&raw);
+        let _ = decode::<super::sm::SnapshotData>(&raw);
+        let mut real = encode(&entry(7, "b1"));
+        match damage {
+            0 => real.truncate(at.index(real.len() + 1)),
+            1 => { let k = at.index(real.len()); real[k] ^= raw.first().copied().unwrap_or(1) | 1; }
+            _ => real.extend_from_slice(&raw),
+        }
+        if let Ok(e) = decode::<Entry<TypeConfig>>(&real)
+            && let EntryPayload::Normal(cmd) = e.payload
+        {
+            let mut r = concord_registry::Registry::new();
+            let _ = r.apply(e.log_id.index, &cmd);
+        }
+    }
+}
