@@ -1,7 +1,7 @@
 //! Real Envoy processes for the tests, bootstrapped with `concord envoy-bootstrap` (the real
 //! CLI), and what their admin API says they accepted.
 
-use crate::{concord_bin, eventually, free_port};
+use crate::{Cluster, concord_bin, eventually, free_port};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -62,12 +62,25 @@ pub struct Versions {
 }
 
 impl Envoy {
-    /// Writes a bootstrap for `servers` (xDS addresses) in `dir` and starts Envoy with it.
+    /// Writes a bootstrap for `servers` (xDS addresses of `cluster`'s replicas) in the cluster's
+    /// directory and starts Envoy with it (over TLS when the cluster uses it).
     pub async fn start(
+        cluster: &Cluster,
+        node_id: &str,
+        servers: &[&str],
+        prefer_first: bool,
+    ) -> Result<Envoy> {
+        let tls = cluster.bootstrap_args(node_id)?;
+        Self::start_with(cluster.dir(), node_id, servers, prefer_first, &tls).await
+    }
+
+    /// [`Envoy::start`] in `dir` with `bootstrap` as extra `concord envoy-bootstrap` flags.
+    pub async fn start_with(
         dir: &Path,
         node_id: &str,
         servers: &[&str],
         prefer_first: bool,
+        bootstrap: &[String],
     ) -> Result<Envoy> {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -84,6 +97,7 @@ impl Envoy {
         if prefer_first {
             cmd.arg("--prefer-first");
         }
+        cmd.args(bootstrap);
         let out = cmd.output()?;
         if !out.status.success() {
             bail!("envoy-bootstrap: {}", String::from_utf8_lossy(&out.stderr));

@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod envoy;
+pub mod pki;
 pub mod tls;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -231,6 +232,9 @@ pub struct Options {
     /// Election timeouts of 500-1000 ms instead of the defaults (150-300 ms), for tests that
     /// share the machine with other clusters; off for measurements of the real thing.
     pub relaxed_elections: bool,
+    /// Mutual TLS between replicas and TLS to Envoys, with certificates from `concord certs`
+    /// (the product's default); off runs the replicas with `--insecure`.
+    pub tls: bool,
 }
 
 impl Options {
@@ -250,6 +254,7 @@ impl Default for Options {
             snapshot_threshold: 5000,
             extra: Vec::new(),
             relaxed_elections: true,
+            tls: true,
         }
     }
 }
@@ -262,6 +267,7 @@ pub struct Cluster {
     pub name: String,
     opts: Options,
     members: String,
+    pki: Option<pki::Pki>,
     dir: TempDir,
     http: reqwest::Client,
 }
@@ -270,11 +276,20 @@ impl Cluster {
     /// Starts `opts.nodes` replicas as a new cluster and waits for a leader.
     pub async fn start(opts: Options) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("concord-test").tempdir()?;
+        let name = format!("test-{}", std::process::id());
+        let pki = match opts.tls {
+            true => {
+                let ids: Vec<u64> = (1..=opts.nodes).collect();
+                Some(pki::Pki::create(&dir.path().join("certs"), &name, &ids)?)
+            }
+            false => None,
+        };
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
-            name: format!("test-{}", std::process::id()),
+            name,
             opts: opts.clone(),
             members: String::new(),
+            pki,
             dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
@@ -331,6 +346,10 @@ impl Cluster {
                 ["--heartbeat-ms", "100", "--election-timeout-ms", "500-1000"].map(String::from),
             );
         }
+        match &self.pki {
+            Some(pki) => args.extend(pki.serve_args(id)?),
+            None => args.push("--insecure".into()),
+        }
         args.extend(self.opts.extra.iter().cloned());
         let mut r = Replica {
             id,
@@ -346,6 +365,37 @@ impl Cluster {
         r.start()?;
         self.nodes.insert(id, r);
         Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// The cluster's certificates (None when it runs with `--insecure`).
+    pub fn pki(&self) -> Option<&pki::Pki> {
+        self.pki.as_ref()
+    }
+
+    /// `concord envoy-bootstrap` flags for Envoy `id` to reach this cluster (TLS with a client
+    /// certificate unless the cluster is plaintext).
+    pub fn bootstrap_args(&self, id: &str) -> Result<Vec<String>> {
+        match &self.pki {
+            Some(pki) => pki.bootstrap_args(id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A gRPC channel to a replica's xDS address, over TLS with a client certificate for Envoy
+    /// `envoy` when the cluster uses TLS.
+    pub async fn xds_channel(&self, addr: &str, envoy: &str) -> Result<tonic::transport::Channel> {
+        match &self.pki {
+            Some(pki) => {
+                let (cert, key) = pki.envoy(envoy)?;
+                let config = pki.client_config(Some((&cert, &key)))?;
+                pki::channel(addr, config).await
+            }
+            None => Ok(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect()
+                    .await?,
+            ),
+        }
     }
 
     /// The cluster's temporary directory (for Envoy bootstraps and logs).

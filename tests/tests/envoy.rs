@@ -72,8 +72,8 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version() -> Result<()>
     c.put_at(2, "b2", b2.addr, &sni("b2")).await?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
     // Each Envoy prefers another replica, so they stream from different ones.
-    let e1 = Envoy::start(c.dir(), "envoy-1", &[x[0], x[1], x[2]], true).await?;
-    let e2 = Envoy::start(c.dir(), "envoy-2", &[x[1], x[2], x[0]], true).await?;
+    let e1 = Envoy::start(&c, "envoy-1", &[x[0], x[1], x[2]], true).await?;
+    let e2 = Envoy::start(&c, "envoy-2", &[x[1], x[2], x[0]], true).await?;
     for e in [&e1, &e2] {
         routes(&ca, e, "b1").await?;
         routes(&ca, e, "b2").await?;
@@ -125,7 +125,7 @@ async fn envoy_fails_over_when_its_replica_is_killed() -> Result<()> {
     let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
     c.put_at(2, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
-    let e = Arc::new(Envoy::start(c.dir(), "envoy-1", &[&x[0], &x[1], &x[2]], true).await?);
+    let e = Arc::new(Envoy::start(&c, "envoy-1", &[&x[0], &x[1], &x[2]], true).await?);
     routes(&ca, &e, "b1").await?;
     ensure!(
         c.envoys_on(1).await? == ["envoy-1"],
@@ -228,7 +228,7 @@ async fn a_real_envoy_takes_1000_builders() -> Result<()> {
         .await?;
     ensure!(s == 200, "batch put: {s} {v}");
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
-    let e = Envoy::start(c.dir(), "envoy-big", &x, false).await?;
+    let e = Envoy::start(&c, "envoy-big", &x, false).await?;
     // The 1000th, added last, is a real TLS builder.
     let last = TlsBuilder::start(&ca, "last", &sni("last")).await?;
     c.put_at(2, "last", last.addr, &sni("last")).await?;

@@ -2,6 +2,7 @@
 //! the other subcommands are the operator's client of a replica's admin API.
 
 mod admin;
+mod certs;
 mod client;
 mod config;
 mod serve;
@@ -58,6 +59,8 @@ enum Command {
     Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
     EnvoyBootstrap(client::BootstrapArgs),
+    /// Write a development CA and node (and Envoy) certificates for a local cluster.
+    Certs(certs::CertsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -105,5 +108,6 @@ fn main() -> ExitCode {
         Command::Envoys => runtime.block_on(client::envoys(&cli.target)),
         Command::Discovery => runtime.block_on(client::discovery(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
+        Command::Certs(args) => args.run(),
     }
 }

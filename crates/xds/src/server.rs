@@ -11,6 +11,7 @@ use crate::envoys::{EnvoyStatus, Envoys};
 use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
 use concord_registry::Registry;
+use concord_tls::XdsTls;
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -101,10 +102,12 @@ impl XdsServer {
         self.inner.snapshots.borrow().clone()
     }
 
-    /// Serves ADS and gRPC health on `listener` until shutdown.
+    /// Serves ADS and gRPC health on `listener` until shutdown, over TLS with `tls` (reloaded
+    /// when its files change), else plaintext.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<XdsTls>>,
     ) -> Result<(), tonic::transport::Error> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let mut serving = self.inner.serving.clone();
@@ -129,20 +132,60 @@ impl XdsServer {
                 .await;
         });
         let shutdown = self.inner.shutdown.clone();
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let ads = AggregatedDiscoveryServiceServer::new(XdsService {
+            xds: self,
+            tls: tls.clone(),
+        })
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(usize::MAX);
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(health)
-            .add_service(
-                AggregatedDiscoveryServiceServer::new(self)
-                    .max_decoding_message_size(16 * 1024 * 1024)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                shutdown.cancelled_owned(),
-            )
-            .await
+            .add_service(ads);
+        match tls {
+            Some(tls) => {
+                tls.watch(shutdown.clone());
+                let incoming =
+                    concord_tls::net::incoming(listener, move || tls.server_config(), "xds");
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                    .await
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                    .await
+            }
+        }
+    }
+}
+
+/// The ADS service: the server, and the TLS whose client certificates bind Envoy ids.
+struct XdsService {
+    xds: XdsServer,
+    tls: Option<Arc<XdsTls>>,
+}
+
+impl XdsService {
+    /// The Envoy id the caller's certificate binds it to, if node ids are bound.
+    fn bound_id(
+        &self,
+        request: &Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Option<String>, Status> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.binds_node_id()) else {
+            return Ok(None);
+        };
+        let certs = request.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first());
+        match leaf.and_then(|l| tls.envoy_id(l)) {
+            Some(id) => Ok(Some(id)),
+            None => Err(Status::permission_denied(
+                "the client certificate names no Envoy of this cluster \
+                 (URI SAN spiffe://concord/<cluster>/envoy/<node-id>)",
+            )),
+        }
     }
 }
 
@@ -189,14 +232,16 @@ fn listener_addr(node: &Node) -> Option<SocketAddr> {
 }
 
 #[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
+impl AggregatedDiscoveryService for XdsService {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
 
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        if !*self.inner.serving.borrow() {
+        let bound_id = self.bound_id(&request)?;
+        let inner = &self.xds.inner;
+        if !*inner.serving.borrow() {
             return Err(Status::unavailable(
                 "this replica is out of contact with the cluster's quorum; try another",
             ));
@@ -204,16 +249,17 @@ impl AggregatedDiscoveryService for XdsServer {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(4);
         let stream = Stream {
-            xds: self.inner.clone(),
-            id: self.inner.next_stream.fetch_add(1, Ordering::Relaxed),
+            xds: inner.clone(),
+            id: inner.next_stream.fetch_add(1, Ordering::Relaxed),
             peer,
+            bound_id,
             tx,
             state: StreamState::new(),
             node: None,
             sent_at: HashMap::new(),
             known: HashMap::new(),
-            listener_addr: self.inner.snapshots.borrow().default_listener_addr(),
-            snapshots: self.inner.snapshots.clone(),
+            listener_addr: inner.snapshots.borrow().default_listener_addr(),
+            snapshots: inner.snapshots.clone(),
         };
         tokio::spawn(stream.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -236,6 +282,8 @@ struct Stream {
     xds: Arc<Inner>,
     id: u64,
     peer: Option<SocketAddr>,
+    /// The Envoy id this stream's client certificate names, when ids are bound to certificates.
+    bound_id: Option<String>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     state: StreamState,
     node: Option<Node>,
@@ -320,6 +368,16 @@ impl Stream {
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
             let node = req.node.clone().unwrap_or_default();
+            if let Some(bound) = &self.bound_id
+                && *bound != node.id
+            {
+                tracing::warn!(stream = self.id, node = %node.id, cert = %bound, peer = ?self.peer,
+                    "refused an Envoy whose node id is not the one its certificate names");
+                return Err(End::Status(Status::permission_denied(format!(
+                    "node.id {:?} is not the Envoy id {bound:?} that the client certificate names",
+                    node.id
+                ))));
+            }
             if let Some(addr) = listener_addr(&node) {
                 self.listener_addr = addr;
             }

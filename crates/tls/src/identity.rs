@@ -1,0 +1,58 @@
+//! Who a certificate names: the URI SANs of concord's identity scheme.
+//!
+//! `spiffe://concord/<cluster>/node/<id>` names replica `<id>` of `<cluster>`;
+//! `spiffe://concord/<cluster>/envoy/<node-id>` names the Envoy whose bootstrap `node.id` is
+//! `<node-id>`. The cluster name is part of the identity, so a certificate for another cluster
+//! signed by a shared CA does not pass.
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The URI SAN of replica `id` of `cluster`.
+pub fn node_uri(cluster: &str, id: u64) -> String {
+    format!("spiffe://concord/{cluster}/node/{id}")
+}
+
+/// The URI SAN of the Envoy whose node id is `node_id`, for `cluster`.
+pub fn envoy_uri(cluster: &str, node_id: &str) -> String {
+    format!("spiffe://concord/{cluster}/envoy/{node_id}")
+}
+
+/// The URI SANs of a DER certificate (empty if it has none or does not parse).
+pub fn uris(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The node id a DER certificate names in `cluster`, if it names exactly one.
+pub fn node_id(der: &[u8], cluster: &str) -> Option<u64> {
+    let prefix = format!("spiffe://concord/{cluster}/node/");
+    let mut ids = uris(der)
+        .into_iter()
+        .filter_map(|u| u.strip_prefix(&prefix)?.parse::<u64>().ok());
+    let id = ids.next()?;
+    ids.next().is_none().then_some(id)
+}
+
+/// The Envoy node id a DER certificate names in `cluster`, if it names exactly one.
+pub fn envoy_id(der: &[u8], cluster: &str) -> Option<String> {
+    let prefix = format!("spiffe://concord/{cluster}/envoy/");
+    let mut ids = uris(der)
+        .into_iter()
+        .filter_map(|u| u.strip_prefix(&prefix).map(str::to_string))
+        .filter(|id| !id.is_empty());
+    let id = ids.next()?;
+    ids.next().is_none().then_some(id)
+}
