@@ -235,6 +235,9 @@ pub struct Options {
     /// Mutual TLS between replicas and TLS to Envoys, with certificates from `concord certs`
     /// (the product's default); off runs the replicas with `--insecure`.
     pub tls: bool,
+    /// With `tls`: replicas require Envoy client certificates and bind Envoy node ids to them
+    /// (`--xds-client-ca`, `--xds-bind-node-id`).
+    pub xds_client_certs: bool,
 }
 
 impl Options {
@@ -255,6 +258,7 @@ impl Default for Options {
             extra: Vec::new(),
             relaxed_elections: true,
             tls: true,
+            xds_client_certs: false,
         }
     }
 }
@@ -347,7 +351,16 @@ impl Cluster {
             );
         }
         match &self.pki {
-            Some(pki) => args.extend(pki.serve_args(id)?),
+            Some(pki) => {
+                args.extend(pki.serve_args(id)?);
+                if self.opts.xds_client_certs {
+                    args.extend([
+                        "--xds-client-ca".into(),
+                        pki.ca().display().to_string(),
+                        "--xds-bind-node-id".into(),
+                    ]);
+                }
+            }
             None => args.push("--insecure".into()),
         }
         args.extend(self.opts.extra.iter().cloned());
