@@ -246,23 +246,46 @@ async fn a_real_envoy_takes_1000_builders() -> Result<()> {
 #[test]
 fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let cases: [&[&str]; 2] = [
-        &[
-            "--servers",
-            "127.0.0.1:18001,127.0.0.1:18002,127.0.0.1:18003",
-            "--prefer-first",
+    // TLS and mutual TLS bootstraps need real files: Envoy loads them when it validates.
+    let pki = concord_tests::pki::Pki::create(&dir.path().join("certs"), "prod", &[1])?;
+    let (ca, (cert, key)) = (pki.ca(), pki.envoy("validate")?);
+    let s = |p: &std::path::Path| p.display().to_string();
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "--servers".into(),
+            "127.0.0.1:18001,127.0.0.1:18002,127.0.0.1:18003".into(),
+            "--prefer-first".into(),
         ],
-        &[
-            "--servers",
-            "concord-0.concord:18000,concord-1.concord:18000",
-            "--listener-address",
-            "0.0.0.0:10443",
+        vec![
+            "--servers".into(),
+            "concord-0.concord:18000,concord-1.concord:18000".into(),
+            "--listener-address".into(),
+            "0.0.0.0:10443".into(),
+        ],
+        vec![
+            "--servers".into(),
+            "127.0.0.1:18001,127.0.0.1:18002".into(),
+            "--tls-ca".into(),
+            s(&ca),
+            "--cluster".into(),
+            "prod".into(),
+        ],
+        vec![
+            "--servers".into(),
+            "concord-0.concord:18000".into(),
+            "--tls-ca".into(),
+            s(&ca),
+            "--tls-cert".into(),
+            s(&cert),
+            "--tls-key".into(),
+            s(&key),
+            "--any-server-identity".into(),
         ],
     ];
     for (i, args) in cases.iter().enumerate() {
         let out = std::process::Command::new(concord_tests::concord_bin())
             .args(["envoy-bootstrap", "--node-id", "validate"])
-            .args(*args)
+            .args(args)
             .output()?;
         ensure!(
             out.status.success(),

@@ -56,3 +56,40 @@ pub fn envoy_id(der: &[u8], cluster: &str) -> Option<String> {
     let id = ids.next()?;
     ids.next().is_none().then_some(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(uris: &[&str]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn reads_node_and_envoy_ids() {
+        let c = cert(&[&node_uri("prod", 3)]);
+        assert_eq!(node_id(&c, "prod"), Some(3));
+        assert_eq!(node_id(&c, "other"), None, "another cluster's certificate");
+        assert_eq!(envoy_id(&c, "prod"), None);
+        let e = cert(&[&envoy_uri("prod", "envoy-1")]);
+        assert_eq!(envoy_id(&e, "prod"), Some("envoy-1".into()));
+        assert_eq!(node_id(&e, "prod"), None);
+        // Two identities in one certificate name nobody.
+        assert_eq!(
+            node_id(&cert(&[&node_uri("prod", 1), &node_uri("prod", 2)]), "prod"),
+            None
+        );
+        assert_eq!(
+            node_id(&cert(&["spiffe://concord/prod/node/x"]), "prod"),
+            None
+        );
+        assert_eq!(node_id(&cert(&[]), "prod"), None);
+        assert_eq!(node_id(b"garbage", "prod"), None);
+    }
+}

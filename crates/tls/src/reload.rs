@@ -152,3 +152,38 @@ fn stamps(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuilds_on_change_and_keeps_the_old_value_on_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        std::fs::write(&path, "1").unwrap();
+        let p = path.clone();
+        let r = Reloadable::new("test", vec![path.clone()], move || {
+            let text = std::fs::read_to_string(&p).map_err(|source| TlsError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            text.trim()
+                .parse::<u32>()
+                .map_err(|e| TlsError::Rustls(e.to_string()))
+        })
+        .unwrap();
+        assert_eq!(*r.current(), 1);
+        assert!(!r.check(), "nothing changed");
+        std::fs::write(&path, "22").unwrap();
+        assert!(r.check());
+        assert_eq!(*r.current(), 22);
+        std::fs::write(&path, "bad").unwrap();
+        assert!(!r.check());
+        assert_eq!(*r.current(), 22, "a bad file keeps the old value");
+        // A failed load is retried even if the file does not move again.
+        std::fs::write(&path, "333").unwrap();
+        assert!(r.check());
+        assert_eq!(*r.current(), 333);
+    }
+}
