@@ -41,6 +41,23 @@ fn invalid_config_exits_before_starting() {
             &["--config", "/nonexistent/concord.toml"],
             "cannot read config file",
         ),
+        (&[], "TLS is required"),
+        (&["--tls-ca", "/nonexistent/ca.pem"], "go together"),
+        (
+            &[
+                "--tls-ca",
+                "/nonexistent/ca.pem",
+                "--tls-cert",
+                "/nonexistent/node-1.pem",
+                "--tls-key",
+                "/nonexistent/node-1-key.pem",
+            ],
+            "cannot read /nonexistent/",
+        ),
+        (
+            &["--insecure", "--xds-client-ca", "/nonexistent/ca.pem"],
+            "need TLS on the xDS port",
+        ),
     ];
     for (args, want) in cases {
         let (code, err) = serve(args);

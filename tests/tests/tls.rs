@@ -191,6 +191,24 @@ async fn peer_port_refuses_callers_without_a_member_certificate() -> Result<()> 
     let s = vote(&addr, tls.client_config(1), &c.name, 3, 1).await;
     ensure!(s.is_ok(), "the right node id passes: {s:?}");
 
+    // A replica refuses to start with another node's certificate.
+    let (cert, key) = files(&pki, 2)?;
+    let out = std::process::Command::new(concord_tests::concord_bin())
+        .args(["serve", "--cluster", &c.name, "--node-id", "1"])
+        .arg("--tls-ca")
+        .arg(&ca)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && err.contains("does not name node 1"),
+        "{:?}: {err}",
+        out.status
+    );
+
     let log = std::fs::read_to_string(c.dir().join("node-1.log"))?;
     ensure!(
         log.matches("refused a TLS connection").count() >= 2,
