@@ -38,13 +38,17 @@ pub const FROM_HEADER: &str = "x-concord-from";
 /// Metadata key: the node id the sender means to reach.
 pub const TO_HEADER: &str = "x-concord-to";
 
+/// Peer channels by node id and address.
+type Channels = HashMap<(NodeId, String), Channel>;
+
 /// Creates peer connections for openraft and for forwarding; cheap to clone.
 #[derive(Clone)]
 pub struct Network {
     cluster: String,
     from: NodeId,
     tls: Option<Arc<PeerTls>>,
-    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    /// Channels by peer, made with the TLS files of the generation beside them.
+    channels: Arc<Mutex<(u64, Channels)>>,
     /// Fault injection: while set, every call fails as if the network were cut.
     isolated: Arc<AtomicBool>,
 }
@@ -70,7 +74,15 @@ impl Network {
         if self.isolated.load(Ordering::Relaxed) {
             return Err("isolated by fault injection".into());
         }
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, channels) = &mut *guard;
+        // After a certificate rotation, dial anew so peers see the new certificate (and an old
+        // one can be revoked); calls in flight finish on the old connections.
+        let now = self.tls.as_ref().map_or(0, |t| t.generation());
+        if *generation != now {
+            *generation = now;
+            channels.clear();
+        }
         let key = (to, addr.to_string());
         let channel = match channels.get(&key) {
             Some(c) => c.clone(),

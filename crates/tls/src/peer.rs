@@ -119,6 +119,12 @@ impl PeerTls {
         self.loaded.watch(shutdown);
     }
 
+    /// Changes whenever the files were reloaded: connections made before carry the old
+    /// certificate, and a client may redial.
+    pub fn generation(&self) -> u64 {
+        self.loaded.generation()
+    }
+
     /// The cluster name.
     pub fn cluster(&self) -> &str {
         &self.cluster

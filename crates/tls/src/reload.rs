@@ -7,6 +7,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,7 @@ pub struct Reloadable<T> {
     build: Build<T>,
     current: RwLock<Arc<T>>,
     stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+    generation: AtomicU64,
 }
 
 impl<T: Send + Sync + 'static> Reloadable<T> {
@@ -84,6 +86,7 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
             build: Box::new(build),
             current: RwLock::new(Arc::new(value)),
             stamps: Mutex::new(stamps),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -93,6 +96,11 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How many times the value was replaced since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Rebuilds the value if a file changed since the last look; true if it was replaced.
@@ -108,6 +116,7 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
         match (self.build)() {
             Ok(v) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v);
+                self.generation.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(what = self.what, "reloaded TLS certificates");
                 true
             }
@@ -178,6 +187,7 @@ mod tests {
         std::fs::write(&path, "22").unwrap();
         assert!(r.check());
         assert_eq!(*r.current(), 22);
+        assert_eq!(r.generation(), 1);
         std::fs::write(&path, "bad").unwrap();
         assert!(!r.check());
         assert_eq!(*r.current(), 22, "a bad file keeps the old value");
