@@ -219,6 +219,9 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
         &xds2,
         "--initial-members",
         "none",
+        // Plaintext: these runs are about the data dir (a certificate would have to name the
+        // other cluster's or node's identity first).
+        "--insecure",
     ]);
     ensure!(
         code != 0 && err.contains("in use by another process"),
@@ -238,6 +241,7 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
         &members,
         "--admin-addr",
         &admin,
+        "--insecure",
     ];
     // Another cluster's name on this data dir.
     let mut args = base.to_vec();
