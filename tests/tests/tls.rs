@@ -280,6 +280,32 @@ async fn mutual_tls_on_xds_refuses_clients_without_a_valid_certificate() -> Resu
     .await
     .map_err(|err| err.context(e.log_tail()))?;
 
+    // A real Envoy whose bootstrap has the CA but no client certificate never streams.
+    let bare = vec![
+        "--tls-ca".to_string(),
+        pki.ca().display().to_string(),
+        "--cluster".to_string(),
+        c.name.clone(),
+    ];
+    let e0 = Envoy::start_with(c.dir(), "envoy-nocert", &x, false, &bare).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in c.up() {
+        let on = c.envoys_on(id).await?;
+        ensure!(
+            !on.contains(&"envoy-nocert".to_string()),
+            "envoy-nocert streams from node {id}"
+        );
+    }
+    ensure!(
+        stat(&e0, "control_plane.connected_state").await == 0,
+        "envoy-nocert is connected"
+    );
+    ensure!(
+        c.envoys_on(1).await?.len() + c.envoys_on(2).await?.len() + c.envoys_on(3).await?.len()
+            == 1,
+        "only envoy-m streams"
+    );
+
     let xds = c.nodes[&1].xds.clone();
     let ca = pki.ca();
     let other = Pki::create(&c.dir().join("other-ca"), &c.name, &[1])?;
