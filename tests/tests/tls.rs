@@ -489,6 +489,7 @@ async fn rotating_a_replica_certificate_keeps_envoys_and_writes() -> Result<()> 
     stop_writer(w, 20).await.map_err(|e| e.context(c.logs()))?;
     watching.store(false, Ordering::Relaxed);
     let longest = watcher.await?;
+    eprintln!("longest disconnection per Envoy: {longest:?}");
     for (i, d) in longest.iter().enumerate() {
         // One reconnect: the backoff is 0.1-1 s; a missed health check adds at most 1 s.
         ensure!(

@@ -17,17 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use time::{Duration, OffsetDateTime};
 
-/// Write a development CA and certificates for a local cluster.
-///
-/// Files in DIR: ca.pem and ca-key.pem (the CA; reused when present, created otherwise),
-/// node-<id>.pem and node-<id>-key.pem for each --nodes id, envoy-<id>.pem and envoy-<id>-key.pem
-/// for each --envoys id. Certificates for the ids given are (re)issued every time: running it
-/// again for one node rotates that node's certificate (the replica reloads it within a second).
-///
-/// Use them as `concord serve --tls-ca DIR/ca.pem --tls-cert DIR/node-<id>.pem --tls-key
-/// DIR/node-<id>-key.pem` and `concord envoy-bootstrap --tls-ca DIR/ca.pem [--tls-cert
-/// DIR/envoy-<id>.pem --tls-key DIR/envoy-<id>-key.pem]`. For development only: the CA key sits
-/// next to the certificates.
+/// Flags of `concord certs` (its help text is on the subcommand in `main.rs`).
 #[derive(Debug, Args)]
 pub struct CertsArgs {
     /// Directory to write to (created if missing).

@@ -36,6 +36,29 @@ pub fn uris(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// When a DER certificate stops being valid (Unix seconds), if it parses.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Logs when a certificate that was just loaded expires: a warning within 30 days or after.
+pub fn log_expiry(what: &str, path: &std::path::Path, der: &[u8]) {
+    let Some(end) = not_after(der) else { return };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = (end - now) / 86_400;
+    let file = path.display().to_string();
+    if end <= now {
+        tracing::warn!(what, file, "certificate has expired; peers will refuse it");
+    } else if days < 30 {
+        tracing::warn!(what, file, days, "certificate expires soon; rotate it");
+    } else {
+        tracing::info!(what, file, days, "certificate loaded");
+    }
+}
+
 /// The node id a DER certificate names in `cluster`, if it names exactly one.
 pub fn node_id(der: &[u8], cluster: &str) -> Option<u64> {
     let prefix = format!("spiffe://concord/{cluster}/node/");
@@ -91,5 +114,6 @@ mod tests {
         );
         assert_eq!(node_id(&cert(&[]), "prod"), None);
         assert_eq!(node_id(b"garbage", "prod"), None);
+        assert!(not_after(&c).is_some());
     }
 }

@@ -66,6 +66,7 @@ fn load(files: &TlsFiles, cluster: &str, node_id: u64) -> Result<Loaded, TlsErro
     let roots = reload::roots(&files.ca)?;
     let key = certified_key(&files.cert, &files.key)?;
     let leaf = key.cert.first().expect("chain checked non-empty");
+    identity::log_expiry("peer", &files.cert, leaf);
     match identity::node_id(leaf, cluster) {
         Some(id) if id == node_id => {}
         other => {
@@ -116,6 +117,10 @@ impl PeerTls {
 
     /// Reloads the files when they change, until `shutdown`.
     pub fn watch(&self, shutdown: CancellationToken) {
+        // Loaded before logging started: say now what was loaded.
+        if let Some(leaf) = self.loaded.current().key.cert.first() {
+            identity::log_expiry("peer", &self.files.cert, leaf);
+        }
         self.loaded.watch(shutdown);
     }
 

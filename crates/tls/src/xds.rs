@@ -27,7 +27,7 @@ pub struct XdsTlsFiles {
 pub struct XdsTls {
     cluster: String,
     files: XdsTlsFiles,
-    server: Arc<Reloadable<Arc<ServerConfig>>>,
+    server: Arc<Reloadable<(Arc<ServerConfig>, Arc<rustls::sign::CertifiedKey>)>>,
 }
 
 impl std::fmt::Debug for XdsTls {
@@ -39,8 +39,13 @@ impl std::fmt::Debug for XdsTls {
     }
 }
 
-fn load(files: &XdsTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+fn load(
+    files: &XdsTlsFiles,
+) -> Result<(Arc<ServerConfig>, Arc<rustls::sign::CertifiedKey>), TlsError> {
     let key = peer::certified_key(&files.cert, &files.key)?;
+    if let Some(leaf) = key.cert.first() {
+        identity::log_expiry("xds", &files.cert, leaf);
+    }
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match &files.client_ca {
@@ -53,9 +58,9 @@ fn load(files: &XdsTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(Fixed(key)));
+    let mut config = builder.with_cert_resolver(Arc::new(Fixed(key.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), key))
 }
 
 #[derive(Debug)]
@@ -86,12 +91,16 @@ impl XdsTls {
 
     /// Reloads the files when they change, until `shutdown`.
     pub fn watch(&self, shutdown: CancellationToken) {
+        // Loaded before logging started: say now what was loaded.
+        if let Some(leaf) = self.server.current().1.cert.first() {
+            identity::log_expiry("xds", &self.files.cert, leaf);
+        }
         self.server.watch(shutdown);
     }
 
     /// The server config for a new connection.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.server.current().as_ref().clone()
+        self.server.current().0.clone()
     }
 
     /// Whether Envoys must present a client certificate.
