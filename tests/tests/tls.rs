@@ -209,6 +209,22 @@ async fn peer_port_refuses_callers_without_a_member_certificate() -> Result<()> 
         out.status
     );
 
+    // Counted on /metrics.
+    let text = reqwest::get(format!("{}/metrics", c.nodes[&1].admin))
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    ensure!(
+        value("concord_peer_tls_refused_total ") >= 10.0
+            && value("concord_peer_calls_refused_total ") >= 10.0,
+        "refusals should be counted:\n{text}"
+    );
+
     let log = std::fs::read_to_string(c.dir().join("node-1.log"))?;
     ensure!(
         log.matches("refused a TLS connection").count() >= 2,

@@ -53,7 +53,8 @@ impl PeerService {
             )));
         }
         if let Some(tls) = self.node.tls() {
-            self.check_identity(tls, req, header(FROM_HEADER))?;
+            self.check_identity(tls, req, header(FROM_HEADER))
+                .inspect_err(|_| concord_telemetry::metrics().peer_calls_refused.inc())?;
         }
         Ok(())
     }

@@ -110,6 +110,12 @@ pub struct Metrics {
     pub nacks: Counter,
     /// Leader changes this replica has seen.
     pub leader_changes: Counter,
+    /// TLS handshakes refused on the peer port (no certificate, another CA, ...).
+    pub peer_tls_refused: Counter,
+    /// TLS handshakes refused on the xDS port.
+    pub xds_tls_refused: Counter,
+    /// Peer calls refused for their certificate's identity (not a member, another node id).
+    pub peer_calls_refused: Counter,
     /// Duration of one DNS poll.
     pub poll_duration: Histogram,
     /// From sending a response to its ACK or NACK.
@@ -133,7 +139,7 @@ impl Metrics {
     /// The page, in the Prometheus text format (0.0.4), with `gauges` appended.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 8] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "concord_dns_polls_total",
                 "DNS polls made by this replica as leader.",
@@ -173,6 +179,21 @@ impl Metrics {
                 "concord_raft_leader_changes_total",
                 "Changes of leader seen by this replica.",
                 &self.leader_changes,
+            ),
+            (
+                "concord_peer_tls_refused_total",
+                "TLS handshakes refused on the peer port (no client certificate, another CA).",
+                &self.peer_tls_refused,
+            ),
+            (
+                "concord_xds_tls_refused_total",
+                "TLS handshakes refused on the xDS port.",
+                &self.xds_tls_refused,
+            ),
+            (
+                "concord_peer_calls_refused_total",
+                "Peer calls refused for the caller's certificate (not a member, another node id).",
+                &self.peer_calls_refused,
             ),
         ];
         for (name, help, c) in counters {

@@ -57,6 +57,11 @@ pub fn incoming(
 
 fn refused(what: &'static str, peer: SocketAddr, error: &str) {
     tracing::warn!(what, %peer, error, "refused a TLS connection");
+    let m = concord_telemetry::metrics();
+    match what {
+        "peer" => m.peer_tls_refused.inc(),
+        _ => m.xds_tls_refused.inc(),
+    }
 }
 
 /// A tonic connector that dials `http://host:port` URIs over TCP and TLS with the client config
