@@ -30,6 +30,25 @@ pub fn envoy_bin() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The ADS protocol an Envoy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// State of the world.
+    Sotw,
+    /// Delta (incremental) xDS.
+    Delta,
+}
+
+impl Protocol {
+    /// Its `--xds-protocol` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Protocol::Sotw => "sotw",
+            Protocol::Delta => "delta",
+        }
+    }
+}
+
 /// A running Envoy.
 pub struct Envoy {
     /// Its node id.
@@ -63,23 +82,45 @@ pub struct Versions {
 
 impl Envoy {
     /// Writes a bootstrap for `servers` (xDS addresses of `cluster`'s replicas) in the cluster's
-    /// directory and starts Envoy with it (over TLS when the cluster uses it).
+    /// directory and starts Envoy with it (over TLS when the cluster uses it), speaking the
+    /// bootstrap generator's default protocol.
     pub async fn start(
         cluster: &Cluster,
         node_id: &str,
         servers: &[&str],
         prefer_first: bool,
     ) -> Result<Envoy> {
-        let tls = cluster.bootstrap_args(node_id)?;
-        Self::start_with(cluster.dir(), node_id, servers, prefer_first, &tls).await
+        Self::start_with(cluster, node_id, servers, prefer_first, None).await
     }
 
-    /// [`Envoy::start`] in `dir` with `bootstrap` as extra `concord envoy-bootstrap` flags.
+    /// As [`Envoy::start`], speaking `protocol` (the generator's default if `None`).
     pub async fn start_with(
+        cluster: &Cluster,
+        node_id: &str,
+        servers: &[&str],
+        prefer_first: bool,
+        protocol: Option<Protocol>,
+    ) -> Result<Envoy> {
+        let tls = cluster.bootstrap_args(node_id)?;
+        Self::start_in(
+            cluster.dir(),
+            node_id,
+            servers,
+            prefer_first,
+            protocol,
+            &tls,
+        )
+        .await
+    }
+
+    /// As [`Envoy::start_with`] in `dir`, with `bootstrap` as the TLS (or other extra)
+    /// `concord envoy-bootstrap` flags.
+    pub async fn start_in(
         dir: &Path,
         node_id: &str,
         servers: &[&str],
         prefer_first: bool,
+        protocol: Option<Protocol>,
         bootstrap: &[String],
     ) -> Result<Envoy> {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -98,6 +139,9 @@ impl Envoy {
             cmd.arg("--prefer-first");
         }
         cmd.args(bootstrap);
+        if let Some(p) = protocol {
+            cmd.args(["--xds-protocol", p.flag()]);
+        }
         let out = cmd.output()?;
         if !out.status.success() {
             bail!("envoy-bootstrap: {}", String::from_utf8_lossy(&out.stderr));

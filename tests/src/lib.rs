@@ -5,8 +5,10 @@
 //! The binary is `$CONCORD_BIN`, or `concord` next to the test executable's target dir (build it
 //! first: `cargo build -p concord`).
 
+pub mod ads;
 pub mod dns;
 pub mod envoy;
+pub mod otlp;
 pub mod pki;
 pub mod tls;
 

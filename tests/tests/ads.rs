@@ -6,7 +6,9 @@ use anyhow::{Context, Result, bail, ensure};
 use concord_tests::{Cluster, Options, eventually};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -272,5 +274,207 @@ async fn streams_end_at_the_maximum_age() -> Result<()> {
         age >= Duration::from_millis(850) && age < Duration::from_secs(5),
         "ended after {age:?}"
     );
+    Ok(())
+}
+
+/// A scripted delta ADS stream.
+struct DeltaAds {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl DeltaAds {
+    async fn open(c: &Cluster, xds: &str) -> Result<DeltaAds, tonic::Status> {
+        let channel = c
+            .xds_channel(xds, "scripted")
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(8);
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(DeltaAds { tx, rx })
+    }
+
+    /// The first request of a type, holding `held` (name → version).
+    async fn subscribe(&self, type_url: &str, held: &[(&str, &str)]) -> Result<()> {
+        let req = DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "scripted-delta".into(),
+                ..Default::default()
+            }),
+            type_url: type_url.into(),
+            initial_resource_versions: held
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        self.tx.send(req).await.context("stream closed")
+    }
+
+    async fn answer(&self, r: &DeltaDiscoveryResponse, error: Option<&str>) -> Result<()> {
+        let req = DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            error_detail: error.map(|m| RpcStatus {
+                code: 3,
+                message: m.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.tx.send(req).await.context("stream closed")
+    }
+
+    async fn next(&mut self) -> Result<DeltaDiscoveryResponse, tonic::Status> {
+        match tokio::time::timeout(T, self.rx.message()).await {
+            Ok(Ok(Some(r))) => Ok(r),
+            Ok(Ok(None)) => Err(tonic::Status::ok("stream ended")),
+            Ok(Err(s)) => Err(s),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no message in 20 s")),
+        }
+    }
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn delta_reconnect_gets_what_differs_and_a_cut_off_replica_turns_it_away() -> Result<()> {
+    let mut c = Cluster::start(Options {
+        extra: ["--catch-up-timeout-ms", "1000", "--stale-after-ms", "30000"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    })
+    .await?;
+    c.put(1, "b1", 9001).await?;
+    let rev = c.put(1, "b2", 9002).await?;
+    let xds = c.nodes[&1].xds.clone();
+    // A fresh Envoy gets everything, versioned by content.
+    let mut ads = DeltaAds::open(&c, &xds).await?;
+    ads.subscribe(CDS, &[]).await?;
+    let all = ads.next().await?;
+    ensure!(names(&all) == ["builder_b1", "builder_b2"], "{all:?}");
+    ensure!(all.system_version_info == rev.to_string(), "{all:?}");
+    ads.answer(&all, None).await?;
+    let v2 = all.resources[1].version.clone();
+
+    // A reconnecting Envoy that holds b2 as served, an older b1 and a builder that is gone
+    // (from a newer revision, as far as this replica can tell: it catches up first).
+    let mut ads = DeltaAds::open(&c, &c.nodes[&2].xds).await?;
+    ads.subscribe(
+        CDS,
+        &[
+            ("builder_b1", "older"),
+            ("builder_b2", &v2),
+            ("builder_gone", "x"),
+        ],
+    )
+    .await?;
+    let r = ads.next().await?;
+    ensure!(names(&r) == ["builder_b1"], "only what differs: {r:?}");
+    ensure!(r.removed_resources == ["builder_gone"], "{r:?}");
+
+    // Cut off from the quorum (but not yet stale): a fresh Envoy holds nothing newer and is
+    // answered; one that holds what this replica does not serve may be ahead of it and is
+    // turned away after the catch-up timeout, never sent anything older.
+    for id in [2, 3] {
+        c.node(id).kill();
+    }
+    let mut fresh = DeltaAds::open(&c, &xds).await?;
+    fresh.subscribe(CDS, &[]).await?;
+    ensure!(
+        names(&fresh.next().await?).len() == 2,
+        "fresh Envoy answered"
+    );
+    let mut ahead = DeltaAds::open(&c, &xds).await?;
+    let t0 = Instant::now();
+    ahead.subscribe(CDS, &[("builder_b3", "x")]).await?;
+    match ahead.next().await {
+        Ok(r) => bail!("must not answer an Envoy that may be ahead: {r:?}"),
+        Err(s) => {
+            ensure!(s.code() == tonic::Code::Unavailable, "{s:?}");
+            ensure!(s.message().contains("try another replica"), "{s:?}");
+        }
+    }
+    ensure!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "held {:?}",
+        t0.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn delta_nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let rev = c.put(1, "b1", 9001).await?;
+    eventually(T, "node 1 serves the write", || async {
+        let v = c.get(1, "/v1/envoys").await?;
+        ensure!(v["revision"] == rev, "{v}");
+        Ok(())
+    })
+    .await?;
+    let mut ads = DeltaAds::open(&c, &c.nodes[&1].xds).await?;
+    ads.subscribe(CDS, &[]).await?;
+    let first = ads.next().await?;
+    ensure!(names(&first) == ["builder_b1"], "{first:?}");
+    ads.answer(&first, Some("scripted rejection")).await?;
+    eventually(T, "the NACK is recorded", || async {
+        let v = c.get(1, "/v1/envoys").await?;
+        let nack = &v["envoys"][0]["last_nack"];
+        ensure!(
+            nack["message"] == "scripted rejection" && nack["version"] == rev,
+            "{v}"
+        );
+        Ok(())
+    })
+    .await?;
+    // The next change sends the new builder only: the rejected b1 is not sent again.
+    let rev2 = c.put(2, "b2", 9002).await?;
+    loop {
+        let r = ads.next().await?;
+        ensure!(!names(&r).contains(&"builder_b1"), "b1 sent again: {r:?}");
+        ensure!(r.nonce != first.nonce, "fresh nonce");
+        if r.system_version_info == rev2.to_string() {
+            ensure!(names(&r) == ["builder_b2"], "{r:?}");
+            break;
+        }
+        ads.answer(&r, None).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn delta_unknown_types_get_nothing_and_responses_name_the_replica() -> Result<()> {
+    let c = Cluster::start(Options {
+        extra: vec!["--max-stream-age-secs".into(), "1".into()],
+        ..Options::default()
+    })
+    .await?;
+    c.put(1, "b1", 9001).await?;
+    c.builders(1, true).await?;
+    let mut ads = DeltaAds::open(&c, &c.nodes[&1].xds).await?;
+    let t0 = Instant::now();
+    let rds = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    ads.subscribe(rds, &[]).await?;
+    let r = ads.next().await?;
+    ensure!(r.type_url == rds && r.resources.is_empty(), "{r:?}");
+    let id = r.control_plane.map(|cp| cp.identifier).unwrap_or_default();
+    ensure!(
+        id == format!("concord/{}/node-1", c.name),
+        "identifier {id:?}"
+    );
+    // Delta streams end at the maximum age too.
+    match ads.next().await {
+        Ok(r) => bail!("unexpected response {r:?}"),
+        Err(s) => ensure!(s.message().contains("maximum stream age"), "{s:?}"),
+    }
+    ensure!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     Ok(())
 }

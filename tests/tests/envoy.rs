@@ -2,8 +2,8 @@
 //! every Envoy at the same version, failover when an Envoy's replica is SIGKILLed, and a
 //! registry of 1000 builders.
 
-use anyhow::{Result, bail, ensure};
-use concord_tests::envoy::Envoy;
+use anyhow::{Context, Result, bail, ensure};
+use concord_tests::envoy::{Envoy, Protocol};
 use concord_tests::tls::{TestCa, TlsBuilder, probe};
 use concord_tests::{Cluster, Options, eventually, sni};
 use serde_json::json;
@@ -62,8 +62,37 @@ async fn leader_revision(c: &Cluster) -> Result<u64> {
     Ok(rev)
 }
 
-#[tokio::test]
-async fn envoys_on_two_replicas_route_by_sni_at_the_same_version() -> Result<()> {
+/// A test once with each protocol.
+macro_rules! both {
+    ($f:ident, $sotw:ident, $delta:ident) => {
+        #[tokio::test]
+        async fn $sotw() -> Result<()> {
+            $f(Protocol::Sotw).await
+        }
+        #[tokio::test]
+        async fn $delta() -> Result<()> {
+            $f(Protocol::Delta).await
+        }
+    };
+}
+
+both!(
+    envoys_on_two_replicas_route_by_sni_at_the_same_version,
+    envoys_on_two_replicas_route_by_sni_at_the_same_version_sotw,
+    envoys_on_two_replicas_route_by_sni_at_the_same_version_delta
+);
+both!(
+    envoy_fails_over_when_its_replica_is_killed,
+    envoy_fails_over_when_its_replica_is_killed_sotw,
+    envoy_fails_over_when_its_replica_is_killed_delta
+);
+both!(
+    a_real_envoy_takes_1000_builders,
+    a_real_envoy_takes_1000_builders_sotw,
+    a_real_envoy_takes_1000_builders_delta
+);
+
+async fn envoys_on_two_replicas_route_by_sni_at_the_same_version(p: Protocol) -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
     let ca = TestCa::new()?;
     let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
@@ -72,8 +101,8 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version() -> Result<()>
     c.put_at(2, "b2", b2.addr, &sni("b2")).await?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
     // Each Envoy prefers another replica, so they stream from different ones.
-    let e1 = Envoy::start(&c, "envoy-1", &[x[0], x[1], x[2]], true).await?;
-    let e2 = Envoy::start(&c, "envoy-2", &[x[1], x[2], x[0]], true).await?;
+    let e1 = Envoy::start_with(&c, "envoy-1", &[x[0], x[1], x[2]], true, Some(p)).await?;
+    let e2 = Envoy::start_with(&c, "envoy-2", &[x[1], x[2], x[0]], true, Some(p)).await?;
     for e in [&e1, &e2] {
         routes(&ca, e, "b1").await?;
         routes(&ca, e, "b2").await?;
@@ -118,14 +147,14 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version() -> Result<()>
     Ok(())
 }
 
-#[tokio::test]
-async fn envoy_fails_over_when_its_replica_is_killed() -> Result<()> {
+async fn envoy_fails_over_when_its_replica_is_killed(p: Protocol) -> Result<()> {
     let mut c = Cluster::start(Options::default()).await?;
     let ca = TestCa::new()?;
     let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
     c.put_at(2, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
-    let e = Arc::new(Envoy::start(&c, "envoy-1", &[&x[0], &x[1], &x[2]], true).await?);
+    let servers = [x[0].as_str(), &x[1], &x[2]];
+    let e = Arc::new(Envoy::start_with(&c, "envoy-1", &servers, true, Some(p)).await?);
     routes(&ca, &e, "b1").await?;
     ensure!(
         c.envoys_on(1).await? == ["envoy-1"],
@@ -201,12 +230,153 @@ async fn envoy_fails_over_when_its_replica_is_killed() -> Result<()> {
         ok + failed
     );
     ensure!(ok > 10, "only {ok} probes ran");
+    // On its new replica a delta Envoy got only the cluster that changed (b3), not b1 again.
+    let sent = clusters_sent(&c, moved_to, "envoy-1").await?;
+    match p {
+        Protocol::Delta => ensure!(sent == (1, 0), "clusters sent, removed: {sent:?}"),
+        Protocol::Sotw => ensure!(sent.0 >= 2, "clusters sent: {sent:?}"),
+    }
     eprintln!("failover to node {moved_to} in {failover:?}; {ok} connections, none failed");
     Ok(())
 }
 
+/// Clusters sent and cluster removals sent to Envoy `node_id` by replica `id`, over its
+/// streams there.
+async fn clusters_sent(c: &Cluster, id: u64, node_id: &str) -> Result<(u64, u64)> {
+    sent(c, id, node_id, "clusters").await
+}
+
+/// Resources and removals of `type_name` sent to Envoy `node_id` by replica `id`.
+async fn sent(c: &Cluster, id: u64, node_id: &str, type_name: &str) -> Result<(u64, u64)> {
+    let v = c.get(id, "/v1/envoys").await?;
+    let mut sent = (0, 0);
+    for e in v["envoys"].as_array().into_iter().flatten() {
+        if e["node_id"] == node_id {
+            let t = &e["types"][type_name];
+            sent.0 += t["resources_sent"].as_u64().unwrap_or(0);
+            sent.1 += t["removals_sent"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(sent)
+}
+
 #[tokio::test]
-async fn a_real_envoy_takes_1000_builders() -> Result<()> {
+async fn failed_over_delta_envoy_gets_only_what_changed() -> Result<()> {
+    failed_over_delta_envoy_gets_only_what_changed_in(false).await
+}
+
+#[tokio::test]
+async fn failed_over_delta_envoy_gets_only_what_changed_sni_cluster() -> Result<()> {
+    failed_over_delta_envoy_gets_only_what_changed_in(true).await
+}
+
+async fn failed_over_delta_envoy_gets_only_what_changed_in(sni_cluster: bool) -> Result<()> {
+    let mut opts = Options::default();
+    if sni_cluster {
+        opts.extra = [
+            "--listener-mode",
+            "sni-cluster",
+            "--sni-suffix",
+            "builders.test",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+    let mut c = Cluster::start(opts).await?;
+    let ca = TestCa::new()?;
+    let batch = |upserts: Vec<serde_json::Value>, removes: Vec<&str>| json!({ "upserts": upserts, "removes": removes });
+    let fake = |i: u16| json!({ "id": format!("f{i}"), "addr": format!("127.0.0.2:{}", 21000 + i), "sni": sni(&format!("f{i}")) });
+    let (s, v) = c
+        .send(
+            1,
+            reqwest::Method::POST,
+            "/v1/builders",
+            Some(batch((0..20).map(fake).collect(), vec![])),
+        )
+        .await?;
+    ensure!(s == 200, "{s} {v}");
+    let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
+    c.put_at(1, "b1", b1.addr, &sni("b1")).await?;
+    let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
+    let servers = [x[0].as_str(), &x[1], &x[2]];
+    let e = Envoy::start_with(&c, "envoy-1", &servers, true, Some(Protocol::Delta)).await?;
+    routes(&ca, &e, "b1").await?;
+    let before = e.versions().await?;
+    ensure!(c.envoys_on(1).await? == ["envoy-1"], "on node 1 first");
+    ensure!(
+        clusters_sent(&c, 1, "envoy-1").await? == (21, 0),
+        "everything at first"
+    );
+
+    c.node(1).kill();
+    // While it fails over: 2 added (one a real builder), 1 changed, 1 removed, in one entry.
+    let b2 = TlsBuilder::start(&ca, "b2", &sni("b2")).await?;
+    let mut moved = fake(3);
+    moved["addr"] = json!("127.0.0.3:21003");
+    let upserts = vec![
+        fake(20),
+        json!({ "id": "b2", "addr": b2.addr.to_string(), "sni": sni("b2") }),
+        moved,
+    ];
+    let (s, v) = c
+        .send(
+            2,
+            reqwest::Method::POST,
+            "/v1/builders",
+            Some(batch(upserts, vec!["f5"])),
+        )
+        .await?;
+    ensure!(s == 200, "{s} {v}");
+    routes(&ca, &e, "b2").await?;
+    routes(&ca, &e, "b1").await?;
+    let rev = leader_revision(&c).await?;
+    let after = if sni_cluster {
+        // Envoy takes a delta response's version only when it changes something: the
+        // sni-cluster listener never does, so its version stays where it was.
+        eventually(T, "clusters at the revision", || async {
+            let v = e.versions().await?;
+            ensure!(v.clusters == Some(rev), "{v:?}");
+            Ok(v)
+        })
+        .await?
+    } else {
+        at_revision(&e, rev).await?;
+        e.versions().await?
+    };
+    ensure!(after.clusters > before.clusters, "{before:?} -> {after:?}");
+    if sni_cluster {
+        ensure!(
+            after.listeners == before.listeners,
+            "{before:?} -> {after:?}"
+        );
+    } else {
+        ensure!(
+            after.listeners > before.listeners,
+            "{before:?} -> {after:?}"
+        );
+    }
+    let mut on = None;
+    for id in [2, 3] {
+        if c.envoys_on(id).await?.contains(&"envoy-1".to_string()) {
+            on = Some(id);
+        }
+    }
+    let on = on.context("envoy-1 streams from node 2 or 3")?;
+    let got = clusters_sent(&c, on, "envoy-1").await?;
+    ensure!(
+        got == (3, 1),
+        "a failed-over Envoy must get the 3 changed clusters and 1 removal, got {got:?}"
+    );
+    // The listener: with a chain per builder it changed, once; with sni-cluster it never does.
+    let listeners = sent(&c, on, "envoy-1", "listeners").await?;
+    let want = if sni_cluster { (0, 0) } else { (1, 0) };
+    ensure!(listeners == want, "listeners sent, removed: {listeners:?}");
+    let clusters: u64 = e.stat("cluster_manager.active_clusters").await?.parse()?;
+    ensure!(clusters == 22 + 1, "{clusters} active clusters");
+    Ok(())
+}
+
+async fn a_real_envoy_takes_1000_builders(p: Protocol) -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
     let ca = TestCa::new()?;
     let upserts: Vec<_> = (0..999)
@@ -228,7 +398,7 @@ async fn a_real_envoy_takes_1000_builders() -> Result<()> {
         .await?;
     ensure!(s == 200, "batch put: {s} {v}");
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
-    let e = Envoy::start(&c, "envoy-big", &x, false).await?;
+    let e = Envoy::start_with(&c, "envoy-big", &x, false, Some(p)).await?;
     // The 1000th, added last, is a real TLS builder.
     let last = TlsBuilder::start(&ca, "last", &sni("last")).await?;
     c.put_at(2, "last", last.addr, &sni("last")).await?;
@@ -261,6 +431,8 @@ fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
             "concord-0.concord:18000,concord-1.concord:18000".into(),
             "--listener-address".into(),
             "0.0.0.0:10443".into(),
+            "--xds-protocol".into(),
+            "sotw".into(),
         ],
         vec![
             "--servers".into(),

@@ -303,7 +303,7 @@ async fn mutual_tls_on_xds_refuses_clients_without_a_valid_certificate() -> Resu
         "--cluster".to_string(),
         c.name.clone(),
     ];
-    let e0 = Envoy::start_with(c.dir(), "envoy-nocert", &x, false, &bare).await?;
+    let e0 = Envoy::start_in(c.dir(), "envoy-nocert", &x, false, None, &bare).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for id in c.up() {
         let on = c.envoys_on(id).await?;

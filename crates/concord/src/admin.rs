@@ -30,12 +30,14 @@ use axum::{Json, Router};
 use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
+use concord_telemetry::trace::Span;
 use concord_xds::XdsServer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -73,6 +75,7 @@ pub fn router(
             axum::routing::delete(remove_member),
         )
         .route("/v1/envoys", get(envoys))
+        .route("/v1/cluster/envoys", get(cluster_envoys))
         .route("/metrics", get(metrics))
         .route("/v1/xds/resources", get(xds_resources))
         .route("/v1/discovery", get(discovery_status))
@@ -178,6 +181,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             state.xds.envoys().len() as f64,
         ),
         (
+            "concord_xds_skipped_builders",
+            "Builders the listener mode cannot route to (sni-cluster: SNI outside the suffix).",
+            state.xds.snapshot().skipped_count() as f64,
+        ),
+        (
             "concord_dns_polling",
             "1 if this replica polls DNS (it leads).",
             f64::from(u8::from(polling)),
@@ -232,13 +240,59 @@ async fn isolate(
     Ok(Json(json!({ "isolated": b.isolated })))
 }
 
-async fn envoys(State(AppState { node, xds, .. }): State<AppState>) -> Json<serde_json::Value> {
-    let snapshot = xds.snapshot();
-    Json(json!({
-        "node_id": node.id(),
-        "revision": snapshot.revision(),
+/// The Envoys streaming from this replica: the body of `/v1/envoys`, and what this replica
+/// answers when another asks for cluster-wide status.
+pub fn local_envoys(node_id: NodeId, xds: &XdsServer) -> serde_json::Value {
+    json!({
+        "node_id": node_id,
+        "revision": xds.snapshot().revision(),
         "nacks_total": xds.nacks_total(),
         "envoys": xds.envoys(),
+    })
+}
+
+async fn envoys(State(AppState { node, xds, .. }): State<AppState>) -> Json<serde_json::Value> {
+    Json(local_envoys(node.id(), &xds))
+}
+
+/// Every Envoy on every member, each with the replica it streams from, like Istio's
+/// `proxy-status`: one request to any replica, which asks the others over the peer channel.
+/// A member that does not answer is listed with the error, never left out silently.
+async fn cluster_envoys(State(AppState { node, .. }): State<AppState>) -> Json<serde_json::Value> {
+    let status = node.status();
+    let asks = status.members.iter().map(|m| {
+        let node = node.clone();
+        let id = m.id;
+        async move { (id, node.local_status_of(id, Duration::from_secs(2)).await) }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let mut replicas = Vec::new();
+    let mut envoys = Vec::new();
+    for (id, answer) in answers {
+        match answer {
+            Ok(v) => {
+                for e in v["envoys"].as_array().into_iter().flatten() {
+                    let mut e = e.clone();
+                    e["replica"] = json!(id);
+                    e["replica_revision"] = v["revision"].clone();
+                    envoys.push(e);
+                }
+                replicas.push(json!({
+                    "node_id": id,
+                    "revision": v["revision"],
+                    "nacks_total": v["nacks_total"],
+                    "envoys": v["envoys"].as_array().map_or(0, Vec::len),
+                }));
+            }
+            Err(error) => replicas.push(json!({ "node_id": id, "error": error })),
+        }
+    }
+    envoys.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
+    Json(json!({
+        "asked": node.id(),
+        "revision": status.revision,
+        "replicas": replicas,
+        "envoys": envoys,
     }))
 }
 
@@ -308,10 +362,35 @@ struct WriteResult {
 }
 
 async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError> {
+    let mut root = Span::root("api.change", std::time::SystemTime::now());
+    if root.is_recording() {
+        root.set("builders.upserts", batch.upserts.len() as i64);
+        root.set("builders.removes", batch.removes.len() as i64);
+    }
     let mut cmd = Command::new(Source::Api, batch);
     // When the change was asked for: the start of its discovery-to-ACK time.
     cmd.set_seen_at_us(concord_telemetry::unix_micros());
-    match node.execute(ClientRequest::Write(cmd)).await? {
+    // An API change starts a trace as a poll that found a change does; the proposal (forwarded
+    // to the leader if need be) is its child.
+    let mut span = root.child("raft.propose");
+    span.inject(&mut cmd.trace);
+    let result = node.execute(ClientRequest::Write(cmd)).await;
+    match &result {
+        Ok(ClientReply::Written {
+            outcome: Outcome::Applied { revision, .. },
+            ..
+        }) => {
+            span.set("registry.revision", *revision as i64);
+            span.ok();
+            root.ok();
+        }
+        Ok(_) => {}
+        Err(e) => {
+            span.fail(e.to_string());
+            root.fail(e.to_string());
+        }
+    }
+    match result? {
         ClientReply::Written {
             log_index,
             outcome: Outcome::Applied { revision, changed },

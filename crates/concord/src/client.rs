@@ -394,6 +394,10 @@ pub struct BootstrapArgs {
     /// carry concord's node URI, e.g. a separate --xds-tls-cert).
     #[arg(long)]
     any_server_identity: bool,
+    /// The ADS protocol: `delta` (only changed resources travel; an Envoy that fails over gets
+    /// only what differs) or `sotw` (state of the world: every resource in every response).
+    #[arg(long, value_name = "delta|sotw", default_value = "delta")]
+    xds_protocol: concord_xds::bootstrap::XdsProtocol,
 }
 
 impl BootstrapArgs {
@@ -427,6 +431,7 @@ impl BootstrapArgs {
             prefer_first: self.prefer_first,
             admin: self.admin_addr,
             listener_address: self.listener_address,
+            protocol: self.xds_protocol,
         };
         match concord_xds::bootstrap::render(&config) {
             Ok(yaml) => {
@@ -442,43 +447,115 @@ impl BootstrapArgs {
 }
 
 /// `concord envoys`: the Envoys streaming from one replica.
-pub async fn envoys(t: &Target) -> ExitCode {
-    let r = t.call(reqwest::Method::GET, "/v1/envoys", None).await;
-    t.finish(r, |v| {
-        let mut out = format!(
-            "replica node {} at revision {} ({} NACKs since start)\n{:<20} {:<8} {:<22} {:<22} LAST NACK\n",
-            v["node_id"], v["revision"], v["nacks_total"], "ENVOY", "STREAM", "CLUSTERS sent/acked", "LISTENERS sent/acked"
-        );
-        for e in v["envoys"].as_array().into_iter().flatten() {
-            let ty = |name: &str| {
-                let t = &e["types"][name];
-                format!(
-                    "{}/{}{}",
-                    opt(&t["sent"]),
-                    opt(&t["acked"]),
-                    if t["pending"] == json!(true) { " (pending)" } else { "" }
-                )
-            };
-            let nack = match e["last_nack"].as_object() {
-                Some(n) => format!(
-                    "{} v{}: {}",
-                    n["type_name"].as_str().unwrap_or(""),
-                    n["version"],
-                    n["message"].as_str().unwrap_or("")
-                ),
-                None => "-".into(),
-            };
-            out += &format!(
-                "{:<20} {:<8} {:<22} {:<22} {}\n",
-                e["node_id"].as_str().unwrap_or(""),
-                e["stream"].to_string(),
-                ty("clusters"),
-                ty("listeners"),
-                nack
-            );
+/// `concord envoys`.
+#[derive(Args)]
+pub struct EnvoysArgs {
+    /// Every Envoy of the whole cluster, with the replica each streams from and whether it is in
+    /// sync (asks every member through the target replica), like Istio's `proxy-status`.
+    #[arg(long)]
+    all: bool,
+}
+
+/// `sent/acked` of one type of an Envoy, `(pending)` if unanswered.
+fn versions(e: &Value, name: &str) -> String {
+    let t = &e["types"][name];
+    format!(
+        "{}/{}{}",
+        opt(&t["sent"]),
+        opt(&t["acked"]),
+        if t["pending"] == json!(true) {
+            " (pending)"
+        } else {
+            ""
         }
-        out
-    })
+    )
+}
+
+fn last_nack(e: &Value) -> String {
+    match e["last_nack"].as_object() {
+        Some(n) => format!(
+            "{} v{}: {}",
+            n["type_name"].as_str().unwrap_or(""),
+            n["version"],
+            n["message"].as_str().unwrap_or("")
+        ),
+        None => "-".into(),
+    }
+}
+
+/// SYNCED when both types are ACKed at the replica's revision, NACKED when the newest version
+/// sent was rejected, PENDING when a response is unanswered, else STALE.
+fn sync_state(e: &Value, revision: &Value) -> &'static str {
+    let types = ["clusters", "listeners"].map(|n| &e["types"][n]);
+    let nacked = e["last_nack"]["version"].as_u64();
+    if types.iter().all(|t| t["acked"] == *revision) {
+        "SYNCED"
+    } else if nacked.is_some() && types.iter().any(|t| t["sent"].as_u64() == nacked) {
+        "NACKED"
+    } else if types.iter().any(|t| t["pending"] == json!(true)) {
+        "PENDING"
+    } else {
+        "STALE"
+    }
+}
+
+impl EnvoysArgs {
+    /// Shows the Envoys of the target replica, or of every replica with `--all`.
+    pub async fn run(&self, t: &Target) -> ExitCode {
+        if !self.all {
+            let r = t.call(reqwest::Method::GET, "/v1/envoys", None).await;
+            return t.finish(r, |v| {
+                let mut out = format!(
+                    "replica node {} at revision {} ({} NACKs since start)\n{:<20} {:<8} {:<22} {:<22} LAST NACK\n",
+                    v["node_id"], v["revision"], v["nacks_total"], "ENVOY", "STREAM", "CLUSTERS sent/acked", "LISTENERS sent/acked"
+                );
+                for e in v["envoys"].as_array().into_iter().flatten() {
+                    out += &format!(
+                        "{:<20} {:<8} {:<22} {:<22} {}\n",
+                        e["node_id"].as_str().unwrap_or(""),
+                        e["stream"].to_string(),
+                        versions(e, "clusters"),
+                        versions(e, "listeners"),
+                        last_nack(e)
+                    );
+                }
+                out
+            });
+        }
+        let r = t
+            .call(reqwest::Method::GET, "/v1/cluster/envoys", None)
+            .await;
+        t.finish(r, |v| {
+            let mut out = String::new();
+            for r in v["replicas"].as_array().into_iter().flatten() {
+                match r["error"].as_str() {
+                    Some(e) => out += &format!("replica {}: NOT ANSWERING: {e}\n", r["node_id"]),
+                    None => {
+                        out += &format!(
+                            "replica {}: revision {}, {} Envoys, {} NACKs since start\n",
+                            r["node_id"], r["revision"], r["envoys"], r["nacks_total"]
+                        )
+                    }
+                }
+            }
+            out += &format!(
+                "{:<20} {:<8} {:<8} {:<22} {:<22} LAST NACK\n",
+                "ENVOY", "REPLICA", "STATE", "CLUSTERS sent/acked", "LISTENERS sent/acked"
+            );
+            for e in v["envoys"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "{:<20} {:<8} {:<8} {:<22} {:<22} {}\n",
+                    e["node_id"].as_str().unwrap_or(""),
+                    e["replica"].to_string(),
+                    sync_state(e, &e["replica_revision"]),
+                    versions(e, "clusters"),
+                    versions(e, "listeners"),
+                    last_nack(e)
+                );
+            }
+            out
+        })
+    }
 }
 
 /// `concord discovery`: the DNS poller as one replica sees it.

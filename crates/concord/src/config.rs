@@ -6,16 +6,21 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use concord_discovery::{DiscoveryConfig, GuardConfig, NxDomain, SniTemplate, SourceSpec};
 use concord_raft::{NodeConfig, NodeId};
+use concord_registry::is_dns_name;
+use concord_telemetry::trace::TraceConfig;
 use concord_tls::peer::TlsFiles;
 use concord_tls::xds::XdsTlsFiles;
 use concord_tls::{PeerTls, XdsTls};
-use concord_xds::{ResourceConfig, XdsConfig};
+use concord_xds::{ListenerMode, ResourceConfig, XdsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The SNI template of discovered builders unless one is given.
+const DEFAULT_SNI_TEMPLATE: &str = "{id}.builders.local";
 
 /// The initial member list of the local cluster that `deploy/local` runs.
 pub const DEFAULT_MEMBERS: &str = "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103";
@@ -100,6 +105,24 @@ pub struct ServeArgs {
     /// Same on every replica. [default: 0.0.0.0:10000]
     #[arg(long, env = "CONCORD_ENVOY_LISTENER_ADDR", value_name = "IP:PORT")]
     pub envoy_listener_addr: Option<SocketAddr>,
+
+    /// How Envoy's builders' listener routes: `filter-chains` (one chain per builder, matching
+    /// its SNI name) or `sni-cluster` (one chain matching `*.<--sni-suffix>` with the
+    /// `sni_cluster` filter; clusters named by SNI, so the listener never changes). Same on every
+    /// replica. [default: filter-chains]
+    #[arg(
+        long,
+        env = "CONCORD_LISTENER_MODE",
+        value_name = "filter-chains|sni-cluster"
+    )]
+    pub listener_mode: Option<String>,
+
+    /// The builder SNI suffix of sni-cluster mode (e.g. `builders.example.com`): only names
+    /// under it reach a builder; any other SNI matches no chain and is closed. Builders whose
+    /// SNI is outside it get no cluster (skipped, logged). [default: the fixed tail of
+    /// --dns-sni-template, e.g. builders.local]
+    #[arg(long, env = "CONCORD_SNI_SUFFIX", value_name = "DOMAIN")]
+    pub sni_suffix: Option<String>,
 
     /// A replica out of contact with the quorum for this many milliseconds reports NOT_SERVING
     /// and ends its Envoys' streams, so they move to a replica that still gets updates.
@@ -211,6 +234,25 @@ pub struct ServeArgs {
     /// NOERROR with no records always means no builders. [default: empty]
     #[arg(long, env = "CONCORD_DNS_NXDOMAIN", value_name = "empty|error")]
     pub dns_nxdomain: Option<String>,
+
+    /// Export OpenTelemetry traces of every registry change (poll or API request, proposal,
+    /// commit, apply on each replica, push to each Envoy until its ACK) to this OTLP/gRPC
+    /// collector, e.g. `http://127.0.0.1:4317`. Tracing is off without it.
+    #[arg(long, env = "CONCORD_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans. [default: concord]
+    #[arg(long, env = "CONCORD_OTLP_SERVICE_NAME", value_name = "NAME")]
+    pub otlp_service_name: Option<String>,
+
+    /// Share (0-1) of changes traced. [default: 1]
+    #[arg(long, env = "CONCORD_TRACE_SAMPLING_RATIO", value_name = "RATIO")]
+    pub trace_sampling_ratio: Option<f64>,
+
+    /// Ended spans held for export; when the collector is slow or down, spans beyond this are
+    /// dropped and counted (concord_trace_spans_dropped_total), never waited for. [default: 4096]
+    #[arg(long, env = "CONCORD_OTLP_QUEUE_SIZE", value_name = "SPANS")]
+    pub otlp_queue_size: Option<usize>,
 }
 
 /// The validated configuration of one replica.
@@ -234,6 +276,8 @@ pub struct ServeConfig {
     pub xds_tls: Option<Arc<XdsTls>>,
     /// Plaintext was asked for (--insecure).
     pub insecure: bool,
+    /// Trace export, if configured.
+    pub tracing: Option<TraceConfig>,
 }
 
 impl ServeArgs {
@@ -245,6 +289,8 @@ impl ServeArgs {
         };
         let a = self.over(file);
         let discovery = dns_config(&a)?;
+        let tracing = trace_config(&a, a.node_id.unwrap_or(1))?;
+        let mode = listener_mode(&a, discovery.as_ref())?;
 
         let cluster = a.cluster.clone().unwrap_or_else(|| "concord".into());
         let cluster_ok = !cluster.is_empty()
@@ -354,6 +400,7 @@ impl ServeArgs {
                 listener_addr: a
                     .envoy_listener_addr
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 10000))),
+                mode,
                 ..ResourceConfig::default()
             },
         };
@@ -383,6 +430,7 @@ impl ServeArgs {
             fault_injection: a.enable_fault_injection,
             xds_tls,
             insecure: a.insecure,
+            tracing,
         })
     }
 
@@ -405,6 +453,8 @@ impl ServeArgs {
             xds_addr: self.xds_addr.or(file.xds_addr),
             envoy_listener_name: self.envoy_listener_name.or(file.envoy_listener_name),
             envoy_listener_addr: self.envoy_listener_addr.or(file.envoy_listener_addr),
+            listener_mode: self.listener_mode.or(file.listener_mode),
+            sni_suffix: self.sni_suffix.or(file.sni_suffix),
             stale_after_ms: self.stale_after_ms.or(file.stale_after_ms),
             catch_up_timeout_ms: self.catch_up_timeout_ms.or(file.catch_up_timeout_ms),
             max_stream_age_secs: self.max_stream_age_secs.or(file.max_stream_age_secs),
@@ -419,6 +469,10 @@ impl ServeArgs {
                 .dns_removal_confirmations
                 .or(file.dns_removal_confirmations),
             dns_nxdomain: self.dns_nxdomain.or(file.dns_nxdomain),
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
+            otlp_service_name: self.otlp_service_name.or(file.otlp_service_name),
+            trace_sampling_ratio: self.trace_sampling_ratio.or(file.trace_sampling_ratio),
+            otlp_queue_size: self.otlp_queue_size.or(file.otlp_queue_size),
             enable_fault_injection: self.enable_fault_injection || file.enable_fault_injection,
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
@@ -488,6 +542,82 @@ fn tls_config(a: &ServeArgs, cluster: &str, node_id: NodeId) -> Result<Transport
     Ok((peer_tls, Some(xds)))
 }
 
+/// The trace export settings; `None` when no `--otlp-endpoint` is given.
+fn trace_config(a: &ServeArgs, node_id: NodeId) -> Result<Option<TraceConfig>> {
+    let Some(endpoint) = a.otlp_endpoint.clone().filter(|e| !e.is_empty()) else {
+        if a.trace_sampling_ratio.is_some() || a.otlp_service_name.is_some() {
+            bail!("--trace-sampling-ratio and --otlp-service-name need --otlp-endpoint");
+        }
+        return Ok(None);
+    };
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        bail!("invalid --otlp-endpoint {endpoint:?}: give a URL, e.g. http://127.0.0.1:4317");
+    }
+    let sampling_ratio = a.trace_sampling_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling_ratio) {
+        bail!("invalid --trace-sampling-ratio {sampling_ratio}: give a share from 0 to 1");
+    }
+    let queue_size = a.otlp_queue_size.unwrap_or(4096);
+    if queue_size == 0 {
+        bail!("invalid --otlp-queue-size 0: give at least 1");
+    }
+    Ok(Some(TraceConfig {
+        endpoint,
+        service_name: a
+            .otlp_service_name
+            .clone()
+            .unwrap_or_else(|| "concord".into()),
+        sampling_ratio,
+        replica: node_id,
+        queue_size,
+        export_timeout: Duration::from_secs(5),
+    }))
+}
+
+/// The listener mode, with the sni-cluster suffix checked against the DNS SNI template.
+fn listener_mode(a: &ServeArgs, dns: Option<&DiscoveryConfig>) -> Result<ListenerMode> {
+    let template = match dns {
+        Some(d) => d.template.clone(),
+        None => SniTemplate::parse(DEFAULT_SNI_TEMPLATE).map_err(anyhow::Error::msg)?,
+    };
+    let tail = template.fixed_tail();
+    match a.listener_mode.as_deref().unwrap_or("filter-chains") {
+        "filter-chains" => Ok(ListenerMode::FilterChains),
+        "sni-cluster" => {
+            let suffix = match &a.sni_suffix {
+                Some(s) => s
+                    .trim_start_matches("*.")
+                    .trim_matches('.')
+                    .to_ascii_lowercase(),
+                None => match tail.as_deref().and_then(|t| t.strip_prefix('.')) {
+                    Some(t) => t.to_string(),
+                    None => bail!(
+                        "--listener-mode sni-cluster needs --sni-suffix (the SNI template {:?} \
+                         has no fixed domain to take it from)",
+                        template.as_str()
+                    ),
+                },
+            };
+            if !is_dns_name(&suffix) {
+                bail!("invalid --sni-suffix {suffix:?}: expected a lower-case DNS name");
+            }
+            if dns.is_some()
+                && !tail
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(&format!(".{suffix}")))
+            {
+                bail!(
+                    "--dns-sni-template {:?} makes names outside --sni-suffix {suffix:?}; \
+                     sni-cluster mode could not route to those builders",
+                    template.as_str()
+                );
+            }
+            Ok(ListenerMode::SniCluster { suffix })
+        }
+        other => bail!("invalid --listener-mode {other:?}: use filter-chains or sni-cluster"),
+    }
+}
+
 /// The DNS discovery settings; `None` when no `--dns-server` is given.
 fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
     let Some(server) = a.dns_server else {
@@ -508,7 +638,7 @@ fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
     let template = SniTemplate::parse(
         a.dns_sni_template
             .as_deref()
-            .unwrap_or("{id}.builders.local"),
+            .unwrap_or(DEFAULT_SNI_TEMPLATE),
     )
     .map_err(anyhow::Error::msg)?;
     let interval = a.dns_interval_ms.unwrap_or(100);
@@ -693,6 +823,45 @@ mod tests {
             ),
         ];
         for (a, want) in cases {
+            let err = format!("{:#}", a.resolve().unwrap_err());
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn listener_modes() {
+        let mode = |a: ServeArgs| a.resolve().map(|c| c.xds.resources.mode);
+        assert_eq!(mode(args()).unwrap(), ListenerMode::FilterChains);
+        let sni = |suffix: &str| ListenerMode::SniCluster {
+            suffix: suffix.into(),
+        };
+        let with = |m: &str, s: Option<&str>| ServeArgs {
+            listener_mode: Some(m.into()),
+            sni_suffix: s.map(Into::into),
+            ..args()
+        };
+        // The suffix defaults to the SNI template's domain.
+        assert_eq!(
+            mode(with("sni-cluster", None)).unwrap(),
+            sni("builders.local")
+        );
+        assert_eq!(
+            mode(with("sni-cluster", Some("*.b.example.com"))).unwrap(),
+            sni("b.example.com")
+        );
+        for (a, want) in [
+            (with("sni", None), "invalid --listener-mode"),
+            (with("sni-cluster", Some("a b")), "invalid --sni-suffix"),
+            (
+                ServeArgs {
+                    dns_server: Some("127.0.0.1:53".parse().unwrap()),
+                    dns_source: Some(vec!["txt:_i.internal:9443".into()]),
+                    dns_sni_template: Some("{id}.other.test".into()),
+                    ..with("sni-cluster", Some("builders.test"))
+                },
+                "outside --sni-suffix",
+            ),
+        ] {
             let err = format!("{:#}", a.resolve().unwrap_err());
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }

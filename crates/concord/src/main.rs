@@ -53,8 +53,9 @@ enum Command {
     Cluster(client::ClusterCmd),
     /// List, put and remove builders.
     Builders(client::BuildersCmd),
-    /// Show the Envoys streaming from a replica: versions sent and ACKed, NACKs.
-    Envoys,
+    /// Show the Envoys streaming from a replica (or, with --all, from every replica): versions
+    /// sent and ACKed, in sync or not, NACKs.
+    Envoys(client::EnvoysArgs),
     /// Show DNS discovery: who polls, the last poll and its result, the last change, skips.
     Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
@@ -118,7 +119,7 @@ fn main() -> ExitCode {
         }
         Command::Cluster(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Builders(cmd) => runtime.block_on(cmd.run(&cli.target)),
-        Command::Envoys => runtime.block_on(client::envoys(&cli.target)),
+        Command::Envoys(args) => runtime.block_on(args.run(&cli.target)),
         Command::Discovery => runtime.block_on(client::discovery(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),

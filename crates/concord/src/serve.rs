@@ -44,6 +44,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             .is_some_and(|t| t.requires_client_cert()),
         "transport security"
     );
+    let exporter = match config.tracing.clone() {
+        Some(t) => {
+            let (endpoint, ratio) = (t.endpoint.clone(), t.sampling_ratio);
+            let exporter = concord_telemetry::trace::init(t).map_err(anyhow::Error::msg)?;
+            tracing::info!(%endpoint, sampling_ratio = ratio, "exporting traces over OTLP");
+            Some(exporter)
+        }
+        None => None,
+    };
     // Bind the admin port first: a port clash is reported before the data dir is touched.
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
@@ -56,12 +65,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let serving = watch_freshness(node.clone(), config.stale_after, shutdown.child_token());
     let times: concord_xds::RevisionTimesFn = {
         let node = node.clone();
-        Arc::new(move |after, upto| {
-            node.revision_times(after, upto)
-                .into_iter()
-                .map(|t| (t.applied_at, t.seen_at_us))
-                .collect()
-        })
+        Arc::new(move |after, upto| node.revision_times(after, upto))
     };
     let xds = XdsServer::new(
         config.xds,
@@ -69,7 +73,21 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         serving,
         times,
         shutdown.child_token(),
-    );
+    )
+    .with_read_barrier({
+        let node = node.clone();
+        Arc::new(move || {
+            let node = node.clone();
+            Box::pin(async move {
+                node.read_barrier().await.map_err(|e| e.to_string())?;
+                Ok(node.registry().borrow().revision())
+            })
+        })
+    });
+    {
+        let xds = xds.clone();
+        node.set_local_status(Box::new(move || crate::admin::local_envoys(node_id, &xds)));
+    }
     count_leader_changes(node.clone(), shutdown.child_token());
     let xds_server = tokio::spawn(xds.clone().serve(xds_listener, config.xds_tls.clone()));
 
@@ -110,6 +128,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     };
     if tokio::time::timeout(GRACE, drain).await.is_err() {
         tracing::warn!("shutdown took longer than {GRACE:?}; exiting anyway");
+    }
+    if let Some(exporter) = exporter {
+        // The last changes' spans (pushes ended by the streams' close) go out before exit.
+        exporter.shutdown(Duration::from_secs(2)).await;
     }
     tracing::info!(node_id, "stopped");
     Ok(())

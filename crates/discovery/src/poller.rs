@@ -10,6 +10,7 @@ use crate::parse::{Parsed, Skipped};
 use crate::resolve::{NxDomain, PollError, Resolver, SourceSpec};
 use crate::template::SniTemplate;
 use concord_registry::{Command, Outcome, Registry, Rejection, Source, diff};
+use concord_telemetry::trace::Span;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -219,6 +220,7 @@ impl<R: Replica> Poller<R> {
 
     async fn poll(&mut self) -> Next {
         let t0 = Instant::now();
+        let started = std::time::SystemTime::now();
         let at = now_ms();
         // When this poll saw the DNS state: carried in the command to time discovery-to-ACK.
         let seen_at_us = concord_telemetry::unix_micros();
@@ -317,7 +319,30 @@ impl<R: Replica> Poller<R> {
             ..Command::new(Source::Dns, batch)
         };
         cmd.set_seen_at_us(seen_at_us);
-        match self.replica.propose(cmd).await {
+        // The poll that found a change starts its trace; polls that find none leave no trace.
+        let mut poll_span = Span::root("discovery.poll", started);
+        if poll_span.is_recording() {
+            let sources: Vec<String> = self.config.sources.iter().map(|s| s.to_string()).collect();
+            poll_span.set("discovery.sources", sources.join(","));
+            poll_span.set("builders.added", added as i64);
+            poll_span.set("builders.updated", updated as i64);
+            poll_span.set("builders.removed", removed as i64);
+            poll_span.set("registry.base_revision", registry.revision() as i64);
+        }
+        let mut span = poll_span.child("raft.propose");
+        poll_span.ok();
+        span.inject(&mut cmd.trace);
+        let outcome = self.replica.propose(cmd).await;
+        match &outcome {
+            Ok(Outcome::Applied { revision, .. }) => {
+                span.set("registry.revision", *revision as i64);
+                span.ok();
+            }
+            Ok(Outcome::Rejected(r)) => span.fail(r.to_string()),
+            Err(ProposeError::NotLeader) => span.fail("not the leader any more"),
+            Err(ProposeError::Other(e)) => span.fail(e.clone()),
+        }
+        match outcome {
             Ok(Outcome::Applied { revision, .. }) => {
                 tracing::info!(added, updated, removed, revision, "DNS change committed");
                 m.changes_proposed.inc();

@@ -63,6 +63,15 @@ impl SniTemplate {
         })
     }
 
+    /// The fixed text after the last placeholder (`.builders.example.com` of
+    /// `{id}.builders.example.com`), lower-cased: every name it renders ends with it.
+    pub fn fixed_tail(&self) -> Option<String> {
+        match self.parts.last()? {
+            Part::Text(t) => Some(t.to_ascii_lowercase()),
+            _ => None,
+        }
+    }
+
     /// The template as given.
     pub fn as_str(&self) -> &str {
         &self.source

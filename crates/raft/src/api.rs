@@ -31,6 +31,9 @@ pub enum ClientRequest {
     /// Confirm leadership with a quorum and return the log index a linearizable read must wait
     /// for.
     ReadIndex,
+    /// Answered by the replica that receives it, leader or not: what it reports of itself (the
+    /// Envoys streaming from it), for cluster-wide status. Never forwarded.
+    LocalStatus,
 }
 
 /// The leader's answer to a [`ClientRequest`].
@@ -53,6 +56,11 @@ pub enum ClientReply {
     ReadIndex {
         /// The index to wait for.
         index: u64,
+    },
+    /// The answer to [`ClientRequest::LocalStatus`].
+    LocalStatus {
+        /// What the replica reports (JSON).
+        status: serde_json::Value,
     },
 }
 

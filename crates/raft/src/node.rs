@@ -8,6 +8,7 @@ use crate::service::PeerService;
 use crate::store::{self, Identity, OpenError, StateMachine};
 use crate::{NodeId, Raft};
 use concord_registry::{Outcome, Registry};
+use concord_telemetry::trace::Span;
 use concord_tls::PeerTls;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
@@ -79,7 +80,12 @@ pub struct Node {
     leader_contact: std::sync::Mutex<Instant>,
     /// Fault injection: cut off from every peer, both ways.
     isolated: Arc<std::sync::atomic::AtomicBool>,
+    /// What this replica reports of itself to [`ClientRequest::LocalStatus`].
+    local_status: std::sync::OnceLock<LocalStatusFn>,
 }
+
+/// Produces a replica's own status (JSON) for cluster-wide views.
+pub type LocalStatusFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// A member of the cluster, as status shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -187,6 +193,7 @@ impl Node {
             network,
             isolated,
             leader_contact: std::sync::Mutex::new(Instant::now()),
+            local_status: std::sync::OnceLock::new(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -359,6 +366,71 @@ impl Node {
         }
     }
 
+    async fn write_local(
+        &self,
+        cmd: concord_registry::Command,
+        timeout: Duration,
+    ) -> Result<ClientReply, ClientError> {
+        self.check_quorum()?;
+        let resp = tokio::time::timeout(timeout, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                waited_ms: timeout.as_millis() as u64,
+            })?
+            .map_err(|e| self.write_error(e))?;
+        match resp.data {
+            Outcome::Rejected(r) => Err(ClientError::Rejected(r)),
+            outcome => Ok(ClientReply::Written {
+                log_index: resp.log_id.index,
+                outcome,
+            }),
+        }
+    }
+
+    /// Sets what this replica reports of itself to [`Node::local_status_of`] (once).
+    pub fn set_local_status(&self, f: LocalStatusFn) {
+        let _ = self.local_status.set(f);
+    }
+
+    fn local_status(&self) -> serde_json::Value {
+        self.local_status
+            .get()
+            .map_or(serde_json::Value::Null, |f| f())
+    }
+
+    /// What replica `id` (a member, or this one) reports of itself, asked over the peer
+    /// channel; an error names the replica and why it did not answer.
+    pub async fn local_status_of(
+        &self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        if id == self.config.node_id {
+            return Ok(self.local_status());
+        }
+        let addr = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| format!("node {id} is not a member"))?;
+        match self
+            .network
+            .forward(id, &addr, &ClientRequest::LocalStatus, timeout)
+            .await
+        {
+            Ok(ClientReply::LocalStatus { status }) => Ok(status),
+            Ok(other) => Err(format!("node {id} answered {other:?}")),
+            Err(ClientError::LeaderUnreachable { error, .. }) => {
+                Err(format!("node {id} at {addr} is unreachable: {error}"))
+            }
+            Err(e) => Err(format!("node {id}: {e}")),
+        }
+    }
+
     /// Executes `req` if this node is the leader; otherwise answers `NotLeader`.
     pub async fn execute_local(&self, req: ClientRequest) -> Result<ClientReply, ClientError> {
         let timeout = self.config.request_timeout;
@@ -366,19 +438,23 @@ impl Node {
             waited_ms: timeout.as_millis() as u64,
         };
         match req {
-            ClientRequest::Write(cmd) => {
-                self.check_quorum()?;
-                let resp = tokio::time::timeout(timeout, self.raft.client_write(cmd))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(|e| self.write_error(e))?;
-                match resp.data {
-                    Outcome::Rejected(r) => Err(ClientError::Rejected(r)),
-                    outcome => Ok(ClientReply::Written {
-                        log_index: resp.log_id.index,
-                        outcome,
-                    }),
+            ClientRequest::Write(mut cmd) => {
+                // The commit is a span of the change's trace; the applies continue below it.
+                let mut span = Span::remote_child(&cmd.trace, "raft.commit");
+                span.inject(&mut cmd.trace);
+                let result = self.write_local(cmd, timeout).await;
+                match &result {
+                    Ok(ClientReply::Written { log_index, outcome }) => {
+                        span.set("raft.log_index", *log_index as i64);
+                        if let Outcome::Applied { revision, .. } = outcome {
+                            span.set("registry.revision", *revision as i64);
+                        }
+                        span.ok();
+                    }
+                    Ok(_) => {}
+                    Err(e) => span.fail(e.to_string()),
                 }
+                result
             }
             ClientRequest::AddLearner { node_id, addr } => {
                 self.check_quorum()?;
@@ -414,6 +490,9 @@ impl Node {
                 self.change_membership(change, |m| m.get_node(&node_id).is_none())
                     .await
             }
+            ClientRequest::LocalStatus => Ok(ClientReply::LocalStatus {
+                status: self.local_status(),
+            }),
             ClientRequest::ReadIndex => {
                 let res = tokio::time::timeout(timeout, self.raft.ensure_linearizable())
                     .await

@@ -13,17 +13,23 @@ pub use builder::{Builder, InvalidBuilder, Source, is_dns_name};
 pub use command::{Batch, Command, Outcome, Rejection};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Persistent (structurally shared) maps: a copy of the registry is O(1) and a change to it
+/// copies O(log n), so the state machine's copy-on-write `Arc<Registry>` (shared with snapshots
+/// and every xDS stream) costs O(change) per commit, not O(registry).
+type Builders = imbl::OrdMap<String, Arc<Builder>>;
+type SniIndex = imbl::HashMap<String, String>;
 use std::sync::Arc;
 
 /// The replicated set of builders at one revision.
 ///
-/// Builders are held in `Arc`s so that a copy of the registry (published to every xDS stream after
-/// each apply) shares them instead of cloning each one.
+/// Builders are held in `Arc`s in persistent maps, so that a copy of the registry (published to
+/// every xDS stream after each apply, kept by snapshots) shares them instead of cloning each one.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    builders: BTreeMap<String, Arc<Builder>>,
+    builders: Builders,
     /// SNI name → builder id; derived from `builders`, kept to check SNI uniqueness in O(batch).
-    sni_index: HashMap<String, String>,
+    sni_index: SniIndex,
     revision: u64,
 }
 
@@ -88,6 +94,21 @@ impl Registry {
     /// All builders, ordered by id.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Builder>> {
         self.builders.values()
+    }
+
+    /// Ids of the builders added, changed or removed between `older` and this registry. Visits
+    /// only the parts of the two that are not shared, so for a registry that `older` became by
+    /// applying commands it costs O(change), not O(registry).
+    pub fn changed_ids(&self, older: &Registry) -> Vec<String> {
+        older
+            .builders
+            .diff(&self.builders)
+            .map(|d| match d {
+                imbl::ordmap::DiffItem::Add(id, _)
+                | imbl::ordmap::DiffItem::Remove(id, _)
+                | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => id.clone(),
+            })
+            .collect()
     }
 
     /// The builders of one source, by id (what the DNS poller diffs against).

@@ -262,3 +262,37 @@ proptest! {
         prop_assert_eq!(one.of_source(Source::Api), prev);
     }
 }
+
+#[test]
+fn a_copy_shares_every_builder_until_one_changes() {
+    let mut r = Registry::new();
+    r.apply(
+        1,
+        &put((0..100)
+            .map(|i| b(&format!("b{i}"), 1000 + i, Source::Api))
+            .collect()),
+    );
+    // What the state machine does on each commit: copy (snapshots hold the old one), change.
+    let old = r.clone();
+    assert!(old.builders.ptr_eq(&r.builders), "a copy is O(1)");
+    r.apply(2, &put(vec![b("b7", 9999, Source::Api)]));
+    assert!(!old.builders.ptr_eq(&r.builders));
+    assert_eq!(
+        old.get("b7").unwrap().addr.port(),
+        1007,
+        "the old copy is untouched"
+    );
+    assert_eq!(r.get("b7").unwrap().addr.port(), 9999);
+    assert!(Arc::ptr_eq(old.get("b8").unwrap(), r.get("b8").unwrap()));
+    r.apply(3, &rm(&["b9"]));
+    r.apply(
+        4,
+        &put(vec![b("b8", 1008, Source::Api), b("new", 7, Source::Api)]),
+    );
+    assert_eq!(
+        r.changed_ids(&old),
+        ["b7", "b9", "new"],
+        "b8 was put unchanged"
+    );
+    assert!(r.changed_ids(&r.clone()).is_empty());
+}

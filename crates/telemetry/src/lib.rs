@@ -5,6 +5,8 @@
 //! page is rendered, so they are never stale. Lock-free atomics on the hot paths; no allocation
 //! when recording.
 
+pub mod trace;
+
 use std::fmt::Write;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +17,20 @@ pub fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One revision as applied on this replica: when, when its change was first seen (the proposer's
+/// `seen_at_us`), and its apply span, for the latency histograms and the push spans.
+#[derive(Debug, Clone)]
+pub struct AppliedRevision {
+    /// The revision.
+    pub revision: u64,
+    /// When this replica applied it.
+    pub applied_at: std::time::Instant,
+    /// When the change was seen by whoever proposed it (Unix microseconds), if recorded.
+    pub seen_at_us: Option<u64>,
+    /// This replica's apply span of the change, if traced.
+    pub trace: Option<trace::SpanRef>,
 }
 
 /// A monotonically increasing count.
@@ -116,6 +132,14 @@ pub struct Metrics {
     pub xds_tls_refused: Counter,
     /// Peer calls refused for their certificate's identity (not a member, another node id).
     pub peer_calls_refused: Counter,
+    /// Trace spans exported to the collector.
+    pub spans_exported: Counter,
+    /// Trace spans dropped: the export queue was full or the export failed.
+    pub spans_dropped: Counter,
+    /// Builders whose Envoy resources were built and serialised (only changed ones are).
+    pub builders_encoded: Counter,
+    /// Resources sent to Envoys, summed over responses.
+    pub resources_sent: Counter,
     /// Duration of one DNS poll.
     pub poll_duration: Histogram,
     /// From sending a response to its ACK or NACK.
@@ -139,7 +163,7 @@ impl Metrics {
     /// The page, in the Prometheus text format (0.0.4), with `gauges` appended.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 15] = [
             (
                 "concord_dns_polls_total",
                 "DNS polls made by this replica as leader.",
@@ -194,6 +218,26 @@ impl Metrics {
                 "concord_peer_calls_refused_total",
                 "Peer calls refused for the caller's certificate (not a member, another node id).",
                 &self.peer_calls_refused,
+            ),
+            (
+                "concord_trace_spans_exported_total",
+                "Trace spans exported to the OTLP collector.",
+                &self.spans_exported,
+            ),
+            (
+                "concord_trace_spans_dropped_total",
+                "Trace spans dropped because the export queue was full or the export failed.",
+                &self.spans_dropped,
+            ),
+            (
+                "concord_xds_builders_encoded_total",
+                "Builders whose Envoy resources were built and serialised (changed ones only).",
+                &self.builders_encoded,
+            ),
+            (
+                "concord_xds_resources_sent_total",
+                "Resources sent to Envoys, summed over responses (delta sends changed ones only).",
+                &self.resources_sent,
             ),
         ];
         for (name, help, c) in counters {

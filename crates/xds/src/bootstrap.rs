@@ -25,6 +25,29 @@ pub struct BootstrapConfig {
     pub listener_address: Option<SocketAddr>,
     /// TLS to the replicas; plaintext without.
     pub tls: Option<BootstrapTls>,
+    /// Which ADS protocol the Envoy speaks.
+    pub protocol: XdsProtocol,
+}
+
+/// The ADS protocol variant an Envoy uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdsProtocol {
+    /// Delta (incremental) xDS: only changed resources travel (`api_type: DELTA_GRPC`).
+    #[default]
+    Delta,
+    /// State of the world: every response carries every resource (`api_type: GRPC`).
+    Sotw,
+}
+
+impl std::str::FromStr for XdsProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "delta" => Ok(XdsProtocol::Delta),
+            "sotw" => Ok(XdsProtocol::Sotw),
+            other => Err(format!("invalid xDS protocol {other:?}: use delta or sotw")),
+        }
+    }
 }
 
 /// TLS of the ADS cluster: the CA that signs the replicas' xDS certificates, the identity they
@@ -123,11 +146,19 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
         c.admin.ip(),
         c.admin.port()
     );
-    w.push_str(
+    let api_type = match c.protocol {
+        XdsProtocol::Delta => "DELTA_GRPC",
+        XdsProtocol::Sotw => "GRPC",
+    };
+    let _ = write!(
+        w,
         "dynamic_resources:
   ads_config:
-    api_type: GRPC
-    transport_api_version: V3
+    api_type: {api_type}
+"
+    );
+    w.push_str(
+        "    transport_api_version: V3
     set_node_on_first_message_only: true
     grpc_services:
     - envoy_grpc:
@@ -226,6 +257,7 @@ mod tests {
             admin: "127.0.0.1:9901".parse().unwrap(),
             listener_address: Some("127.0.0.1:10001".parse().unwrap()),
             tls: None,
+            protocol: XdsProtocol::Delta,
         }
     }
 
@@ -263,6 +295,13 @@ mod tests {
         assert!(y.contains("- priority: 0\n        lb_endpoints:\n        - endpoint: { address: { socket_address: { address: \"127.0.0.1\", port_value: 18001"));
         assert!(y.contains("- priority: 1\n"));
         assert!(y.contains("concord.listener_address: \"127.0.0.1:10001\""));
+        assert!(y.contains("api_type: DELTA_GRPC\n"));
+        let y = render(&BootstrapConfig {
+            protocol: XdsProtocol::Sotw,
+            ..config()
+        })
+        .unwrap();
+        assert!(y.contains("api_type: GRPC\n"));
         let y = render(&BootstrapConfig {
             servers: vec!["concord-0.concord:18000".into()],
             ..config()

@@ -39,6 +39,10 @@ pub struct TypeStatus {
     pub acked_at_us: Option<u64>,
     /// Sent and not yet answered.
     pub pending: bool,
+    /// Resources sent on this stream, summed over responses (delta sends only changed ones).
+    pub resources_sent: u64,
+    /// Resource removals sent on this stream (delta only).
+    pub removals_sent: u64,
 }
 
 /// A rejected config.
@@ -111,10 +115,19 @@ impl Envoys {
         self.with(|i| i.streams.remove(&stream));
     }
 
-    pub(crate) fn sent(&self, stream: u64, type_url: &str, version: u64) {
+    pub(crate) fn sent(
+        &self,
+        stream: u64,
+        type_url: &str,
+        version: u64,
+        resources: usize,
+        removals: usize,
+    ) {
         self.with_type(stream, type_url, |t| {
             t.sent = Some(version);
             t.pending = true;
+            t.resources_sent += resources as u64;
+            t.removals_sent += removals as u64;
         });
     }
 

@@ -1,12 +1,19 @@
-//! Registry → Envoy resources, the Depot shape (DESIGN "Envoy resources"): one TLS listener with the
-//! TLS inspector and one filter chain per builder (`server_names: [sni]` → `tcp_proxy`), and one
-//! STATIC cluster per builder with an inline load assignment. Pure: no I/O, no clock.
+//! Registry → Envoy resources, in one of two listener modes (DESIGN "Envoy resources"). Pure: no
+//! I/O, no clock.
 //!
-//! A [`Snapshot`] holds the resources of one registry revision, each encoded once into an `Any`
-//! and shared by every stream. The listener is built per listener address (Envoys on one host
-//! need distinct ports; see [`crate::LISTENER_ADDRESS_KEY`]), lazily, and cached in the snapshot.
+//! - [`ListenerMode::FilterChains`], the Depot shape: one TLS listener with the TLS inspector and
+//!   one filter chain per builder (`server_names: [sni]` → `tcp_proxy`), and one STATIC cluster
+//!   per builder named `builder_<id>`.
+//! - [`ListenerMode::SniCluster`]: one filter chain that matches the builder SNI suffix
+//!   (`*.builders.example.com`) and runs `sni_cluster` before `tcp_proxy`, so the SNI name picks
+//!   the cluster; clusters are named by their SNI. The listener never changes as builders come
+//!   and go. The suffix match is the guard: a client naming any other cluster Envoy knows (the
+//!   ADS cluster of the bootstrap, for one) matches no chain and is closed. Builders whose SNI is
+//!   outside the suffix get no cluster in this mode (skipped, counted and logged).
+//!
+//! [`Snapshot`] (in [`crate::snapshot`]) holds the encoded resources of one revision.
 
-use concord_registry::{Builder, Registry};
+use concord_registry::Builder;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -16,12 +23,13 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::sni_cluster::v3::SniCluster;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+
+pub use crate::snapshot::Snapshot;
 
 /// Type URL of clusters (CDS).
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -31,6 +39,24 @@ const TLS_INSPECTOR_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const TCP_PROXY_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const SNI_CLUSTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.sni_cluster.v3.SniCluster";
+/// Name of the one filter chain (and `tcp_proxy` stat prefix) in sni-cluster mode.
+pub const SNI_CLUSTER_CHAIN: &str = "sni_cluster";
+
+/// How the builders' listener picks a builder's cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ListenerMode {
+    /// One filter chain per builder, matching its SNI name exactly (the Depot shape).
+    #[default]
+    FilterChains,
+    /// One filter chain matching `*.<suffix>`; the `sni_cluster` filter routes to the cluster
+    /// named by the SNI.
+    SniCluster {
+        /// The builder SNI suffix without the leading `*.`, e.g. `builders.example.com`.
+        suffix: String,
+    },
+}
 
 /// The shape of the resources every replica serves; the same on every replica of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +67,8 @@ pub struct ResourceConfig {
     pub listener_addr: SocketAddr,
     /// Upstream connect timeout of every builder cluster.
     pub connect_timeout: std::time::Duration,
+    /// How the listener routes to builders.
+    pub mode: ListenerMode,
 }
 
 impl Default for ResourceConfig {
@@ -49,16 +77,34 @@ impl Default for ResourceConfig {
             listener_name: "builders".into(),
             listener_addr: SocketAddr::from(([0, 0, 0, 0], 10000)),
             connect_timeout: std::time::Duration::from_secs(2),
+            mode: ListenerMode::FilterChains,
         }
     }
 }
 
-/// The name of a builder's cluster: a stable function of its id.
+/// The name of a builder's cluster in the Depot shape: a stable function of its id.
 pub fn cluster_name(builder_id: &str) -> String {
     format!("builder_{builder_id}")
 }
 
-fn any<M: Message>(type_url: &str, m: &M) -> Any {
+/// True when `sni` is under `*.<suffix>` as Envoy matches a wildcard server name: at least one
+/// more label in front of the suffix.
+pub fn in_suffix(sni: &str, suffix: &str) -> bool {
+    sni.len() > suffix.len() + 1
+        && sni.ends_with(suffix)
+        && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
+}
+
+/// The cluster name of `b` in `mode`; `None` when the mode cannot route to it (sni-cluster mode
+/// and an SNI name outside the suffix).
+pub fn builder_cluster_name(b: &Builder, mode: &ListenerMode) -> Option<String> {
+    match mode {
+        ListenerMode::FilterChains => Some(cluster_name(&b.id)),
+        ListenerMode::SniCluster { suffix } => in_suffix(&b.sni, suffix).then(|| b.sni.clone()),
+    }
+}
+
+pub(crate) fn any<M: Message>(type_url: &str, m: &M) -> Any {
     Any {
         type_url: type_url.to_string(),
         value: m.encode_to_vec(),
@@ -77,6 +123,11 @@ fn socket_address(addr: SocketAddr) -> Address {
     }
 }
 
+#[cfg(test)]
+pub(crate) fn socket_address_for_tests(addr: SocketAddr) -> Address {
+    socket_address(addr)
+}
+
 fn pb_duration(d: std::time::Duration) -> PbDuration {
     PbDuration {
         seconds: d.as_secs() as i64,
@@ -84,17 +135,16 @@ fn pb_duration(d: std::time::Duration) -> PbDuration {
     }
 }
 
-/// The STATIC cluster of one builder.
-pub fn cluster(b: &Builder, cfg: &ResourceConfig) -> Cluster {
-    let name = cluster_name(&b.id);
+/// The STATIC cluster `name` of one builder.
+pub fn cluster(name: &str, b: &Builder, cfg: &ResourceConfig) -> Cluster {
     Cluster {
-        name: name.clone(),
+        name: name.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Static as i32,
         )),
         connect_timeout: Some(pb_duration(cfg.connect_timeout)),
         load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: name,
+            cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
@@ -111,36 +161,63 @@ pub fn cluster(b: &Builder, cfg: &ResourceConfig) -> Cluster {
     }
 }
 
-/// The filter chain that passes TLS connections for `b`'s SNI name through to its cluster.
-pub fn filter_chain(b: &Builder) -> FilterChain {
-    let cluster = cluster_name(&b.id);
+fn tcp_proxy_filter(cluster: &str) -> Filter {
     let proxy = TcpProxy {
-        stat_prefix: cluster.clone(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.clone())),
+        stat_prefix: cluster.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
         ..Default::default()
     };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(TCP_PROXY_TYPE, &proxy))),
+    }
+}
+
+/// The filter chain that passes TLS connections for `b`'s SNI name through to its cluster
+/// (filter-chains mode).
+pub fn filter_chain(b: &Builder) -> FilterChain {
+    let cluster = cluster_name(&b.id);
     FilterChain {
-        name: cluster,
         filter_chain_match: Some(FilterChainMatch {
             server_names: vec![b.sni.clone()],
             transport_protocol: "tls".into(),
             ..Default::default()
         }),
-        filters: vec![Filter {
-            name: "envoy.filters.network.tcp_proxy".into(),
-            config_type: Some(filter::ConfigType::TypedConfig(any(TCP_PROXY_TYPE, &proxy))),
-        }],
+        filters: vec![tcp_proxy_filter(&cluster)],
+        name: cluster,
         ..Default::default()
     }
 }
 
-/// The builders' listener at `addr`: TLS inspector, a chain per builder, and no default chain,
-/// so a connection whose SNI matches no builder is closed.
-pub fn listener<'a>(
-    builders: impl Iterator<Item = &'a Builder>,
-    name: &str,
-    addr: SocketAddr,
-) -> Listener {
+/// The one filter chain of sni-cluster mode: TLS with an SNI under `*.<suffix>` → `sni_cluster`
+/// (the SNI names the cluster) → `tcp_proxy`.
+pub fn sni_cluster_chain(suffix: &str) -> FilterChain {
+    FilterChain {
+        name: SNI_CLUSTER_CHAIN.into(),
+        filter_chain_match: Some(FilterChainMatch {
+            server_names: vec![format!("*.{suffix}")],
+            transport_protocol: "tls".into(),
+            ..Default::default()
+        }),
+        filters: vec![
+            Filter {
+                name: "envoy.filters.network.sni_cluster".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(
+                    SNI_CLUSTER_TYPE,
+                    &SniCluster::default(),
+                ))),
+            },
+            // `sni_cluster` overrides this cluster with the SNI name on every connection that
+            // reaches the chain (the match requires an SNI); the fallback names no real cluster.
+            tcp_proxy_filter(SNI_CLUSTER_CHAIN),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The builders' listener at `addr` with `filter_chains`: TLS inspector, and no default chain,
+/// so a connection whose SNI matches no chain is closed.
+pub fn listener(filter_chains: Vec<FilterChain>, name: &str, addr: SocketAddr) -> Listener {
     Listener {
         name: name.to_string(),
         address: Some(socket_address(addr)),
@@ -152,180 +229,8 @@ pub fn listener<'a>(
             ))),
             ..Default::default()
         }],
-        filter_chains: builders.map(filter_chain).collect(),
+        filter_chains,
         ..Default::default()
-    }
-}
-
-/// The resources of one registry revision, encoded once and shared by every stream.
-#[derive(Debug)]
-pub struct Snapshot {
-    revision: u64,
-    version: String,
-    registry: Arc<Registry>,
-    config: ResourceConfig,
-    clusters: Arc<[Any]>,
-    /// Encoded listener per listener address, built on first use.
-    listeners: Mutex<HashMap<SocketAddr, Arc<[Any]>>>,
-}
-
-impl Snapshot {
-    /// Builds the clusters of `registry` now; listeners on first use.
-    pub fn build(registry: Arc<Registry>, config: ResourceConfig) -> Snapshot {
-        let clusters: Arc<[Any]> = registry
-            .iter()
-            .map(|b| any(CLUSTER_TYPE, &cluster(b, &config)))
-            .collect();
-        Snapshot {
-            revision: registry.revision(),
-            version: registry.revision().to_string(),
-            registry,
-            config,
-            clusters,
-            listeners: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The registry revision these resources come from.
-    pub fn revision(&self) -> u64 {
-        self.revision
-    }
-
-    /// `version_info` of every response built from this snapshot: the revision, in decimal.
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    /// The applied registry behind it.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    /// The default listener address.
-    pub fn default_listener_addr(&self) -> SocketAddr {
-        self.config.listener_addr
-    }
-
-    /// The resources of `type_url` for an Envoy whose listener binds `listener_addr`. Unknown
-    /// types get an empty set.
-    pub fn resources(&self, type_url: &str, listener_addr: SocketAddr) -> Arc<[Any]> {
-        match type_url {
-            CLUSTER_TYPE => self.clusters.clone(),
-            LISTENER_TYPE => {
-                let mut cache = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-                cache
-                    .entry(listener_addr)
-                    .or_insert_with(|| {
-                        if self.registry.is_empty() {
-                            // Envoy refuses a listener without filter chains; with no builders
-                            // there is no listener, and connections are refused.
-                            Arc::from([])
-                        } else {
-                            let l = listener(
-                                self.registry.iter().map(|b| &**b),
-                                &self.config.listener_name,
-                                listener_addr,
-                            );
-                            Arc::from([any(LISTENER_TYPE, &l)])
-                        }
-                    })
-                    .clone()
-            }
-            _ => Arc::from([]),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use concord_registry::{Batch, Command, Source};
-
-    fn registry(n: usize) -> Arc<Registry> {
-        let mut r = Registry::new();
-        let upserts = (0..n)
-            .map(|i| Builder {
-                id: format!("b{i}"),
-                addr: format!("10.0.0.{}:443", i % 250 + 1).parse().unwrap(),
-                sni: format!("b{i}.builders.example.com"),
-                region: String::new(),
-                labels: Default::default(),
-                source: Source::Api,
-            })
-            .collect();
-        r.apply(
-            7,
-            &Command::new(
-                Source::Api,
-                Batch {
-                    upserts,
-                    removes: vec![],
-                },
-            ),
-        );
-        Arc::new(r)
-    }
-
-    #[test]
-    fn one_cluster_and_one_chain_per_builder() {
-        let snap = Snapshot::build(registry(3), ResourceConfig::default());
-        assert_eq!(snap.version(), "7");
-        let addr = snap.default_listener_addr();
-        let clusters = snap.resources(CLUSTER_TYPE, addr);
-        assert_eq!(clusters.len(), 3);
-        let c = Cluster::decode(clusters[1].value.as_slice()).unwrap();
-        assert_eq!(c.name, "builder_b1");
-        let listeners = snap.resources(LISTENER_TYPE, addr);
-        let l = Listener::decode(listeners[0].value.as_slice()).unwrap();
-        assert_eq!(l.filter_chains.len(), 3);
-        let m = l.filter_chains[2].filter_chain_match.clone().unwrap();
-        assert_eq!(m.server_names, ["b2.builders.example.com"]);
-        assert_eq!(m.transport_protocol, "tls");
-        assert!(snap.resources("type.googleapis.com/other", addr).is_empty());
-    }
-
-    #[test]
-    fn listener_is_encoded_once_per_address() {
-        let snap = Snapshot::build(registry(2), ResourceConfig::default());
-        let a: SocketAddr = "127.0.0.1:10001".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:10002".parse().unwrap();
-        let first = snap.resources(LISTENER_TYPE, a);
-        assert!(Arc::ptr_eq(&first, &snap.resources(LISTENER_TYPE, a)));
-        let other = Listener::decode(snap.resources(LISTENER_TYPE, b)[0].value.as_slice()).unwrap();
-        assert_eq!(
-            other.address.unwrap(),
-            socket_address(b),
-            "each address gets its own listener"
-        );
-    }
-
-    #[test]
-    fn dump_shows_what_is_served() {
-        let snap = Snapshot::build(registry(2), ResourceConfig::default());
-        let d = snap.dump();
-        assert_eq!(d.version_info, "7");
-        assert_eq!(d.clusters.len(), 2);
-        assert_eq!(d.clusters[0].name, "builder_b0");
-        assert_eq!(d.clusters[0].endpoint, "10.0.0.1:443");
-        let l = d.listener.unwrap();
-        assert_eq!(l.address, "0.0.0.0:10000");
-        assert_eq!(
-            l.filter_chains[1],
-            (
-                "b1.builders.example.com".to_string(),
-                "builder_b1".to_string()
-            )
-        );
-    }
-
-    #[test]
-    fn empty_registry_has_no_listener() {
-        let snap = Snapshot::build(Arc::new(Registry::new()), ResourceConfig::default());
-        assert!(
-            snap.resources(LISTENER_TYPE, snap.default_listener_addr())
-                .is_empty()
-        );
-        assert_eq!(snap.version(), "0");
     }
 }
 
@@ -339,6 +244,8 @@ pub struct Dump {
     pub listener: Option<ListenerDump>,
     /// One STATIC cluster per builder.
     pub clusters: Vec<ClusterDump>,
+    /// Builders the listener mode cannot route to (sni-cluster mode: SNI outside the suffix).
+    pub skipped: Vec<String>,
 }
 
 /// A listener, summarised.
@@ -348,7 +255,7 @@ pub struct ListenerDump {
     pub name: String,
     /// Where it binds.
     pub address: String,
-    /// SNI name → cluster, one per filter chain.
+    /// SNI name (or wildcard) → chain name, one per filter chain.
     pub filter_chains: Vec<(String, String)>,
 }
 
@@ -419,9 +326,10 @@ impl Snapshot {
                 name: l.name,
             });
         Dump {
-            version_info: self.version.clone(),
+            version_info: self.version().to_string(),
             listener,
             clusters,
+            skipped: self.skipped(),
         }
     }
 }

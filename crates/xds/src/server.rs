@@ -1,4 +1,5 @@
-//! The ADS server of one replica (state of the world), with the standard gRPC health service.
+//! The ADS server of one replica, with the standard gRPC health service: state-of-the-world
+//! streams here, delta streams in `delta_stream.rs` (same rules, same bookkeeping in `push.rs`).
 //!
 //! One task turns each applied registry revision into a [`Snapshot`] (built once, shared by every
 //! stream). Each stream runs [`StreamState`] against the latest snapshot: it answers requests,
@@ -8,9 +9,11 @@
 
 use crate::LISTENER_ADDRESS_KEY;
 use crate::envoys::{EnvoyStatus, Envoys};
+use crate::push::Pushes;
 use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
 use concord_registry::Registry;
+use concord_telemetry::AppliedRevision;
 use concord_tls::XdsTls;
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -20,11 +23,12 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -44,17 +48,24 @@ pub struct XdsConfig {
 }
 
 /// For the revisions after the first argument up to the second: when each was applied here,
-/// and when its change was first seen (Unix µs), for the latency histograms.
-pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<(Instant, Option<u64>)> + Send + Sync>;
+/// when its change was first seen, and its apply span: for the latency histograms and the push
+/// spans.
+pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<AppliedRevision> + Send + Sync>;
 
-struct Inner {
-    config: XdsConfig,
-    times: RevisionTimesFn,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    serving: watch::Receiver<bool>,
-    envoys: Envoys,
-    next_stream: AtomicU64,
-    shutdown: CancellationToken,
+/// Brings this replica up to date with the cluster (a linearizable read barrier: everything
+/// committed before the call is applied here) and returns the applied registry revision.
+pub type ReadBarrierFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send>> + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub(crate) config: XdsConfig,
+    pub(crate) times: RevisionTimesFn,
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) serving: watch::Receiver<bool>,
+    pub(crate) envoys: Envoys,
+    pub(crate) next_stream: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) read_barrier: Option<ReadBarrierFn>,
 }
 
 /// The xDS side of a replica. Cheap to clone.
@@ -83,8 +94,18 @@ impl XdsServer {
                 envoys: Envoys::default(),
                 next_stream: AtomicU64::new(1),
                 shutdown,
+                read_barrier: None,
             }),
         }
+    }
+
+    /// How a delta stream whose Envoy may hold a newer revision catches up with the cluster
+    /// before answering (DESIGN rule 3). Call right after [`XdsServer::new`].
+    pub fn with_read_barrier(mut self, barrier: ReadBarrierFn) -> XdsServer {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.read_barrier = Some(barrier);
+        }
+        self
     }
 
     /// The Envoys streaming from this replica now.
@@ -170,10 +191,7 @@ struct XdsService {
 
 impl XdsService {
     /// The Envoy id the caller's certificate binds it to, if node ids are bound.
-    fn bound_id(
-        &self,
-        request: &Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Option<String>, Status> {
+    fn bound_id<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
         let Some(tls) = self.tls.as_ref().filter(|t| t.binds_node_id()) else {
             return Ok(None);
         };
@@ -196,7 +214,9 @@ fn spawn_snapshots(
     shutdown: CancellationToken,
 ) -> watch::Receiver<Arc<Snapshot>> {
     let first = registry.borrow_and_update().clone();
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::build(first, config.clone())));
+    let first = Snapshot::build(first, config);
+    crate::snapshot::log_skips(&first, &first);
+    let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -207,12 +227,18 @@ fn spawn_snapshots(
             if reg.revision() == tx.borrow().revision() {
                 continue;
             }
-            let config = config.clone();
-            // Large registries take milliseconds to encode: keep that off the async workers.
-            let snap = tokio::task::spawn_blocking(move || Snapshot::build(reg, config)).await;
+            let prev = tx.borrow().clone();
+            // Only changed builders are encoded, but a large change still takes milliseconds:
+            // keep it off the async workers.
+            let snap = tokio::task::spawn_blocking(move || prev.next(reg)).await;
             match snap {
                 Ok(s) => {
-                    tracing::debug!(revision = s.revision(), "new xDS snapshot");
+                    crate::snapshot::log_skips(&tx.borrow(), &s);
+                    tracing::debug!(
+                        revision = s.revision(),
+                        encoded = s.serialised(),
+                        "new xDS snapshot"
+                    );
                     tx.send_replace(Arc::new(s));
                 }
                 Err(error) => tracing::error!(%error, "building the xDS snapshot failed"),
@@ -223,7 +249,7 @@ fn spawn_snapshots(
 }
 
 /// The listener address an Envoy asks for in its node metadata, if any.
-fn listener_addr(node: &Node) -> Option<SocketAddr> {
+pub(crate) fn listener_addr(node: &Node) -> Option<SocketAddr> {
     let fields = &node.metadata.as_ref()?.fields;
     match fields.get(LISTENER_ADDRESS_KEY)?.kind.as_ref()? {
         Kind::StringValue(s) => s.parse().ok(),
@@ -256,8 +282,7 @@ impl AggregatedDiscoveryService for XdsService {
             tx,
             state: StreamState::new(),
             node: None,
-            sent_at: HashMap::new(),
-            known: HashMap::new(),
+            pushes: Pushes::default(),
             listener_addr: inner.snapshots.borrow().default_listener_addr(),
             snapshots: inner.snapshots.clone(),
         };
@@ -269,11 +294,10 @@ impl AggregatedDiscoveryService for XdsService {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served yet; use state of the world (ads_config.api_type: GRPC)",
-        ))
+        let bound_id = self.bound_id(&request)?;
+        crate::delta_stream::start(self.xds.inner.clone(), request, bound_id)
     }
 }
 
@@ -287,16 +311,35 @@ struct Stream {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     state: StreamState,
     node: Option<Node>,
-    /// When the last response of each type went out.
-    sent_at: HashMap<String, Instant>,
-    /// The newest version of each type the Envoy is known to hold.
-    known: HashMap<String, u64>,
+    /// What was sent, ACKed and NACKed, for status and metrics.
+    pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
+/// With Envoy ids bound to certificates: ends a stream whose `node.id` is not the id its client
+/// certificate names.
+pub(crate) fn check_bound(
+    bound: Option<&str>,
+    node: &Node,
+    stream: u64,
+    peer: Option<SocketAddr>,
+) -> Result<(), End> {
+    match bound {
+        Some(bound) if bound != node.id => {
+            tracing::warn!(stream, node = %node.id, cert = %bound, ?peer,
+                "refused an Envoy whose node id is not the one its certificate names");
+            Err(End::Status(Status::permission_denied(format!(
+                "node.id {:?} is not the Envoy id {bound:?} that the client certificate names",
+                node.id
+            ))))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Completes when a stream of this id has reached the maximum age (never, without one).
-async fn max_age(age: Option<Duration>, stream: u64) {
+pub(crate) async fn max_age(age: Option<Duration>, stream: u64) {
     match age {
         Some(age) => {
             // ±10% jitter from the stream id, so Envoys do not reconnect in lockstep.
@@ -308,7 +351,7 @@ async fn max_age(age: Option<Duration>, stream: u64) {
 }
 
 /// Why a stream stopped.
-enum End {
+pub(crate) enum End {
     /// The Envoy closed it, or this replica is shutting down.
     Closed,
     /// End it with this status so the Envoy reconnects (elsewhere).
@@ -368,16 +411,7 @@ impl Stream {
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
             let node = req.node.clone().unwrap_or_default();
-            if let Some(bound) = &self.bound_id
-                && *bound != node.id
-            {
-                tracing::warn!(stream = self.id, node = %node.id, cert = %bound, peer = ?self.peer,
-                    "refused an Envoy whose node id is not the one its certificate names");
-                return Err(End::Status(Status::permission_denied(format!(
-                    "node.id {:?} is not the Envoy id {bound:?} that the client certificate names",
-                    node.id
-                ))));
-            }
+            check_bound(self.bound_id.as_deref(), &node, self.id, self.peer)?;
             if let Some(addr) = listener_addr(&node) {
                 self.listener_addr = addr;
             }
@@ -390,7 +424,7 @@ impl Stream {
         let nacked_before = self.xds.envoys.nacked_before(self.node_id(), &req.type_url);
         if req.response_nonce.is_empty() {
             let had = crate::sotw::parse_version(&req.version_info).unwrap_or(0);
-            self.known.insert(req.type_url.clone(), had);
+            self.pushes.reported(&req.type_url, had);
         }
         let decision = self.state.on_request(
             &req.type_url,
@@ -421,57 +455,25 @@ impl Stream {
                 self.send(&req.type_url).await?;
             }
             Decision::Acked(version) => {
-                self.xds.envoys.acked(self.id, &req.type_url, version);
-                self.observe_ack(&req.type_url, version);
+                let x = &self.xds;
+                self.pushes
+                    .acked(&x.envoys, &x.times, self.id, &req.type_url, version);
             }
             Decision::Nacked { version, message } => {
-                tracing::warn!(
-                    stream = self.id,
-                    node = self.node_id(),
-                    type_url = %req.type_url,
+                let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+                self.pushes.nacked(
+                    &self.xds.envoys,
+                    self.id,
+                    node,
+                    &req.type_url,
                     version,
-                    %message,
-                    "Envoy rejected a config (NACK); holding this version back from it"
+                    &message,
                 );
-                self.xds
-                    .envoys
-                    .nacked(self.id, self.node_id(), &req.type_url, version, &message);
-                let m = concord_telemetry::metrics();
-                m.nacks.inc();
-                if let Some(at) = self.sent_at.get(&req.type_url) {
-                    m.push_duration.observe(at.elapsed());
-                }
             }
             Decision::Ignore => {}
         }
         // A wait may have let the snapshot move past what other types were sent.
         self.push_stale().await
-    }
-
-    /// Records an ACK in the metrics: push duration always; commit-to-ACK and discovery-to-ACK
-    /// once for every change the Envoy newly accepts with it (its clusters; several changes may
-    /// arrive in one push), and not when it re-ACKs a version it already had (a reconnect).
-    fn observe_ack(&mut self, type_url: &str, version: u64) {
-        let m = concord_telemetry::metrics();
-        m.acks.inc();
-        if let Some(at) = self.sent_at.get(type_url) {
-            m.push_duration.observe(at.elapsed());
-        }
-        let had = self
-            .known
-            .insert(type_url.to_string(), version)
-            .unwrap_or(0);
-        if type_url != crate::CLUSTER_TYPE || version <= had {
-            return;
-        }
-        let now = concord_telemetry::unix_micros();
-        for (applied_at, seen_at_us) in (self.xds.times)(had, version) {
-            m.commit_to_ack.observe(applied_at.elapsed());
-            if let Some(seen) = seen_at_us {
-                m.discovery_to_ack
-                    .observe(Duration::from_micros(now.saturating_sub(seen)));
-            }
-        }
     }
 
     async fn push_stale(&mut self) -> Result<(), End> {
@@ -486,9 +488,16 @@ impl Stream {
         let snapshot = self.snapshots.borrow().clone();
         let resources = snapshot.resources(type_url, self.listener_addr);
         let nonce = self.state.record_sent(type_url, snapshot.revision());
-        concord_telemetry::metrics().pushes.inc();
-        self.sent_at.insert(type_url.to_string(), Instant::now());
-        self.xds.envoys.sent(self.id, type_url, snapshot.revision());
+        let counts = (resources.len(), 0);
+        let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+        self.pushes.sent(
+            &self.xds.envoys,
+            &self.xds.times,
+            (self.id, node),
+            type_url,
+            snapshot.revision(),
+            counts,
+        );
         let resp = DiscoveryResponse {
             version_info: snapshot.version().to_string(),
             resources: resources.to_vec(),

@@ -1,0 +1,198 @@
+//! Push bookkeeping shared by both protocols (state of the world and delta): every response
+//! sent, ACKed or NACKed goes through here into the Envoys' status ([`Envoys`]) and the metrics,
+//! so there is one place to observe a push from start to answer — and to trace it: a push that
+//! delivers a traced change opens an `xds.push` span under this replica's apply of it, ended by
+//! the Envoy's ACK (ok) or NACK (error with its message).
+
+use crate::envoys::Envoys;
+use crate::server::RevisionTimesFn;
+use concord_telemetry::trace::Span;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The pushes of one stream.
+#[derive(Default)]
+pub(crate) struct Pushes {
+    /// When the last response of each type went out.
+    sent_at: HashMap<String, Instant>,
+    /// The newest revision of each type the Envoy is known to hold.
+    known: HashMap<String, u64>,
+    /// The trace span of the push of the newest traced change, until the Envoy ACKs (or NACKs)
+    /// every type sent at its revision.
+    span: Option<PushSpan>,
+}
+
+/// The open push span of one stream.
+struct PushSpan {
+    revision: u64,
+    /// Types sent at `revision` and not yet ACKed.
+    pending: Vec<String>,
+    span: Span,
+}
+
+impl Drop for Pushes {
+    fn drop(&mut self) {
+        if let Some(p) = self.span.take() {
+            p.span.fail("the stream ended before the Envoy ACKed");
+        }
+    }
+}
+
+impl Pushes {
+    /// A new stream's Envoy reports holding `revision` of `type_url` (0: nothing, or unknown).
+    pub(crate) fn reported(&mut self, type_url: &str, revision: u64) {
+        self.known.insert(type_url.to_string(), revision);
+    }
+
+    /// A response of `revision` with `resources` and `removals` is going out.
+    pub(crate) fn sent(
+        &mut self,
+        envoys: &Envoys,
+        times: &RevisionTimesFn,
+        (stream, node_id): (u64, &str),
+        type_url: &str,
+        revision: u64,
+        (resources, removals): (usize, usize),
+    ) {
+        let m = concord_telemetry::metrics();
+        m.pushes.inc();
+        m.resources_sent.add(resources as u64);
+        self.sent_at.insert(type_url.to_string(), Instant::now());
+        envoys.sent(stream, type_url, revision, resources, removals);
+        if concord_telemetry::trace::enabled() {
+            self.trace_sent(times, stream, node_id, type_url, revision);
+        }
+    }
+
+    /// Opens (or extends) the push span of `revision` when it delivers a traced change: one
+    /// span per Envoy and revision, covering every type sent at it, a child of this replica's
+    /// apply of the newest change it delivers.
+    fn trace_sent(
+        &mut self,
+        times: &RevisionTimesFn,
+        stream: u64,
+        node_id: &str,
+        type_url: &str,
+        revision: u64,
+    ) {
+        if let Some(p) = &mut self.span {
+            if p.revision == revision {
+                if !p.pending.iter().any(|t| t == type_url) {
+                    p.pending.push(type_url.to_string());
+                }
+                return;
+            }
+            if let Some(old) = self.span.take() {
+                // Overtaken by a newer revision before every ACK: ends without a status.
+                let mut span = old.span;
+                span.set("xds.superseded_by", revision as i64);
+            }
+        }
+        let had = self.known.get(type_url).copied().unwrap_or(0);
+        if revision <= had {
+            return;
+        }
+        let changes = times(had, revision);
+        let Some(parent) = changes.iter().rev().find_map(|t| t.trace.as_ref()) else {
+            return;
+        };
+        let mut span = Span::child_of(parent, "xds.push");
+        span.set("envoy.node_id", node_id.to_string());
+        span.set("xds.stream", stream as i64);
+        span.set("xds.version", revision as i64);
+        span.set("xds.changes", changes.len() as i64);
+        self.span = Some(PushSpan {
+            revision,
+            pending: vec![type_url.to_string()],
+            span,
+        });
+    }
+
+    /// Ends the push span of `revision` once every type sent at it is ACKed, or at once with an
+    /// error on a NACK.
+    fn trace_answer(&mut self, type_url: &str, revision: u64, nack: Option<&str>) {
+        let Some(p) = &mut self.span else { return };
+        if p.revision != revision {
+            return;
+        }
+        if let Some(message) = nack {
+            if let Some(p) = self.span.take() {
+                let mut span = p.span;
+                span.set("xds.nacked_type", type_url.to_string());
+                span.fail(message);
+            }
+            return;
+        }
+        p.pending.retain(|t| t != type_url);
+        if p.pending.is_empty()
+            && let Some(p) = self.span.take()
+        {
+            p.span.ok();
+        }
+    }
+
+    /// The Envoy ACKed `revision`. Records push duration always; commit-to-ACK and
+    /// discovery-to-ACK once for every change the Envoy newly accepts with it (its clusters;
+    /// several changes may arrive in one push), and not when it re-ACKs a revision it already
+    /// had (a reconnect).
+    pub(crate) fn acked(
+        &mut self,
+        envoys: &Envoys,
+        times: &RevisionTimesFn,
+        stream: u64,
+        type_url: &str,
+        revision: u64,
+    ) {
+        envoys.acked(stream, type_url, revision);
+        self.trace_answer(type_url, revision, None);
+        let m = concord_telemetry::metrics();
+        m.acks.inc();
+        if let Some(at) = self.sent_at.get(type_url) {
+            m.push_duration.observe(at.elapsed());
+        }
+        let had = self
+            .known
+            .insert(type_url.to_string(), revision)
+            .unwrap_or(0);
+        if type_url != crate::CLUSTER_TYPE || revision <= had {
+            return;
+        }
+        let now = concord_telemetry::unix_micros();
+        for t in times(had, revision) {
+            m.commit_to_ack.observe(t.applied_at.elapsed());
+            if let Some(seen) = t.seen_at_us {
+                m.discovery_to_ack
+                    .observe(Duration::from_micros(now.saturating_sub(seen)));
+            }
+        }
+    }
+
+    /// The Envoy NACKed `revision`: logged, counted, shown in its status, and remembered so
+    /// that revision is not sent to it again.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn nacked(
+        &mut self,
+        envoys: &Envoys,
+        stream: u64,
+        node_id: &str,
+        type_url: &str,
+        revision: u64,
+        message: &str,
+    ) {
+        tracing::warn!(
+            stream,
+            node = node_id,
+            type_url,
+            version = revision,
+            %message,
+            "Envoy rejected a config (NACK); holding this version back from it"
+        );
+        envoys.nacked(stream, node_id, type_url, revision, message);
+        self.trace_answer(type_url, revision, Some(message));
+        let m = concord_telemetry::metrics();
+        m.nacks.inc();
+        if let Some(at) = self.sent_at.get(type_url) {
+            m.push_duration.observe(at.elapsed());
+        }
+    }
+}

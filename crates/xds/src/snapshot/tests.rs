@@ -1,0 +1,242 @@
+use super::*;
+use crate::resources::{SNI_CLUSTER_CHAIN, socket_address_for_tests as socket_address};
+use concord_registry::{Batch, Command, Source};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+
+fn builder(i: usize, sni_domain: &str) -> Builder {
+    Builder {
+        id: format!("b{i}"),
+        addr: format!("10.0.0.{}:443", i % 250 + 1).parse().unwrap(),
+        sni: format!("b{i}.{sni_domain}"),
+        region: String::new(),
+        labels: Default::default(),
+        source: Source::Api,
+    }
+}
+
+fn apply(r: &mut Registry, index: u64, upserts: Vec<Builder>, removes: Vec<String>) {
+    r.apply(
+        index,
+        &Command::new(Source::Api, Batch { upserts, removes }),
+    );
+}
+
+fn registry(n: usize) -> Arc<Registry> {
+    let mut r = Registry::new();
+    apply(
+        &mut r,
+        7,
+        (0..n).map(|i| builder(i, "builders.example.com")).collect(),
+        vec![],
+    );
+    Arc::new(r)
+}
+
+fn sni_config() -> ResourceConfig {
+    ResourceConfig {
+        mode: ListenerMode::SniCluster {
+            suffix: "builders.example.com".into(),
+        },
+        ..ResourceConfig::default()
+    }
+}
+
+#[test]
+fn one_cluster_and_one_chain_per_builder() {
+    let snap = Snapshot::build(registry(3), ResourceConfig::default());
+    assert_eq!(snap.version(), "7");
+    let addr = snap.default_listener_addr();
+    let clusters = snap.resources(CLUSTER_TYPE, addr);
+    assert_eq!(clusters.len(), 3);
+    let c = Cluster::decode(clusters[1].value.as_slice()).unwrap();
+    assert_eq!(c.name, "builder_b1");
+    let listeners = snap.resources(LISTENER_TYPE, addr);
+    let l = Listener::decode(listeners[0].value.as_slice()).unwrap();
+    assert_eq!(l.filter_chains.len(), 3);
+    let m = l.filter_chains[2].filter_chain_match.clone().unwrap();
+    assert_eq!(m.server_names, ["b2.builders.example.com"]);
+    assert_eq!(m.transport_protocol, "tls");
+    assert!(snap.resources("type.googleapis.com/other", addr).is_empty());
+}
+
+#[test]
+fn assembled_listener_equals_the_one_built_whole() {
+    let reg = registry(5);
+    let snap = Snapshot::build(reg.clone(), ResourceConfig::default());
+    let addr = snap.default_listener_addr();
+    let got = Listener::decode(snap.resources(LISTENER_TYPE, addr)[0].value.as_slice()).unwrap();
+    let want = listener(
+        reg.iter().map(|b| filter_chain(b)).collect(),
+        "builders",
+        addr,
+    );
+    assert_eq!(got, want);
+}
+
+#[test]
+fn listener_is_encoded_once_per_address() {
+    let snap = Snapshot::build(registry(2), ResourceConfig::default());
+    let a: SocketAddr = "127.0.0.1:10001".parse().unwrap();
+    let b: SocketAddr = "127.0.0.1:10002".parse().unwrap();
+    let first = snap.resources(LISTENER_TYPE, a);
+    assert!(Arc::ptr_eq(&first, &snap.resources(LISTENER_TYPE, a)));
+    let other = Listener::decode(snap.resources(LISTENER_TYPE, b)[0].value.as_slice()).unwrap();
+    assert_eq!(
+        other.address.unwrap(),
+        socket_address(b),
+        "each address gets its own listener"
+    );
+}
+
+#[test]
+fn dump_shows_what_is_served() {
+    let snap = Snapshot::build(registry(2), ResourceConfig::default());
+    let d = snap.dump();
+    assert_eq!(d.version_info, "7");
+    assert_eq!(d.clusters.len(), 2);
+    assert_eq!(d.clusters[0].name, "builder_b0");
+    assert_eq!(d.clusters[0].endpoint, "10.0.0.1:443");
+    let l = d.listener.unwrap();
+    assert_eq!(l.address, "0.0.0.0:10000");
+    assert_eq!(
+        l.filter_chains[1],
+        (
+            "b1.builders.example.com".to_string(),
+            "builder_b1".to_string()
+        )
+    );
+}
+
+#[test]
+fn empty_registry_has_no_listener() {
+    let snap = Snapshot::build(Arc::new(Registry::new()), ResourceConfig::default());
+    assert!(
+        snap.resources(LISTENER_TYPE, snap.default_listener_addr())
+            .is_empty()
+    );
+    assert_eq!(snap.version(), "0");
+}
+
+#[test]
+fn sni_cluster_mode_has_one_suffix_chain_and_clusters_named_by_sni() {
+    let mut r = Registry::clone(&registry(2));
+    // Outside the suffix: the bare suffix, another domain, and a look-alike ending.
+    apply(
+        &mut r,
+        8,
+        vec![
+            Builder {
+                sni: "builders.example.com".into(),
+                ..builder(7, "x")
+            },
+            builder(8, "other.example.com"),
+            builder(9, "evilbuilders.example.com"),
+        ],
+        vec![],
+    );
+    let snap = Snapshot::build(Arc::new(r), sni_config());
+    let addr = snap.default_listener_addr();
+    let clusters: Vec<Cluster> = snap
+        .resources(CLUSTER_TYPE, addr)
+        .iter()
+        .map(|a| Cluster::decode(a.value.as_slice()).unwrap())
+        .collect();
+    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["b0.builders.example.com", "b1.builders.example.com"]
+    );
+    assert_eq!(snap.skipped(), ["b7", "b8", "b9"]);
+    let l = Listener::decode(snap.resources(LISTENER_TYPE, addr)[0].value.as_slice()).unwrap();
+    assert_eq!(l.filter_chains.len(), 1, "one chain, whatever the builders");
+    let fc = &l.filter_chains[0];
+    assert_eq!(fc.name, SNI_CLUSTER_CHAIN);
+    let m = fc.filter_chain_match.as_ref().unwrap();
+    assert_eq!(m.server_names, ["*.builders.example.com"]);
+    assert_eq!(m.transport_protocol, "tls");
+    let filters: Vec<&str> = fc.filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        filters,
+        [
+            "envoy.filters.network.sni_cluster",
+            "envoy.filters.network.tcp_proxy"
+        ]
+    );
+    assert!(l.default_filter_chain.is_none(), "no fallback chain");
+    // With no builders the listener is still there (it never changes).
+    let empty = Snapshot::build(Arc::new(Registry::new()), sni_config());
+    assert_eq!(empty.resources(LISTENER_TYPE, addr).len(), 1);
+}
+
+#[test]
+fn a_change_of_k_builders_serialises_k() {
+    for config in [ResourceConfig::default(), sni_config()] {
+        let mut r = Registry::clone(&registry(100));
+        let first = Snapshot::build(Arc::new(r.clone()), config.clone());
+        assert_eq!(first.serialised(), 100);
+        let addr = first.default_listener_addr();
+        let before = first.resources(LISTENER_TYPE, addr);
+        // k = 3: one added, one changed, one removed.
+        let mut moved = builder(5, "builders.example.com");
+        moved.addr = "10.9.9.9:443".parse().unwrap();
+        apply(
+            &mut r,
+            8,
+            vec![builder(100, "builders.example.com"), moved],
+            vec!["b7".into()],
+        );
+        let second = first.next(Arc::new(r.clone()));
+        assert_eq!(second.revision(), 8);
+        assert_eq!(second.serialised(), 2, "the removal encodes nothing");
+        // Unchanged builders share their encoded cluster with the previous snapshot.
+        let same = |a: &Snapshot, b: &Snapshot, name: &str| {
+            let x = a.clusters().find(|n| n.name.contains(name)).unwrap();
+            let y = b.clusters().find(|n| n.name.contains(name)).unwrap();
+            std::ptr::eq(x, y)
+        };
+        assert!(same(&first, &second, "b3"));
+        assert!(!same(&first, &second, "b5"));
+        assert_eq!(second.clusters().count(), 100);
+        // The result is what a full build gives.
+        let full = Snapshot::build(Arc::new(r.clone()), config.clone());
+        assert_eq!(
+            second.resources(CLUSTER_TYPE, addr),
+            full.resources(CLUSTER_TYPE, addr)
+        );
+        assert_eq!(
+            second.resources(LISTENER_TYPE, addr),
+            full.resources(LISTENER_TYPE, addr)
+        );
+        let after = second.resources(LISTENER_TYPE, addr);
+        match config.mode {
+            ListenerMode::FilterChains => assert_ne!(before, after),
+            // The sni-cluster listener is encoded once and never again.
+            ListenerMode::SniCluster { .. } => assert!(Arc::ptr_eq(&before, &after)),
+        }
+        // No change at all (a new revision with identical builders) encodes nothing.
+        assert_eq!(second.next(Arc::new(r)).serialised(), 0);
+    }
+}
+
+#[test]
+fn versions_are_content_hashes() {
+    let a = Snapshot::build(registry(3), ResourceConfig::default());
+    let mut r = Registry::clone(&registry(3));
+    apply(&mut r, 9, vec![builder(3, "builders.example.com")], vec![]);
+    // Built at another revision, from scratch: the same content has the same version.
+    let b = Snapshot::build(Arc::new(r), ResourceConfig::default());
+    let v = |s: &Snapshot, name: &str| {
+        s.clusters()
+            .find(|n| n.name == name)
+            .map(|n| n.version.clone())
+    };
+    assert_eq!(v(&a, "builder_b1"), v(&b, "builder_b1"));
+    assert_ne!(v(&a, "builder_b1"), v(&a, "builder_b2"));
+    let addr = a.default_listener_addr();
+    assert_ne!(
+        a.named_listener(addr).unwrap().version,
+        b.named_listener(addr).unwrap().version
+    );
+    assert_eq!(content_version(b""), "cbf29ce484222325");
+}
