@@ -242,7 +242,7 @@ impl World {
                 .map(|k| xds[(i + k) % xds.len()].as_str())
                 .collect();
             envoys.push(Arc::new(
-                Envoy::start(cluster.dir(), &format!("envoy-{}", i + 1), &order, true).await?,
+                Envoy::start(&cluster, &format!("envoy-{}", i + 1), &order, true).await?,
             ));
         }
         let world = World {

@@ -22,11 +22,14 @@ pub struct Ads {
 }
 
 impl Ads {
-    /// Opens a stream to the replica whose xDS address is `xds`.
-    pub async fn open(xds: &str) -> Result<Ads, tonic::Status> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+    /// Opens a stream to the replica of `c` whose xDS address is `xds` (over TLS when the
+    /// cluster uses it).
+    pub async fn open(c: &crate::Cluster, xds: &str) -> Result<Ads, tonic::Status> {
+        let channel = c
+            .xds_channel(xds, "scripted")
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(8);
         let rx = client
             .stream_aggregated_resources(ReceiverStream::new(rx))

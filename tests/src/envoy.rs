@@ -1,7 +1,7 @@
 //! Real Envoy processes for the tests, bootstrapped with `concord envoy-bootstrap` (the real
 //! CLI), and what their admin API says they accepted.
 
-use crate::{concord_bin, eventually, free_port};
+use crate::{Cluster, concord_bin, eventually, free_port};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -81,24 +81,47 @@ pub struct Versions {
 }
 
 impl Envoy {
-    /// Writes a bootstrap for `servers` (xDS addresses) in `dir` and starts Envoy with it,
-    /// speaking the bootstrap generator's default protocol.
+    /// Writes a bootstrap for `servers` (xDS addresses of `cluster`'s replicas) in the cluster's
+    /// directory and starts Envoy with it (over TLS when the cluster uses it), speaking the
+    /// bootstrap generator's default protocol.
     pub async fn start(
-        dir: &Path,
+        cluster: &Cluster,
         node_id: &str,
         servers: &[&str],
         prefer_first: bool,
     ) -> Result<Envoy> {
-        Self::start_with(dir, node_id, servers, prefer_first, None).await
+        Self::start_with(cluster, node_id, servers, prefer_first, None).await
     }
 
     /// As [`Envoy::start`], speaking `protocol` (the generator's default if `None`).
     pub async fn start_with(
+        cluster: &Cluster,
+        node_id: &str,
+        servers: &[&str],
+        prefer_first: bool,
+        protocol: Option<Protocol>,
+    ) -> Result<Envoy> {
+        let tls = cluster.bootstrap_args(node_id)?;
+        Self::start_in(
+            cluster.dir(),
+            node_id,
+            servers,
+            prefer_first,
+            protocol,
+            &tls,
+        )
+        .await
+    }
+
+    /// As [`Envoy::start_with`] in `dir`, with `bootstrap` as the TLS (or other extra)
+    /// `concord envoy-bootstrap` flags.
+    pub async fn start_in(
         dir: &Path,
         node_id: &str,
         servers: &[&str],
         prefer_first: bool,
         protocol: Option<Protocol>,
+        bootstrap: &[String],
     ) -> Result<Envoy> {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -115,6 +138,7 @@ impl Envoy {
         if prefer_first {
             cmd.arg("--prefer-first");
         }
+        cmd.args(bootstrap);
         if let Some(p) = protocol {
             cmd.args(["--xds-protocol", p.flag()]);
         }

@@ -9,6 +9,7 @@ pub mod ads;
 pub mod dns;
 pub mod envoy;
 pub mod otlp;
+pub mod pki;
 pub mod tls;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -236,6 +237,12 @@ pub struct Options {
     /// Bearer token the harness sends with every admin request (for clusters started with
     /// `--admin-token-file` in `extra`).
     pub admin_token: Option<String>,
+    /// Mutual TLS between replicas and TLS to Envoys, with certificates from `concord certs`
+    /// (the product's default); off runs the replicas with `--insecure`.
+    pub tls: bool,
+    /// With `tls`: replicas require Envoy client certificates and bind Envoy node ids to them
+    /// (`--xds-client-ca`, `--xds-bind-node-id`).
+    pub xds_client_certs: bool,
 }
 
 impl Options {
@@ -256,6 +263,8 @@ impl Default for Options {
             extra: Vec::new(),
             relaxed_elections: true,
             admin_token: None,
+            tls: true,
+            xds_client_certs: false,
         }
     }
 }
@@ -283,6 +292,7 @@ pub struct Cluster {
     pub name: String,
     opts: Options,
     members: String,
+    pki: Option<pki::Pki>,
     dir: TempDir,
     http: reqwest::Client,
 }
@@ -291,11 +301,20 @@ impl Cluster {
     /// Starts `opts.nodes` replicas as a new cluster and waits for a leader.
     pub async fn start(opts: Options) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("concord-test").tempdir()?;
+        let name = format!("test-{}", std::process::id());
+        let pki = match opts.tls {
+            true => {
+                let ids: Vec<u64> = (1..=opts.nodes).collect();
+                Some(pki::Pki::create(&dir.path().join("certs"), &name, &ids)?)
+            }
+            false => None,
+        };
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
-            name: format!("test-{}", std::process::id()),
+            name,
             opts: opts.clone(),
             members: String::new(),
+            pki,
             dir,
             http: admin_client(opts.admin_token.as_deref())?,
         };
@@ -350,6 +369,19 @@ impl Cluster {
                 ["--heartbeat-ms", "100", "--election-timeout-ms", "500-1000"].map(String::from),
             );
         }
+        match &self.pki {
+            Some(pki) => {
+                args.extend(pki.serve_args(id)?);
+                if self.opts.xds_client_certs {
+                    args.extend([
+                        "--xds-client-ca".into(),
+                        pki.ca().display().to_string(),
+                        "--xds-bind-node-id".into(),
+                    ]);
+                }
+            }
+            None => args.push("--insecure".into()),
+        }
         args.extend(self.opts.extra.iter().cloned());
         let mut r = Replica {
             id,
@@ -365,6 +397,37 @@ impl Cluster {
         r.start()?;
         self.nodes.insert(id, r);
         Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// The cluster's certificates (None when it runs with `--insecure`).
+    pub fn pki(&self) -> Option<&pki::Pki> {
+        self.pki.as_ref()
+    }
+
+    /// `concord envoy-bootstrap` flags for Envoy `id` to reach this cluster (TLS with a client
+    /// certificate unless the cluster is plaintext).
+    pub fn bootstrap_args(&self, id: &str) -> Result<Vec<String>> {
+        match &self.pki {
+            Some(pki) => pki.bootstrap_args(id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A gRPC channel to a replica's xDS address, over TLS with a client certificate for Envoy
+    /// `envoy` when the cluster uses TLS.
+    pub async fn xds_channel(&self, addr: &str, envoy: &str) -> Result<tonic::transport::Channel> {
+        match &self.pki {
+            Some(pki) => {
+                let (cert, key) = pki.envoy(envoy)?;
+                let config = pki.client_config(Some((&cert, &key)))?;
+                pki::channel(addr, config).await
+            }
+            None => Ok(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect()
+                    .await?,
+            ),
+        }
     }
 
     /// The cluster's temporary directory (for Envoy bootstraps and logs).

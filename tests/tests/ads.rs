@@ -28,10 +28,12 @@ struct Ads {
 }
 
 impl Ads {
-    async fn open(xds: &str) -> Result<Ads, tonic::Status> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+    async fn open(c: &Cluster, xds: &str) -> Result<Ads, tonic::Status> {
+        let channel = c
+            .xds_channel(xds, "scripted")
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(8);
         let rx = client
             .stream_aggregated_resources(ReceiverStream::new(rx))
@@ -80,10 +82,8 @@ impl Ads {
     }
 }
 
-async fn health(xds: &str) -> Result<i32> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?
-        .connect()
-        .await?;
+async fn health(c: &Cluster, xds: &str) -> Result<i32> {
+    let channel = c.xds_channel(xds, "scripted").await?;
     let mut client = HealthClient::new(channel);
     let resp = client
         .check(HealthCheckRequest {
@@ -104,7 +104,7 @@ async fn replica_behind_the_envoy_holds_or_turns_it_away() -> Result<()> {
     let xds = c.nodes[&1].xds.clone();
 
     // The Envoy claims the next revision: the replica holds the answer until it has applied it.
-    let mut ads = Ads::open(&xds).await?;
+    let mut ads = Ads::open(&c, &xds).await?;
     ads.request(&(rev + 1).to_string(), "", None).await?;
     let rev2 = c.put(2, "b2", 9002).await?;
     let r = ads.next().await?;
@@ -118,7 +118,7 @@ async fn replica_behind_the_envoy_holds_or_turns_it_away() -> Result<()> {
 
     // The Envoy claims a revision far ahead: after the catch-up timeout the stream ends with
     // UNAVAILABLE, and nothing older was ever sent.
-    let mut ads = Ads::open(&xds).await?;
+    let mut ads = Ads::open(&c, &xds).await?;
     let t0 = Instant::now();
     ads.request(&(rev2 + 1000).to_string(), "", None).await?;
     match ads.next().await {
@@ -147,10 +147,10 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
     let lone = 1;
     let xds = c.nodes[&lone].xds.clone();
     ensure!(
-        health(&xds).await? == ServingStatus::Serving as i32,
+        health(&c, &xds).await? == ServingStatus::Serving as i32,
         "serving at first"
     );
-    let mut ads = Ads::open(&xds).await?;
+    let mut ads = Ads::open(&c, &xds).await?;
     ads.request("", "", None).await?;
     ads.next().await?;
 
@@ -158,7 +158,7 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
         c.node(id).kill();
     }
     eventually(T, "the cut-off replica reports NOT_SERVING", || async {
-        let s = health(&xds).await?;
+        let s = health(&c, &xds).await?;
         ensure!(s == ServingStatus::NotServing as i32, "health {s}");
         Ok(())
     })
@@ -170,7 +170,7 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
             "stream ended with {s:?}"
         ),
     }
-    match Ads::open(&xds).await {
+    match Ads::open(&c, &xds).await {
         Ok(_) => bail!("a stale replica must refuse new streams"),
         Err(s) => ensure!(s.code() == tonic::Code::Unavailable, "{s:?}"),
     }
@@ -179,7 +179,7 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
         c.node(id).start()?;
     }
     eventually(T, "serving again", || async {
-        let s = health(&xds).await?;
+        let s = health(&c, &xds).await?;
         ensure!(s == ServingStatus::Serving as i32, "health {s}");
         Ok(())
     })
@@ -199,7 +199,7 @@ async fn nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
         Ok(())
     })
     .await?;
-    let mut ads = Ads::open(&c.nodes[&1].xds).await?;
+    let mut ads = Ads::open(&c, &c.nodes[&1].xds).await?;
     ads.request("", "", None).await?;
     let first = ads.next().await?;
     let v1: u64 = first.version_info.parse()?;
@@ -236,7 +236,7 @@ async fn unknown_types_get_an_empty_set_and_responses_name_the_replica() -> Resu
     let c = Cluster::start(Options::default()).await?;
     let rev = c.put(1, "b1", 9001).await?;
     c.builders(1, true).await?;
-    let mut ads = Ads::open(&c.nodes[&1].xds).await?;
+    let mut ads = Ads::open(&c, &c.nodes[&1].xds).await?;
     let rds = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     ads.request_type(rds, "", "", None).await?;
     let r = ads.next().await?;
@@ -258,7 +258,7 @@ async fn streams_end_at_the_maximum_age() -> Result<()> {
         ..Options::default()
     })
     .await?;
-    let mut ads = Ads::open(&c.nodes[&2].xds).await?;
+    let mut ads = Ads::open(&c, &c.nodes[&2].xds).await?;
     let t0 = Instant::now();
     ads.request("", "", None).await?;
     ads.next().await?;
@@ -284,10 +284,12 @@ struct DeltaAds {
 }
 
 impl DeltaAds {
-    async fn open(xds: &str) -> Result<DeltaAds, tonic::Status> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+    async fn open(c: &Cluster, xds: &str) -> Result<DeltaAds, tonic::Status> {
+        let channel = c
+            .xds_channel(xds, "scripted")
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(8);
         let rx = client
             .delta_aggregated_resources(ReceiverStream::new(rx))
@@ -354,7 +356,7 @@ async fn delta_reconnect_gets_what_differs_and_a_cut_off_replica_turns_it_away()
     let rev = c.put(1, "b2", 9002).await?;
     let xds = c.nodes[&1].xds.clone();
     // A fresh Envoy gets everything, versioned by content.
-    let mut ads = DeltaAds::open(&xds).await?;
+    let mut ads = DeltaAds::open(&c, &xds).await?;
     ads.subscribe(CDS, &[]).await?;
     let all = ads.next().await?;
     ensure!(names(&all) == ["builder_b1", "builder_b2"], "{all:?}");
@@ -364,7 +366,7 @@ async fn delta_reconnect_gets_what_differs_and_a_cut_off_replica_turns_it_away()
 
     // A reconnecting Envoy that holds b2 as served, an older b1 and a builder that is gone
     // (from a newer revision, as far as this replica can tell: it catches up first).
-    let mut ads = DeltaAds::open(&c.nodes[&2].xds).await?;
+    let mut ads = DeltaAds::open(&c, &c.nodes[&2].xds).await?;
     ads.subscribe(
         CDS,
         &[
@@ -384,13 +386,13 @@ async fn delta_reconnect_gets_what_differs_and_a_cut_off_replica_turns_it_away()
     for id in [2, 3] {
         c.node(id).kill();
     }
-    let mut fresh = DeltaAds::open(&xds).await?;
+    let mut fresh = DeltaAds::open(&c, &xds).await?;
     fresh.subscribe(CDS, &[]).await?;
     ensure!(
         names(&fresh.next().await?).len() == 2,
         "fresh Envoy answered"
     );
-    let mut ahead = DeltaAds::open(&xds).await?;
+    let mut ahead = DeltaAds::open(&c, &xds).await?;
     let t0 = Instant::now();
     ahead.subscribe(CDS, &[("builder_b3", "x")]).await?;
     match ahead.next().await {
@@ -418,7 +420,7 @@ async fn delta_nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
         Ok(())
     })
     .await?;
-    let mut ads = DeltaAds::open(&c.nodes[&1].xds).await?;
+    let mut ads = DeltaAds::open(&c, &c.nodes[&1].xds).await?;
     ads.subscribe(CDS, &[]).await?;
     let first = ads.next().await?;
     ensure!(names(&first) == ["builder_b1"], "{first:?}");
@@ -457,7 +459,7 @@ async fn delta_unknown_types_get_nothing_and_responses_name_the_replica() -> Res
     .await?;
     c.put(1, "b1", 9001).await?;
     c.builders(1, true).await?;
-    let mut ads = DeltaAds::open(&c.nodes[&1].xds).await?;
+    let mut ads = DeltaAds::open(&c, &c.nodes[&1].xds).await?;
     let t0 = Instant::now();
     let rds = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     ads.subscribe(rds, &[]).await?;

@@ -41,6 +41,23 @@ fn invalid_config_exits_before_starting() {
             &["--config", "/nonexistent/concord.toml"],
             "cannot read config file",
         ),
+        (&[], "TLS is required"),
+        (&["--tls-ca", "/nonexistent/ca.pem"], "go together"),
+        (
+            &[
+                "--tls-ca",
+                "/nonexistent/ca.pem",
+                "--tls-cert",
+                "/nonexistent/node-1.pem",
+                "--tls-key",
+                "/nonexistent/node-1-key.pem",
+            ],
+            "cannot read /nonexistent/",
+        ),
+        (
+            &["--insecure", "--xds-client-ca", "/nonexistent/ca.pem"],
+            "need TLS on the xDS port",
+        ),
     ];
     for (args, want) in cases {
         let (code, err) = serve(args);
@@ -202,6 +219,9 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
         &xds2,
         "--initial-members",
         "none",
+        // Plaintext: these runs are about the data dir (a certificate would have to name the
+        // other cluster's or node's identity first).
+        "--insecure",
     ]);
     ensure!(
         code != 0 && err.contains("in use by another process"),
@@ -221,6 +241,7 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
         &members,
         "--admin-addr",
         &admin,
+        "--insecure",
     ];
     // Another cluster's name on this data dir.
     let mut args = base.to_vec();

@@ -95,7 +95,7 @@ async fn each_record_format_reaches_envoy_and_leaves_again() -> Result<()> {
     c.put(1, "manual", 9001).await?;
     let ca = TestCa::new()?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
-    let envoy = Envoy::start(c.dir(), "envoy-dns", &x, false).await?;
+    let envoy = Envoy::start(&c, "envoy-dns", &x, false).await?;
 
     // TXT (Fly style): a builder on 127.0.0.11.
     let t1 = TlsBuilder::start_on(

@@ -101,8 +101,8 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version(p: Protocol) ->
     c.put_at(2, "b2", b2.addr, &sni("b2")).await?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
     // Each Envoy prefers another replica, so they stream from different ones.
-    let e1 = Envoy::start_with(c.dir(), "envoy-1", &[x[0], x[1], x[2]], true, Some(p)).await?;
-    let e2 = Envoy::start_with(c.dir(), "envoy-2", &[x[1], x[2], x[0]], true, Some(p)).await?;
+    let e1 = Envoy::start_with(&c, "envoy-1", &[x[0], x[1], x[2]], true, Some(p)).await?;
+    let e2 = Envoy::start_with(&c, "envoy-2", &[x[1], x[2], x[0]], true, Some(p)).await?;
     for e in [&e1, &e2] {
         routes(&ca, e, "b1").await?;
         routes(&ca, e, "b2").await?;
@@ -154,7 +154,7 @@ async fn envoy_fails_over_when_its_replica_is_killed(p: Protocol) -> Result<()> 
     c.put_at(2, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let servers = [x[0].as_str(), &x[1], &x[2]];
-    let e = Arc::new(Envoy::start_with(c.dir(), "envoy-1", &servers, true, Some(p)).await?);
+    let e = Arc::new(Envoy::start_with(&c, "envoy-1", &servers, true, Some(p)).await?);
     routes(&ca, &e, "b1").await?;
     ensure!(
         c.envoys_on(1).await? == ["envoy-1"],
@@ -299,7 +299,7 @@ async fn failed_over_delta_envoy_gets_only_what_changed_in(sni_cluster: bool) ->
     c.put_at(1, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let servers = [x[0].as_str(), &x[1], &x[2]];
-    let e = Envoy::start_with(c.dir(), "envoy-1", &servers, true, Some(Protocol::Delta)).await?;
+    let e = Envoy::start_with(&c, "envoy-1", &servers, true, Some(Protocol::Delta)).await?;
     routes(&ca, &e, "b1").await?;
     let before = e.versions().await?;
     ensure!(c.envoys_on(1).await? == ["envoy-1"], "on node 1 first");
@@ -398,7 +398,7 @@ async fn a_real_envoy_takes_1000_builders(p: Protocol) -> Result<()> {
         .await?;
     ensure!(s == 200, "batch put: {s} {v}");
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
-    let e = Envoy::start_with(c.dir(), "envoy-big", &x, false, Some(p)).await?;
+    let e = Envoy::start_with(&c, "envoy-big", &x, false, Some(p)).await?;
     // The 1000th, added last, is a real TLS builder.
     let last = TlsBuilder::start(&ca, "last", &sni("last")).await?;
     c.put_at(2, "last", last.addr, &sni("last")).await?;
@@ -416,25 +416,48 @@ async fn a_real_envoy_takes_1000_builders(p: Protocol) -> Result<()> {
 #[test]
 fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let cases: [&[&str]; 2] = [
-        &[
-            "--servers",
-            "127.0.0.1:18001,127.0.0.1:18002,127.0.0.1:18003",
-            "--prefer-first",
+    // TLS and mutual TLS bootstraps need real files: Envoy loads them when it validates.
+    let pki = concord_tests::pki::Pki::create(&dir.path().join("certs"), "prod", &[1])?;
+    let (ca, (cert, key)) = (pki.ca(), pki.envoy("validate")?);
+    let s = |p: &std::path::Path| p.display().to_string();
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "--servers".into(),
+            "127.0.0.1:18001,127.0.0.1:18002,127.0.0.1:18003".into(),
+            "--prefer-first".into(),
         ],
-        &[
-            "--servers",
-            "concord-0.concord:18000,concord-1.concord:18000",
-            "--listener-address",
-            "0.0.0.0:10443",
-            "--xds-protocol",
-            "sotw",
+        vec![
+            "--servers".into(),
+            "concord-0.concord:18000,concord-1.concord:18000".into(),
+            "--listener-address".into(),
+            "0.0.0.0:10443".into(),
+            "--xds-protocol".into(),
+            "sotw".into(),
+        ],
+        vec![
+            "--servers".into(),
+            "127.0.0.1:18001,127.0.0.1:18002".into(),
+            "--tls-ca".into(),
+            s(&ca),
+            "--cluster".into(),
+            "prod".into(),
+        ],
+        vec![
+            "--servers".into(),
+            "concord-0.concord:18000".into(),
+            "--tls-ca".into(),
+            s(&ca),
+            "--tls-cert".into(),
+            s(&cert),
+            "--tls-key".into(),
+            s(&key),
+            "--any-server-identity".into(),
         ],
     ];
     for (i, args) in cases.iter().enumerate() {
         let out = std::process::Command::new(concord_tests::concord_bin())
             .args(["envoy-bootstrap", "--node-id", "validate"])
-            .args(*args)
+            .args(args)
             .output()?;
         ensure!(
             out.status.success(),

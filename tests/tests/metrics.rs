@@ -46,7 +46,7 @@ async fn metrics_parse_and_count_changes_to_ack() -> Result<()> {
     })
     .await?;
     let xds = c.nodes[&1].xds.clone();
-    let _envoy = Envoy::start(c.dir(), "envoy-m", &[&xds], false).await?;
+    let _envoy = Envoy::start(&c, "envoy-m", &[&xds], false).await?;
     // Each change: one DNS change and one API write, each ACKed by the Envoy on node 1.
     let mut changes = 0.0;
     for i in 0..3 {

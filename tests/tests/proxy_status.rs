@@ -36,12 +36,12 @@ fn cli(c: &Cluster, id: u64) -> Result<String> {
 async fn any_replica_shows_every_envoy_of_the_cluster() -> Result<()> {
     let mut c = Cluster::start(Options::default()).await?;
     let (x1, x3) = (c.nodes[&1].xds.clone(), c.nodes[&3].xds.clone());
-    let _e1 = Envoy::start(c.dir(), "envoy-p1", &[&x1], false).await?;
-    let _e3 = Envoy::start(c.dir(), "envoy-p3", &[&x3], false).await?;
+    let _e1 = Envoy::start(&c, "envoy-p1", &[&x1], false).await?;
+    let _e3 = Envoy::start(&c, "envoy-p3", &[&x3], false).await?;
     let rev = c.put(1, "p1", 9001).await?;
     c.all_acked(2, rev).await?;
     // A scripted client on node 2 that NACKs what it gets.
-    let mut ads = Ads::open(&c.nodes[&2].xds).await?;
+    let mut ads = Ads::open(&c, &c.nodes[&2].xds).await?;
     ads.request("", "", None).await?;
     let first = ads.next().await?;
     ads.request("", &first.nonce, Some("scripted rejection"))

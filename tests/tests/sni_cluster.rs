@@ -72,7 +72,7 @@ async fn sni_cluster_routes_builders_under_the_suffix(p: Protocol) -> Result<()>
     let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
     c.put_at(1, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
-    let e = Envoy::start_with(c.dir(), "envoy-1", &x, true, Some(p)).await?;
+    let e = Envoy::start_with(&c, "envoy-1", &x, true, Some(p)).await?;
     routes(&ca, &e, "b1").await?;
     // Clusters are named by SNI; the listener has one wildcard chain.
     let d = c.get(1, "/v1/xds/resources").await?;
@@ -109,7 +109,7 @@ async fn sni_outside_the_suffix_reaches_nothing() -> Result<()> {
     let x1 = TlsBuilder::start(&ca, "x1", outside).await?;
     c.put_at(1, "x1", x1.addr, outside).await?;
     let xds: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
-    let e = Envoy::start(c.dir(), "envoy-1", &xds, true).await?;
+    let e = Envoy::start(&c, "envoy-1", &xds, true).await?;
     routes(&ca, &e, "b1").await?;
     let d = c.get(1, "/v1/xds/resources").await?;
     ensure!(

@@ -45,8 +45,8 @@ async fn one_dns_change_is_one_trace_from_poll_to_every_envoy_ack() -> Result<()
     .await?;
     // Envoys on two different replicas, each held to its replica.
     let (x1, x2) = (c.nodes[&1].xds.clone(), c.nodes[&2].xds.clone());
-    let _e1 = Envoy::start(c.dir(), "envoy-t1", &[&x1], false).await?;
-    let _e2 = Envoy::start(c.dir(), "envoy-t2", &[&x2], false).await?;
+    let _e1 = Envoy::start(&c, "envoy-t1", &[&x1], false).await?;
+    let _e2 = Envoy::start(&c, "envoy-t2", &[&x2], false).await?;
     let leader = c.leader().await?;
     let before = c.status(leader).await?["revision"].as_u64().unwrap_or(0);
     c.all_acked(2, before).await?;
@@ -169,7 +169,7 @@ async fn a_nack_ends_its_push_span_with_the_error() -> Result<()> {
         Ok(())
     })
     .await?;
-    let mut ads = Ads::open(&c.nodes[&1].xds).await?;
+    let mut ads = Ads::open(&c, &c.nodes[&1].xds).await?;
     ads.request("", "", None).await?;
     let first = ads.next().await?;
     ensure!(first.version_info == rev.to_string(), "{first:?}");
@@ -230,7 +230,7 @@ async fn a_silent_collector_blocks_nothing_and_lost_spans_are_counted() -> Resul
     })
     .await?;
     let xds = c.nodes[&1].xds.clone();
-    let _envoy = Envoy::start(c.dir(), "envoy-s", &[&xds], false).await?;
+    let _envoy = Envoy::start(&c, "envoy-s", &[&xds], false).await?;
     // Every write commits and reaches the Envoy while exports hang.
     for i in 0..20u16 {
         let rev = c

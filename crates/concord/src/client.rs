@@ -421,6 +421,24 @@ pub struct BootstrapArgs {
     /// several Envoys on one host).
     #[arg(long, value_name = "IP:PORT")]
     listener_address: Option<std::net::SocketAddr>,
+    /// CA (PEM) that signs the replicas' xDS certificates: the ADS cluster (and its gRPC health
+    /// checks) then uses TLS. Without it, plaintext (replicas run with --insecure).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The Envoy's client certificate (PEM), for replicas that require one (--xds-client-ca).
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The replicas' cluster name: with --tls-ca, Envoy accepts only replica certificates that
+    /// name a node of this cluster (URI SAN spiffe://concord/<cluster>/node/<id>).
+    #[arg(long, default_value = "concord")]
+    cluster: String,
+    /// With --tls-ca, accept any certificate the CA signed (for replica certificates that do not
+    /// carry concord's node URI, e.g. a separate --xds-tls-cert).
+    #[arg(long)]
+    any_server_identity: bool,
     /// The ADS protocol: `delta` (only changed resources travel; an Envoy that fails over gets
     /// only what differs) or `sotw` (state of the world: every resource in every response).
     #[arg(long, value_name = "delta|sotw", default_value = "delta")]
@@ -430,7 +448,28 @@ pub struct BootstrapArgs {
 impl BootstrapArgs {
     /// Prints the bootstrap.
     pub fn run(self) -> ExitCode {
+        // Envoy resolves relative paths against its own working directory: make them absolute.
+        let abs = |p: &std::path::Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
+        let tls = self
+            .tls_ca
+            .as_deref()
+            .map(|ca| concord_xds::bootstrap::BootstrapTls {
+                ca: abs(ca),
+                server_uri_prefix: (!self.any_server_identity)
+                    .then(|| format!("spiffe://concord/{}/node/", self.cluster)),
+                client: self
+                    .tls_cert
+                    .as_deref()
+                    .zip(self.tls_key.as_deref())
+                    .map(|(c, k)| (abs(c), abs(k))),
+            });
         let config = concord_xds::bootstrap::BootstrapConfig {
+            tls,
             node_id: self.node_id,
             node_cluster: self.node_cluster,
             servers: self.servers,

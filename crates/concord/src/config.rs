@@ -9,11 +9,15 @@ use concord_discovery::{DiscoveryConfig, GuardConfig, NxDomain, SniTemplate, Sou
 use concord_raft::{NodeConfig, NodeId};
 use concord_registry::is_dns_name;
 use concord_telemetry::trace::TraceConfig;
+use concord_tls::peer::TlsFiles;
+use concord_tls::xds::XdsTlsFiles;
+use concord_tls::{PeerTls, XdsTls};
 use concord_xds::{ListenerMode, ResourceConfig, XdsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The SNI template of discovered builders unless one is given.
@@ -197,6 +201,49 @@ pub struct ServeArgs {
     #[serde(default)]
     pub enable_fault_injection: bool,
 
+    /// CA bundle (PEM) that signs the cluster's node certificates. With --tls-cert and
+    /// --tls-key, turns on mutual TLS between replicas: a peer must present a certificate from
+    /// this CA that names a member node id (URI SAN spiffe://concord/<cluster>/node/<id>).
+    /// `concord certs` makes development ones. Files are reloaded when they change.
+    #[arg(long, env = "CONCORD_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This node's certificate chain (PEM), naming this node id; serves peers and, unless
+    /// --xds-tls-cert, Envoys.
+    #[arg(long, env = "CONCORD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, env = "CONCORD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Run the peer channel and the xDS port in plaintext, without --tls-*: anyone who reaches
+    /// them can append Raft entries or read the registry. For tests and experiments only; logged
+    /// as a warning.
+    #[arg(long, env = "CONCORD_INSECURE")]
+    #[serde(default)]
+    pub insecure: bool,
+
+    /// Serving certificate (PEM) of the xDS port, if not --tls-cert. Gives the xDS port TLS even
+    /// with --insecure.
+    #[arg(long, env = "CONCORD_XDS_TLS_CERT", value_name = "FILE")]
+    pub xds_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --xds-tls-cert.
+    #[arg(long, env = "CONCORD_XDS_TLS_KEY", value_name = "FILE")]
+    pub xds_tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) of Envoy client certificates: with it, an Envoy must present a
+    /// certificate from this CA to stream (mutual TLS on the xDS port).
+    #[arg(long, env = "CONCORD_XDS_CLIENT_CA", value_name = "FILE")]
+    pub xds_client_ca: Option<PathBuf>,
+
+    /// With --xds-client-ca: an Envoy's node.id must be the one its certificate names (URI SAN
+    /// spiffe://concord/<cluster>/envoy/<node-id>), or its stream is refused.
+    #[arg(long, env = "CONCORD_XDS_BIND_NODE_ID")]
+    #[serde(default)]
+    pub xds_bind_node_id: bool,
+
     /// What NXDOMAIN means: `empty` (the name has no builders) or `error` (change nothing).
     /// NOERROR with no records always means no builders. [default: empty]
     #[arg(long, env = "CONCORD_DNS_NXDOMAIN", value_name = "empty|error")]
@@ -243,6 +290,10 @@ pub struct ServeConfig {
     pub discovery: Option<DiscoveryConfig>,
     /// Whether the fault-injection endpoint is on.
     pub fault_injection: bool,
+    /// TLS of the xDS port; plaintext without.
+    pub xds_tls: Option<Arc<XdsTls>>,
+    /// Plaintext was asked for (--insecure).
+    pub insecure: bool,
     /// Trace export, if configured.
     pub tracing: Option<TraceConfig>,
 }
@@ -259,7 +310,7 @@ impl ServeArgs {
         let tracing = trace_config(&a, a.node_id.unwrap_or(1))?;
         let mode = listener_mode(&a, discovery.as_ref())?;
 
-        let cluster = a.cluster.unwrap_or_else(|| "concord".into());
+        let cluster = a.cluster.clone().unwrap_or_else(|| "concord".into());
         let cluster_ok = !cluster.is_empty()
             && cluster.len() <= 63
             && cluster
@@ -272,6 +323,7 @@ impl ServeArgs {
         if node_id == 0 {
             bail!("invalid --node-id 0: node ids start at 1");
         }
+        let tls = tls_config(&a, &cluster, node_id);
         let default_port = |base: u64, flag: &str| -> Result<SocketAddr> {
             let port = u16::try_from(base + node_id).with_context(|| {
                 format!("node id {node_id} is too large for a default {flag}; set {flag}")
@@ -358,6 +410,8 @@ impl ServeArgs {
                  or every election would turn replicas away from their Envoys"
             );
         }
+        // Last: a bad value elsewhere is reported before a missing certificate.
+        let (peer_tls, xds_tls) = tls?;
         let listener_name = a.envoy_listener_name.unwrap_or_else(|| "builders".into());
         if listener_name.is_empty()
             || !listener_name
@@ -398,6 +452,7 @@ impl ServeArgs {
                 snapshot_threshold,
                 request_timeout: Duration::from_millis(request_timeout),
                 quorum_timeout: Duration::from_millis(quorum_timeout),
+                tls: peer_tls,
             },
             admin_addr,
             admin_tokens,
@@ -407,6 +462,8 @@ impl ServeArgs {
             stale_after: Duration::from_millis(stale_after),
             discovery,
             fault_injection: a.enable_fault_injection,
+            xds_tls,
+            insecure: a.insecure,
             tracing,
         })
     }
@@ -453,8 +510,72 @@ impl ServeArgs {
             trace_sampling_ratio: self.trace_sampling_ratio.or(file.trace_sampling_ratio),
             otlp_queue_size: self.otlp_queue_size.or(file.otlp_queue_size),
             enable_fault_injection: self.enable_fault_injection || file.enable_fault_injection,
+            tls_ca: self.tls_ca.or(file.tls_ca),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            insecure: self.insecure || file.insecure,
+            xds_tls_cert: self.xds_tls_cert.or(file.xds_tls_cert),
+            xds_tls_key: self.xds_tls_key.or(file.xds_tls_key),
+            xds_client_ca: self.xds_client_ca.or(file.xds_client_ca),
+            xds_bind_node_id: self.xds_bind_node_id || file.xds_bind_node_id,
         }
     }
+}
+
+/// Peer TLS and xDS TLS; `None` is plaintext.
+type Transport = (Option<Arc<PeerTls>>, Option<Arc<XdsTls>>);
+
+/// Peer and xDS TLS, loaded (so a missing file or a certificate for another node is a
+/// configuration error). Plaintext only with `--insecure`.
+fn tls_config(a: &ServeArgs, cluster: &str, node_id: NodeId) -> Result<Transport> {
+    let peer = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => bail!("--tls-ca, --tls-cert and --tls-key go together: give all three"),
+    };
+    match (&peer, a.insecure) {
+        (None, false) => bail!(
+            "TLS is required: give --tls-ca, --tls-cert and --tls-key (`concord certs` makes a \
+             development CA and node certificates), or run plaintext with --insecure"
+        ),
+        (Some(_), true) => bail!("--insecure and --tls-* contradict each other: choose one"),
+        _ => {}
+    }
+    let peer_tls = match peer {
+        Some(files) => {
+            Some(PeerTls::new(files, cluster, node_id).context("invalid peer TLS (--tls-*)")?)
+        }
+        None => None,
+    };
+    let serving = match (&a.xds_tls_cert, &a.xds_tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => a.tls_cert.clone().zip(a.tls_key.clone()),
+        _ => bail!("--xds-tls-cert and --xds-tls-key go together: give both"),
+    };
+    let Some((cert, key)) = serving else {
+        if a.xds_client_ca.is_some() || a.xds_bind_node_id {
+            bail!("--xds-client-ca and --xds-bind-node-id need TLS on the xDS port");
+        }
+        return Ok((peer_tls, None));
+    };
+    if a.xds_bind_node_id && a.xds_client_ca.is_none() {
+        bail!("--xds-bind-node-id needs --xds-client-ca (Envoys must present certificates)");
+    }
+    let xds = XdsTls::new(
+        XdsTlsFiles {
+            cert,
+            key,
+            client_ca: a.xds_client_ca.clone(),
+            bind_node_id: a.xds_bind_node_id,
+        },
+        cluster,
+    )
+    .context("invalid xDS TLS")?;
+    Ok((peer_tls, Some(xds)))
 }
 
 /// The trace export settings; `None` when no `--otlp-endpoint` is given.
@@ -653,7 +774,26 @@ mod tests {
     use super::*;
 
     fn args() -> ServeArgs {
-        ServeArgs::default()
+        ServeArgs {
+            insecure: true,
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn plaintext_needs_insecure() {
+        let err = format!("{:#}", ServeArgs::default().resolve().unwrap_err());
+        assert!(err.contains("TLS is required"), "{err}");
+        let err = format!(
+            "{:#}",
+            ServeArgs {
+                tls_ca: Some("ca.pem".into()),
+                ..ServeArgs::default()
+            }
+            .resolve()
+            .unwrap_err()
+        );
+        assert!(err.contains("go together"), "{err}");
     }
 
     #[test]

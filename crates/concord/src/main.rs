@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod certs;
 mod client;
 mod config;
 mod serve;
@@ -60,6 +61,21 @@ enum Command {
     Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
     EnvoyBootstrap(client::BootstrapArgs),
+    /// Write a development CA and node (and Envoy) certificates for a local cluster.
+    ///
+    /// Files in DIR: ca.pem and ca-key.pem (the CA; reused when present, created otherwise),
+    /// node-<id>.pem and node-<id>-key.pem for each --nodes id, envoy-<id>.pem and envoy-<id>-key.pem
+    /// for each --envoys id. A node certificate names its node by the URI SAN
+    /// spiffe://concord/<cluster>/node/<id> (what peers check) and carries localhost, 127.0.0.1,
+    /// ::1 and --san; an Envoy's names it by spiffe://concord/<cluster>/envoy/<id>.
+    /// Certificates for the ids given are (re)issued every time: running it
+    /// again for one node rotates that node's certificate (the replica reloads it within a second).
+    ///
+    /// Use them as `concord serve --tls-ca DIR/ca.pem --tls-cert DIR/node-<id>.pem --tls-key
+    /// DIR/node-<id>-key.pem` and `concord envoy-bootstrap --tls-ca DIR/ca.pem [--tls-cert
+    /// DIR/envoy-<id>.pem --tls-key DIR/envoy-<id>-key.pem]`. For development only: the CA key sits
+    /// next to the certificates.
+    Certs(certs::CertsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -107,5 +123,6 @@ fn main() -> ExitCode {
         Command::Envoys(args) => runtime.block_on(args.run(&cli.target)),
         Command::Discovery => runtime.block_on(client::discovery(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
+        Command::Certs(args) => args.run(),
     }
 }

@@ -30,6 +30,21 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         data_dir = %config.node.data_dir.display(),
         "starting concord"
     );
+    if config.insecure {
+        tracing::warn!(
+            "--insecure: the peer channel and the xDS port are plaintext and unauthenticated; \
+             anyone who reaches them can append Raft entries or read the registry"
+        );
+    }
+    tracing::info!(
+        peer_tls = config.node.tls.is_some(),
+        xds_tls = config.xds_tls.is_some(),
+        xds_client_certs = config
+            .xds_tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_cert()),
+        "transport security"
+    );
     let exporter = match config.tracing.clone() {
         Some(t) => {
             let (endpoint, ratio) = (t.endpoint.clone(), t.sampling_ratio);
@@ -75,7 +90,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         node.set_local_status(Box::new(move || crate::admin::local_envoys(node_id, &xds)));
     }
     count_leader_changes(node.clone(), shutdown.child_token());
-    let xds_server = tokio::spawn(xds.clone().serve(xds_listener));
+    let xds_server = tokio::spawn(xds.clone().serve(xds_listener, config.xds_tls.clone()));
 
     let discovery = match config.discovery {
         Some(dns) => {

@@ -1,13 +1,16 @@
 //! The client side of the peer channel: openraft's [`RaftNetworkFactory`] over tonic, and request
 //! forwarding to the leader.
 //!
-//! One lazily connected HTTP/2 channel per peer address is shared by the replication stream, votes
-//! and forwarded requests; tonic reconnects it after a failure.
+//! One lazily connected HTTP/2 channel per peer (node id and address) is shared by the replication
+//! stream, votes and forwarded requests; tonic reconnects it after a failure. With TLS, each
+//! connection presents this node's certificate and accepts only a server whose certificate names
+//! the node id it dials (see [`concord_tls::peer`]).
 
 use crate::api::{ClientError, ClientReply, ClientRequest};
 use crate::proto::Message;
 use crate::proto::raft_client::RaftClient;
 use crate::{NodeId, TypeConfig};
+use concord_tls::PeerTls;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -35,22 +38,28 @@ pub const FROM_HEADER: &str = "x-concord-from";
 /// Metadata key: the node id the sender means to reach.
 pub const TO_HEADER: &str = "x-concord-to";
 
+/// Peer channels by node id and address.
+type Channels = HashMap<(NodeId, String), Channel>;
+
 /// Creates peer connections for openraft and for forwarding; cheap to clone.
 #[derive(Clone)]
 pub struct Network {
     cluster: String,
     from: NodeId,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<PeerTls>>,
+    /// Channels by peer, made with the TLS files of the generation beside them.
+    channels: Arc<Mutex<(u64, Channels)>>,
     /// Fault injection: while set, every call fails as if the network were cut.
     isolated: Arc<AtomicBool>,
 }
 
 impl Network {
-    /// A network for node `from` of `cluster`.
-    pub fn new(cluster: String, from: NodeId) -> Self {
+    /// A network for node `from` of `cluster`; plaintext without `tls`.
+    pub fn new(cluster: String, from: NodeId, tls: Option<Arc<PeerTls>>) -> Self {
         Network {
             cluster,
             from,
+            tls,
             channels: Arc::default(),
             isolated: Arc::default(),
         }
@@ -61,22 +70,39 @@ impl Network {
         self.isolated.clone()
     }
 
-    fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+    fn client(&self, to: NodeId, addr: &str) -> Result<RaftClient<Channel>, String> {
         if self.isolated.load(Ordering::Relaxed) {
             return Err("isolated by fault injection".into());
         }
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let channel = match channels.get(addr) {
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, channels) = &mut *guard;
+        // After a certificate rotation, dial anew so peers see the new certificate (and an old
+        // one can be revoked); calls in flight finish on the old connections.
+        let now = self.tls.as_ref().map_or(0, |t| t.generation());
+        if *generation != now {
+            *generation = now;
+            channels.clear();
+        }
+        let key = (to, addr.to_string());
+        let channel = match channels.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
-                channels.insert(addr.to_string(), c.clone());
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let c = match &self.tls {
+                    Some(tls) => {
+                        let tls = tls.clone();
+                        endpoint.connect_with_connector_lazy(concord_tls::net::connector(
+                            move || tls.client_config(to),
+                        ))
+                    }
+                    None => endpoint.connect_lazy(),
+                };
+                channels.insert(key, c.clone());
                 c
             }
         };
@@ -111,7 +137,7 @@ impl Network {
             addr: addr.to_string(),
             error,
         };
-        let mut client = self.client(addr).map_err(unreachable)?;
+        let mut client = self.client(to, addr).map_err(unreachable)?;
         let msg = Message {
             payload: serde_json::to_vec(req).expect("client requests serialise"),
             data: Vec::new(),
@@ -167,7 +193,7 @@ impl Conn {
     {
         let mut client = self
             .net
-            .client(&self.addr)
+            .client(self.target, &self.addr)
             .map_err(CallError::Unreachable)?;
         let msg = Message {
             payload: serde_json::to_vec(rpc).expect("raft requests serialise"),

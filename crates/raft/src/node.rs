@@ -9,6 +9,7 @@ use crate::store::{self, Identity, OpenError, StateMachine};
 use crate::{NodeId, Raft};
 use concord_registry::{Outcome, Registry};
 use concord_telemetry::trace::Span;
+use concord_tls::PeerTls;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::Serialize;
@@ -46,6 +47,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses writes at once.
     pub quorum_timeout: Duration,
+    /// Mutual TLS on the peer channel; plaintext without it (`--insecure`).
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 /// Why a node could not start.
@@ -165,7 +168,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let network = Network::new(config.cluster.clone(), config.node_id);
+        let network = Network::new(config.cluster.clone(), config.node_id, config.tls.clone());
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -195,13 +198,22 @@ impl Node {
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                shutdown.cancelled_owned(),
-            );
+        let tls = node.config.tls.clone();
+        let builder = tonic::transport::Server::builder().add_service(service);
+        let server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+            match tls {
+                Some(tls) => {
+                    tls.watch(shutdown.clone());
+                    Box::pin(builder.serve_with_incoming_shutdown(
+                        concord_tls::net::incoming(listener, move || tls.server_config(), "peer"),
+                        shutdown.cancelled_owned(),
+                    ))
+                }
+                None => Box::pin(builder.serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown.cancelled_owned(),
+                )),
+            };
         let handle = tokio::spawn(async move {
             if let Err(error) = server.await {
                 tracing::error!(%error, "peer server failed");
@@ -245,6 +257,11 @@ impl Node {
     /// The cluster name.
     pub fn cluster(&self) -> &str {
         &self.config.cluster
+    }
+
+    /// The peer channel's TLS, unless plaintext.
+    pub fn tls(&self) -> Option<&PeerTls> {
+        self.config.tls.as_deref()
     }
 
     /// This node's id.

@@ -2,8 +2,13 @@
 //!
 //! Every call is checked against this replica's cluster name and node id first, so a replica of
 //! another cluster, or a peer that dials the wrong address, is refused with a message that says so.
+//! With TLS, the caller's certificate (already signed by the cluster CA, or the handshake failed)
+//! must name the node id the caller claims, and that node must be a member (voter or learner) of
+//! the membership this replica knows. A replica that knows no membership yet (a new node waiting
+//! to be initialised or added as a learner) accepts any node of its cluster: it has nothing to
+//! check against, and whoever adds it is a member of the cluster that the CA vouches for.
 
-use crate::network::{CLUSTER_HEADER, TO_HEADER};
+use crate::network::{CLUSTER_HEADER, FROM_HEADER, TO_HEADER};
 use crate::node::Node;
 use crate::proto::Message;
 use crate::proto::raft_server::Raft as RaftRpc;
@@ -45,6 +50,58 @@ impl PeerService {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, the caller meant node {to}; check the member addresses",
                 self.node.id()
+            )));
+        }
+        if let Some(tls) = self.node.tls() {
+            self.check_identity(tls, req, header(FROM_HEADER))
+                .inspect_err(|_| concord_telemetry::metrics().peer_calls_refused.inc())?;
+        }
+        Ok(())
+    }
+
+    /// The caller's certificate names the node it claims to be, and that node is a member.
+    fn check_identity(
+        &self,
+        tls: &concord_tls::PeerTls,
+        req: &Request<Message>,
+        from: &str,
+    ) -> Result<(), Status> {
+        let certs = req.peer_certs();
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+            return Err(Status::unauthenticated("no client certificate"));
+        };
+        let Some(id) = tls.peer_node_id(leaf) else {
+            tracing::warn!(
+                from,
+                "refused a peer whose certificate names no node of this cluster"
+            );
+            return Err(Status::permission_denied(format!(
+                "the client certificate names no node of cluster {c:?} (URI SAN \
+                 spiffe://concord/{c}/node/<id>)",
+                c = tls.cluster(),
+            )));
+        };
+        if from != id.to_string() {
+            tracing::warn!(
+                from,
+                cert_node = id,
+                "refused a peer that claims another node id"
+            );
+            return Err(Status::permission_denied(format!(
+                "the caller claims node {from:?} but its certificate names node {id}"
+            )));
+        }
+        let known = {
+            let m = self.node.raft().metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let none = membership.nodes().next().is_none();
+            none || membership.get_node(&id).is_some()
+        };
+        if !known {
+            tracing::warn!(cert_node = id, "refused a peer that is not a member");
+            return Err(Status::permission_denied(format!(
+                "node {id} is not a member of this cluster; add it with `concord cluster add-learner` first"
             )));
         }
         Ok(())

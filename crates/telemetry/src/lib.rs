@@ -126,6 +126,12 @@ pub struct Metrics {
     pub nacks: Counter,
     /// Leader changes this replica has seen.
     pub leader_changes: Counter,
+    /// TLS handshakes refused on the peer port (no certificate, another CA, ...).
+    pub peer_tls_refused: Counter,
+    /// TLS handshakes refused on the xDS port.
+    pub xds_tls_refused: Counter,
+    /// Peer calls refused for their certificate's identity (not a member, another node id).
+    pub peer_calls_refused: Counter,
     /// Trace spans exported to the collector.
     pub spans_exported: Counter,
     /// Trace spans dropped: the export queue was full or the export failed.
@@ -157,7 +163,7 @@ impl Metrics {
     /// The page, in the Prometheus text format (0.0.4), with `gauges` appended.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 15] = [
             (
                 "concord_dns_polls_total",
                 "DNS polls made by this replica as leader.",
@@ -197,6 +203,21 @@ impl Metrics {
                 "concord_raft_leader_changes_total",
                 "Changes of leader seen by this replica.",
                 &self.leader_changes,
+            ),
+            (
+                "concord_peer_tls_refused_total",
+                "TLS handshakes refused on the peer port (no client certificate, another CA).",
+                &self.peer_tls_refused,
+            ),
+            (
+                "concord_xds_tls_refused_total",
+                "TLS handshakes refused on the xDS port.",
+                &self.xds_tls_refused,
+            ),
+            (
+                "concord_peer_calls_refused_total",
+                "Peer calls refused for the caller's certificate (not a member, another node id).",
+                &self.peer_calls_refused,
             ),
             (
                 "concord_trace_spans_exported_total",

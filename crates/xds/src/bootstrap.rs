@@ -23,6 +23,8 @@ pub struct BootstrapConfig {
     pub admin: SocketAddr,
     /// Ask the replicas for the builders' listener on this address instead of their default.
     pub listener_address: Option<SocketAddr>,
+    /// TLS to the replicas; plaintext without.
+    pub tls: Option<BootstrapTls>,
     /// Which ADS protocol the Envoy speaks.
     pub protocol: XdsProtocol,
 }
@@ -48,6 +50,19 @@ impl std::str::FromStr for XdsProtocol {
     }
 }
 
+/// TLS of the ADS cluster: the CA that signs the replicas' xDS certificates, the identity they
+/// must carry, and the Envoy's client certificate when the replicas require one.
+#[derive(Debug, Clone)]
+pub struct BootstrapTls {
+    /// CA bundle (PEM file) that signs the replicas' certificates.
+    pub ca: String,
+    /// Accept only replica certificates with a URI SAN that starts with this (e.g.
+    /// `spiffe://concord/<cluster>/node/`); any certificate from the CA without.
+    pub server_uri_prefix: Option<String>,
+    /// The Envoy's client certificate chain and key (PEM files), for mutual TLS.
+    pub client: Option<(String, String)>,
+}
+
 /// Why a bootstrap cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -60,6 +75,16 @@ pub enum BootstrapError {
     /// A name that would break the YAML.
     #[error("invalid {0} {1:?}: use letters, digits, '-', '_', '.' or ':'")]
     BadName(&'static str, String),
+    /// A file path that would break the YAML.
+    #[error("invalid path {0:?}: no quotes, backslashes or control characters")]
+    BadPath(String),
+}
+
+fn path(s: &str) -> Result<&str, BootstrapError> {
+    if s.is_empty() || s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        return Err(BootstrapError::BadPath(s.to_string()));
+    }
+    Ok(s)
 }
 
 fn plain(what: &'static str, s: &str) -> Result<(), BootstrapError> {
@@ -170,11 +195,45 @@ static_resources:
       unhealthy_threshold: 1
       healthy_threshold: 1
       grpc_health_check: {}
-    load_assignment:
-      cluster_name: concord_xds
-      endpoints:
 ",
     );
+    if let Some(tls) = &c.tls {
+        let _ = writeln!(
+            w,
+            "    # TLS to the replicas (and their gRPC health checks), checked against the CA.
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [h2]"
+        );
+        if let Some((cert, key)) = &tls.client {
+            let _ = writeln!(
+                w,
+                "          tls_certificates:
+          - certificate_chain: {{ filename: \"{}\" }}
+            private_key: {{ filename: \"{}\" }}",
+                path(cert)?,
+                path(key)?
+            );
+        }
+        let _ = writeln!(
+            w,
+            "          validation_context:\n            trusted_ca: {{ filename: \"{}\" }}",
+            path(&tls.ca)?
+        );
+        if let Some(prefix) = &tls.server_uri_prefix {
+            plain("server identity", &prefix.replace('/', ""))?;
+            let _ = writeln!(
+                w,
+                "            match_typed_subject_alt_names:
+            - san_type: URI
+              matcher: {{ prefix: \"{prefix}\" }}"
+            );
+        }
+    }
+    w.push_str("    load_assignment:\n      cluster_name: concord_xds\n      endpoints:\n");
     for (i, (host, port)) in servers.iter().enumerate() {
         let priority = if c.prefer_first && i > 0 { 1 } else { 0 };
         let _ = writeln!(
@@ -197,8 +256,36 @@ mod tests {
             prefer_first: true,
             admin: "127.0.0.1:9901".parse().unwrap(),
             listener_address: Some("127.0.0.1:10001".parse().unwrap()),
+            tls: None,
             protocol: XdsProtocol::Delta,
         }
+    }
+
+    #[test]
+    fn tls_adds_a_transport_socket() {
+        let y = render(&BootstrapConfig {
+            tls: Some(BootstrapTls {
+                ca: "/certs/ca.pem".into(),
+                server_uri_prefix: Some("spiffe://concord/prod/node/".into()),
+                client: Some(("/certs/envoy-1.pem".into(), "/certs/envoy-1-key.pem".into())),
+            }),
+            ..config()
+        })
+        .unwrap();
+        assert!(y.contains("UpstreamTlsContext"));
+        assert!(y.contains("trusted_ca: { filename: \"/certs/ca.pem\" }"));
+        assert!(y.contains("certificate_chain: { filename: \"/certs/envoy-1.pem\" }"));
+        assert!(y.contains("prefix: \"spiffe://concord/prod/node/\""));
+        assert!(!render(&config()).unwrap().contains("transport_socket"));
+        let bad = BootstrapConfig {
+            tls: Some(BootstrapTls {
+                ca: "a\"b".into(),
+                server_uri_prefix: None,
+                client: None,
+            }),
+            ..config()
+        };
+        assert!(matches!(render(&bad), Err(BootstrapError::BadPath(_))));
     }
 
     #[test]

@@ -25,6 +25,7 @@ type Responses = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 pub(crate) fn start(
     xds: Arc<Inner>,
     request: Request<Streaming<DeltaDiscoveryRequest>>,
+    bound_id: Option<String>,
 ) -> Result<Response<Responses>, Status> {
     if !*xds.serving.borrow() {
         return Err(Status::unavailable(
@@ -36,6 +37,7 @@ pub(crate) fn start(
     let stream = DeltaStream {
         id: xds.next_stream.fetch_add(1, Ordering::Relaxed),
         peer: request.remote_addr(),
+        bound_id,
         tx,
         state: DeltaState::new(),
         node: None,
@@ -63,6 +65,8 @@ fn current(snap: &Snapshot, addr: SocketAddr, type_url: &str) -> Resources {
 struct DeltaStream {
     xds: Arc<Inner>,
     id: u64,
+    /// The Envoy id this stream's client certificate names, when ids are bound to certificates.
+    bound_id: Option<String>,
     peer: Option<SocketAddr>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     state: DeltaState,
@@ -129,6 +133,7 @@ impl DeltaStream {
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
             let node = req.node.clone().unwrap_or_default();
+            crate::server::check_bound(self.bound_id.as_deref(), &node, self.id, self.peer)?;
             if let Some(addr) = listener_addr(&node) {
                 self.listener_addr = addr;
             }

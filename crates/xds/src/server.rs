@@ -14,6 +14,7 @@ use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
 use concord_registry::Registry;
 use concord_telemetry::AppliedRevision;
+use concord_tls::XdsTls;
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -122,10 +123,12 @@ impl XdsServer {
         self.inner.snapshots.borrow().clone()
     }
 
-    /// Serves ADS and gRPC health on `listener` until shutdown.
+    /// Serves ADS and gRPC health on `listener` until shutdown, over TLS with `tls` (reloaded
+    /// when its files change), else plaintext.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<XdsTls>>,
     ) -> Result<(), tonic::transport::Error> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let mut serving = self.inner.serving.clone();
@@ -150,20 +153,57 @@ impl XdsServer {
                 .await;
         });
         let shutdown = self.inner.shutdown.clone();
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let ads = AggregatedDiscoveryServiceServer::new(XdsService {
+            xds: self,
+            tls: tls.clone(),
+        })
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(usize::MAX);
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(health)
-            .add_service(
-                AggregatedDiscoveryServiceServer::new(self)
-                    .max_decoding_message_size(16 * 1024 * 1024)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                shutdown.cancelled_owned(),
-            )
-            .await
+            .add_service(ads);
+        match tls {
+            Some(tls) => {
+                tls.watch(shutdown.clone());
+                let incoming =
+                    concord_tls::net::incoming(listener, move || tls.server_config(), "xds");
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                    .await
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                    .await
+            }
+        }
+    }
+}
+
+/// The ADS service: the server, and the TLS whose client certificates bind Envoy ids.
+struct XdsService {
+    xds: XdsServer,
+    tls: Option<Arc<XdsTls>>,
+}
+
+impl XdsService {
+    /// The Envoy id the caller's certificate binds it to, if node ids are bound.
+    fn bound_id<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.binds_node_id()) else {
+            return Ok(None);
+        };
+        let certs = request.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first());
+        match leaf.and_then(|l| tls.envoy_id(l)) {
+            Some(id) => Ok(Some(id)),
+            None => Err(Status::permission_denied(
+                "the client certificate names no Envoy of this cluster \
+                 (URI SAN spiffe://concord/<cluster>/envoy/<node-id>)",
+            )),
+        }
     }
 }
 
@@ -218,14 +258,16 @@ pub(crate) fn listener_addr(node: &Node) -> Option<SocketAddr> {
 }
 
 #[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
+impl AggregatedDiscoveryService for XdsService {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
 
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        if !*self.inner.serving.borrow() {
+        let bound_id = self.bound_id(&request)?;
+        let inner = &self.xds.inner;
+        if !*inner.serving.borrow() {
             return Err(Status::unavailable(
                 "this replica is out of contact with the cluster's quorum; try another",
             ));
@@ -233,15 +275,16 @@ impl AggregatedDiscoveryService for XdsServer {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(4);
         let stream = Stream {
-            xds: self.inner.clone(),
-            id: self.inner.next_stream.fetch_add(1, Ordering::Relaxed),
+            xds: inner.clone(),
+            id: inner.next_stream.fetch_add(1, Ordering::Relaxed),
             peer,
+            bound_id,
             tx,
             state: StreamState::new(),
             node: None,
             pushes: Pushes::default(),
-            listener_addr: self.inner.snapshots.borrow().default_listener_addr(),
-            snapshots: self.inner.snapshots.clone(),
+            listener_addr: inner.snapshots.borrow().default_listener_addr(),
+            snapshots: inner.snapshots.clone(),
         };
         tokio::spawn(stream.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -253,7 +296,8 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        crate::delta_stream::start(self.inner.clone(), request)
+        let bound_id = self.bound_id(&request)?;
+        crate::delta_stream::start(self.xds.inner.clone(), request, bound_id)
     }
 }
 
@@ -262,6 +306,8 @@ struct Stream {
     xds: Arc<Inner>,
     id: u64,
     peer: Option<SocketAddr>,
+    /// The Envoy id this stream's client certificate names, when ids are bound to certificates.
+    bound_id: Option<String>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     state: StreamState,
     node: Option<Node>,
@@ -269,6 +315,27 @@ struct Stream {
     pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// With Envoy ids bound to certificates: ends a stream whose `node.id` is not the id its client
+/// certificate names.
+pub(crate) fn check_bound(
+    bound: Option<&str>,
+    node: &Node,
+    stream: u64,
+    peer: Option<SocketAddr>,
+) -> Result<(), End> {
+    match bound {
+        Some(bound) if bound != node.id => {
+            tracing::warn!(stream, node = %node.id, cert = %bound, ?peer,
+                "refused an Envoy whose node id is not the one its certificate names");
+            Err(End::Status(Status::permission_denied(format!(
+                "node.id {:?} is not the Envoy id {bound:?} that the client certificate names",
+                node.id
+            ))))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Completes when a stream of this id has reached the maximum age (never, without one).
@@ -344,6 +411,7 @@ impl Stream {
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
             let node = req.node.clone().unwrap_or_default();
+            check_bound(self.bound_id.as_deref(), &node, self.id, self.peer)?;
             if let Some(addr) = listener_addr(&node) {
                 self.listener_addr = addr;
             }

@@ -99,7 +99,7 @@ async fn main() -> Result<()> {
     let mut envoys = Vec::new();
     for i in 0..6 {
         let order: Vec<&str> = (0..3).map(|k| x[(i + k) % 3].as_str()).collect();
-        envoys.push(Envoy::start(c.dir(), &format!("envoy-{i}"), &order, true).await?);
+        envoys.push(Envoy::start(&c, &format!("envoy-{i}"), &order, true).await?);
     }
     let n = envoys.len();
     let r0 = revision(&c).await?;

@@ -55,7 +55,7 @@ async fn run(
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let mut envoys = Vec::new();
     for i in 0..6 {
-        envoys.push(Envoy::start(c.dir(), &format!("envoy-{i}"), &[&x[i % 3]], false).await?);
+        envoys.push(Envoy::start(&c, &format!("envoy-{i}"), &[&x[i % 3]], false).await?);
     }
     let n = envoys.len();
     c.all_acked(n, revision(&c).await?).await?;

@@ -49,7 +49,7 @@ async fn main() -> Result<()> {
     for i in 0..6 {
         let first = i % 3;
         let order: Vec<&str> = (0..3).map(|k| x[(first + k) % 3].as_str()).collect();
-        envoys.push(Envoy::start(c.dir(), &format!("envoy-{i}"), &order, true).await?);
+        envoys.push(Envoy::start(&c, &format!("envoy-{i}"), &order, true).await?);
     }
     let leader = c.leader().await?;
     let rev = c.put(leader, "warmup", 9000).await?;

@@ -69,13 +69,12 @@ type Ack = (usize, u64, Instant);
 /// reporting each clusters ACK on `acks`.
 async fn stream(
     i: usize,
-    xds: String,
+    channel: tonic::transport::Channel,
     delta: bool,
     acks: mpsc::UnboundedSender<Ack>,
 ) -> Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
-        .await?
-        .max_decoding_message_size(usize::MAX);
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let node = Some(Node {
         id: format!("load-{i}"),
         cluster: "load".into(),
@@ -222,9 +221,11 @@ async fn main() -> Result<()> {
     let opened = Instant::now();
     for i in 0..a.streams {
         let xds = c.nodes[&ids[i % ids.len()]].xds.clone();
+        // One connection per stream, as Envoys have (over TLS, as one client identity).
+        let channel = c.xds_channel(&xds, "load").await?;
         let acks = ack_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream(i, xds, a.delta, acks).await {
+            if let Err(e) = stream(i, channel, a.delta, acks).await {
                 // At the end the cluster goes away under the streams: say nothing then.
                 if !DONE.load(Ordering::Relaxed) {
                     eprintln!("stream {i}: {e:#}");

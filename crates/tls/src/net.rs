@@ -1,0 +1,98 @@
+//! The two ends tonic runs over: [`incoming`] accepts TCP connections and completes their TLS
+//! handshakes concurrently (a slow or failing client never holds up the others), each with the
+//! server config of the moment, so a reloaded certificate serves the next connection; and
+//! [`connector`] dials a peer and completes the handshake with a fresh client config each time.
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How long a client may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted and handshaken connections of `listener`, for tonic's `serve_with_incoming*`. `what`
+/// names the port in logs. The accept loop ends when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: impl Fn() -> Arc<ServerConfig> + Send + Sync + 'static,
+    what: &'static str,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = tx.closed() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(error) => {
+                        tracing::warn!(%error, what, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(config());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => refused(what, peer, &error.to_string()),
+                    Err(_) => refused(what, peer, "handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn refused(what: &'static str, peer: SocketAddr, error: &str) {
+    tracing::warn!(what, %peer, error, "refused a TLS connection");
+    let m = concord_telemetry::metrics();
+    match what {
+        "peer" => m.peer_tls_refused.inc(),
+        _ => m.xds_tls_refused.inc(),
+    }
+}
+
+/// A tonic connector that dials `http://host:port` URIs over TCP and TLS with the client config
+/// of the moment. The host name dialled is sent as SNI but not checked: the config's verifier
+/// decides which certificates pass.
+pub fn connector(
+    config: impl Fn() -> Arc<ClientConfig> + Clone + Send + Sync + 'static,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |uri: http::Uri| {
+        let config = config.clone();
+        async move {
+            let bad = || std::io::Error::other(format!("cannot dial {uri}: no host and port"));
+            let host = uri.host().ok_or_else(bad)?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().ok_or_else(bad)?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(host)
+                .unwrap_or_else(|_| ServerName::try_from("concord").expect("valid name"));
+            let tls = TlsConnector::from(config()).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    })
+}
