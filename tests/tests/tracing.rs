@@ -70,8 +70,9 @@ async fn one_dns_change_is_one_trace_from_poll_to_every_envoy_ack() -> Result<()
         let trace = collector.trace_of(&poll.span_id)?;
         let pushes = trace.iter().filter(|s| s.name == "xds.push").count();
         let applies = trace.iter().filter(|s| s.name == "registry.apply").count();
+        let has = |name: &str| trace.iter().any(|s| s.name == name);
         ensure!(
-            pushes >= 2 && applies >= 3,
+            pushes >= 2 && applies >= 3 && has("raft.propose") && has("raft.commit"),
             "{pushes} pushes, {applies} applies so far"
         );
         Ok(trace)
@@ -175,31 +176,36 @@ async fn a_nack_ends_its_push_span_with_the_error() -> Result<()> {
     ensure!(first.version_info == rev.to_string(), "{first:?}");
     ads.request("", &first.nonce, Some("scripted rejection: bad cluster"))
         .await?;
-    let push = eventually(T, "the NACKed push span", || async {
-        let spans = collector.spans();
-        let push = one(&spans, "push to the scripted client", |s| {
-            s.name == "xds.push" && s.attr("envoy.node_id") == "scripted"
-        })?;
-        Ok(push.clone())
-    })
+    // The spans come from two replicas in separate export batches: wait for the whole trace.
+    eventually(
+        T,
+        "the NACKed push span in the API change's trace",
+        || async {
+            let spans = collector.spans();
+            let push = one(&spans, "push to the scripted client", |s| {
+                s.name == "xds.push" && s.attr("envoy.node_id") == "scripted"
+            })?;
+            ensure!(push.status_code == 2, "error status: {push:?}");
+            ensure!(
+                push.status_message == "scripted rejection: bad cluster",
+                "the NACK's message: {push:?}"
+            );
+            ensure!(push.attr("xds.version") == rev.to_string(), "{push:?}");
+            // It belongs to the API change's trace, under replica 1's apply.
+            let trace = collector.trace_of(&push.span_id)?;
+            let root = one(&trace, "API root", |s| s.name == "api.change")?;
+            ensure!(
+                root.attr("concord.replica") == "2",
+                "the API call went to node 2: {root:?}"
+            );
+            let apply = one(&trace, "apply on node 1", |s| {
+                s.name == "registry.apply" && s.attr("concord.replica") == "1"
+            })?;
+            ensure!(push.parent_span_id == apply.span_id, "{push:?} {apply:?}");
+            Ok(())
+        },
+    )
     .await?;
-    ensure!(push.status_code == 2, "error status: {push:?}");
-    ensure!(
-        push.status_message == "scripted rejection: bad cluster",
-        "the NACK's message: {push:?}"
-    );
-    ensure!(push.attr("xds.version") == rev.to_string(), "{push:?}");
-    // It belongs to the API change's trace, under replica 1's apply.
-    let trace = collector.trace_of(&push.span_id)?;
-    let root = one(&trace, "API root", |s| s.name == "api.change")?;
-    ensure!(
-        root.attr("concord.replica") == "2",
-        "the API call went to node 2: {root:?}"
-    );
-    let apply = one(&trace, "apply on node 1", |s| {
-        s.name == "registry.apply" && s.attr("concord.replica") == "1"
-    })?;
-    ensure!(push.parent_span_id == apply.span_id, "{push:?} {apply:?}");
     Ok(())
 }
 

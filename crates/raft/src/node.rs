@@ -340,7 +340,12 @@ impl Node {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = match (leader, addr) {
                 (Some(l), _) if l == self.config.node_id => self.execute_local(req.clone()).await,
-                (Some(l), Some(addr)) => self.network.forward(l, &addr, &req, remaining).await,
+                // One attempt may take half the budget: a leader that is removed or dies with
+                // the request in flight never answers, and the rest is for the next leader.
+                (Some(l), Some(addr)) => {
+                    let attempt = remaining.min(self.config.request_timeout / 2);
+                    self.network.forward(l, &addr, &req, attempt).await
+                }
                 _ => Err(ClientError::NoLeader { waited_ms: 0 }),
             };
             match result {
