@@ -625,7 +625,19 @@ impl Cluster {
     /// at least `revision` for clusters and listeners; returns the latest of those ACK times
     /// (Unix µs, as the replicas stamped them).
     pub async fn all_acked(&self, envoys: usize, revision: u64) -> Result<u64> {
-        eventually(Duration::from_secs(30), "every Envoy ACKs", || async {
+        self.all_acked_within(envoys, revision, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`Cluster::all_acked`] with a deadline of `timeout` (Envoys with a large registry are
+    /// slow to apply it).
+    pub async fn all_acked_within(
+        &self,
+        envoys: usize,
+        revision: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        eventually(timeout, "every Envoy ACKs", || async {
             let (mut seen, mut last) = (0, 0);
             for id in self.up() {
                 let Ok(v) = self.get(id, "/v1/envoys").await else {
