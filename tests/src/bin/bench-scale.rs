@@ -394,7 +394,7 @@ async fn run(
             .collect();
         envoys.push(
             Envoy::start_with(
-                c.dir(),
+                &c,
                 &format!("envoy-{i}"),
                 &order,
                 true,
