@@ -4,11 +4,12 @@
 //! stream ends with UNAVAILABLE when the replica stops serving or at the maximum age.
 
 use crate::delta::{DeltaState, Request as DeltaRequest};
+use crate::grpc::{self, Responses};
 use crate::push::Pushes;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
 use crate::server::{End, Inner, listener_addr, max_age};
 use crate::snapshot::{Resources, Snapshot};
-use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
@@ -16,23 +17,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-
-type Responses = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+use tonic::{Request, Status, Streaming};
 
 /// Accepts a delta stream and runs it in its own task.
 pub(crate) fn start(
     xds: Arc<Inner>,
     request: Request<Streaming<DeltaDiscoveryRequest>>,
     bound_id: Option<String>,
-) -> Result<Response<Responses>, Status> {
+) -> Result<Responses, Status> {
     if !*xds.serving.borrow() {
         return Err(Status::unavailable(
             "this replica is out of contact with the cluster's quorum; try another",
         ));
     }
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = grpc::responses();
     let listener_addr = xds.snapshots.borrow().default_listener_addr();
     let stream = DeltaStream {
         id: xds.next_stream.fetch_add(1, Ordering::Relaxed),
@@ -47,7 +45,7 @@ pub(crate) fn start(
         xds,
     };
     tokio::spawn(stream.run(request.into_inner()));
-    Ok(Response::new(ReceiverStream::new(rx)))
+    Ok(rx)
 }
 
 /// The current resources of `type_url` for a listener at `addr` (a cheap, shared copy).
@@ -68,9 +66,10 @@ struct DeltaStream {
     /// The Envoy id this stream's client certificate names, when ids are bound to certificates.
     bound_id: Option<String>,
     peer: Option<SocketAddr>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<grpc::Out>,
     state: DeltaState,
-    node: Option<Node>,
+    /// The Envoy's node id, once its first request has named it.
+    node: Option<String>,
     pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -96,11 +95,13 @@ impl DeltaStream {
                     "maximum stream age reached; reconnect",
                 ))),
                 msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req).await,
+                    // Boxed: the handlers' futures are large, and a waiting stream should not
+                    // carry their space.
+                    Ok(Some(req)) => Box::pin(self.on_request(req)).await,
                     Ok(None) | Err(_) => Err(End::Closed),
                 },
                 r = self.snapshots.changed() => match r {
-                    Ok(()) => self.push_stale().await,
+                    Ok(()) => Box::pin(self.push_stale()).await,
                     Err(_) => Err(End::Closed),
                 },
             };
@@ -116,7 +117,7 @@ impl DeltaStream {
                 reason = status.message(),
                 "ending delta ADS stream"
             );
-            let _ = self.tx.send(Err(status)).await;
+            let _ = self.tx.send(Err(Box::new(status))).await;
         } else {
             tracing::debug!(
                 stream = self.id,
@@ -127,19 +128,20 @@ impl DeltaStream {
     }
 
     fn node_id(&self) -> &str {
-        self.node.as_ref().map_or("", |n| n.id.as_str())
+        self.node.as_deref().unwrap_or("")
     }
 
-    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), End> {
+    async fn on_request(&mut self, mut req: DeltaDiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let node = req.node.clone().unwrap_or_default();
+            let node = req.node.take().unwrap_or_default();
             crate::server::check_bound(self.bound_id.as_deref(), &node, self.id, self.peer)?;
             if let Some(addr) = listener_addr(&node) {
                 self.listener_addr = addr;
             }
             tracing::info!(stream = self.id, node = %node.id, peer = ?self.peer, "Envoy connected (delta)");
             self.xds.envoys.connected(self.id, &node, self.peer);
-            self.node = Some(node);
+            // Only the id is kept: a real Envoy's node lists its extensions (kilobytes).
+            self.node = Some(node.id);
         }
         let type_url = req.type_url.as_str();
         let first = !self.state.types().contains_key(type_url);
@@ -157,7 +159,7 @@ impl DeltaStream {
                 .acked(&x.envoys, &x.times, self.id, type_url, revision);
         }
         if let Some((revision, message)) = &outcome.nacked {
-            let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+            let node = self.node.as_deref().unwrap_or("");
             self.pushes
                 .nacked(&x.envoys, self.id, node, type_url, *revision, message);
         }
@@ -274,7 +276,7 @@ impl DeltaStream {
             return Ok(());
         };
         let counts = (resources.len(), removed_resources.len());
-        let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+        let node = self.node.as_deref().unwrap_or("");
         self.pushes.sent(
             &self.xds.envoys,
             &self.xds.times,
@@ -294,6 +296,8 @@ impl DeltaStream {
             }),
             ..Default::default()
         };
-        self.tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+        let framed = grpc::frame(&resp);
+        drop(resp);
+        self.tx.send(framed).await.map_err(|_| End::Closed)
     }
 }

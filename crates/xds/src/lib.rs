@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod delta;
 mod delta_stream;
 pub mod envoys;
+mod grpc;
 mod push;
 pub mod resources;
 pub mod server;

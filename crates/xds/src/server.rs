@@ -9,6 +9,7 @@
 
 use crate::LISTENER_ADDRESS_KEY;
 use crate::envoys::{EnvoyStatus, Envoys};
+use crate::grpc::{AdsGrpc, Responses};
 use crate::push::Pushes;
 use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
@@ -16,11 +17,8 @@ use concord_registry::Registry;
 use concord_telemetry::AppliedRevision;
 use concord_tls::XdsTls;
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use std::future::Future;
@@ -30,9 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 /// Settings of the ADS server.
 #[derive(Debug, Clone)]
@@ -153,12 +150,10 @@ impl XdsServer {
                 .await;
         });
         let shutdown = self.inner.shutdown.clone();
-        let ads = AggregatedDiscoveryServiceServer::new(XdsService {
+        let ads = AdsGrpc(Arc::new(XdsService {
             xds: self,
             tls: tls.clone(),
-        })
-        .max_decoding_message_size(16 * 1024 * 1024)
-        .max_encoding_message_size(usize::MAX);
+        }));
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(health)
@@ -184,7 +179,7 @@ impl XdsServer {
 }
 
 /// The ADS service: the server, and the TLS whose client certificates bind Envoy ids.
-struct XdsService {
+pub(crate) struct XdsService {
     xds: XdsServer,
     tls: Option<Arc<XdsTls>>,
 }
@@ -257,14 +252,13 @@ pub(crate) fn listener_addr(node: &Node) -> Option<SocketAddr> {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsService {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+impl XdsService {
+    /// Accepts a state-of-the-world stream (`StreamAggregatedResources`) and runs it in its own
+    /// task.
+    pub(crate) fn sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<Responses, Status> {
         let bound_id = self.bound_id(&request)?;
         let inner = &self.xds.inner;
         if !*inner.serving.borrow() {
@@ -273,7 +267,7 @@ impl AggregatedDiscoveryService for XdsService {
             ));
         }
         let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = crate::grpc::responses();
         let stream = Stream {
             xds: inner.clone(),
             id: inner.next_stream.fetch_add(1, Ordering::Relaxed),
@@ -287,15 +281,14 @@ impl AggregatedDiscoveryService for XdsService {
             snapshots: inner.snapshots.clone(),
         };
         tokio::spawn(stream.run(request.into_inner()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
+    /// Accepts a delta stream (`DeltaAggregatedResources`) and runs it in its own task.
+    pub(crate) fn delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<Responses, Status> {
         let bound_id = self.bound_id(&request)?;
         crate::delta_stream::start(self.xds.inner.clone(), request, bound_id)
     }
@@ -308,9 +301,10 @@ struct Stream {
     peer: Option<SocketAddr>,
     /// The Envoy id this stream's client certificate names, when ids are bound to certificates.
     bound_id: Option<String>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<crate::grpc::Out>,
     state: StreamState,
-    node: Option<Node>,
+    /// The Envoy's node id, once its first request has named it.
+    node: Option<String>,
     /// What was sent, ACKed and NACKed, for status and metrics.
     pushes: Pushes,
     listener_addr: SocketAddr,
@@ -378,11 +372,13 @@ impl Stream {
                     "maximum stream age reached; reconnect",
                 ))),
                 msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req).await,
+                    // Boxed: the handlers' futures are large, and a waiting stream should not
+                    // carry their space.
+                    Ok(Some(req)) => Box::pin(self.on_request(req)).await,
                     Ok(None) | Err(_) => Err(End::Closed),
                 },
                 r = self.snapshots.changed() => match r {
-                    Ok(()) => self.push_stale().await,
+                    Ok(()) => Box::pin(self.push_stale()).await,
                     Err(_) => Err(End::Closed),
                 },
             };
@@ -398,26 +394,27 @@ impl Stream {
                 reason = status.message(),
                 "ending ADS stream"
             );
-            let _ = self.tx.send(Err(status)).await;
+            let _ = self.tx.send(Err(Box::new(status))).await;
         } else {
             tracing::debug!(stream = self.id, node = self.node_id(), "ADS stream closed");
         }
     }
 
     fn node_id(&self) -> &str {
-        self.node.as_ref().map_or("", |n| n.id.as_str())
+        self.node.as_deref().unwrap_or("")
     }
 
-    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), End> {
+    async fn on_request(&mut self, mut req: DiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let node = req.node.clone().unwrap_or_default();
+            let node = req.node.take().unwrap_or_default();
             check_bound(self.bound_id.as_deref(), &node, self.id, self.peer)?;
             if let Some(addr) = listener_addr(&node) {
                 self.listener_addr = addr;
             }
             tracing::info!(stream = self.id, node = %node.id, peer = ?self.peer, "Envoy connected");
             self.xds.envoys.connected(self.id, &node, self.peer);
-            self.node = Some(node);
+            // Only the id is kept: a real Envoy's node lists its extensions (kilobytes).
+            self.node = Some(node.id);
         }
         let current = self.snapshots.borrow().revision();
         let error = req.error_detail.as_ref().map(|e| e.message.as_str());
@@ -460,7 +457,7 @@ impl Stream {
                     .acked(&x.envoys, &x.times, self.id, &req.type_url, version);
             }
             Decision::Nacked { version, message } => {
-                let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+                let node = self.node.as_deref().unwrap_or("");
                 self.pushes.nacked(
                     &self.xds.envoys,
                     self.id,
@@ -489,7 +486,7 @@ impl Stream {
         let resources = snapshot.resources(type_url, self.listener_addr);
         let nonce = self.state.record_sent(type_url, snapshot.revision());
         let counts = (resources.len(), 0);
-        let node = self.node.as_ref().map_or("", |n| n.id.as_str());
+        let node = self.node.as_deref().unwrap_or("");
         self.pushes.sent(
             &self.xds.envoys,
             &self.xds.times,
@@ -508,6 +505,8 @@ impl Stream {
             }),
             ..Default::default()
         };
-        self.tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+        let framed = crate::grpc::frame(&resp);
+        drop(resp);
+        self.tx.send(framed).await.map_err(|_| End::Closed)
     }
 }
