@@ -9,10 +9,7 @@ use crate::push::Pushes;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
 use crate::server::{End, Inner, listener_addr, max_age};
 use crate::snapshot::{Resources, Snapshot};
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -260,22 +257,8 @@ impl DeltaStream {
         if changes.is_empty() && !always {
             return Ok(());
         }
-        let resources: Vec<Resource> = changes
-            .updates
-            .iter()
-            .map(|n| Resource {
-                name: n.name.clone(),
-                version: n.version.clone(),
-                resource: Some(n.resource.clone()),
-                ..Default::default()
-            })
-            .collect();
         let nonce = self.state.record_sent(type_url, revision, &changes, &cur);
-        let built = Some((resources, changes.removals, nonce));
-        let Some((resources, removed_resources, nonce)) = built else {
-            return Ok(());
-        };
-        let counts = (resources.len(), removed_resources.len());
+        let counts = (changes.updates.len(), changes.removals.len());
         let node = self.node.as_deref().unwrap_or("");
         self.pushes.sent(
             &self.xds.envoys,
@@ -285,19 +268,16 @@ impl DeltaStream {
             revision,
             counts,
         );
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: snap.version().to_string(),
-            resources,
-            type_url: type_url.to_string(),
-            removed_resources,
-            nonce,
-            control_plane: Some(ControlPlane {
-                identifier: self.xds.config.identifier.clone(),
-            }),
-            ..Default::default()
-        };
-        let framed = grpc::frame(&resp);
-        drop(resp);
+        let framed = crate::wire::delta(
+            &crate::wire::Head {
+                version: snap.version(),
+                type_url,
+                nonce: &nonce,
+                identifier: &self.xds.config.identifier,
+            },
+            &changes.updates,
+            &changes.removals,
+        );
         self.tx.send(framed).await.map_err(|_| End::Closed)
     }
 }

@@ -1,6 +1,6 @@
 //! The ADS service's gRPC framing, in place of the generated tonic server: requests are decoded
-//! by tonic as usual, but each response is encoded into a buffer of exactly its size, handed to
-//! HTTP/2 and freed once written.
+//! by tonic as usual, but each response is encoded by its stream's task into a buffer of exactly
+//! its size ([`crate::wire`]), handed to HTTP/2 and freed once written.
 //!
 //! Why not tonic's encoder: it encodes a stream's messages into one buffer that it keeps for
 //! the life of the stream, at the size of the largest message it ever sent. An Envoy's first
@@ -9,7 +9,7 @@
 //! 224 MiB of the replica's 260 MiB heap with 1000 simulated Envoys (heaptrack, `load-xds`).
 
 use crate::server::XdsService;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
@@ -169,46 +169,5 @@ impl http_body::Body for Frames {
 
     fn is_end_stream(&self) -> bool {
         self.done
-    }
-}
-
-/// One message as a gRPC frame (uncompressed flag, big-endian length, message) in a buffer of
-/// exactly its size, which is freed once HTTP/2 has written it.
-pub(crate) fn frame(message: &impl prost::Message) -> Out {
-    let len = message.encoded_len();
-    let prefix = u32::try_from(len)
-        .map_err(|_| Status::resource_exhausted(format!("a response of {len} bytes")))?;
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(prefix);
-    message
-        .encode(&mut buf)
-        .map_err(|e| Status::internal(format!("encoding a response: {e}")))?;
-    Ok(buf.freeze())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
-
-    #[test]
-    fn a_frame_is_the_length_prefixed_message() {
-        let m = DeltaDiscoveryResponse {
-            system_version_info: "7".into(),
-            nonce: "1".into(),
-            ..Default::default()
-        };
-        let f = frame(&m).unwrap();
-        assert_eq!(f[0], 0, "not compressed");
-        let len = u32::from_be_bytes(f[1..5].try_into().unwrap()) as usize;
-        assert_eq!(len, f.len() - 5);
-        let back: DeltaDiscoveryResponse = prost::Message::decode(&f[5..]).unwrap();
-        assert_eq!(back, m);
-        assert_eq!(
-            f.len(),
-            5 + prost::Message::encoded_len(&m),
-            "exactly its size"
-        );
     }
 }

@@ -19,6 +19,7 @@ pub mod resources;
 pub mod server;
 pub mod snapshot;
 pub mod sotw;
+mod wire;
 
 pub use envoys::EnvoyStatus;
 pub use resources::{CLUSTER_TYPE, LISTENER_TYPE, ListenerMode, ResourceConfig, Snapshot};

@@ -16,10 +16,8 @@ use crate::sotw::{Decision, StreamState};
 use concord_registry::Registry;
 use concord_telemetry::AppliedRevision;
 use concord_tls::XdsTls;
-use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -495,18 +493,15 @@ impl Stream {
             snapshot.revision(),
             counts,
         );
-        let resp = DiscoveryResponse {
-            version_info: snapshot.version().to_string(),
-            resources: resources.to_vec(),
-            type_url: type_url.to_string(),
-            nonce,
-            control_plane: Some(ControlPlane {
-                identifier: self.xds.config.identifier.clone(),
-            }),
-            ..Default::default()
-        };
-        let framed = crate::grpc::frame(&resp);
-        drop(resp);
+        let framed = crate::wire::sotw(
+            &crate::wire::Head {
+                version: snapshot.version(),
+                type_url,
+                nonce: &nonce,
+                identifier: &self.xds.config.identifier,
+            },
+            &resources,
+        );
         self.tx.send(framed).await.map_err(|_| End::Closed)
     }
 }

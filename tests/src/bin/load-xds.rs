@@ -8,7 +8,8 @@
 //! `cargo build --release -p concord -p concord-tests && target/release/load-xds [flags]`:
 //! `--streams N` (100), `--protocol delta|sotw` (delta), `--builders B` registered first (100),
 //! `--changes C` (20), `--spread` (streams over all replicas; default all on node 1),
-//! `--listener-mode filter-chains|sni-cluster` (filter-chains).
+//! `--listener-mode filter-chains|sni-cluster` (filter-chains), `--plaintext` (xDS and peers
+//! without TLS, to see what TLS costs per stream).
 
 use anyhow::{Context, Result, bail};
 use concord_tests::{Cluster, Options, percentiles, sni};
@@ -35,6 +36,7 @@ struct Args {
     changes: usize,
     spread: bool,
     listener_mode: String,
+    plaintext: bool,
 }
 
 fn args() -> Result<Args> {
@@ -45,6 +47,7 @@ fn args() -> Result<Args> {
         changes: 20,
         spread: false,
         listener_mode: "filter-chains".into(),
+        plaintext: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +59,7 @@ fn args() -> Result<Args> {
             "--changes" => a.changes = value()?.parse()?,
             "--spread" => a.spread = true,
             "--listener-mode" => a.listener_mode = value()?,
+            "--plaintext" => a.plaintext = true,
             other => bail!("unknown flag {other}; see the source's header"),
         }
     }
@@ -182,6 +186,7 @@ async fn wait_all(
 async fn main() -> Result<()> {
     let a = args()?;
     let mut opts = Options::measured();
+    opts.tls = !a.plaintext;
     opts.extra = vec!["--listener-mode".into(), a.listener_mode.clone()];
     if a.listener_mode == "sni-cluster" {
         opts.extra
