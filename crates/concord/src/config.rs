@@ -122,8 +122,11 @@ pub struct ServeArgs {
 
     /// How Envoy's builders' listener routes: `filter-chains` (one chain per builder, matching
     /// its SNI name) or `sni-cluster` (one chain matching `*.<--sni-suffix>` with the
-    /// `sni_cluster` filter; clusters named by SNI, so the listener never changes). Same on every
-    /// replica. [default: filter-chains]
+    /// `sni_cluster` filter; clusters named by SNI, so the listener never changes). sni-cluster
+    /// is far faster for Envoy at scale (one change at 1000 builders, SotW: ACKed in 27 ms
+    /// against 195 ms; at 10000, 198 ms against 2 s) but routes only names under the suffix.
+    /// Same on every replica. [default: sni-cluster when --sni-suffix is given, else
+    /// filter-chains]
     #[arg(
         long,
         env = "CONCORD_LISTENER_MODE",
@@ -131,9 +134,9 @@ pub struct ServeArgs {
     )]
     pub listener_mode: Option<String>,
 
-    /// The builder SNI suffix of sni-cluster mode (e.g. `builders.example.com`): only names
-    /// under it reach a builder; any other SNI matches no chain and is closed. Builders whose
-    /// SNI is outside it get no cluster (skipped, logged). [default: the fixed tail of
+    /// The builder SNI suffix of sni-cluster mode (e.g. `builders.example.com`), which it makes
+    /// the default mode: only names under it reach a builder; any other SNI matches no chain
+    /// and is closed. Builders whose SNI is outside it get no cluster (skipped, logged). [default: the fixed tail of
     /// --dns-sni-template, e.g. builders.local]
     #[arg(long, env = "CONCORD_SNI_SUFFIX", value_name = "DOMAIN")]
     pub sni_suffix: Option<String>,
@@ -617,7 +620,13 @@ fn listener_mode(a: &ServeArgs, dns: Option<&DiscoveryConfig>) -> Result<Listene
         None => SniTemplate::parse(DEFAULT_SNI_TEMPLATE).map_err(anyhow::Error::msg)?,
     };
     let tail = template.fixed_tail();
-    match a.listener_mode.as_deref().unwrap_or("filter-chains") {
+    // Naming the suffix says every builder is under it: then the faster mode is the default.
+    let default = if a.sni_suffix.is_some() {
+        "sni-cluster"
+    } else {
+        "filter-chains"
+    };
+    match a.listener_mode.as_deref().unwrap_or(default) {
         "filter-chains" => Ok(ListenerMode::FilterChains),
         "sni-cluster" => {
             let suffix = match &a.sni_suffix {
@@ -876,6 +885,16 @@ mod tests {
             sni_suffix: s.map(Into::into),
             ..args()
         };
+        // A suffix alone chooses sni-cluster; filter-chains can still be asked for.
+        let suffix_only = ServeArgs {
+            sni_suffix: Some("b.example.com".into()),
+            ..args()
+        };
+        assert_eq!(mode(suffix_only).unwrap(), sni("b.example.com"));
+        assert_eq!(
+            mode(with("filter-chains", Some("b.example.com"))).unwrap(),
+            ListenerMode::FilterChains
+        );
         // The suffix defaults to the SNI template's domain.
         assert_eq!(
             mode(with("sni-cluster", None)).unwrap(),
