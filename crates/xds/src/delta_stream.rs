@@ -4,6 +4,7 @@
 //! stream ends with UNAVAILABLE when the replica stops serving or at the maximum age.
 
 use crate::delta::{DeltaState, Request as DeltaRequest};
+use crate::grpc::Requests;
 use crate::grpc::{self, Responses};
 use crate::push::Pushes;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
@@ -14,12 +15,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 
 /// Accepts a delta stream and runs it in its own task.
 pub(crate) fn start(
     xds: Arc<Inner>,
-    request: Request<Streaming<DeltaDiscoveryRequest>>,
+    request: Request<Requests<DeltaDiscoveryRequest>>,
     bound_id: Option<String>,
 ) -> Result<Responses, Status> {
     if !*xds.serving.borrow() {
@@ -73,7 +74,7 @@ struct DeltaStream {
 }
 
 impl DeltaStream {
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+    async fn run(mut self, mut inbound: Requests<DeltaDiscoveryRequest>) {
         let mut serving = self.xds.serving.clone();
         let shutdown = self.xds.shutdown.clone();
         let age = max_age(self.xds.config.max_stream_age, self.id);

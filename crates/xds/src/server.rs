@@ -9,6 +9,7 @@
 
 use crate::LISTENER_ADDRESS_KEY;
 use crate::envoys::{EnvoyStatus, Envoys};
+use crate::grpc::Requests;
 use crate::grpc::{AdsGrpc, Responses};
 use crate::push::Pushes;
 use crate::resources::{ResourceConfig, Snapshot};
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 
 /// Settings of the ADS server.
 #[derive(Debug, Clone)]
@@ -255,7 +256,7 @@ impl XdsService {
     /// task.
     pub(crate) fn sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Requests<DiscoveryRequest>>,
     ) -> Result<Responses, Status> {
         let bound_id = self.bound_id(&request)?;
         let inner = &self.xds.inner;
@@ -285,7 +286,7 @@ impl XdsService {
     /// Accepts a delta stream (`DeltaAggregatedResources`) and runs it in its own task.
     pub(crate) fn delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Requests<DeltaDiscoveryRequest>>,
     ) -> Result<Responses, Status> {
         let bound_id = self.bound_id(&request)?;
         crate::delta_stream::start(self.xds.inner.clone(), request, bound_id)
@@ -351,7 +352,7 @@ pub(crate) enum End {
 }
 
 impl Stream {
-    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
+    async fn run(mut self, mut inbound: Requests<DiscoveryRequest>) {
         let mut serving = self.xds.serving.clone();
         let shutdown = self.xds.shutdown.clone();
         let age = max_age(self.xds.config.max_stream_age, self.id);
