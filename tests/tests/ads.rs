@@ -3,11 +3,12 @@
 //! NOT_SERVING and ends its streams, and a NACK is recorded and its version not sent again.
 
 use anyhow::{Context, Result, bail, ensure};
+use concord_tests::ads::{Ads, CDS};
 use concord_tests::{Cluster, Options, eventually};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use std::time::{Duration, Instant};
@@ -18,69 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const T: Duration = Duration::from_secs(20);
-
-/// A scripted ADS stream.
-struct Ads {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
-}
-
-impl Ads {
-    async fn open(c: &Cluster, xds: &str) -> Result<Ads, tonic::Status> {
-        let channel = c
-            .xds_channel(xds, "scripted")
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let (tx, rx) = mpsc::channel(8);
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok(Ads { tx, rx })
-    }
-
-    async fn request(&self, version: &str, nonce: &str, error: Option<&str>) -> Result<()> {
-        self.request_type(CDS, version, nonce, error).await
-    }
-
-    async fn request_type(
-        &self,
-        type_url: &str,
-        version: &str,
-        nonce: &str,
-        error: Option<&str>,
-    ) -> Result<()> {
-        let req = DiscoveryRequest {
-            version_info: version.to_string(),
-            node: Some(Node {
-                id: "scripted".into(),
-                ..Default::default()
-            }),
-            type_url: type_url.into(),
-            response_nonce: nonce.to_string(),
-            error_detail: error.map(|m| RpcStatus {
-                code: 3,
-                message: m.to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        self.tx.send(req).await.context("stream closed")
-    }
-
-    /// The next response, or the status the stream ended with.
-    async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
-        match tokio::time::timeout(T, self.rx.message()).await {
-            Ok(Ok(Some(r))) => Ok(r),
-            Ok(Ok(None)) => Err(tonic::Status::ok("stream ended")),
-            Ok(Err(s)) => Err(s),
-            Err(_) => Err(tonic::Status::deadline_exceeded("no message in 20 s")),
-        }
-    }
-}
 
 async fn health(c: &Cluster, xds: &str) -> Result<i32> {
     let channel = c.xds_channel(xds, "scripted").await?;

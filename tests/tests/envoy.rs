@@ -13,32 +13,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
-/// Waits until `envoy` routes `name`'s SNI to the builder `name`.
-async fn routes(ca: &TestCa, envoy: &Envoy, name: &str) -> Result<()> {
-    eventually(T, &format!("{} routes {name}", envoy.node_id), || async {
-        let got = probe(ca, envoy.listener, &sni(name)).await?;
-        ensure!(got == format!("builder {name}"), "reached {got:?}");
-        Ok(())
-    })
-    .await
-    .map_err(|e| e.context(envoy.log_tail()))
-}
-
-/// Waits until `envoy` no longer routes `name` (the handshake fails).
-async fn does_not_route(ca: &TestCa, envoy: &Envoy, name: &str) -> Result<()> {
-    eventually(
-        T,
-        &format!("{} stops routing {name}", envoy.node_id),
-        || async {
-            match probe(ca, envoy.listener, &sni(name)).await {
-                Ok(got) => bail!("still reached {got:?}"),
-                Err(_) => Ok(()),
-            }
-        },
-    )
-    .await
-}
-
 /// Waits until `envoy` reports `revision` for both clusters and listeners.
 async fn at_revision(envoy: &Envoy, revision: u64) -> Result<()> {
     eventually(
@@ -104,8 +78,8 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version(p: Protocol) ->
     let e1 = Envoy::start_with(&c, "envoy-1", &[x[0], x[1], x[2]], true, Some(p)).await?;
     let e2 = Envoy::start_with(&c, "envoy-2", &[x[1], x[2], x[0]], true, Some(p)).await?;
     for e in [&e1, &e2] {
-        routes(&ca, e, "b1").await?;
-        routes(&ca, e, "b2").await?;
+        e.routes(&ca, "b1").await?;
+        e.routes(&ca, "b2").await?;
         ensure!(
             probe(&ca, e.listener, &sni("unknown")).await.is_err(),
             "an unknown SNI must reach no builder"
@@ -133,9 +107,9 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version(p: Protocol) ->
     let b3 = TlsBuilder::start(&ca, "b3", &sni("b3")).await?;
     c.put_at(3, "b3", b3.addr, &sni("b3")).await?;
     for e in [&e1, &e2] {
-        does_not_route(&ca, e, "b2").await?;
-        routes(&ca, e, "b3").await?;
-        routes(&ca, e, "b1").await?;
+        e.does_not_route(&ca, "b2").await?;
+        e.routes(&ca, "b3").await?;
+        e.routes(&ca, "b1").await?;
     }
     let rev = leader_revision(&c).await?;
     at_revision(&e1, rev).await?;
@@ -155,7 +129,7 @@ async fn envoy_fails_over_when_its_replica_is_killed(p: Protocol) -> Result<()> 
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let servers = [x[0].as_str(), &x[1], &x[2]];
     let e = Arc::new(Envoy::start_with(&c, "envoy-1", &servers, true, Some(p)).await?);
-    routes(&ca, &e, "b1").await?;
+    e.routes(&ca, "b1").await?;
     ensure!(
         c.envoys_on(1).await? == ["envoy-1"],
         "streams from node 1 first"
@@ -216,7 +190,7 @@ async fn envoy_fails_over_when_its_replica_is_killed(p: Protocol) -> Result<()> 
     // A builder added after the kill reaches it.
     let b3 = TlsBuilder::start(&ca, "b3", &sni("b3")).await?;
     c.put_at(moved_to, "b3", b3.addr, &sni("b3")).await?;
-    routes(&ca, &e, "b3").await?;
+    e.routes(&ca, "b3").await?;
     let rev = leader_revision(&c).await?;
     at_revision(&e, rev).await?;
 
@@ -300,7 +274,7 @@ async fn failed_over_delta_envoy_gets_only_what_changed_in(sni_cluster: bool) ->
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let servers = [x[0].as_str(), &x[1], &x[2]];
     let e = Envoy::start_with(&c, "envoy-1", &servers, true, Some(Protocol::Delta)).await?;
-    routes(&ca, &e, "b1").await?;
+    e.routes(&ca, "b1").await?;
     let before = e.versions().await?;
     ensure!(c.envoys_on(1).await? == ["envoy-1"], "on node 1 first");
     ensure!(
@@ -327,8 +301,8 @@ async fn failed_over_delta_envoy_gets_only_what_changed_in(sni_cluster: bool) ->
         )
         .await?;
     ensure!(s == 200, "{s} {v}");
-    routes(&ca, &e, "b2").await?;
-    routes(&ca, &e, "b1").await?;
+    e.routes(&ca, "b2").await?;
+    e.routes(&ca, "b1").await?;
     let rev = leader_revision(&c).await?;
     let after = if sni_cluster {
         // Envoy takes a delta response's version only when it changes something: the
@@ -402,7 +376,7 @@ async fn a_real_envoy_takes_1000_builders(p: Protocol) -> Result<()> {
     // The 1000th, added last, is a real TLS builder.
     let last = TlsBuilder::start(&ca, "last", &sni("last")).await?;
     c.put_at(2, "last", last.addr, &sni("last")).await?;
-    routes(&ca, &e, "last").await?;
+    e.routes(&ca, "last").await?;
     let rev = leader_revision(&c).await?;
     at_revision(&e, rev).await?;
     let clusters: u64 = e.stat("cluster_manager.active_clusters").await?.parse()?;

@@ -4,7 +4,7 @@
 //! Envoy knows (the ADS cluster of the bootstrap) or a builder-looking name outside the suffix
 //! as its SNI matches no filter chain and reaches nothing.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use concord_tests::envoy::{Envoy, Protocol};
 use concord_tests::tls::{TestCa, TlsBuilder, probe};
 use concord_tests::{Cluster, Options, eventually, sni};
@@ -28,30 +28,6 @@ fn sni_cluster_mode() -> Options {
     }
 }
 
-async fn routes(ca: &TestCa, envoy: &Envoy, name: &str) -> Result<()> {
-    eventually(T, &format!("{} routes {name}", envoy.node_id), || async {
-        let got = probe(ca, envoy.listener, &sni(name)).await?;
-        ensure!(got == format!("builder {name}"), "reached {got:?}");
-        Ok(())
-    })
-    .await
-    .map_err(|e| e.context(envoy.log_tail()))
-}
-
-async fn does_not_route(ca: &TestCa, envoy: &Envoy, sni_name: &str) -> Result<()> {
-    eventually(
-        T,
-        &format!("{} stops routing {sni_name}", envoy.node_id),
-        || async {
-            match probe(ca, envoy.listener, sni_name).await {
-                Ok(got) => bail!("still reached {got:?}"),
-                Err(_) => Ok(()),
-            }
-        },
-    )
-    .await
-}
-
 async fn counter(envoy: &Envoy, name: &str) -> Result<u64> {
     Ok(envoy.stat(name).await?.trim().parse()?)
 }
@@ -73,7 +49,7 @@ async fn sni_cluster_routes_builders_under_the_suffix(p: Protocol) -> Result<()>
     c.put_at(1, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
     let e = Envoy::start_with(&c, "envoy-1", &x, true, Some(p)).await?;
-    routes(&ca, &e, "b1").await?;
+    e.routes(&ca, "b1").await?;
     // Clusters are named by SNI; the listener has one wildcard chain.
     let d = c.get(1, "/v1/xds/resources").await?;
     let r = &d["resources"];
@@ -90,10 +66,10 @@ async fn sni_cluster_routes_builders_under_the_suffix(p: Protocol) -> Result<()>
     // Builders come and go; the listener stays as it is.
     let b2 = TlsBuilder::start(&ca, "b2", &sni("b2")).await?;
     c.put_at(2, "b2", b2.addr, &sni("b2")).await?;
-    routes(&ca, &e, "b2").await?;
+    e.routes(&ca, "b2").await?;
     c.remove(3, "b1").await?;
-    does_not_route(&ca, &e, &sni("b1")).await?;
-    routes(&ca, &e, "b2").await?;
+    e.does_not_route(&ca, "b1").await?;
+    e.routes(&ca, "b2").await?;
     Ok(())
 }
 
@@ -110,7 +86,7 @@ async fn sni_outside_the_suffix_reaches_nothing() -> Result<()> {
     c.put_at(1, "x1", x1.addr, outside).await?;
     let xds: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
     let e = Envoy::start(&c, "envoy-1", &xds, true).await?;
-    routes(&ca, &e, "b1").await?;
+    e.routes(&ca, "b1").await?;
     let d = c.get(1, "/v1/xds/resources").await?;
     ensure!(
         d["resources"]["skipped"] == serde_json::json!(["x1"]),
@@ -172,6 +148,6 @@ async fn sni_outside_the_suffix_reaches_nothing() -> Result<()> {
         "x1 was reached"
     );
     // The suffix itself still routes.
-    routes(&ca, &e, "b1").await?;
+    e.routes(&ca, "b1").await?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use crate::grpc::Requests;
 use crate::grpc::{self, Responses};
 use crate::push::Pushes;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
-use crate::server::{End, Inner, listener_addr, max_age};
+use crate::server::{End, Event, Inner, Lifetime, finish, hello};
 use crate::snapshot::{Resources, Snapshot};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use std::net::SocketAddr;
@@ -75,54 +75,27 @@ struct DeltaStream {
 
 impl DeltaStream {
     async fn run(mut self, mut inbound: Requests<DeltaDiscoveryRequest>) {
-        let mut serving = self.xds.serving.clone();
-        let shutdown = self.xds.shutdown.clone();
-        let age = max_age(self.xds.config.max_stream_age, self.id);
-        let lost_quorum = async move {
-            let _ = serving.wait_for(|up| !*up).await;
-        };
-        tokio::pin!(age, lost_quorum);
+        let mut life = Lifetime::new(&self.xds, self.id);
         let end = loop {
-            let step = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Err(End::Closed),
-                _ = &mut lost_quorum => Err(End::Status(Status::unavailable(
-                    "this replica lost contact with the cluster's quorum; reconnect to another",
-                ))),
-                _ = &mut age => Err(End::Status(Status::unavailable(
-                    "maximum stream age reached; reconnect",
-                ))),
-                msg = inbound.message() => match msg {
-                    // Boxed: the handlers' futures are large, and a waiting stream should not
-                    // carry their space.
-                    Ok(Some(req)) => Box::pin(self.on_request(req)).await,
-                    Ok(None) | Err(_) => Err(End::Closed),
-                },
-                r = self.snapshots.changed() => match r {
-                    Ok(()) => Box::pin(self.push_stale()).await,
-                    Err(_) => Err(End::Closed),
-                },
+            // The handlers are boxed: their futures are large, and a waiting stream should
+            // not carry their space.
+            let step = match life.next(&mut inbound, &mut self.snapshots).await {
+                Event::Request(req) => Box::pin(self.on_request(req)).await,
+                Event::Changed => Box::pin(self.push_stale()).await,
+                Event::End(end) => Err(end),
             };
             if let Err(end) = step {
                 break end;
             }
         };
-        self.xds.envoys.disconnected(self.id);
-        if let End::Status(status) = end {
-            tracing::info!(
-                stream = self.id,
-                node = self.node_id(),
-                reason = status.message(),
-                "ending delta ADS stream"
-            );
-            let _ = self.tx.send(Err(Box::new(status))).await;
-        } else {
-            tracing::debug!(
-                stream = self.id,
-                node = self.node_id(),
-                "delta ADS stream closed"
-            );
-        }
+        finish(
+            &self.xds,
+            (self.id, self.node_id()),
+            &self.tx,
+            end,
+            "delta ADS",
+        )
+        .await;
     }
 
     fn node_id(&self) -> &str {
@@ -131,15 +104,16 @@ impl DeltaStream {
 
     async fn on_request(&mut self, mut req: DeltaDiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let node = req.node.take().unwrap_or_default();
-            crate::server::check_bound(self.bound_id.as_deref(), &node, self.id, self.peer)?;
-            if let Some(addr) = listener_addr(&node) {
-                self.listener_addr = addr;
-            }
-            tracing::info!(stream = self.id, node = %node.id, peer = ?self.peer, "Envoy connected (delta)");
-            self.xds.envoys.connected(self.id, &node, self.peer);
-            // Only the id is kept: a real Envoy's node lists its extensions (kilobytes).
-            self.node = Some(node.id);
+            let bound = self.bound_id.as_deref();
+            let (id, addr) = hello(
+                &self.xds,
+                (self.id, self.peer),
+                bound,
+                req.node.take(),
+                "delta",
+            )?;
+            self.listener_addr = addr.unwrap_or(self.listener_addr);
+            self.node = Some(id);
         }
         let type_url = req.type_url.as_str();
         let first = !self.state.types().contains_key(type_url);

@@ -10,7 +10,7 @@
 use crate::LISTENER_ADDRESS_KEY;
 use crate::envoys::{EnvoyStatus, Envoys};
 use crate::grpc::Requests;
-use crate::grpc::{AdsGrpc, Responses};
+use crate::grpc::{AdsGrpc, Out, Responses};
 use crate::push::Pushes;
 use crate::resources::{ResourceConfig, Snapshot};
 use crate::sotw::{Decision, StreamState};
@@ -310,24 +310,109 @@ struct Stream {
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
-/// With Envoy ids bound to certificates: ends a stream whose `node.id` is not the id its client
-/// certificate names.
-pub(crate) fn check_bound(
+/// A stream's first request names its Envoy: with Envoy ids bound to certificates, a `node.id`
+/// that is not the id the client certificate names ends the stream; else the Envoy is listed
+/// as connected. Returns the node id (only the id is kept: a real Envoy's node lists its
+/// extensions, kilobytes) and the listener address it asks for, if any.
+pub(crate) fn hello(
+    xds: &Inner,
+    (stream, peer): (u64, Option<SocketAddr>),
     bound: Option<&str>,
-    node: &Node,
-    stream: u64,
-    peer: Option<SocketAddr>,
-) -> Result<(), End> {
-    match bound {
-        Some(bound) if bound != node.id => {
-            tracing::warn!(stream, node = %node.id, cert = %bound, ?peer,
-                "refused an Envoy whose node id is not the one its certificate names");
-            Err(End::Status(Status::permission_denied(format!(
-                "node.id {:?} is not the Envoy id {bound:?} that the client certificate names",
-                node.id
-            ))))
+    node: Option<Node>,
+    kind: &str,
+) -> Result<(String, Option<SocketAddr>), End> {
+    let node = node.unwrap_or_default();
+    if let Some(bound) = bound.filter(|b| *b != node.id) {
+        tracing::warn!(stream, node = %node.id, cert = %bound, ?peer,
+            "refused an Envoy whose node id is not the one its certificate names");
+        return Err(End::Status(Status::permission_denied(format!(
+            "node.id {:?} is not the Envoy id {bound:?} that the client certificate names",
+            node.id
+        ))));
+    }
+    tracing::info!(stream, node = %node.id, ?peer, "Envoy connected ({kind})");
+    xds.envoys.connected(stream, &node, peer);
+    let addr = listener_addr(&node);
+    Ok((node.id, addr))
+}
+
+/// What ends a stream from outside, and what wakes it, the same for both protocols.
+pub(crate) struct Lifetime {
+    shutdown: CancellationToken,
+    /// Completes at the stream's maximum age.
+    age: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Completes when this replica stops serving (out of contact with the quorum).
+    lost_quorum: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// What a stream does next.
+pub(crate) enum Event<R> {
+    Request(R),
+    /// The snapshot moved: push what is stale.
+    Changed,
+    End(End),
+}
+
+impl Lifetime {
+    pub(crate) fn new(xds: &Inner, stream: u64) -> Lifetime {
+        let mut serving = xds.serving.clone();
+        Lifetime {
+            shutdown: xds.shutdown.clone(),
+            age: Box::pin(max_age(xds.config.max_stream_age, stream)),
+            lost_quorum: Box::pin(async move {
+                let _ = serving.wait_for(|up| !*up).await;
+            }),
         }
-        _ => Ok(()),
+    }
+
+    /// Waits for the next request, a new snapshot, or the end. After an [`Event::End`] the
+    /// stream must stop calling this.
+    pub(crate) async fn next<R: prost::Message + Default>(
+        &mut self,
+        inbound: &mut Requests<R>,
+        snapshots: &mut watch::Receiver<Arc<Snapshot>>,
+    ) -> Event<R> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Event::End(End::Closed),
+            _ = &mut self.lost_quorum => Event::End(End::Status(Status::unavailable(
+                "this replica lost contact with the cluster's quorum; reconnect to another",
+            ))),
+            _ = &mut self.age => Event::End(End::Status(Status::unavailable(
+                "maximum stream age reached; reconnect",
+            ))),
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => Event::Request(req),
+                Ok(None) | Err(_) => Event::End(End::Closed),
+            },
+            r = snapshots.changed() => match r {
+                Ok(()) => Event::Changed,
+                Err(_) => Event::End(End::Closed),
+            },
+        }
+    }
+}
+
+/// Ends a stream: its Envoy is no longer listed, and a status tells the Envoy why.
+pub(crate) async fn finish(
+    xds: &Inner,
+    (stream, node): (u64, &str),
+    tx: &mpsc::Sender<Out>,
+    end: End,
+    kind: &str,
+) {
+    xds.envoys.disconnected(stream);
+    match end {
+        End::Status(status) => {
+            tracing::info!(
+                stream,
+                node,
+                reason = status.message(),
+                "ending {kind} stream"
+            );
+            let _ = tx.send(Err(Box::new(status))).await;
+        }
+        End::Closed => tracing::debug!(stream, node, "{kind} stream closed"),
     }
 }
 
@@ -353,50 +438,20 @@ pub(crate) enum End {
 
 impl Stream {
     async fn run(mut self, mut inbound: Requests<DiscoveryRequest>) {
-        let mut serving = self.xds.serving.clone();
-        let shutdown = self.xds.shutdown.clone();
-        let age = max_age(self.xds.config.max_stream_age, self.id);
-        let lost_quorum = async move {
-            let _ = serving.wait_for(|up| !*up).await;
-        };
-        tokio::pin!(age, lost_quorum);
+        let mut life = Lifetime::new(&self.xds, self.id);
         let end = loop {
-            let step = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Err(End::Closed),
-                _ = &mut lost_quorum => Err(End::Status(Status::unavailable(
-                    "this replica lost contact with the cluster's quorum; reconnect to another",
-                ))),
-                _ = &mut age => Err(End::Status(Status::unavailable(
-                    "maximum stream age reached; reconnect",
-                ))),
-                msg = inbound.message() => match msg {
-                    // Boxed: the handlers' futures are large, and a waiting stream should not
-                    // carry their space.
-                    Ok(Some(req)) => Box::pin(self.on_request(req)).await,
-                    Ok(None) | Err(_) => Err(End::Closed),
-                },
-                r = self.snapshots.changed() => match r {
-                    Ok(()) => Box::pin(self.push_stale()).await,
-                    Err(_) => Err(End::Closed),
-                },
+            // The handlers are boxed: their futures are large, and a waiting stream should
+            // not carry their space.
+            let step = match life.next(&mut inbound, &mut self.snapshots).await {
+                Event::Request(req) => Box::pin(self.on_request(req)).await,
+                Event::Changed => Box::pin(self.push_stale()).await,
+                Event::End(end) => Err(end),
             };
             if let Err(end) = step {
                 break end;
             }
         };
-        self.xds.envoys.disconnected(self.id);
-        if let End::Status(status) = end {
-            tracing::info!(
-                stream = self.id,
-                node = self.node_id(),
-                reason = status.message(),
-                "ending ADS stream"
-            );
-            let _ = self.tx.send(Err(Box::new(status))).await;
-        } else {
-            tracing::debug!(stream = self.id, node = self.node_id(), "ADS stream closed");
-        }
+        finish(&self.xds, (self.id, self.node_id()), &self.tx, end, "ADS").await;
     }
 
     fn node_id(&self) -> &str {
@@ -405,15 +460,16 @@ impl Stream {
 
     async fn on_request(&mut self, mut req: DiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let node = req.node.take().unwrap_or_default();
-            check_bound(self.bound_id.as_deref(), &node, self.id, self.peer)?;
-            if let Some(addr) = listener_addr(&node) {
-                self.listener_addr = addr;
-            }
-            tracing::info!(stream = self.id, node = %node.id, peer = ?self.peer, "Envoy connected");
-            self.xds.envoys.connected(self.id, &node, self.peer);
-            // Only the id is kept: a real Envoy's node lists its extensions (kilobytes).
-            self.node = Some(node.id);
+            let bound = self.bound_id.as_deref();
+            let (id, addr) = hello(
+                &self.xds,
+                (self.id, self.peer),
+                bound,
+                req.node.take(),
+                "SotW",
+            )?;
+            self.listener_addr = addr.unwrap_or(self.listener_addr);
+            self.node = Some(id);
         }
         let current = self.snapshots.borrow().revision();
         let error = req.error_detail.as_ref().map(|e| e.message.as_str());

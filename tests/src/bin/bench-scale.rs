@@ -26,7 +26,6 @@ use concord_tests::dns::Bind;
 use concord_tests::envoy::{Envoy, Protocol};
 use concord_tests::tls::{TestCa, TlsBuilder, probe};
 use concord_tests::{Cluster, Options, free_port, percentiles, sni};
-use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -355,26 +354,7 @@ async fn run(
     })
     .await?;
     let leader = c.leader().await?;
-    let upserts: Vec<_> = (0..size)
-        .map(|i| {
-            json!({
-                "id": format!("bulk{i}"),
-                "addr": format!("127.0.1.{}:{}", 1 + i % 250, 20000 + i % 40000),
-                "sni": sni(&format!("bulk{i}")),
-            })
-        })
-        .collect();
-    for chunk in upserts.chunks(1000) {
-        let (s, v) = c
-            .send(
-                leader,
-                reqwest::Method::POST,
-                "/v1/builders",
-                Some(json!({ "upserts": chunk })),
-            )
-            .await?;
-        ensure!(s == 200, "batch put: {s} {v}");
-    }
+    c.put_bulk(leader, size).await?;
     let want = size + if bind.is_some() { DNS_BASELINE } else { 0 };
     let deadline = Duration::from_secs(30) + Duration::from_millis(10 * size as u64);
     let (rev, ids) = concord_tests::eventually(deadline, "registry loaded", || async {

@@ -7,8 +7,7 @@
 
 use anyhow::{Result, bail};
 use concord_tests::envoy::Envoy;
-use concord_tests::{Cluster, Options, eventually, percentiles, sni};
-use serde_json::json;
+use concord_tests::{Cluster, Options, eventually, percentiles};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_us() -> u64 {
@@ -56,20 +55,8 @@ async fn main() -> Result<()> {
     c.all_acked(envoys.len(), rev).await?;
     put_to_ack(&c, leader, puts, envoys.len(), "empty registry").await?;
 
-    let upserts: Vec<_> = (0..1000)
-        .map(|i| json!({ "id": format!("bulk{i}"), "addr": format!("127.0.1.{}:{}", 1 + i % 250, 20000 + i), "sni": sni(&format!("bulk{i}")) }))
-        .collect();
-    let (s, v) = c
-        .send(
-            leader,
-            reqwest::Method::POST,
-            "/v1/builders",
-            Some(json!({ "upserts": upserts })),
-        )
-        .await?;
-    anyhow::ensure!(s == 200, "bulk put {s} {v}");
-    c.all_acked(envoys.len(), v["revision"].as_u64().unwrap_or(0))
-        .await?;
+    let rev = c.put_bulk(leader, 1000).await?;
+    c.all_acked(envoys.len(), rev).await?;
     put_to_ack(&c, leader, puts, envoys.len(), "1000 builders registered").await?;
 
     let mut failover = Vec::new();

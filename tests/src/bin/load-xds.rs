@@ -12,11 +12,10 @@
 //! without TLS, to see what TLS costs per stream).
 
 use anyhow::{Context, Result, bail};
-use concord_tests::{Cluster, Options, percentiles, sni};
+use concord_tests::{Cluster, Options, percentiles};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -194,22 +193,7 @@ async fn main() -> Result<()> {
     }
     let c = Cluster::start(opts).await?;
     let leader = c.leader().await?;
-    let upserts: Vec<_> = (0..a.builders)
-        .map(|i| json!({ "id": format!("bulk{i}"), "addr": format!("127.0.1.{}:{}", 1 + i % 250, 20000 + i % 40000), "sni": sni(&format!("bulk{i}")) }))
-        .collect();
-    for chunk in upserts.chunks(1000) {
-        let (s, v) = c
-            .send(
-                leader,
-                reqwest::Method::POST,
-                "/v1/builders",
-                Some(json!({ "upserts": chunk })),
-            )
-            .await?;
-        if s != 200 {
-            bail!("batch put: {s} {v}");
-        }
-    }
+    c.put_bulk(leader, a.builders).await?;
     let (rev0, _) = c.converged(Duration::from_secs(30)).await?;
     let ids: Vec<u64> = if a.spread { vec![1, 2, 3] } else { vec![1] };
     let pids: HashMap<u64, u32> = c
