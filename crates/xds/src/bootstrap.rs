@@ -3,7 +3,7 @@
 //! checks and a short reconnect backoff, so that when a replica dies or steps aside the Envoy is
 //! streaming from another within about a second.
 
-use crate::LISTENER_ADDRESS_KEY;
+use crate::resources::LISTENER_ADDRESS_KEY;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 

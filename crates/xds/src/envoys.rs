@@ -1,7 +1,7 @@
 //! What this replica knows of the Envoys streaming from it: who, since when, which version of
 //! each type was sent and ACKed, and the last NACK — for the status endpoint and the CLI.
 
-use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+use crate::resource_type;
 use concord_telemetry::unix_micros as now_us;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use serde::Serialize;
@@ -60,11 +60,7 @@ pub struct NackStatus {
 
 /// Short names for the types this control plane serves.
 pub fn type_name(type_url: &str) -> String {
-    match type_url {
-        CLUSTER_TYPE => "clusters".into(),
-        LISTENER_TYPE => "listeners".into(),
-        other => other.to_string(),
-    }
+    resource_type::find(type_url).map_or_else(|| type_url.to_string(), |t| t.name.to_string())
 }
 
 fn now_ms() -> u64 {

@@ -8,23 +8,37 @@
 //! revision — a Raft log index — and delta's per-resource versions are content hashes, so both
 //! are the same on every replica for the same state, and an Envoy that fails over sees
 //! consistent versions (DESIGN rule 2).
+//!
+//! The modules form layers, each importing only those below it:
+//!
+//! - [`server`]: the handle, the gRPC server (TLS accept, health), the snapshot task;
+//! - `transport`: gRPC framing, our own tower service, request decoder and response body;
+//! - `service`: stream accept, the certificate-bound node id, dispatch to a driver;
+//! - `stream`: the SotW and delta drivers and the loop they share, over any request stream;
+//! - `push` and [`envoys`]: push bookkeeping, the Envoys' status, metrics and traces;
+//! - [`protocol`]: each protocol's state, pure; `wire`: responses encoded into gRPC frames;
+//! - [`resource_type`]: the table of served types the drivers iterate;
+//! - [`snapshot`], [`dump`], [`resources`], [`config`], [`bootstrap`]: resources and settings.
 
 pub mod bootstrap;
-pub mod delta;
-mod delta_stream;
+pub mod config;
+pub mod dump;
 pub mod envoys;
-mod grpc;
+pub mod protocol;
 mod push;
+pub mod resource_type;
 pub mod resources;
 pub mod server;
+mod service;
 pub mod snapshot;
-pub mod sotw;
+mod stream;
+mod transport;
 mod wire;
 
 pub use envoys::EnvoyStatus;
-pub use resources::{CLUSTER_TYPE, LISTENER_TYPE, ListenerMode, ResourceConfig, Snapshot};
+pub use protocol::{delta, sotw};
+pub use resources::{
+    CLUSTER_TYPE, LISTENER_ADDRESS_KEY, LISTENER_TYPE, ListenerMode, ResourceConfig,
+};
 pub use server::{ReadBarrierFn, RevisionTimesFn, XdsConfig, XdsServer};
-
-/// Node metadata key by which an Envoy asks for its builders' listener on another address than
-/// the replica's default (several Envoys on one host need distinct ports).
-pub const LISTENER_ADDRESS_KEY: &str = "concord.listener_address";
+pub use snapshot::Snapshot;

@@ -4,8 +4,9 @@
 //! delivers a traced change opens an `xds.push` span under this replica's apply of it, ended by
 //! the Envoy's ACK (ok) or NACK (error with its message).
 
+use crate::config::RevisionTimesFn;
 use crate::envoys::Envoys;
-use crate::server::RevisionTimesFn;
+use crate::resource_type;
 use concord_telemetry::trace::Span;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -154,7 +155,8 @@ impl Pushes {
             .known
             .insert(type_url.to_string(), revision)
             .unwrap_or(0);
-        if type_url != crate::CLUSTER_TYPE || revision <= had {
+        let carries_changes = resource_type::find(type_url).is_some_and(|t| t.carries_changes);
+        if !carries_changes || revision <= had {
             return;
         }
         let now = concord_telemetry::unix_micros();

@@ -262,17 +262,18 @@ impl Snapshot {
         self.serialised
     }
 
-    /// The resources of `type_url` for an Envoy whose listener binds `listener_addr`. Unknown
-    /// types get an empty set.
-    pub fn resources(&self, type_url: &str, listener_addr: SocketAddr) -> Arc<[Any]> {
-        match type_url {
-            CLUSTER_TYPE => self
-                .clusters
-                .get_or_init(|| self.clusters().map(|n| n.resource.clone()).collect())
-                .clone(),
-            LISTENER_TYPE => self.listener(listener_addr).any,
-            _ => Arc::from([]),
-        }
+    /// Every cluster, as a state-of-the-world response carries them (by builder id), shared by
+    /// every stream.
+    pub fn cluster_resources(&self) -> Arc<[Any]> {
+        self.clusters
+            .get_or_init(|| self.clusters().map(|n| n.resource.clone()).collect())
+            .clone()
+    }
+
+    /// The listener for an Envoy whose listener binds `listener_addr`, as a state-of-the-world
+    /// response carries it: none (filter-chains mode with no builders) or one.
+    pub fn listener_resources(&self, listener_addr: SocketAddr) -> Arc<[Any]> {
+        self.listener(listener_addr).any
     }
 
     /// Every cluster, by builder id, with its name and version.

@@ -1,5 +1,5 @@
 //! Discovery responses encoded straight from the snapshot's shared, already-encoded resources
-//! into one gRPC frame each (see [`crate::grpc`]). Building a prost message first would copy
+//! into one gRPC frame each ([`Out`], which [`crate::transport`] hands to HTTP/2 as it is). Building a prost message first would copy
 //! every resource it carries into an owned `Any` per stream and per push, the whole registry
 //! for a state-of-the-world push, only to copy it again into the frame; here each resource's
 //! bytes are copied once, into the frame HTTP/2 sends.
@@ -7,14 +7,18 @@
 //! Field numbers are those of `envoy.service.discovery.v3`; the tests check the output against
 //! prost's encoding of the same message.
 
-use crate::grpc::Out;
 use crate::snapshot::Named;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use std::sync::Arc;
 use tonic::Status;
+
+/// What a stream's driver hands its response body: a message already framed (gRPC prefix and
+/// all), or the status that ends the stream (boxed: the channel's slots are allocated per
+/// stream, at the item's size).
+pub(crate) type Out = Result<Bytes, Box<Status>>;
 
 /// The fields of a response besides its resources.
 pub(crate) struct Head<'a> {

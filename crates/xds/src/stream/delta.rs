@@ -1,81 +1,62 @@
-//! One delta ADS stream (`DeltaAggregatedResources`): drives [`DeltaState`] against the
-//! replica's latest [`Snapshot`], with the same rules and the same bookkeeping as state of the
-//! world ([`crate::push`]): answered first requests, never backwards, NACKs respected, and the
+//! The delta driver of one ADS stream (`DeltaAggregatedResources`): runs [`DeltaState`]
+//! against the replica's latest snapshot, with the same rules and the same bookkeeping as state
+//! of the world ([`crate::push`]): answered first requests, never backwards (an Envoy holding
+//! what this replica does not serve waits for a read barrier first), NACKs respected, and the
 //! stream ends with UNAVAILABLE when the replica stops serving or at the maximum age.
+//!
+//! Reads requests from any [`Inbound`] stream and writes framed responses into a channel; the
+//! service feeds it from HTTP/2, the tests from a channel.
 
-use crate::delta::{DeltaState, Request as DeltaRequest};
-use crate::grpc::Requests;
-use crate::grpc::{self, Responses};
+use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello};
+use crate::protocol::delta::{DeltaState, Request as DeltaRequest};
 use crate::push::Pushes;
-use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
-use crate::server::{End, Event, Inner, Lifetime, finish, hello};
+use crate::resource_type;
 use crate::snapshot::{Resources, Snapshot};
+use crate::wire::{self, Out};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
-use tonic::{Request, Status};
-
-/// Accepts a delta stream and runs it in its own task.
-pub(crate) fn start(
-    xds: Arc<Inner>,
-    request: Request<Requests<DeltaDiscoveryRequest>>,
-    bound_id: Option<String>,
-) -> Result<Responses, Status> {
-    if !*xds.serving.borrow() {
-        return Err(Status::unavailable(
-            "this replica is out of contact with the cluster's quorum; try another",
-        ));
-    }
-    let (tx, rx) = grpc::responses();
-    let listener_addr = xds.snapshots.borrow().default_listener_addr();
-    let stream = DeltaStream {
-        id: xds.next_stream.fetch_add(1, Ordering::Relaxed),
-        peer: request.remote_addr(),
-        bound_id,
-        tx,
-        state: DeltaState::new(),
-        node: None,
-        pushes: Pushes::default(),
-        listener_addr,
-        snapshots: xds.snapshots.clone(),
-        xds,
-    };
-    tokio::spawn(stream.run(request.into_inner()));
-    Ok(rx)
-}
+use tonic::Status;
 
 /// The current resources of `type_url` for a listener at `addr` (a cheap, shared copy).
 fn current(snap: &Snapshot, addr: SocketAddr, type_url: &str) -> Resources {
-    match type_url {
-        CLUSTER_TYPE => snap.cluster_map(),
-        LISTENER_TYPE => snap
-            .named_listener(addr)
-            .map(|l| Resources::unit(l.name.clone(), l))
-            .unwrap_or_default(),
-        _ => Resources::new(),
-    }
+    resource_type::delta(snap, type_url, addr)
 }
 
-struct DeltaStream {
-    xds: Arc<Inner>,
-    id: u64,
-    /// The Envoy id this stream's client certificate names, when ids are bound to certificates.
-    bound_id: Option<String>,
-    peer: Option<SocketAddr>,
-    tx: mpsc::Sender<grpc::Out>,
+/// One delta stream.
+pub(crate) struct DeltaStream {
+    xds: Arc<Shared>,
+    peer: Peer,
+    tx: mpsc::Sender<Out>,
     state: DeltaState,
     /// The Envoy's node id, once its first request has named it.
     node: Option<String>,
+    /// What was sent, ACKed and NACKed, for status and metrics.
     pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
 impl DeltaStream {
-    async fn run(mut self, mut inbound: Requests<DeltaDiscoveryRequest>) {
-        let mut life = Lifetime::new(&self.xds, self.id);
+    /// A stream of `peer` that sends its responses into `tx`.
+    pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: mpsc::Sender<Out>) -> DeltaStream {
+        let listener_addr = xds.snapshots.borrow().default_listener_addr();
+        DeltaStream {
+            listener_addr,
+            snapshots: xds.snapshots.clone(),
+            xds,
+            peer,
+            tx,
+            state: DeltaState::new(),
+            node: None,
+            pushes: Pushes::default(),
+        }
+    }
+
+    /// Serves the stream until it ends; the last thing sent is the status that ends it, if any.
+    pub(crate) async fn run(mut self, mut inbound: impl Inbound<DeltaDiscoveryRequest>) {
+        let mut life = Lifetime::new(&self.xds, self.peer.id);
         let end = loop {
             // The handlers are boxed: their futures are large, and a waiting stream should
             // not carry their space.
@@ -88,14 +69,8 @@ impl DeltaStream {
                 break end;
             }
         };
-        finish(
-            &self.xds,
-            (self.id, self.node_id()),
-            &self.tx,
-            end,
-            "delta ADS",
-        )
-        .await;
+        let stream = (self.peer.id, self.node_id());
+        finish(&self.xds, stream, &self.tx, end, "delta ADS").await;
     }
 
     fn node_id(&self) -> &str {
@@ -104,14 +79,7 @@ impl DeltaStream {
 
     async fn on_request(&mut self, mut req: DeltaDiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let bound = self.bound_id.as_deref();
-            let (id, addr) = hello(
-                &self.xds,
-                (self.id, self.peer),
-                bound,
-                req.node.take(),
-                "delta",
-            )?;
+            let (id, addr) = hello(&self.xds, &self.peer, req.node.take(), "delta")?;
             self.listener_addr = addr.unwrap_or(self.listener_addr);
             self.node = Some(id);
         }
@@ -128,12 +96,12 @@ impl DeltaStream {
         let x = &self.xds;
         if let Some(revision) = outcome.acked {
             self.pushes
-                .acked(&x.envoys, &x.times, self.id, type_url, revision);
+                .acked(&x.envoys, &x.times, self.peer.id, type_url, revision);
         }
         if let Some((revision, message)) = &outcome.nacked {
             let node = self.node.as_deref().unwrap_or("");
             self.pushes
-                .nacked(&x.envoys, self.id, node, type_url, *revision, message);
+                .nacked(&x.envoys, self.peer.id, node, type_url, *revision, message);
         }
         if outcome.first {
             self.first_request(type_url).await?;
@@ -210,13 +178,14 @@ impl DeltaStream {
     /// Envoy the revision).
     async fn push_stale(&mut self) -> Result<(), End> {
         let current = self.snapshots.borrow_and_update().revision();
-        let stale: Vec<String> = self
+        let mut stale: Vec<String> = self
             .state
             .types()
             .iter()
             .filter(|(_, t)| t.sent.is_some_and(|s| s < current))
             .map(|(k, _)| k.clone())
             .collect();
+        resource_type::push_order(&mut stale);
         for type_url in stale {
             self.send(&type_url, true).await?;
         }
@@ -238,13 +207,13 @@ impl DeltaStream {
         self.pushes.sent(
             &self.xds.envoys,
             &self.xds.times,
-            (self.id, node),
+            (self.peer.id, node),
             type_url,
             revision,
             counts,
         );
-        let framed = crate::wire::delta(
-            &crate::wire::Head {
+        let framed = wire::delta(
+            &wire::Head {
                 version: snap.version(),
                 type_url,
                 nonce: &nonce,
@@ -256,3 +225,6 @@ impl DeltaStream {
         self.tx.send(framed).await.map_err(|_| End::Closed)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! The state-of-the-world protocol of one ADS stream, as plain data: what was sent per type, what
-//! the Envoy ACKed or NACKed, and what to do with each request. No I/O, no clock; the server
-//! drives it.
+//! the Envoy ACKed or NACKed, and what to do with each request. No I/O, no clock; the SotW
+//! driver ([`crate::stream::sotw`]) drives it.
 //!
 //! The rules (DESIGN 3–5): answer the first request of every type, even at an equal version;
 //! never answer with a revision lower than the one the Envoy reports (wait for it instead); an
@@ -138,14 +138,16 @@ impl StreamState {
     }
 
     /// The subscribed types that should be sent `current` now: those whose last response is
-    /// older. A NACKed version is never re-sent; the next revision is.
+    /// older. A NACKed version is never re-sent; the next revision is — also to a type whose
+    /// first request went unanswered because it asked for a version NACKed on an earlier
+    /// stream (nothing was sent on this one; the NACKed version stands for it).
     pub fn stale_types(&self, current: u64) -> Vec<String> {
         self.types
             .iter()
             .filter(|(_, t)| {
                 let sent = t.sent.as_ref().map(|s| s.0);
                 let nacked = t.nacked.as_ref().map(|n| n.0);
-                sent.is_some_and(|v| v < current) && nacked != Some(current)
+                sent.or(nacked).is_some_and(|v| v < current) && nacked != Some(current)
             })
             .map(|(k, _)| k.clone())
             .collect()
@@ -231,6 +233,11 @@ mod tests {
             Decision::Ignore
         );
         assert!(s.stale_types(6).is_empty());
+        assert_eq!(
+            s.stale_types(7),
+            [CLUSTER_TYPE],
+            "the next revision is sent"
+        );
     }
 
     #[test]

@@ -1,15 +1,19 @@
-//! The ADS service's gRPC framing, in place of the generated tonic server: each response is
-//! encoded by its stream's task into a buffer of exactly its size ([`crate::wire`]), handed to
-//! HTTP/2 and freed once written; requests are decoded by [`Requests`], whose buffer shrinks
-//! back after a large request.
+//! The ADS service's gRPC transport, in place of the generated tonic server: a tower service
+//! ([`AdsGrpc`]) that routes the two ADS methods to [`XdsService`], decodes each request body
+//! into a stream of messages ([`Requests`], whose buffer shrinks back after a large request),
+//! and sends the response body as the driver's already-framed messages ([`crate::wire::Out`]),
+//! each handed to HTTP/2 and freed once written.
 //!
 //! Why not tonic's encoder: it encodes a stream's messages into one buffer that it keeps for
 //! the life of the stream, at the size of the largest message it ever sent. An Envoy's first
 //! response carries every resource (about 220 KiB at 1000 builders in sni-cluster mode), so
 //! every connected Envoy held a copy of the whole registry for as long as it stayed connected:
 //! 224 MiB of the replica's 260 MiB heap with 1000 simulated Envoys (heaptrack, `load-xds`).
+//!
+//! Used by the server ([`crate::server`]); calls the service below it.
 
-use crate::server::XdsService;
+use crate::service::XdsService;
+use crate::stream::Responses;
 use bytes::{Buf, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use http::{HeaderMap, HeaderValue};
@@ -20,7 +24,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
@@ -34,19 +38,6 @@ const DELTA_PATH: &str =
 /// Largest request accepted from an Envoy (a reconnecting delta Envoy lists every resource it
 /// holds, with its version).
 const MAX_REQUEST: usize = 16 * 1024 * 1024;
-
-/// What a stream's task hands its response body: a message already framed, or the status that
-/// ends the stream (boxed: the channel's slots are allocated per stream, at the item's size).
-pub(crate) type Out = Result<Bytes, Box<Status>>;
-
-/// The receiving end of a stream's responses.
-pub(crate) type Responses = mpsc::Receiver<Out>;
-
-/// The channel from a stream's task to its response body. Small: the task waits for HTTP/2 to
-/// take each response, so a slow Envoy holds at most a few encoded responses.
-pub(crate) fn responses() -> (mpsc::Sender<Out>, Responses) {
-    mpsc::channel(4)
-}
 
 /// ADS over HTTP/2, for `tonic::transport::Server::add_service`.
 #[derive(Clone)]
@@ -118,35 +109,38 @@ pub(crate) struct Requests<T> {
     message: PhantomData<fn() -> T>,
 }
 
-impl<T: prost::Message + Default> Requests<T> {
-    /// The next request; `None` when the Envoy has closed its side. Cancel-safe: what was
-    /// read stays in the buffer.
-    pub(crate) async fn message(&mut self) -> Result<Option<T>, Status> {
+impl<T: prost::Message + Default> Stream for Requests<T> {
+    type Item = Result<T, Status>;
+
+    /// The next request; `None` when the Envoy has closed its side. What was read stays in the
+    /// buffer until a whole message is there, so dropping a pending `next` loses nothing.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            if let Some(message) = self.buffered()? {
-                return Ok(Some(message));
+            if let Some(message) = self.buffered().transpose() {
+                return Poll::Ready(Some(message));
             }
             if self.ended {
-                return match self.buf.is_empty() {
-                    true => Ok(None),
-                    false => Err(Status::invalid_argument(
+                return Poll::Ready(match self.buf.is_empty() {
+                    true => None,
+                    false => Some(Err(Status::invalid_argument(
                         "the request stream ended inside a message",
-                    )),
-                };
+                    ))),
+                });
             }
-            let frame = std::future::poll_fn(|cx| Pin::new(&mut self.body).poll_frame(cx)).await;
-            match frame {
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.buf.extend_from_slice(&data);
                     }
                 }
-                Some(Err(status)) => return Err(status),
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
                 None => self.ended = true,
             }
         }
     }
+}
 
+impl<T: prost::Message + Default> Requests<T> {
     /// A whole message from the buffer, if there is one.
     fn buffered(&mut self) -> Result<Option<T>, Status> {
         let Some(prefix) = self.buf.get(..5) else {
@@ -232,6 +226,7 @@ mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use prost::Message;
     use std::collections::VecDeque;
+    use tokio_stream::StreamExt;
 
     /// A request body that yields the given chunks.
     struct Chunks(VecDeque<Bytes>);
@@ -285,13 +280,13 @@ mod tests {
         let chunks: Vec<Vec<u8>> = bytes.chunks(7919).map(<[u8]>::to_vec).collect();
         assert!(chunks.len() > 3);
         let mut r = requests(chunks);
-        assert_eq!(r.message().await.unwrap(), Some(a));
-        let got = r.message().await.unwrap().unwrap();
+        assert_eq!(r.next().await.transpose().unwrap(), Some(a));
+        let got = r.next().await.unwrap().unwrap();
         assert_eq!(got, b);
         assert!(framed(&b).len() > KEEP, "the test needs a large request");
-        assert_eq!(r.message().await.unwrap(), Some(c));
+        assert_eq!(r.next().await.transpose().unwrap(), Some(c));
         assert!(r.buf.capacity() < KEEP, "kept {} bytes", r.buf.capacity());
-        assert_eq!(r.message().await.unwrap(), None);
+        assert!(r.next().await.is_none());
     }
 
     #[tokio::test]
@@ -309,7 +304,7 @@ mod tests {
             (vec![truncated], tonic::Code::InvalidArgument),
             (vec![garbage], tonic::Code::InvalidArgument),
         ] {
-            let err = requests(chunks).message().await.unwrap_err();
+            let err = requests(chunks).next().await.unwrap().unwrap_err();
             assert_eq!(err.code(), code, "{err:?}");
         }
     }

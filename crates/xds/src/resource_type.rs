@@ -1,0 +1,118 @@
+//! The resource types this control plane serves, as one table: type URL, status name, push
+//! order, and how each type's resources are read from a [`Snapshot`] in both protocols' forms.
+//! The stream drivers, the push bookkeeping and the status iterate this table and never name a
+//! type, so serving a new type (RDS, EDS, SDS) is writing its builder in [`crate::resources`],
+//! keeping its encoded form in the snapshot, and adding a row here.
+//!
+//! Reads snapshots; used by the stream drivers, [`crate::push`] and [`crate::envoys`].
+
+use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+use crate::snapshot::{Resources, Snapshot};
+use envoy_types::pb::google::protobuf::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// One resource type.
+#[derive(Debug)]
+pub struct ResourceType {
+    /// Its type URL (`type.googleapis.com/...`).
+    pub type_url: &'static str,
+    /// Its short name in the Envoys' status (`clusters`).
+    pub name: &'static str,
+    /// Every resource of the type for an Envoy whose listener binds the address, in the order
+    /// a state-of-the-world response carries them.
+    pub sotw: fn(&Snapshot, SocketAddr) -> Arc<[Any]>,
+    /// The same resources by name, with their content versions, for delta.
+    pub delta: fn(&Snapshot, SocketAddr) -> Resources,
+    /// An ACK of this type is the Envoy accepting the registry's changes (the builders'
+    /// clusters): commit-to-ACK and discovery-to-ACK are measured on it.
+    pub carries_changes: bool,
+}
+
+/// Clusters (CDS): one per routable builder.
+pub static CLUSTERS: ResourceType = ResourceType {
+    type_url: CLUSTER_TYPE,
+    name: "clusters",
+    sotw: |s, _| s.cluster_resources(),
+    delta: |s, _| s.cluster_map(),
+    carries_changes: true,
+};
+
+/// Listeners (LDS): the builders' listener at the Envoy's listener address.
+pub static LISTENERS: ResourceType = ResourceType {
+    type_url: LISTENER_TYPE,
+    name: "listeners",
+    sotw: |s, addr| s.listener_resources(addr),
+    delta: |s, addr| {
+        s.named_listener(addr)
+            .map(|l| Resources::unit(l.name.clone(), l))
+            .unwrap_or_default()
+    },
+    carries_changes: false,
+};
+
+/// Every type served, in the order ADS pushes a revision's changes: a resource's dependencies
+/// before it, as Envoy asks (clusters before the listeners that route to them; EDS would follow
+/// CDS, RDS follow LDS).
+pub static TYPES: [&ResourceType; 2] = [&CLUSTERS, &LISTENERS];
+
+/// The served type of `type_url`, if it is one.
+pub fn find(type_url: &str) -> Option<&'static ResourceType> {
+    TYPES.iter().copied().find(|t| t.type_url == type_url)
+}
+
+/// Sorts type URLs into push order: served types in [`TYPES`] order, then any others (they are
+/// answered with no resources) by URL.
+pub fn push_order(type_urls: &mut [String]) {
+    let rank = |url: &str| TYPES.iter().position(|t| t.type_url == url);
+    type_urls.sort_by(|a, b| {
+        (rank(a).unwrap_or(usize::MAX), a).cmp(&(rank(b).unwrap_or(usize::MAX), b))
+    });
+}
+
+/// The state-of-the-world resources of `type_url` for an Envoy whose listener binds `addr`;
+/// none for a type this control plane does not serve.
+pub fn sotw(snapshot: &Snapshot, type_url: &str, addr: SocketAddr) -> Arc<[Any]> {
+    find(type_url).map_or_else(|| Arc::from([]), |t| (t.sotw)(snapshot, addr))
+}
+
+/// The delta resources of `type_url` for an Envoy whose listener binds `addr` (a cheap, shared
+/// copy); none for a type this control plane does not serve.
+pub fn delta(snapshot: &Snapshot, type_url: &str, addr: SocketAddr) -> Resources {
+    find(type_url).map_or_else(Resources::new, |t| (t.delta)(snapshot, addr))
+}
+
+impl Snapshot {
+    /// The resources of `type_url` for an Envoy whose listener binds `listener_addr`. Unknown
+    /// types get an empty set.
+    pub fn resources(&self, type_url: &str, listener_addr: SocketAddr) -> Arc<[Any]> {
+        sotw(self, type_url, listener_addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_order_is_the_tables_then_the_rest() {
+        let mut urls = vec![
+            "type.googleapis.com/z".to_string(),
+            LISTENER_TYPE.to_string(),
+            "type.googleapis.com/a".to_string(),
+            CLUSTER_TYPE.to_string(),
+        ];
+        push_order(&mut urls);
+        assert_eq!(
+            urls,
+            [
+                CLUSTER_TYPE,
+                LISTENER_TYPE,
+                "type.googleapis.com/a",
+                "type.googleapis.com/z"
+            ]
+        );
+        assert_eq!(find(LISTENER_TYPE).map(|t| t.name), Some("listeners"));
+        assert!(find("type.googleapis.com/a").is_none());
+    }
+}

@@ -1,0 +1,180 @@
+//! The delta driver's rules, driven through a channel: first requests always answered, NACKed
+//! resource versions not sent again (on this stream or a later one) while the next versions
+//! are, and never backwards: an Envoy holding what this replica does not serve waits for the
+//! replica to catch up with the cluster.
+
+use super::DeltaStream;
+use crate::config::ReadBarrierFn;
+use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+use crate::stream::testing::{CATCH_UP, Envoy, Replica, builder, node};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A request of Envoy `envoy-1`.
+fn request(type_url: &str, nonce: &str, error: Option<&str>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: node("envoy-1"),
+        type_url: type_url.into(),
+        response_nonce: nonce.into(),
+        error_detail: error.map(|message| RpcStatus {
+            code: 13,
+            message: message.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A first request of an Envoy that holds `held` (name → version).
+fn reconnect(type_url: &str, held: HashMap<String, String>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        initial_resource_versions: held,
+        ..request(type_url, "", None)
+    }
+}
+
+/// A read barrier that reports the cluster at `revision`.
+fn barrier(revision: u64) -> Option<ReadBarrierFn> {
+    Some(Arc::new(move || Box::pin(async move { Ok(revision) })))
+}
+
+/// Starts a delta driver on `replica` and returns the Envoy's end.
+fn connect(replica: &Replica) -> Envoy<DeltaDiscoveryRequest> {
+    let (envoy, peer, inbound, tx) = replica.stream();
+    tokio::spawn(DeltaStream::new(replica.xds.clone(), peer, tx).run(inbound));
+    envoy
+}
+
+async fn response(envoy: &mut Envoy<DeltaDiscoveryRequest>) -> DeltaDiscoveryResponse {
+    envoy
+        .recv()
+        .await
+        .expect("a response, not the stream's end")
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn the_first_request_is_answered_even_when_the_envoy_holds_everything() {
+    let replica = Replica::new(None);
+    let held: HashMap<String, String> = replica
+        .xds
+        .snapshots
+        .borrow()
+        .cluster_map()
+        .values()
+        .map(|n| (n.name.clone(), n.version.clone()))
+        .collect();
+    assert_eq!(held.len(), 2);
+    let mut envoy = connect(&replica);
+    envoy.send(reconnect(CLUSTER_TYPE, held)).await;
+    // Nothing differs, and the Envoy still hears the revision: it waits for a response.
+    let r = response(&mut envoy).await;
+    assert_eq!(
+        (r.type_url.as_str(), r.system_version_info.as_str()),
+        (CLUSTER_TYPE, "1")
+    );
+    assert!(
+        r.resources.is_empty() && r.removed_resources.is_empty(),
+        "{r:?}"
+    );
+    // A fresh subscription gets everything.
+    envoy.send(request(LISTENER_TYPE, "", None)).await;
+    let r = response(&mut envoy).await;
+    assert_eq!(
+        (r.type_url.as_str(), names(&r)),
+        (LISTENER_TYPE, vec!["builders"])
+    );
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn a_nacked_version_is_not_resent_and_the_next_one_is() {
+    let mut replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let first = response(&mut envoy).await;
+    assert_eq!(names(&first), ["builder_b0", "builder_b1"]);
+    envoy
+        .send(request(CLUSTER_TYPE, &first.nonce, Some("bad cluster")))
+        .await;
+    // The NACK is queued before the new revision, and the driver reads requests first: had it
+    // answered the NACK by sending version 1 again, that would come first.
+    replica.apply(2, vec![builder("b0", 444)]);
+    let next = response(&mut envoy).await;
+    assert_eq!(
+        next.system_version_info, "2",
+        "the NACKed version was sent again"
+    );
+    assert_eq!(names(&next), ["builder_b0"], "only what changed since");
+    assert_eq!(replica.xds.envoys.nacks_total(), 1);
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn a_version_nacked_on_an_earlier_stream_is_not_resent_and_the_next_one_is() {
+    let mut replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let first = response(&mut envoy).await;
+    envoy
+        .send(request(CLUSTER_TYPE, &first.nonce, Some("bad cluster")))
+        .await;
+    envoy.close().await;
+    // The same Envoy reconnects holding nothing: it hears the revision, not the resources it
+    // rejected; the next change is sent.
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let r = response(&mut envoy).await;
+    assert_eq!(r.system_version_info, "1");
+    assert!(
+        r.resources.is_empty(),
+        "the NACKed version was sent again: {:?}",
+        names(&r)
+    );
+    replica.apply(2, vec![builder("b0", 444)]);
+    let next = response(&mut envoy).await;
+    assert_eq!(next.system_version_info, "2");
+    assert_eq!(names(&next), ["builder_b0"]);
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn an_envoy_holding_what_the_replica_does_not_serve_is_not_sent_older_config() {
+    // The cluster is at revision 9; this replica has applied 1 and does not get further.
+    let replica = Replica::new(barrier(9));
+    let mut envoy = connect(&replica);
+    let held = [("builder_b0".to_string(), "00000000000000ff".to_string())].into();
+    envoy.send(reconnect(CLUSTER_TYPE, held)).await;
+    let end = envoy.recv::<DeltaDiscoveryResponse>().await;
+    let status = end.expect_err("an Envoy ahead of the replica was sent older config");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains(&format!("{CATCH_UP:?}")),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_envoy_holding_what_the_replica_does_not_serve_is_answered_once_it_catches_up() {
+    let mut replica = Replica::new(barrier(3));
+    let mut envoy = connect(&replica);
+    let held = [("builder_b0".to_string(), "00000000000000ff".to_string())].into();
+    envoy.send(reconnect(CLUSTER_TYPE, held)).await;
+    replica.connected("envoy-1").await;
+    replica.apply(2, vec![builder("b0", 444)]);
+    replica.apply(3, vec![builder("b1", 444)]);
+    let r = response(&mut envoy).await;
+    assert_eq!(
+        r.system_version_info, "3",
+        "sent a revision older than the cluster's"
+    );
+    assert_eq!(names(&r), ["builder_b0", "builder_b1"]);
+    envoy.close().await;
+}

@@ -1,0 +1,210 @@
+//! The stream drivers, one per protocol ([`sotw`], [`delta`]), and the loop both share: what a
+//! stream's lifetime is ([`Lifetime`], [`Event`], [`End`]), how its first request names the
+//! Envoy ([`hello`]) and how it ends ([`finish`]).
+//!
+//! A driver reads requests from any [`Inbound`] stream and writes framed responses
+//! ([`crate::wire::Out`]) into a channel, so the transport feeds it from HTTP/2 and tests feed
+//! it from a channel, no sockets. It acts on the pure protocol state ([`crate::protocol`]),
+//! reads the resources through the type table ([`crate::resource_type`]) and reports every push
+//! to [`crate::push`]; it knows nothing of gRPC framing or of the server above it.
+
+pub(crate) mod delta;
+pub(crate) mod sotw;
+
+use crate::config::{ReadBarrierFn, RevisionTimesFn, XdsConfig};
+use crate::envoys::Envoys;
+use crate::resources::LISTENER_ADDRESS_KEY;
+use crate::snapshot::Snapshot;
+use crate::wire::Out;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+/// An Envoy's requests as a driver reads them: each decoded request, or the error that ends
+/// the stream; the stream's end is the Envoy closing its side.
+pub(crate) trait Inbound<R>:
+    Stream<Item = Result<R, Status>> + Unpin + Send + 'static
+{
+}
+
+impl<R, S: Stream<Item = Result<R, Status>> + Unpin + Send + 'static> Inbound<R> for S {}
+
+/// The receiving end of a stream's responses.
+pub(crate) type Responses = mpsc::Receiver<Out>;
+
+/// The channel from a stream's driver to its response body. Small: the driver waits for HTTP/2
+/// to take each response, so a slow Envoy holds at most a few encoded responses.
+pub(crate) fn responses() -> (mpsc::Sender<Out>, Responses) {
+    mpsc::channel(4)
+}
+
+/// What every stream of a replica shares: settings, the latest snapshot, whether the replica
+/// serves, the connected Envoys. The server builds it once.
+pub(crate) struct Shared {
+    pub(crate) config: XdsConfig,
+    pub(crate) times: RevisionTimesFn,
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) serving: watch::Receiver<bool>,
+    pub(crate) envoys: Envoys,
+    pub(crate) next_stream: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) read_barrier: Option<ReadBarrierFn>,
+}
+
+/// Who a stream is, as the service accepted it.
+pub(crate) struct Peer {
+    /// Stream id on this replica.
+    pub(crate) id: u64,
+    /// Remote address.
+    pub(crate) addr: Option<SocketAddr>,
+    /// The Envoy id this stream's client certificate names, when ids are bound to certificates.
+    pub(crate) bound_id: Option<String>,
+}
+
+/// The listener address an Envoy asks for in its node metadata, if any.
+pub(crate) fn listener_addr(node: &Node) -> Option<SocketAddr> {
+    let fields = &node.metadata.as_ref()?.fields;
+    match fields.get(LISTENER_ADDRESS_KEY)?.kind.as_ref()? {
+        Kind::StringValue(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A stream's first request names its Envoy: with Envoy ids bound to certificates, a `node.id`
+/// that is not the id the client certificate names ends the stream; else the Envoy is listed
+/// as connected. Returns the node id (only the id is kept: a real Envoy's node lists its
+/// extensions, kilobytes) and the listener address it asks for, if any.
+pub(crate) fn hello(
+    xds: &Shared,
+    peer: &Peer,
+    node: Option<Node>,
+    kind: &str,
+) -> Result<(String, Option<SocketAddr>), End> {
+    let node = node.unwrap_or_default();
+    let (stream, addr) = (peer.id, peer.addr);
+    if let Some(bound) = peer.bound_id.as_deref().filter(|b| *b != node.id) {
+        tracing::warn!(stream, node = %node.id, cert = %bound, peer = ?addr,
+            "refused an Envoy whose node id is not the one its certificate names");
+        return Err(End::Status(Status::permission_denied(format!(
+            "node.id {:?} is not the Envoy id {bound:?} that the client certificate names",
+            node.id
+        ))));
+    }
+    tracing::info!(stream, node = %node.id, peer = ?addr, "Envoy connected ({kind})");
+    xds.envoys.connected(stream, &node, addr);
+    let listener = listener_addr(&node);
+    Ok((node.id, listener))
+}
+
+/// What ends a stream from outside, and what wakes it, the same for both protocols.
+pub(crate) struct Lifetime {
+    shutdown: CancellationToken,
+    /// Completes at the stream's maximum age.
+    age: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Completes when this replica stops serving (out of contact with the quorum).
+    lost_quorum: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// What a stream does next.
+pub(crate) enum Event<R> {
+    Request(R),
+    /// The snapshot moved: push what is stale.
+    Changed,
+    End(End),
+}
+
+impl Lifetime {
+    pub(crate) fn new(xds: &Shared, stream: u64) -> Lifetime {
+        let mut serving = xds.serving.clone();
+        Lifetime {
+            shutdown: xds.shutdown.clone(),
+            age: Box::pin(max_age(xds.config.max_stream_age, stream)),
+            lost_quorum: Box::pin(async move {
+                let _ = serving.wait_for(|up| !*up).await;
+            }),
+        }
+    }
+
+    /// Waits for the next request, a new snapshot, or the end. After an [`Event::End`] the
+    /// stream must stop calling this.
+    pub(crate) async fn next<R>(
+        &mut self,
+        inbound: &mut impl Inbound<R>,
+        snapshots: &mut watch::Receiver<Arc<Snapshot>>,
+    ) -> Event<R> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Event::End(End::Closed),
+            _ = &mut self.lost_quorum => Event::End(End::Status(Status::unavailable(
+                "this replica lost contact with the cluster's quorum; reconnect to another",
+            ))),
+            _ = &mut self.age => Event::End(End::Status(Status::unavailable(
+                "maximum stream age reached; reconnect",
+            ))),
+            // Cancel-safe: `next` on an `Unpin` stream loses nothing when another branch wins.
+            msg = inbound.next() => match msg {
+                Some(Ok(req)) => Event::Request(req),
+                None | Some(Err(_)) => Event::End(End::Closed),
+            },
+            r = snapshots.changed() => match r {
+                Ok(()) => Event::Changed,
+                Err(_) => Event::End(End::Closed),
+            },
+        }
+    }
+}
+
+/// Ends a stream: its Envoy is no longer listed, and a status tells the Envoy why.
+pub(crate) async fn finish(
+    xds: &Shared,
+    (stream, node): (u64, &str),
+    tx: &mpsc::Sender<Out>,
+    end: End,
+    kind: &str,
+) {
+    xds.envoys.disconnected(stream);
+    match end {
+        End::Status(status) => {
+            tracing::info!(
+                stream,
+                node,
+                reason = status.message(),
+                "ending {kind} stream"
+            );
+            let _ = tx.send(Err(Box::new(status))).await;
+        }
+        End::Closed => tracing::debug!(stream, node, "{kind} stream closed"),
+    }
+}
+
+/// Completes when a stream of this id has reached the maximum age (never, without one).
+pub(crate) async fn max_age(age: Option<Duration>, stream: u64) {
+    match age {
+        Some(age) => {
+            // ±10% jitter from the stream id, so Envoys do not reconnect in lockstep.
+            let spread = (stream.wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
+            tokio::time::sleep(age.mul_f64(0.9 + 0.2 * spread)).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a stream stopped.
+pub(crate) enum End {
+    /// The Envoy closed it, or this replica is shutting down.
+    Closed,
+    /// End it with this status so the Envoy reconnects (elsewhere).
+    Status(Status),
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

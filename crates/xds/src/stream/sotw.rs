@@ -1,0 +1,177 @@
+//! The state-of-the-world driver of one ADS stream (`StreamAggregatedResources`): runs
+//! [`StreamState`] against the replica's latest snapshot. It answers requests, pushes new
+//! revisions to the types the Envoy subscribed to (in the type table's order: clusters before
+//! listeners), waits (up to the catch-up timeout) rather than answer an Envoy that holds a newer
+//! revision than this replica, and ends with UNAVAILABLE when the replica stops serving or at the
+//! maximum stream age (DESIGN rules 3–6).
+//!
+//! Reads requests from any [`Inbound`] stream and writes framed responses into a channel; the
+//! service feeds it from HTTP/2, the tests from a channel.
+
+use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello};
+use crate::protocol::sotw::{Decision, StreamState, parse_version};
+use crate::push::Pushes;
+use crate::resource_type;
+use crate::snapshot::Snapshot;
+use crate::wire::{self, Out};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+/// One state-of-the-world stream.
+pub(crate) struct SotwStream {
+    xds: Arc<Shared>,
+    peer: Peer,
+    tx: mpsc::Sender<Out>,
+    state: StreamState,
+    /// The Envoy's node id, once its first request has named it.
+    node: Option<String>,
+    /// What was sent, ACKed and NACKed, for status and metrics.
+    pushes: Pushes,
+    listener_addr: SocketAddr,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl SotwStream {
+    /// A stream of `peer` that sends its responses into `tx`.
+    pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: mpsc::Sender<Out>) -> SotwStream {
+        let listener_addr = xds.snapshots.borrow().default_listener_addr();
+        SotwStream {
+            listener_addr,
+            snapshots: xds.snapshots.clone(),
+            xds,
+            peer,
+            tx,
+            state: StreamState::new(),
+            node: None,
+            pushes: Pushes::default(),
+        }
+    }
+
+    /// Serves the stream until it ends; the last thing sent is the status that ends it, if any.
+    pub(crate) async fn run(mut self, mut inbound: impl Inbound<DiscoveryRequest>) {
+        let mut life = Lifetime::new(&self.xds, self.peer.id);
+        let end = loop {
+            // The handlers are boxed: their futures are large, and a waiting stream should
+            // not carry their space.
+            let step = match life.next(&mut inbound, &mut self.snapshots).await {
+                Event::Request(req) => Box::pin(self.on_request(req)).await,
+                Event::Changed => Box::pin(self.push_stale()).await,
+                Event::End(end) => Err(end),
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        let stream = (self.peer.id, self.node_id());
+        finish(&self.xds, stream, &self.tx, end, "ADS").await;
+    }
+
+    fn node_id(&self) -> &str {
+        self.node.as_deref().unwrap_or("")
+    }
+
+    async fn on_request(&mut self, mut req: DiscoveryRequest) -> Result<(), End> {
+        if self.node.is_none() {
+            let (id, addr) = hello(&self.xds, &self.peer, req.node.take(), "SotW")?;
+            self.listener_addr = addr.unwrap_or(self.listener_addr);
+            self.node = Some(id);
+        }
+        let current = self.snapshots.borrow().revision();
+        let error = req.error_detail.as_ref().map(|e| e.message.as_str());
+        let nacked_before = self.xds.envoys.nacked_before(self.node_id(), &req.type_url);
+        if req.response_nonce.is_empty() {
+            let had = parse_version(&req.version_info).unwrap_or(0);
+            self.pushes.reported(&req.type_url, had);
+        }
+        let decision = self.state.on_request(
+            &req.type_url,
+            &req.version_info,
+            &req.response_nonce,
+            error,
+            current,
+            nacked_before,
+        );
+        match decision {
+            Decision::Respond => self.send(&req.type_url).await?,
+            Decision::WaitFor(wanted) => {
+                let timeout = self.xds.config.catch_up_timeout;
+                let caught_up = matches!(
+                    tokio::time::timeout(
+                        timeout,
+                        self.snapshots.wait_for(|s| s.revision() >= wanted),
+                    )
+                    .await,
+                    Ok(Ok(_))
+                );
+                if !caught_up {
+                    return Err(End::Status(Status::unavailable(format!(
+                        "this replica has applied revision {current}, but the Envoy already has \
+                         {wanted}; not caught up within {timeout:?}, try another replica"
+                    ))));
+                }
+                self.send(&req.type_url).await?;
+            }
+            Decision::Acked(version) => {
+                let x = &self.xds;
+                self.pushes
+                    .acked(&x.envoys, &x.times, self.peer.id, &req.type_url, version);
+            }
+            Decision::Nacked { version, message } => {
+                let node = self.node.as_deref().unwrap_or("");
+                self.pushes.nacked(
+                    &self.xds.envoys,
+                    self.peer.id,
+                    node,
+                    &req.type_url,
+                    version,
+                    &message,
+                );
+            }
+            Decision::Ignore => {}
+        }
+        // A wait may have let the snapshot move past what other types were sent.
+        self.push_stale().await
+    }
+
+    async fn push_stale(&mut self) -> Result<(), End> {
+        let current = self.snapshots.borrow_and_update().revision();
+        let mut stale = self.state.stale_types(current);
+        resource_type::push_order(&mut stale);
+        for type_url in stale {
+            self.send(&type_url).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, type_url: &str) -> Result<(), End> {
+        let snapshot = self.snapshots.borrow().clone();
+        let resources = resource_type::sotw(&snapshot, type_url, self.listener_addr);
+        let nonce = self.state.record_sent(type_url, snapshot.revision());
+        let counts = (resources.len(), 0);
+        let node = self.node.as_deref().unwrap_or("");
+        self.pushes.sent(
+            &self.xds.envoys,
+            &self.xds.times,
+            (self.peer.id, node),
+            type_url,
+            snapshot.revision(),
+            counts,
+        );
+        let framed = wire::sotw(
+            &wire::Head {
+                version: snapshot.version(),
+                type_url,
+                nonce: &nonce,
+                identifier: &self.xds.config.identifier,
+            },
+            &resources,
+        );
+        self.tx.send(framed).await.map_err(|_| End::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
