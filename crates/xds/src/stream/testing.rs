@@ -116,17 +116,31 @@ impl Replica {
     }
 
     /// Waits until a stream of Envoy `node_id` is listed as connected: its driver has read its
-    /// first request and acted on it up to its first wait (a test runs on one thread, so the
-    /// driver is not mid-step when this returns).
+    /// first request and acted on it up to its first wait.
     pub(crate) async fn connected(&self, node_id: &str) {
-        let listed = async {
-            while !self.xds.envoys.list().iter().any(|e| e.node_id == node_id) {
+        self.until(&format!("{node_id} connected"), |x| {
+            x.envoys.list().iter().any(|e| e.node_id == node_id)
+        })
+        .await
+    }
+
+    /// Waits until the drivers have handled `n` NACKs.
+    pub(crate) async fn nacked(&self, n: u64) {
+        self.until(&format!("{n} NACKs"), |x| x.envoys.nacks_total() >= n)
+            .await
+    }
+
+    /// Waits until `done` holds of the shared state, within the deadline. A test runs on one
+    /// thread, so no driver is mid-step when this returns.
+    async fn until(&self, what: &str, done: impl Fn(&Shared) -> bool) {
+        let wait = async {
+            while !done(&self.xds) {
                 tokio::task::yield_now().await;
             }
         };
-        tokio::time::timeout(DEADLINE, listed)
+        tokio::time::timeout(DEADLINE, wait)
             .await
-            .unwrap_or_else(|_| panic!("{node_id} not connected within {DEADLINE:?}"));
+            .unwrap_or_else(|_| panic!("not {what} within {DEADLINE:?}"));
     }
 
     /// A stream's two ends, for a driver to run between.
