@@ -4,7 +4,7 @@
 //! type, so serving a new type (RDS, EDS, SDS) is writing its builder in [`crate::resources`],
 //! keeping its encoded form in the snapshot, and adding a row here.
 //!
-//! Reads snapshots; used by the stream drivers, [`crate::push`] and [`crate::envoys`].
+//! Reads snapshots; used by the stream drivers, `push` and [`crate::envoys`].
 
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
 use crate::snapshot::{Resources, Snapshot};

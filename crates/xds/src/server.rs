@@ -2,9 +2,9 @@
 //! each applied registry revision into a [`Snapshot`] (built once, shared by every stream), and
 //! the gRPC server (ADS and the standard health service, plaintext or TLS).
 //!
-//! The top of the crate: it builds what every stream shares ([`crate::stream::Shared`]) and
-//! serves it through the transport ([`crate::transport`]) and the ADS service
-//! ([`crate::service`]), which runs each stream's protocol driver. Nothing below imports it.
+//! The top of the crate: it builds what every stream shares (`stream::Shared`) and serves it
+//! through the transport (`transport`) and the ADS service (`service`), which runs each
+//! stream's protocol driver. Nothing below imports it.
 
 pub use crate::config::{ReadBarrierFn, RevisionTimesFn, XdsConfig};
 use crate::envoys::{EnvoyStatus, Envoys};

@@ -1,6 +1,6 @@
 //! The delta (incremental) xDS protocol of one ADS stream, as plain data: per type, what the
 //! Envoy subscribed to, which version of each resource it holds, and which responses are
-//! outstanding. No I/O, no clock; the delta driver ([`crate::stream::delta`]) drives it.
+//! outstanding. No I/O, no clock; the delta driver (`stream::delta`) drives it.
 //!
 //! - Versions are per resource: a hash of the encoded resource ([`crate::snapshot`]), so the
 //!   same content has the same version on every replica. `system_version_info` is the registry

@@ -1,6 +1,6 @@
 //! The state-of-the-world protocol of one ADS stream, as plain data: what was sent per type, what
 //! the Envoy ACKed or NACKed, and what to do with each request. No I/O, no clock; the SotW
-//! driver ([`crate::stream::sotw`]) drives it.
+//! driver (`stream::sotw`) drives it.
 //!
 //! The rules (DESIGN 3–5): answer the first request of every type, even at an equal version;
 //! never answer with a revision lower than the one the Envoy reports (wait for it instead); an
