@@ -20,7 +20,9 @@ struct Running {
 }
 
 struct Cluster {
+    /// Every node's peer address; the first `voters` form the initial member set.
     members: BTreeMap<NodeId, String>,
+    voters: u64,
     dirs: BTreeMap<NodeId, TempDir>,
     nodes: BTreeMap<NodeId, Running>,
 }
@@ -35,6 +37,7 @@ impl Cluster {
     fn new(n: u64) -> Cluster {
         Cluster {
             members: (1..=n).map(|id| (id, free_addr())).collect(),
+            voters: n,
             dirs: (1..=n).map(|id| (id, TempDir::new().unwrap())).collect(),
             nodes: BTreeMap::new(),
         }
@@ -56,7 +59,12 @@ impl Cluster {
             node_id: id,
             data_dir: self.dirs[&id].path().to_path_buf(),
             listen_addr: self.members[&id].parse().unwrap(),
-            initial_members: self.members.clone(),
+            initial_members: self
+                .members
+                .iter()
+                .filter(|(id, _)| **id <= self.voters)
+                .map(|(id, addr)| (*id, addr.clone()))
+                .collect(),
             // Generous timeouts: five helpers share two cores, and a spurious election would
             // only slow these tests down, not fail them.
             heartbeat: Duration::from_millis(100),
@@ -80,6 +88,21 @@ impl Cluster {
             },
         );
         node
+    }
+
+    /// Starts node `id` outside the initial member set and adds it as a learner.
+    async fn add_learner(&mut self, id: NodeId) -> Arc<Node> {
+        let addr = free_addr();
+        self.members.insert(id, addr.clone());
+        self.dirs.insert(id, TempDir::new().unwrap());
+        let voters: Vec<NodeId> = (1..=self.voters).collect();
+        let leader = self.wait_leader_among(&voters, |_| true).await;
+        let node = self.start_node(id).await;
+        let req = ClientRequest::AddLearner { node_id: id, addr };
+        match self.node(leader).execute(req).await {
+            Ok(ClientReply::Membership { .. }) => node,
+            other => panic!("add learner {id}: {other:?}"),
+        }
     }
 
     async fn stop_node(&mut self, id: NodeId) {
@@ -380,5 +403,40 @@ async fn a_restarted_replica_is_stale_until_it_caught_up() {
     })
     .await;
     assert!(node.status().applied_index >= Some(committed));
+    c.shutdown().await;
+}
+
+/// Issue 16, item 3, with a learner: 3 voters and 1 learner partitioned {leader, learner} |
+/// {two voters}: the learner hears only from a leader without a quorum and steps aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_of_a_minority_leader_goes_stale() {
+    let mut c = Cluster::start(3).await;
+    let learner = c.add_learner(4).await;
+    let leader = c.wait_leader(|_| true).await;
+    c.write(leader, "b1").await;
+    eventually("all fresh", Duration::from_secs(20), || {
+        c.nodes.values().all(|r| fresh(&r.node))
+    })
+    .await;
+    assert_eq!(learner.status().role, "learner");
+    let minority: BTreeSet<NodeId> = [leader, 4].into();
+    c.partition(&minority);
+    let cut_at = Instant::now();
+    let majority: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();
+    c.wait_leader_among(&majority, |_| true).await;
+    assert_eq!(c.leader_of(4), Some(leader));
+    let bound =
+        (cut_at + STALE_AFTER + Duration::from_secs(2)).saturating_duration_since(Instant::now());
+    eventually(
+        "the learner to report itself stale within the bound",
+        bound,
+        || !fresh(&learner),
+    )
+    .await;
+    c.heal();
+    eventually("the learner fresh again", Duration::from_secs(20), || {
+        fresh(&learner)
+    })
+    .await;
     c.shutdown().await;
 }
