@@ -63,7 +63,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("cannot listen for Envoy ADS on {}", config.xds_addr))?;
     let (node, peer_server) = Node::start(config.node, shutdown.child_token()).await?;
 
-    let serving = watch_freshness(node.clone(), config.stale_after, shutdown.child_token());
+    let serving = node.watch_freshness(config.stale_after, shutdown.child_token());
     let times: concord_xds::RevisionTimesFn = {
         let node = node.clone();
         Arc::new(move |after, upto| node.revision_times(after, upto))
@@ -178,41 +178,6 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
             "every user on this host may read the admin token file; chmod o-rwx it"
         );
     }
-}
-
-/// Publishes whether this replica is in contact with the quorum (DESIGN rule 6), checked every
-/// 100 ms; the ADS server ends its streams and reports NOT_SERVING while it is not.
-fn watch_freshness(
-    node: Arc<Node>,
-    stale_after: Duration,
-    shutdown: CancellationToken,
-) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(true);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let gap = node.out_of_contact();
-            // An isolated replica (fault injection) is cut off from its Envoys at once, as a
-            // partition would; otherwise it steps aside after `stale_after` without a quorum.
-            let fresh = !node.is_isolated() && gap <= stale_after;
-            if *tx.borrow() != fresh {
-                if fresh {
-                    tracing::info!("back in contact with the quorum; serving Envoys again");
-                } else {
-                    tracing::warn!(
-                        out_of_contact_ms = gap.as_millis() as u64,
-                        "out of contact with the quorum; turning Envoys away (NOT_SERVING)"
-                    );
-                }
-                tx.send_replace(fresh);
-            }
-        }
-    });
-    rx
 }
 
 /// Counts the leader changes this replica sees, for `/metrics`.

@@ -6,6 +6,7 @@
 //! follow the applied registry through [`node::Node::registry`].
 
 pub mod api;
+pub mod contact;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -7,6 +7,7 @@
 //! the node id it dials (see [`concord_tls::peer`]).
 
 use crate::api::{ClientError, ClientReply, ClientRequest};
+use crate::contact::{ContactClock, LEADER_QUORUM_HEADER, encode_age};
 use crate::proto::Message;
 use crate::proto::raft_client::RaftClient;
 use crate::{NodeId, TypeConfig};
@@ -23,7 +24,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +52,11 @@ pub struct Network {
     channels: Arc<Mutex<(u64, Channels)>>,
     /// Fault injection: while set, every call fails as if the network were cut.
     isolated: Arc<AtomicBool>,
+    /// Fault injection: the peers this node is cut off from (both ways), as in a partition.
+    cut: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// This node's contact with a quorum; as leader, it tells its followers how long ago its
+    /// quorum acknowledged it.
+    contact: Arc<ContactClock>,
 }
 
 impl Network {
@@ -62,7 +68,20 @@ impl Network {
             tls,
             channels: Arc::default(),
             isolated: Arc::default(),
+            cut: Arc::default(),
+            contact: Arc::default(),
         }
+    }
+
+    /// This node's contact clock, shared with the node and its peer server.
+    pub(crate) fn contact(&self) -> Arc<ContactClock> {
+        self.contact.clone()
+    }
+
+    /// The peers cut off by fault injection, shared with the peer server (see
+    /// [`crate::Node::cut_off`]).
+    pub(crate) fn cut(&self) -> Arc<Mutex<BTreeSet<NodeId>>> {
+        self.cut.clone()
     }
 
     /// The fault-injection switch shared with the peer server (see [`crate::Node::isolate`]).
@@ -73,6 +92,14 @@ impl Network {
     fn client(&self, to: NodeId, addr: &str) -> Result<RaftClient<Channel>, String> {
         if self.isolated.load(Ordering::Relaxed) {
             return Err("isolated by fault injection".into());
+        }
+        if self
+            .cut
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&to)
+        {
+            return Err(format!("cut off from node {to} by fault injection"));
         }
         let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let (generation, channels) = &mut *guard;
@@ -199,7 +226,17 @@ impl Conn {
             payload: serde_json::to_vec(rpc).expect("raft requests serialise"),
             data,
         };
-        let req = self.net.request(self.target, msg, option.hard_ttl());
+        let mut req = self.net.request(self.target, msg, option.hard_ttl());
+        if let Rpc::Append = kind {
+            // A follower counts itself in contact only with a leader that has a quorum.
+            let age = self
+                .net
+                .contact
+                .leader_quorum_age(std::time::Instant::now());
+            if let Ok(v) = encode_age(age).parse() {
+                req.metadata_mut().insert(LEADER_QUORUM_HEADER, v);
+            }
+        }
         let reply = match kind {
             Rpc::Append => client.append_entries(req).await,
             Rpc::Vote => client.vote(req).await,

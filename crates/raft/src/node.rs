@@ -2,6 +2,7 @@
 //! a new cluster, and executes client requests on the leader (forwarding them from followers).
 
 use crate::api::{ClientError, ClientReply, ClientRequest};
+use crate::contact::{ContactClock, Freshness, judge};
 use crate::network::{MAX_MESSAGE, Network};
 use crate::proto::raft_server::RaftServer;
 use crate::service::PeerService;
@@ -76,10 +77,12 @@ pub struct Node {
     raft: Raft,
     sm: StateMachine,
     network: Network,
-    /// When this node last accepted entries or a heartbeat from a leader.
-    leader_contact: std::sync::Mutex<Instant>,
+    /// This node's contact with a quorum (DESIGN rule 6), shared with the network.
+    contact: Arc<ContactClock>,
     /// Fault injection: cut off from every peer, both ways.
     isolated: Arc<std::sync::atomic::AtomicBool>,
+    /// Fault injection: the peers this node is cut off from, both ways.
+    cut: Arc<std::sync::Mutex<BTreeSet<NodeId>>>,
     /// What this replica reports of itself to [`ClientRequest::LocalStatus`].
     local_status: std::sync::OnceLock<LocalStatusFn>,
 }
@@ -127,6 +130,14 @@ pub struct Status {
     pub members: Vec<Member>,
     /// On the leader: milliseconds since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// `millis_since_quorum_ack` while the node leads; `None` otherwise.
+fn leading_quorum_age(m: &openraft::RaftMetrics<NodeId, BasicNode>) -> Option<Duration> {
+    match m.state {
+        ServerState::Leader => m.millis_since_quorum_ack.map(Duration::from_millis),
+        _ => None,
+    }
 }
 
 fn role(s: ServerState) -> &'static str {
@@ -186,13 +197,16 @@ impl Node {
                 source,
             })?;
         let isolated = network.isolation();
+        let cut = network.cut();
+        let contact = network.contact();
         let node = Arc::new(Node {
             config,
             raft,
             sm,
             network,
             isolated,
-            leader_contact: std::sync::Mutex::new(Instant::now()),
+            cut,
+            contact,
             local_status: std::sync::OnceLock::new(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
@@ -206,12 +220,12 @@ impl Node {
                     tls.watch(shutdown.clone());
                     Box::pin(builder.serve_with_incoming_shutdown(
                         concord_tls::net::incoming(listener, move || tls.server_config(), "peer"),
-                        shutdown.cancelled_owned(),
+                        shutdown.clone().cancelled_owned(),
                     ))
                 }
                 None => Box::pin(builder.serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    shutdown.cancelled_owned(),
+                    shutdown.clone().cancelled_owned(),
                 )),
             };
         let handle = tokio::spawn(async move {
@@ -220,7 +234,65 @@ impl Node {
             }
         });
         node.initialize().await?;
+        node.follow_leadership();
+        node.catch_up_after_start(shutdown);
         Ok((node, handle))
+    }
+
+    /// While this node leads, records when its quorum last acknowledged it, at every change of
+    /// openraft's metrics (they are reported after every event, heartbeat acks included): a
+    /// leader that steps down was in contact until then, not since it last followed (issue 16).
+    fn follow_leadership(&self) {
+        let mut metrics = self.raft.metrics();
+        let contact = self.contact.clone();
+        tokio::spawn(async move {
+            loop {
+                contact.observe_leading(
+                    leading_quorum_age(&metrics.borrow_and_update()),
+                    Instant::now(),
+                );
+                // Ends when Raft stops.
+                if metrics.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Counts this replica as fresh only after a read barrier passes: a leader with a quorum
+    /// confirmed it leads, and everything committed before is applied here. Until then its state
+    /// may be older than what it served before it stopped (the state machine is not flushed on
+    /// apply, nor the commit index), and it has heard from no quorum.
+    fn catch_up_after_start(self: &Arc<Self>, shutdown: CancellationToken) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let boot = Instant::now();
+            loop {
+                let started = Instant::now();
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = node.read_barrier() => r,
+                };
+                match attempt {
+                    Ok(()) => {
+                        node.contact.caught_up(started);
+                        tracing::info!(
+                            after_ms = boot.elapsed().as_millis() as u64,
+                            applied = ?node.status().applied_index,
+                            "caught up with the cluster after start"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "not caught up with the cluster yet; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
     }
 
     async fn initialize(&self) -> Result<(), StartError> {
@@ -650,27 +722,87 @@ impl Node {
         self.isolated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Records that a leader's append-entries (or heartbeat) was accepted just now.
-    pub(crate) fn touch_leader_contact(&self) {
-        *self
-            .leader_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    /// Fault injection (tests, chaos): cut this replica off from `peers` (both ways), and only
+    /// from them; an empty set heals. Each side of a partition is cut on its own members.
+    pub fn cut_off(&self, peers: BTreeSet<NodeId>) {
+        tracing::warn!(?peers, "fault injection: cut off from peers");
+        *self.cut.lock().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 
-    /// How long this replica has been out of contact with a quorum: on the leader, since a
-    /// majority last acknowledged it; elsewhere, since a leader last reached it. A replica out of
-    /// contact for long may be serving stale state (DESIGN rule 6).
-    pub fn out_of_contact(&self) -> Duration {
-        let m = self.raft.metrics().borrow().clone();
-        match (m.state, m.millis_since_quorum_ack) {
-            (ServerState::Leader, Some(ms)) => Duration::from_millis(ms),
-            _ => self
-                .leader_contact
+    /// Whether [`Node::cut_off`] cuts this replica off from the peer whose id is `from`.
+    pub(crate) fn is_cut_off_from(&self, from: &str) -> bool {
+        from.parse::<NodeId>().is_ok_and(|id| {
+            self.cut
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .elapsed(),
+                .contains(&id)
+        })
+    }
+
+    /// Whether this replica may serve Envoys now (DESIGN rule 6): not isolated, caught up since
+    /// it started, and a leader (itself or the one it follows) had a quorum within `stale_after`.
+    pub fn freshness(&self, stale_after: Duration) -> Freshness {
+        let now = Instant::now();
+        let leading = leading_quorum_age(&self.raft.metrics().borrow());
+        self.contact.observe_leading(leading, now);
+        let f = judge(&self.contact.contact(leading), now, stale_after);
+        if self.is_isolated() {
+            return Freshness {
+                fresh: false,
+                reason: Some("isolated by fault injection"),
+                ..f
+            };
         }
+        f
+    }
+
+    /// Publishes [`Node::freshness`], checked every 100 ms until `shutdown`; the ADS server ends
+    /// its streams and reports NOT_SERVING while it is false.
+    pub fn watch_freshness(
+        self: &Arc<Self>,
+        stale_after: Duration,
+        shutdown: CancellationToken,
+    ) -> watch::Receiver<bool> {
+        // Stale from the start: nothing is served before the replica has caught up.
+        let (tx, rx) = watch::channel(self.freshness(stale_after).fresh);
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let f = node.freshness(stale_after);
+                if *tx.borrow() != f.fresh {
+                    if f.fresh {
+                        tracing::info!("back in contact with the quorum; serving Envoys again");
+                    } else {
+                        tracing::warn!(
+                            out_of_contact_ms = f.out_of_contact.as_millis() as u64,
+                            reason = f.reason.unwrap_or_default(),
+                            "out of contact with the quorum; turning Envoys away (NOT_SERVING)"
+                        );
+                    }
+                    tx.send_replace(f.fresh);
+                }
+            }
+        });
+        rx
+    }
+
+    /// Records that a leader's append-entries (or heartbeat) was accepted just now; the leader
+    /// said its quorum acknowledged it `leader_quorum_age` ago (`None`: not yet).
+    pub(crate) fn touch_leader_contact(&self, leader_quorum_age: Option<Duration>) {
+        self.contact
+            .heard_from_leader(leader_quorum_age, Instant::now());
+    }
+
+    /// How long this replica has been out of contact with a quorum: since a leader (this node,
+    /// or the one it follows) last had a quorum's acknowledgement; since start if it never heard
+    /// of one. A replica out of contact for long may be serving stale state (DESIGN rule 6).
+    pub fn out_of_contact(&self) -> Duration {
+        self.freshness(Duration::MAX).out_of_contact
     }
 
     /// Stops Raft (the peer server stops with the shutdown token).

@@ -8,6 +8,7 @@
 //! to be initialised or added as a learner) accepts any node of its cluster: it has nothing to
 //! check against, and whoever adds it is a member of the cluster that the CA vouches for.
 
+use crate::contact::{LEADER_QUORUM_HEADER, decode_age};
 use crate::network::{CLUSTER_HEADER, FROM_HEADER, TO_HEADER};
 use crate::node::Node;
 use crate::proto::Message;
@@ -36,6 +37,9 @@ impl PeerService {
         }
         let md = req.metadata();
         let header = |k| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if self.node.is_cut_off_from(header(FROM_HEADER)) {
+            return Err(Status::unavailable("cut off by fault injection"));
+        }
         let cluster = header(CLUSTER_HEADER);
         if cluster != self.node.cluster() {
             tracing::warn!(peer_cluster = cluster, "refused a peer of another cluster");
@@ -125,9 +129,14 @@ impl RaftRpc for PeerService {
     async fn append_entries(&self, req: Request<Message>) -> Result<Response<Message>, Status> {
         self.check(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.get_ref().payload)?;
+        let leader_quorum_age = decode_age(
+            req.metadata()
+                .get(LEADER_QUORUM_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
         let resp = self.node.raft().append_entries(rpc).await;
         if matches!(&resp, Ok(r) if r.is_success()) {
-            self.node.touch_leader_contact();
+            self.node.touch_leader_contact(leader_quorum_age);
         }
         reply(&resp)
     }

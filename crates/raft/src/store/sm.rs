@@ -55,6 +55,20 @@ struct Inner {
     /// When recent revisions were applied here, and when their change was first seen (the
     /// `seen_at_us` a proposer put in the command): for commit-to-ACK and discovery-to-ACK.
     times: Mutex<std::collections::VecDeque<RevisionTimes>>,
+    /// Held while the stored snapshot is compared and replaced: a build reads the state, then
+    /// stores it, and an install of a newer snapshot can land in between.
+    snap_lock: Mutex<()>,
+    /// Test hook: pauses a snapshot build between reading the state and storing it.
+    #[cfg(test)]
+    build_pause: Mutex<Option<BuildPause>>,
+}
+
+/// A paused snapshot build (tests): `read` fires once the state is read, and the build stores
+/// its snapshot after `resume` fires.
+#[cfg(test)]
+pub(super) struct BuildPause {
+    pub(super) read: tokio::sync::oneshot::Sender<()>,
+    pub(super) resume: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// When one revision was applied on this replica, when its change was first seen, its apply span.
@@ -109,6 +123,9 @@ impl StateMachine {
                     membership,
                 }),
                 times: Mutex::default(),
+                snap_lock: Mutex::default(),
+                #[cfg(test)]
+                build_pause: Mutex::default(),
             }),
         };
         // The state machine tree is not flushed on apply; if a crash lost applies that a
@@ -188,18 +205,56 @@ impl StateMachine {
         Ok(())
     }
 
-    async fn store_snapshot(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+    /// Pauses the next snapshot build between its read and its store (tests).
+    #[cfg(test)]
+    pub(super) fn pause_next_build(&self, pause: BuildPause) {
+        *self
+            .inner
+            .build_pause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(pause);
+    }
+
+    /// Stores `meta`/`data` as the current snapshot. With `only_if_newest`, a stored snapshot
+    /// that covers more of the log is kept instead, and `false` returned: a build holds the
+    /// state it read earlier, and an install of a newer snapshot may have landed since; replacing
+    /// it would leave a snapshot older than the log openraft then purges up to the installed one.
+    async fn store_snapshot(
+        &self,
+        meta: &Meta,
+        data: &[u8],
+        only_if_newest: bool,
+    ) -> Result<bool, StorageError<NodeId>> {
         let write = |e: &dyn std::error::Error| {
             StorageError::from(StorageIOError::<NodeId>::write_snapshot(
                 Some(meta.signature()),
                 openraft::AnyError::error(e),
             ))
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAP_META, encode(meta));
-        batch.insert(SNAP_DATA, data);
-        self.inner.snap.apply_batch(batch).map_err(|e| write(&e))?;
-        self.inner.db.flush().await.map_err(|e| write(&e))
+        {
+            let _guard = self
+                .inner
+                .snap_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if only_if_newest
+                && let Some((stored, _)) = self.read_snapshot()?
+                && stored.last_log_id > meta.last_log_id
+            {
+                tracing::info!(
+                    built = ?meta.last_log_id,
+                    stored = ?stored.last_log_id,
+                    "a newer snapshot was installed while this one was built; keeping it"
+                );
+                return Ok(false);
+            }
+            let mut batch = sled::Batch::default();
+            batch.insert(SNAP_META, encode(meta));
+            batch.insert(SNAP_DATA, data);
+            self.inner.snap.apply_batch(batch).map_err(|e| write(&e))?;
+        }
+        self.inner.db.flush().await.map_err(|e| write(&e))?;
+        Ok(true)
     }
 }
 
@@ -209,6 +264,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let applied = self.lock();
             (applied.clone(), self.inner.registry.borrow().clone())
         };
+        #[cfg(test)]
+        {
+            let pause = self
+                .inner
+                .build_pause
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(pause) = pause {
+                let _ = pause.read.send(());
+                let _ = pause.resume.await;
+            }
+        }
         let data = encode(&SnapshotData {
             revision: registry.revision(),
             builders: registry.iter().map(|b| Builder::clone(b)).collect(),
@@ -226,7 +294,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: applied.membership,
             snapshot_id,
         };
-        self.store_snapshot(&meta, &data).await?;
+        if !self.store_snapshot(&meta, &data, true).await? {
+            // Hand openraft the newer stored snapshot: it keeps the one it knows of, which is
+            // at least as new, and purges nothing beyond it.
+            if let Some((meta, data)) = self.read_snapshot()? {
+                return Ok(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                });
+            }
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -344,7 +421,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let write = StorageIOError::<NodeId>::write_state_machine;
         let snap = decode::<SnapshotData>(&data).map_err(|e| io_err(write, &e))?;
         Registry::from_parts(snap.builders, snap.revision).map_err(|e| io_err(write, &e))?;
-        self.store_snapshot(meta, &data).await?;
+        // openraft installs only a snapshot newer than anything committed here, so newer than
+        // any snapshot built here: store it unconditionally.
+        self.store_snapshot(meta, &data, false).await?;
         self.restore(meta, &data)
     }
 

@@ -205,3 +205,72 @@ proptest::proptest! {
         }
     }
 }
+
+/// A build reads the state at one index and stores its snapshot later; an install of a newer
+/// snapshot in between must survive the build (issue 16, item 4), or the stored snapshot is older
+/// than the log openraft purges up to the installed one.
+#[tokio::test]
+async fn a_snapshot_build_never_replaces_a_newer_installed_snapshot() {
+    let src = TempDir::new().unwrap();
+    let (_, mut leader) = open(src.path(), &identity(1)).await.unwrap();
+    leader
+        .apply(
+            (1..=4)
+                .map(|i| entry(i, &format!("b{i}")))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let newer = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(4));
+
+    let dir = TempDir::new().unwrap();
+    let (_, mut sm) = open(dir.path(), &identity(2)).await.unwrap();
+    sm.apply(vec![entry(1, "b1"), entry(2, "b2")])
+        .await
+        .unwrap();
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let (resume_tx, resume_rx) = tokio::sync::oneshot::channel();
+    sm.pause_next_build(super::sm::BuildPause {
+        read: read_tx,
+        resume: resume_rx,
+    });
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    // The build has read the state at index 2; a snapshot at index 4 is installed meanwhile.
+    tokio::time::timeout(std::time::Duration::from_secs(10), read_rx)
+        .await
+        .expect("the build reads the state")
+        .unwrap();
+    sm.install_snapshot(&newer.meta, newer.snapshot)
+        .await
+        .unwrap();
+    resume_tx.send(()).unwrap();
+    let built = build.await.unwrap().unwrap();
+
+    let stored = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    assert_eq!(
+        stored.meta.last_log_id.map(|l| l.index),
+        Some(4),
+        "the installed snapshot at index 4 was replaced by the build's at index {:?}",
+        stored.meta.last_log_id.map(|l| l.index)
+    );
+    assert_eq!(stored.meta.snapshot_id, newer.meta.snapshot_id);
+    // What the build hands openraft is no older than what is stored.
+    assert!(built.meta.last_log_id >= stored.meta.last_log_id);
+    // And a restart restores the newer state from it.
+    drop(sm);
+    let (_, mut sm) = open(dir.path(), &identity(2)).await.unwrap();
+    assert_eq!(sm.registry().borrow().len(), 4);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(4));
+}
