@@ -617,7 +617,7 @@ fn trace_config(a: &ServeArgs, node_id: NodeId) -> Result<Option<TraceConfig>> {
 fn listener_mode(a: &ServeArgs, dns: Option<&DiscoveryConfig>) -> Result<ListenerMode> {
     let template = match dns {
         Some(d) => d.template.clone(),
-        None => SniTemplate::parse(DEFAULT_SNI_TEMPLATE).map_err(anyhow::Error::msg)?,
+        None => SniTemplate::parse(DEFAULT_SNI_TEMPLATE)?,
     };
     let tail = template.fixed_tail();
     // Naming the suffix says every builder is under it: then the faster mode is the default.
@@ -675,7 +675,7 @@ fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
         .dns_source
         .iter()
         .flatten()
-        .map(|s| s.trim().parse::<SourceSpec>().map_err(anyhow::Error::msg))
+        .map(|s| s.trim().parse::<SourceSpec>().map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
     if sources.is_empty() {
         bail!("--dns-server needs at least one --dns-source (e.g. txt:_instances.internal:8372)");
@@ -684,8 +684,7 @@ fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
         a.dns_sni_template
             .as_deref()
             .unwrap_or(DEFAULT_SNI_TEMPLATE),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let interval = a.dns_interval_ms.unwrap_or(100);
     if interval == 0 {
         bail!("--dns-interval-ms must be at least 1");

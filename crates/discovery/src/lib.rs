@@ -11,6 +11,8 @@ pub mod template;
 
 pub use guard::{Guard, GuardConfig, Verdict};
 pub use parse::{Parsed, Skipped};
-pub use poller::{DiscoveryConfig, Poller, PollerStatus, ProposeError, Replica};
-pub use resolve::{Kind, NxDomain, SourceSpec};
-pub use template::SniTemplate;
+pub use poller::{
+    Discover, DiscoveryConfig, DnsSources, Poller, PollerStatus, ProposeError, Replica,
+};
+pub use resolve::{Kind, NxDomain, PollError, ResolverError, SourceError, SourceSpec};
+pub use template::{RenderError, SniTemplate, TemplateError};

@@ -7,7 +7,7 @@
 
 use crate::guard::{Guard, GuardConfig, Verdict};
 use crate::parse::{Parsed, Skipped};
-use crate::resolve::{NxDomain, PollError, Resolver, SourceSpec};
+use crate::resolve::{NxDomain, PollError, Resolver, ResolverError, SourceSpec};
 use crate::template::SniTemplate;
 use concord_registry::{Command, Outcome, Registry, Rejection, Source, diff};
 use concord_telemetry::trace::Span;
@@ -61,6 +61,42 @@ pub trait Replica: Send + Sync + 'static {
     /// Confirms with a quorum that this replica still leads. A replica restarted from disk may
     /// believe it leads for a moment (its own committed vote) before it hears of a newer term.
     fn confirm_leadership(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// Where the poller's answers come from: the configured sources through the resolver
+/// ([`DnsSources`]), or a script in tests.
+pub trait Discover: Send + Sync + 'static {
+    /// Asks every source once. One failing source fails the whole poll: its builders must not
+    /// look removed.
+    fn discover(&self) -> impl Future<Output = Result<Parsed, PollError>> + Send;
+}
+
+/// The configured sources, asked through the configured nameserver.
+pub struct DnsSources {
+    resolver: Resolver,
+    sources: Vec<SourceSpec>,
+    template: SniTemplate,
+}
+
+impl DnsSources {
+    /// The sources of `config`; fails only if the resolver cannot be built.
+    pub fn new(config: &DiscoveryConfig) -> Result<Self, ResolverError> {
+        Ok(DnsSources {
+            resolver: Resolver::new(config.server, config.timeout, config.nxdomain)?,
+            sources: config.sources.clone(),
+            template: config.template.clone(),
+        })
+    }
+}
+
+impl Discover for DnsSources {
+    async fn discover(&self) -> Result<Parsed, PollError> {
+        let mut all = Parsed::default();
+        for s in &self.sources {
+            all.merge(self.resolver.poll(s, &self.template).await?);
+        }
+        Ok(all)
+    }
 }
 
 /// The last change the poller made.
@@ -132,19 +168,27 @@ enum Next {
 }
 
 /// The poller of one replica.
-pub struct Poller<R: Replica> {
+pub struct Poller<R: Replica, D: Discover = DnsSources> {
     config: DiscoveryConfig,
     replica: Arc<R>,
     status: Arc<Mutex<PollerStatus>>,
-    resolver: Resolver,
+    discover: D,
     guard: Guard,
     last_skipped: BTreeSet<Skipped>,
 }
 
 impl<R: Replica> Poller<R> {
-    /// A poller; fails only if the resolver cannot be built.
-    pub fn new(config: DiscoveryConfig, replica: Arc<R>) -> Result<Self, String> {
-        let resolver = Resolver::new(config.server, config.timeout, config.nxdomain)?;
+    /// A poller asking DNS; fails only if the resolver cannot be built.
+    pub fn new(config: DiscoveryConfig, replica: Arc<R>) -> Result<Self, ResolverError> {
+        let dns = DnsSources::new(&config)?;
+        Ok(Poller::with_discover(config, replica, dns))
+    }
+}
+
+impl<R: Replica, D: Discover> Poller<R, D> {
+    /// A poller taking its answers from `discover` (`config`'s nameserver, timeout and
+    /// NXDOMAIN settings are then unused).
+    pub fn with_discover(config: DiscoveryConfig, replica: Arc<R>, discover: D) -> Self {
         let status = PollerStatus {
             server: config.server.to_string(),
             sources: config.sources.iter().map(ToString::to_string).collect(),
@@ -152,14 +196,14 @@ impl<R: Replica> Poller<R> {
             last_result: "not polled yet".into(),
             ..PollerStatus::default()
         };
-        Ok(Poller {
+        Poller {
             guard: Guard::new(config.guard),
             config,
             replica,
             status: Arc::new(Mutex::new(status)),
-            resolver,
+            discover,
             last_skipped: BTreeSet::new(),
-        })
+        }
     }
 
     /// The status, shared with the admin API.
@@ -394,14 +438,9 @@ impl<R: Replica> Poller<R> {
         }
     }
 
-    /// Resolves every source; one failing source fails the poll (its builders must not look
-    /// removed). Builders that would collide with `api` builders are skipped.
+    /// Asks every source; builders that would collide with `api` builders are skipped.
     async fn resolve(&self, registry: &Registry) -> Result<Parsed, PollError> {
-        let mut all = Parsed::default();
-        for s in &self.config.sources {
-            let p = self.resolver.poll(s, &self.config.template).await?;
-            all.merge(p);
-        }
+        let mut all = self.discover.discover().await?;
         let api_snis: BTreeSet<&str> = registry
             .iter()
             .filter(|b| b.source == Source::Api)
@@ -439,3 +478,6 @@ impl<R: Replica> Poller<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
