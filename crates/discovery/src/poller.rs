@@ -1,22 +1,24 @@
 //! The DNS poller: runs on the leader only (DESIGN rule 7). It starts polling the moment this
-//! replica becomes leader (first poll at once) and stops when it steps down. Each poll resolves
-//! every source, builds the set of builders they describe, diffs it against the registry's `dns`
-//! builders, and — only when something changed, and the mass-removal guard agrees — proposes one
-//! batch through Raft, fenced by `if_revision` so a late proposal never undoes a newer change.
-//! A poll error changes nothing and backs the poller off until a poll succeeds.
+//! replica becomes leader (first poll at once) and stops when it steps down. Each poll asks every
+//! source ([`Discover`]), lets the pure [`decide`](crate::decide) diff the answer against the
+//! registry's `dns` builders under the mass-removal guard, and — only when something changed —
+//! proposes one batch through its [`Replica`], fenced by `if_revision` so a late proposal never
+//! undoes a newer change. A poll error changes nothing and backs the poller off until a poll
+//! succeeds. This file is the I/O around the decision: status, metrics, traces, the schedule.
 
-use crate::guard::{Guard, GuardConfig, Verdict};
+use crate::decide::{Decision, Proposal, decide, skip_api_clashes};
+use crate::guard::{Guard, GuardConfig, Held};
 use crate::parse::{Parsed, Skipped};
 use crate::resolve::{NxDomain, PollError, Resolver, ResolverError, SourceSpec};
 use crate::template::SniTemplate;
-use concord_registry::{Command, Outcome, Registry, Rejection, Source, diff};
+use concord_registry::{Command, Outcome, Registry, Rejection, Source};
 use concord_telemetry::trace::Span;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -262,8 +264,9 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         }
     }
 
+    /// One poll: ask, decide, and propose what changed.
     async fn poll(&mut self) -> Next {
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now();
         let started = std::time::SystemTime::now();
         let at = now_ms();
         // When this poll saw the DNS state: carried in the command to time discovery-to-ACK.
@@ -271,98 +274,109 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         let m = concord_telemetry::metrics();
         m.polls.inc();
         let registry = self.replica.registry().borrow().clone();
-        let result = self.resolve(&registry).await;
-        let elapsed = t0.elapsed().as_micros() as u64;
+        let result = self.discover.discover().await;
         m.poll_duration.observe(t0.elapsed());
         self.update(|s| {
             s.polls += 1;
             s.last_poll_at_ms = Some(at);
-            s.last_poll_us = Some(elapsed);
+            s.last_poll_us = Some(t0.elapsed().as_micros() as u64);
         });
-        let parsed = match result {
+        let mut parsed = match result {
             Ok(p) => p,
-            Err(e) => {
-                let first = self
-                    .status
-                    .lock()
-                    .map(|s| s.consecutive_errors == 0)
-                    .unwrap_or(true);
-                if first {
-                    tracing::warn!(error = %e, "DNS poll failed; nothing changes, backing off");
-                }
-                self.guard.reset();
-                m.poll_errors.inc();
-                self.update(|s| {
-                    s.errors += 1;
-                    s.consecutive_errors += 1;
-                    s.last_result = format!("error: {e}");
-                    s.last_error = Some((at, e.to_string()));
-                });
-                return Next::Backoff;
-            }
+            Err(e) => return self.failed(at, e),
         };
-        let recovered = self
-            .status
-            .lock()
-            .map(|s| s.consecutive_errors > 0)
-            .unwrap_or(false);
-        if recovered {
+        if self.status.lock().is_ok_and(|s| s.consecutive_errors > 0) {
             tracing::info!("DNS polls succeed again");
         }
+        skip_api_clashes(&registry, &mut parsed);
         self.note_skipped(&parsed.skipped);
         m.skipped_records.add(parsed.skipped.len() as u64);
-        let current = registry.of_source(Source::Dns);
         self.update(|s| {
             s.consecutive_errors = 0;
             s.discovered = parsed.builders.len();
             s.skipped_total += parsed.skipped.len() as u64;
             s.skipped = parsed.skipped.clone();
         });
-        let batch = diff(&current, &parsed.builders);
-        if let Verdict::Hold {
-            removals,
-            seen,
-            needed,
-        } = self.guard.judge(&current, &parsed.builders)
-        {
-            tracing::warn!(
-                removals,
-                of = current.len(),
-                seen,
-                needed,
-                "DNS answer would remove a large share of the builders; holding it until it repeats"
-            );
-            self.update(|s| {
-                s.held += 1;
-                s.last_result = format!(
-                    "held: would remove {removals} of {} ({seen}/{needed})",
-                    current.len()
-                );
-            });
-            return Next::Interval;
+        // The guard's clock is the runtime's: paused in tests, and monotonic.
+        let now = t0.into_std();
+        let current = registry.of_source(Source::Dns).len();
+        match decide(&registry, &parsed.builders, &mut self.guard, now) {
+            Decision::Unchanged => {
+                self.update(|s| s.last_result = "unchanged".into());
+                Next::Interval
+            }
+            Decision::Hold(h) => {
+                self.note_held(&h, current);
+                Next::Interval
+            }
+            Decision::Propose(p) => {
+                if let Some(h) = &p.held {
+                    self.note_held(h, current);
+                }
+                self.propose(p, &registry, started, at, seen_at_us).await
+            }
         }
-        if batch.is_empty() {
-            self.update(|s| s.last_result = "unchanged".into());
-            return Next::Interval;
+    }
+
+    /// A failed poll changes nothing: it is counted, logged once per outage, and backs off.
+    fn failed(&mut self, at: u64, e: PollError) -> Next {
+        let first = self
+            .status
+            .lock()
+            .map(|s| s.consecutive_errors == 0)
+            .unwrap_or(true);
+        if first {
+            tracing::warn!(error = %e, "DNS poll failed; nothing changes, backing off");
         }
-        let (added, updated, removed) = (
-            batch
-                .upserts
-                .iter()
-                .filter(|b| !current.contains_key(&b.id))
-                .count(),
-            batch
-                .upserts
-                .iter()
-                .filter(|b| current.contains_key(&b.id))
-                .count(),
-            batch.removes.len(),
+        // We cannot vouch that held builders stayed missing while DNS did not answer.
+        self.guard.reset();
+        concord_telemetry::metrics().poll_errors.inc();
+        self.update(|s| {
+            s.errors += 1;
+            s.consecutive_errors += 1;
+            s.last_result = format!("error: {e}");
+            s.last_error = Some((at, e.to_string()));
+        });
+        Next::Backoff
+    }
+
+    fn note_held(&mut self, h: &Held, current: usize) {
+        tracing::warn!(
+            removals = h.removals,
+            of = current,
+            held = h.kept.len(),
+            missing_for_ms = h.missing_for.as_millis() as u64,
+            hold_ms = h.needed.as_millis() as u64,
+            "DNS answer would remove a large share of the builders; holding the removals until they persist"
         );
-        let mut cmd = Command {
-            if_revision: Some(registry.revision()),
-            ..Command::new(Source::Dns, batch)
-        };
-        cmd.set_seen_at_us(seen_at_us);
+        self.update(|s| {
+            s.held += 1;
+            s.last_result = format!(
+                "held: would remove {} of {current} (missing for {} of {} ms)",
+                h.removals,
+                h.missing_for.as_millis(),
+                h.needed.as_millis()
+            );
+        });
+    }
+
+    /// Proposes `p` through Raft, in a trace started by this poll.
+    async fn propose(
+        &mut self,
+        p: Proposal,
+        registry: &Registry,
+        started: std::time::SystemTime,
+        at: u64,
+        seen_at_us: u64,
+    ) -> Next {
+        let Proposal {
+            mut command,
+            added,
+            updated,
+            removed,
+            held,
+        } = p;
+        command.set_seen_at_us(seen_at_us);
         // The poll that found a change starts its trace; polls that find none leave no trace.
         let mut poll_span = Span::root("discovery.poll", started);
         if poll_span.is_recording() {
@@ -375,8 +389,8 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         }
         let mut span = poll_span.child("raft.propose");
         poll_span.ok();
-        span.inject(&mut cmd.trace);
-        let outcome = self.replica.propose(cmd).await;
+        span.inject(&mut command.trace);
+        let outcome = self.replica.propose(command).await;
         match &outcome {
             Ok(Outcome::Applied { revision, .. }) => {
                 span.set("registry.revision", *revision as i64);
@@ -389,10 +403,13 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         match outcome {
             Ok(Outcome::Applied { revision, .. }) => {
                 tracing::info!(added, updated, removed, revision, "DNS change committed");
-                m.changes_proposed.inc();
+                concord_telemetry::metrics().changes_proposed.inc();
                 self.update(|s| {
                     s.changes += 1;
-                    s.last_result = "changed".into();
+                    // A held removal stays the headline while the rest of its answer lands.
+                    if held.is_none() {
+                        s.last_result = "changed".into();
+                    }
                     s.last_change = Some(Change {
                         at_ms: at,
                         revision,
@@ -436,35 +453,6 @@ impl<R: Replica, D: Discover> Poller<R, D> {
                 Next::Backoff
             }
         }
-    }
-
-    /// Asks every source; builders that would collide with `api` builders are skipped.
-    async fn resolve(&self, registry: &Registry) -> Result<Parsed, PollError> {
-        let mut all = self.discover.discover().await?;
-        let api_snis: BTreeSet<&str> = registry
-            .iter()
-            .filter(|b| b.source == Source::Api)
-            .map(|b| b.sni.as_str())
-            .collect();
-        let clashes: Vec<String> = all
-            .builders
-            .values()
-            .filter(|b| {
-                registry.get(&b.id).is_some_and(|o| o.source == Source::Api)
-                    || api_snis.contains(b.sni.as_str())
-            })
-            .map(|b| b.id.clone())
-            .collect();
-        for id in clashes {
-            if let Some(b) = all.builders.remove(&id) {
-                all.skipped.push(Skipped {
-                    name: b.sni.clone(),
-                    entry: id,
-                    reason: "id or SNI name belongs to a builder put through the API".into(),
-                });
-            }
-        }
-        Ok(all)
     }
 
     /// Logs skipped entries when the set changes, not on every poll.

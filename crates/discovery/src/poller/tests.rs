@@ -368,3 +368,77 @@ async fn a_not_leader_answer_stops_polling_until_leadership_is_confirmed() {
     assert_eq!(h.registry().1, ids(&["a", "b"]));
     h.stop().await;
 }
+#[tokio::test(start_paused = true)]
+async fn a_300ms_empty_answer_removes_no_builder() {
+    // A zone reload: the name answers with nothing for about 300 ms, then everything is back.
+    let h = Harness::start(&["a", "b", "c", "d"], GuardConfig::default());
+    h.at(50).await;
+    h.set(answer(&[]));
+    h.at(350).await;
+    h.set(answer(&["a", "b", "c", "d"]));
+    h.at(1050).await;
+    let removals: Vec<_> = h
+        .proposals()
+        .into_iter()
+        .filter(|p| !p.cmd.batch.removes.is_empty())
+        .map(|p| (p.at, p.cmd.batch.removes))
+        .collect();
+    assert!(removals.is_empty(), "builders removed: {removals:?}");
+    assert_eq!(h.registry(), (1, ids(&["a", "b", "c", "d"])));
+    assert_eq!(
+        h.status().held,
+        3,
+        "the polls at 100, 200 and 300 ms were held"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_removal_that_persists_for_the_hold_is_applied() {
+    let guard = GuardConfig {
+        max_removal_share: 0.5,
+        hold: Duration::from_secs(1),
+    };
+    let h = Harness::start(&["a", "b", "c", "d"], guard);
+    h.at(50).await;
+    h.set(answer(&["a"]));
+    // First seen missing at 100 ms: held by every poll until 1100 ms.
+    h.at(1050).await;
+    assert!(h.proposals().is_empty(), "{:?}", h.proposals());
+    let s = h.status();
+    assert_eq!(s.held, 10);
+    assert_eq!(
+        s.last_result, "held: would remove 3 of 4 (missing for 900 of 1000 ms)",
+        "{s:?}"
+    );
+    h.at(1150).await;
+    let p = h.proposals();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].at, Duration::from_millis(1100));
+    assert_eq!(p[0].cmd.batch.removes, ["b", "c", "d"]);
+    assert_eq!(h.registry(), (2, ids(&["a"])));
+    assert_eq!(h.status().last_result, "changed");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn additions_in_a_held_answer_go_through_without_its_removals() {
+    let h = Harness::start(&["a", "b", "c", "d"], GuardConfig::default());
+    h.at(50).await;
+    // Mid-reload the zone holds only a new builder.
+    h.set(answer(&["e"]));
+    h.at(150).await;
+    let p = h.proposals();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].cmd.batch.upserts, [builder("e")]);
+    assert!(p[0].cmd.batch.removes.is_empty(), "{p:?}");
+    assert_eq!(h.registry(), (2, ids(&["a", "b", "c", "d", "e"])));
+    assert!(h.status().last_result.starts_with("held:"));
+    // The reload completes: nothing more to do, nothing was lost.
+    h.set(answer(&["a", "b", "c", "d", "e"]));
+    h.at(6050).await;
+    assert_eq!(h.proposals().len(), 1);
+    assert_eq!(h.registry(), (2, ids(&["a", "b", "c", "d", "e"])));
+    assert_eq!(h.status().last_result, "unchanged");
+    h.stop().await;
+}
