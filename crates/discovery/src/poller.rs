@@ -176,6 +176,8 @@ pub struct Poller<R: Replica, D: Discover = DnsSources> {
     status: Arc<Mutex<PollerStatus>>,
     discover: D,
     guard: Guard,
+    /// True while the guard holds a removal, so that its start is logged once.
+    holding: bool,
     last_skipped: BTreeSet<Skipped>,
 }
 
@@ -204,6 +206,7 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             replica,
             status: Arc::new(Mutex::new(status)),
             discover,
+            holding: false,
             last_skipped: BTreeSet::new(),
         }
     }
@@ -239,6 +242,7 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             tracing::info!(server = %self.config.server, "leader: DNS polling starts");
             self.update(|s| s.polling = true);
             self.guard.reset();
+            self.holding = false;
             let mut lost = leadership.clone();
             let stepped_down = async move {
                 let _ = lost.wait_for(|l| !*l).await;
@@ -299,22 +303,23 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         });
         // The guard's clock is the runtime's: paused in tests, and monotonic.
         let now = t0.into_std();
-        let current = registry.of_source(Source::Dns).len();
-        match decide(&registry, &parsed.builders, &mut self.guard, now) {
+        let decision = decide(&registry, &parsed.builders, &mut self.guard, now);
+        let held = match &decision {
+            Decision::Hold(h) => Some(h),
+            Decision::Propose(p) => p.held.as_ref(),
+            Decision::Unchanged => None,
+        };
+        match held {
+            Some(h) => self.note_held(h, &registry),
+            None => self.holding = false,
+        }
+        match decision {
             Decision::Unchanged => {
                 self.update(|s| s.last_result = "unchanged".into());
                 Next::Interval
             }
-            Decision::Hold(h) => {
-                self.note_held(&h, current);
-                Next::Interval
-            }
-            Decision::Propose(p) => {
-                if let Some(h) = &p.held {
-                    self.note_held(h, current);
-                }
-                self.propose(p, &registry, started, at, seen_at_us).await
-            }
+            Decision::Hold(_) => Next::Interval,
+            Decision::Propose(p) => self.propose(p, &registry, started, at, seen_at_us).await,
         }
     }
 
@@ -330,6 +335,7 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         }
         // We cannot vouch that held builders stayed missing while DNS did not answer.
         self.guard.reset();
+        self.holding = false;
         concord_telemetry::metrics().poll_errors.inc();
         self.update(|s| {
             s.errors += 1;
@@ -340,15 +346,18 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         Next::Backoff
     }
 
-    fn note_held(&mut self, h: &Held, current: usize) {
-        tracing::warn!(
-            removals = h.removals,
-            of = current,
-            held = h.kept.len(),
-            missing_for_ms = h.missing_for.as_millis() as u64,
-            hold_ms = h.needed.as_millis() as u64,
-            "DNS answer would remove a large share of the builders; holding the removals until they persist"
-        );
+    /// Reports a held removal: logged when the hold starts (it lasts many polls), counted and
+    /// shown on every poll.
+    fn note_held(&mut self, h: &Held, registry: &Registry) {
+        let current = registry.iter().filter(|b| b.source == Source::Dns).count();
+        if !std::mem::replace(&mut self.holding, true) {
+            tracing::warn!(
+                removals = h.removals,
+                of = current,
+                hold_ms = h.needed.as_millis() as u64,
+                "DNS answer would remove a large share of the builders; holding the removals until they persist"
+            );
+        }
         self.update(|s| {
             s.held += 1;
             s.last_result = format!(

@@ -442,3 +442,27 @@ async fn additions_in_a_held_answer_go_through_without_its_removals() {
     assert_eq!(h.status().last_result, "unchanged");
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dns_error_restarts_the_hold() {
+    let guard = GuardConfig {
+        max_removal_share: 0.5,
+        hold: Duration::from_secs(1),
+    };
+    let h = Harness::start(&["a", "b", "c", "d"], guard);
+    h.at(50).await;
+    h.set(answer(&["a"]));
+    h.at(550).await;
+    h.set(outage());
+    h.at(650).await;
+    h.set(answer(&["a"]));
+    // The poll at 600 ms failed; the next, after the backoff at 1600 ms, starts the hold over.
+    h.at(2550).await;
+    assert!(h.proposals().is_empty(), "{:?}", h.proposals());
+    h.at(2650).await;
+    let p = h.proposals();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].at, Duration::from_millis(2600));
+    assert_eq!(h.registry().1, ids(&["a"]));
+    h.stop().await;
+}
