@@ -297,6 +297,7 @@ async fn dns_outage_changes_nothing_and_polling_resumes() -> Result<()> {
 
 #[tokio::test]
 async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> {
+    const HOLD: Duration = Duration::from_millis(3000);
     let bind = Bind::start().await?;
     bind.ready().await?;
     let sources = vec!["txt:_instances.internal:8443".to_string()];
@@ -304,8 +305,8 @@ async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> 
         &bind,
         &sources,
         &[
-            "--dns-removal-confirmations",
-            "6",
+            "--dns-removal-hold-ms",
+            &HOLD.as_millis().to_string(),
             "--dns-max-removal-share",
             "0.5",
         ],
@@ -319,7 +320,7 @@ async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> 
     let leader = c.leader().await?;
     let rev = c.status(leader).await?["revision"].as_u64().unwrap_or(0);
 
-    // A one-off empty answer: held, and forgotten when the records come back.
+    // A short empty answer: held, and forgotten when the records come back.
     let held0 = discovery(&c, leader).await?["poller"]["held"]
         .as_u64()
         .unwrap_or(0);
@@ -344,12 +345,31 @@ async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> 
     );
     ensure!(dns_ids(&c, leader).await?.len() == 6, "all builders kept");
 
-    // A truncated answer (most entries gone) that persists is applied.
-    bind.set_instances(&all[..2])?;
-    discovered(&c, &["m1", "m2"]).await?;
+    // A truncated answer (most entries gone, one new) that persists: the new builder arrives at
+    // once, the removals only once they have been missing for the hold.
+    let start = std::time::Instant::now();
+    let mut truncated = all[..2].to_vec();
+    truncated.push(entry("m7", "10.0.0.1"));
+    bind.set_instances(&truncated)?;
+    eventually(
+        T,
+        "the new builder is added while the removal is held",
+        || async {
+            let have = dns_ids(&c, leader).await?;
+            ensure!(have.len() == 7, "{have:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    discovered(&c, &["m1", "m2", "m7"]).await?;
+    ensure!(
+        start.elapsed() >= HOLD,
+        "removed after {:?}, before the {HOLD:?} hold",
+        start.elapsed()
+    );
     let v = discovery(&c, leader).await?;
     ensure!(
-        v["poller"]["held"].as_u64() >= Some(held0 + 6),
+        v["poller"]["held"].as_u64() > Some(held0 + 1),
         "held before applying: {v}"
     );
     Ok(())

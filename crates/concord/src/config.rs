@@ -189,14 +189,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORD_DNS_ERROR_BACKOFF_MS", value_name = "MS")]
     pub dns_error_backoff_ms: Option<u64>,
 
-    /// A poll that would remove more than this share (0-1) of the discovered builders is
-    /// applied only after it repeats. [default: 0.5]
+    /// A poll that would remove more than this share (0-1) of the discovered builders removes
+    /// only builders missing for --dns-removal-hold-ms. [default: 0.5]
     #[arg(long, env = "CONCORD_DNS_MAX_REMOVAL_SHARE", value_name = "SHARE")]
     pub dns_max_removal_share: Option<f64>,
 
-    /// Consecutive identical polls that confirm such a removal. [default: 3]
-    #[arg(long, env = "CONCORD_DNS_REMOVAL_CONFIRMATIONS", value_name = "N")]
-    pub dns_removal_confirmations: Option<u32>,
+    /// How long a builder must have been missing from every DNS answer before such a large
+    /// removal takes it out (a zone reload or DNS failover must not empty the registry); 0
+    /// turns the guard off. [default: 5000]
+    #[arg(long, env = "CONCORD_DNS_REMOVAL_HOLD_MS", value_name = "MS")]
+    pub dns_removal_hold_ms: Option<u64>,
 
     /// Allow `POST /v1/debug/isolate` on the admin API, which cuts this replica off from its
     /// peers and Envoys as a network partition would. For chaos tests; never in production.
@@ -504,9 +506,7 @@ impl ServeArgs {
             dns_timeout_ms: self.dns_timeout_ms.or(file.dns_timeout_ms),
             dns_error_backoff_ms: self.dns_error_backoff_ms.or(file.dns_error_backoff_ms),
             dns_max_removal_share: self.dns_max_removal_share.or(file.dns_max_removal_share),
-            dns_removal_confirmations: self
-                .dns_removal_confirmations
-                .or(file.dns_removal_confirmations),
+            dns_removal_hold_ms: self.dns_removal_hold_ms.or(file.dns_removal_hold_ms),
             dns_nxdomain: self.dns_nxdomain.or(file.dns_nxdomain),
             otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
             otlp_service_name: self.otlp_service_name.or(file.otlp_service_name),
@@ -617,7 +617,7 @@ fn trace_config(a: &ServeArgs, node_id: NodeId) -> Result<Option<TraceConfig>> {
 fn listener_mode(a: &ServeArgs, dns: Option<&DiscoveryConfig>) -> Result<ListenerMode> {
     let template = match dns {
         Some(d) => d.template.clone(),
-        None => SniTemplate::parse(DEFAULT_SNI_TEMPLATE).map_err(anyhow::Error::msg)?,
+        None => SniTemplate::parse(DEFAULT_SNI_TEMPLATE)?,
     };
     let tail = template.fixed_tail();
     // Naming the suffix says every builder is under it: then the faster mode is the default.
@@ -675,7 +675,7 @@ fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
         .dns_source
         .iter()
         .flatten()
-        .map(|s| s.trim().parse::<SourceSpec>().map_err(anyhow::Error::msg))
+        .map(|s| s.trim().parse::<SourceSpec>().map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
     if sources.is_empty() {
         bail!("--dns-server needs at least one --dns-source (e.g. txt:_instances.internal:8372)");
@@ -684,8 +684,7 @@ fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
         a.dns_sni_template
             .as_deref()
             .unwrap_or(DEFAULT_SNI_TEMPLATE),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let interval = a.dns_interval_ms.unwrap_or(100);
     if interval == 0 {
         bail!("--dns-interval-ms must be at least 1");
@@ -712,7 +711,9 @@ fn dns_config(a: &ServeArgs) -> Result<Option<DiscoveryConfig>> {
         error_backoff: Duration::from_millis(a.dns_error_backoff_ms.unwrap_or(1000).max(interval)),
         guard: GuardConfig {
             max_removal_share: share,
-            confirmations: a.dns_removal_confirmations.unwrap_or(3).max(1),
+            hold: a
+                .dns_removal_hold_ms
+                .map_or(GuardConfig::DEFAULT_HOLD, Duration::from_millis),
         },
         nxdomain,
     }))

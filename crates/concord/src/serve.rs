@@ -95,7 +95,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let discovery = match config.discovery {
         Some(dns) => {
             let replica = Arc::new(PollerReplica::new(node.clone(), shutdown.child_token()));
-            let poller = Poller::new(dns, replica).map_err(anyhow::Error::msg)?;
+            let poller = Poller::new(dns, replica)?;
             let status = poller.status();
             tokio::spawn(poller.run(shutdown.child_token()));
             Some(status)

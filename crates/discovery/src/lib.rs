@@ -1,16 +1,21 @@
 //! DNS discovery: the leader's poller ([`poller`]) resolves the configured names every interval,
-//! turns the answers into builders ([`parse`], with SNI names from a [`template`]), diffs them
-//! against the registry's `dns` builders, and proposes what changed through Raft — unless the
-//! mass-removal [`guard`] holds it back. Only the leader polls (DESIGN rule 7).
+//! turns the answers into builders ([`parse`], with SNI names from a [`template`]), [`decide`]s
+//! what changed against the registry's `dns` builders — large removals held back by the
+//! mass-removal [`guard`] until they persist — and proposes it through Raft. Only the leader polls
+//! (DESIGN rule 7).
 
+pub mod decide;
 pub mod guard;
 pub mod parse;
 pub mod poller;
 pub mod resolve;
 pub mod template;
 
-pub use guard::{Guard, GuardConfig, Verdict};
+pub use decide::{Decision, Proposal, decide};
+pub use guard::{Guard, GuardConfig, Held, Verdict};
 pub use parse::{Parsed, Skipped};
-pub use poller::{DiscoveryConfig, Poller, PollerStatus, ProposeError, Replica};
-pub use resolve::{Kind, NxDomain, SourceSpec};
-pub use template::SniTemplate;
+pub use poller::{
+    Discover, DiscoveryConfig, DnsSources, Poller, PollerStatus, ProposeError, Replica,
+};
+pub use resolve::{Kind, NxDomain, PollError, ResolverError, SourceError, SourceSpec};
+pub use template::{RenderError, SniTemplate, TemplateError};

@@ -66,7 +66,7 @@ impl Parsed {
         };
         match template.render(&fields) {
             Ok(sni) => self.add(name, entry, builder(&fields, ip, port, sni)),
-            Err(e) => self.skip(name, entry, e),
+            Err(e) => self.skip(name, entry, e.to_string()),
         }
     }
 
@@ -148,7 +148,7 @@ pub fn fly_txt(name: &str, records: &[Vec<Vec<u8>>], port: u16, template: &SniTe
                     };
                     match template.render(&fields) {
                         Ok(sni) => out.add(name, entry, builder(&fields, ip, port, sni)),
-                        Err(e) => out.skip(name, entry, e),
+                        Err(e) => out.skip(name, entry, e.to_string()),
                     }
                 }
                 Err(reason) => out.skip(name, entry, reason),

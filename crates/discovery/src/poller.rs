@@ -1,22 +1,24 @@
 //! The DNS poller: runs on the leader only (DESIGN rule 7). It starts polling the moment this
-//! replica becomes leader (first poll at once) and stops when it steps down. Each poll resolves
-//! every source, builds the set of builders they describe, diffs it against the registry's `dns`
-//! builders, and — only when something changed, and the mass-removal guard agrees — proposes one
-//! batch through Raft, fenced by `if_revision` so a late proposal never undoes a newer change.
-//! A poll error changes nothing and backs the poller off until a poll succeeds.
+//! replica becomes leader (first poll at once) and stops when it steps down. Each poll asks every
+//! source ([`Discover`]), lets the pure [`decide`](crate::decide) diff the answer against the
+//! registry's `dns` builders under the mass-removal guard, and — only when something changed —
+//! proposes one batch through its [`Replica`], fenced by `if_revision` so a late proposal never
+//! undoes a newer change. A poll error changes nothing and backs the poller off until a poll
+//! succeeds. This file is the I/O around the decision: status, metrics, traces, the schedule.
 
-use crate::guard::{Guard, GuardConfig, Verdict};
+use crate::decide::{Decision, Proposal, decide, skip_api_clashes};
+use crate::guard::{Guard, GuardConfig, Held};
 use crate::parse::{Parsed, Skipped};
-use crate::resolve::{NxDomain, PollError, Resolver, SourceSpec};
+use crate::resolve::{NxDomain, PollError, Resolver, ResolverError, SourceSpec};
 use crate::template::SniTemplate;
-use concord_registry::{Command, Outcome, Registry, Rejection, Source, diff};
+use concord_registry::{Command, Outcome, Registry, Rejection, Source};
 use concord_telemetry::trace::Span;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +63,42 @@ pub trait Replica: Send + Sync + 'static {
     /// Confirms with a quorum that this replica still leads. A replica restarted from disk may
     /// believe it leads for a moment (its own committed vote) before it hears of a newer term.
     fn confirm_leadership(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// Where the poller's answers come from: the configured sources through the resolver
+/// ([`DnsSources`]), or a script in tests.
+pub trait Discover: Send + Sync + 'static {
+    /// Asks every source once. One failing source fails the whole poll: its builders must not
+    /// look removed.
+    fn discover(&self) -> impl Future<Output = Result<Parsed, PollError>> + Send;
+}
+
+/// The configured sources, asked through the configured nameserver.
+pub struct DnsSources {
+    resolver: Resolver,
+    sources: Vec<SourceSpec>,
+    template: SniTemplate,
+}
+
+impl DnsSources {
+    /// The sources of `config`; fails only if the resolver cannot be built.
+    pub fn new(config: &DiscoveryConfig) -> Result<Self, ResolverError> {
+        Ok(DnsSources {
+            resolver: Resolver::new(config.server, config.timeout, config.nxdomain)?,
+            sources: config.sources.clone(),
+            template: config.template.clone(),
+        })
+    }
+}
+
+impl Discover for DnsSources {
+    async fn discover(&self) -> Result<Parsed, PollError> {
+        let mut all = Parsed::default();
+        for s in &self.sources {
+            all.merge(self.resolver.poll(s, &self.template).await?);
+        }
+        Ok(all)
+    }
 }
 
 /// The last change the poller made.
@@ -132,19 +170,29 @@ enum Next {
 }
 
 /// The poller of one replica.
-pub struct Poller<R: Replica> {
+pub struct Poller<R: Replica, D: Discover = DnsSources> {
     config: DiscoveryConfig,
     replica: Arc<R>,
     status: Arc<Mutex<PollerStatus>>,
-    resolver: Resolver,
+    discover: D,
     guard: Guard,
+    /// True while the guard holds a removal, so that its start is logged once.
+    holding: bool,
     last_skipped: BTreeSet<Skipped>,
 }
 
 impl<R: Replica> Poller<R> {
-    /// A poller; fails only if the resolver cannot be built.
-    pub fn new(config: DiscoveryConfig, replica: Arc<R>) -> Result<Self, String> {
-        let resolver = Resolver::new(config.server, config.timeout, config.nxdomain)?;
+    /// A poller asking DNS; fails only if the resolver cannot be built.
+    pub fn new(config: DiscoveryConfig, replica: Arc<R>) -> Result<Self, ResolverError> {
+        let dns = DnsSources::new(&config)?;
+        Ok(Poller::with_discover(config, replica, dns))
+    }
+}
+
+impl<R: Replica, D: Discover> Poller<R, D> {
+    /// A poller taking its answers from `discover` (`config`'s nameserver, timeout and
+    /// NXDOMAIN settings are then unused).
+    pub fn with_discover(config: DiscoveryConfig, replica: Arc<R>, discover: D) -> Self {
         let status = PollerStatus {
             server: config.server.to_string(),
             sources: config.sources.iter().map(ToString::to_string).collect(),
@@ -152,14 +200,15 @@ impl<R: Replica> Poller<R> {
             last_result: "not polled yet".into(),
             ..PollerStatus::default()
         };
-        Ok(Poller {
+        Poller {
             guard: Guard::new(config.guard),
             config,
             replica,
             status: Arc::new(Mutex::new(status)),
-            resolver,
+            discover,
+            holding: false,
             last_skipped: BTreeSet::new(),
-        })
+        }
     }
 
     /// The status, shared with the admin API.
@@ -193,6 +242,7 @@ impl<R: Replica> Poller<R> {
             tracing::info!(server = %self.config.server, "leader: DNS polling starts");
             self.update(|s| s.polling = true);
             self.guard.reset();
+            self.holding = false;
             let mut lost = leadership.clone();
             let stepped_down = async move {
                 let _ = lost.wait_for(|l| !*l).await;
@@ -218,8 +268,9 @@ impl<R: Replica> Poller<R> {
         }
     }
 
+    /// One poll: ask, decide, and propose what changed.
     async fn poll(&mut self) -> Next {
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now();
         let started = std::time::SystemTime::now();
         let at = now_ms();
         // When this poll saw the DNS state: carried in the command to time discovery-to-ACK.
@@ -227,98 +278,114 @@ impl<R: Replica> Poller<R> {
         let m = concord_telemetry::metrics();
         m.polls.inc();
         let registry = self.replica.registry().borrow().clone();
-        let result = self.resolve(&registry).await;
-        let elapsed = t0.elapsed().as_micros() as u64;
+        let result = self.discover.discover().await;
         m.poll_duration.observe(t0.elapsed());
         self.update(|s| {
             s.polls += 1;
             s.last_poll_at_ms = Some(at);
-            s.last_poll_us = Some(elapsed);
+            s.last_poll_us = Some(t0.elapsed().as_micros() as u64);
         });
-        let parsed = match result {
+        let mut parsed = match result {
             Ok(p) => p,
-            Err(e) => {
-                let first = self
-                    .status
-                    .lock()
-                    .map(|s| s.consecutive_errors == 0)
-                    .unwrap_or(true);
-                if first {
-                    tracing::warn!(error = %e, "DNS poll failed; nothing changes, backing off");
-                }
-                self.guard.reset();
-                m.poll_errors.inc();
-                self.update(|s| {
-                    s.errors += 1;
-                    s.consecutive_errors += 1;
-                    s.last_result = format!("error: {e}");
-                    s.last_error = Some((at, e.to_string()));
-                });
-                return Next::Backoff;
-            }
+            Err(e) => return self.failed(at, e),
         };
-        let recovered = self
-            .status
-            .lock()
-            .map(|s| s.consecutive_errors > 0)
-            .unwrap_or(false);
-        if recovered {
+        if self.status.lock().is_ok_and(|s| s.consecutive_errors > 0) {
             tracing::info!("DNS polls succeed again");
         }
+        skip_api_clashes(&registry, &mut parsed);
         self.note_skipped(&parsed.skipped);
         m.skipped_records.add(parsed.skipped.len() as u64);
-        let current = registry.of_source(Source::Dns);
         self.update(|s| {
             s.consecutive_errors = 0;
             s.discovered = parsed.builders.len();
             s.skipped_total += parsed.skipped.len() as u64;
             s.skipped = parsed.skipped.clone();
         });
-        let batch = diff(&current, &parsed.builders);
-        if let Verdict::Hold {
-            removals,
-            seen,
-            needed,
-        } = self.guard.judge(&current, &parsed.builders)
-        {
-            tracing::warn!(
-                removals,
-                of = current.len(),
-                seen,
-                needed,
-                "DNS answer would remove a large share of the builders; holding it until it repeats"
-            );
-            self.update(|s| {
-                s.held += 1;
-                s.last_result = format!(
-                    "held: would remove {removals} of {} ({seen}/{needed})",
-                    current.len()
-                );
-            });
-            return Next::Interval;
-        }
-        if batch.is_empty() {
-            self.update(|s| s.last_result = "unchanged".into());
-            return Next::Interval;
-        }
-        let (added, updated, removed) = (
-            batch
-                .upserts
-                .iter()
-                .filter(|b| !current.contains_key(&b.id))
-                .count(),
-            batch
-                .upserts
-                .iter()
-                .filter(|b| current.contains_key(&b.id))
-                .count(),
-            batch.removes.len(),
-        );
-        let mut cmd = Command {
-            if_revision: Some(registry.revision()),
-            ..Command::new(Source::Dns, batch)
+        // The guard's clock is the runtime's: paused in tests, and monotonic.
+        let now = t0.into_std();
+        let decision = decide(&registry, &parsed.builders, &mut self.guard, now);
+        let held = match &decision {
+            Decision::Hold(h) => Some(h),
+            Decision::Propose(p) => p.held.as_ref(),
+            Decision::Unchanged => None,
         };
-        cmd.set_seen_at_us(seen_at_us);
+        match held {
+            Some(h) => self.note_held(h, &registry),
+            None => self.holding = false,
+        }
+        match decision {
+            Decision::Unchanged => {
+                self.update(|s| s.last_result = "unchanged".into());
+                Next::Interval
+            }
+            Decision::Hold(_) => Next::Interval,
+            Decision::Propose(p) => self.propose(p, &registry, started, at, seen_at_us).await,
+        }
+    }
+
+    /// A failed poll changes nothing: it is counted, logged once per outage, and backs off.
+    fn failed(&mut self, at: u64, e: PollError) -> Next {
+        let first = self
+            .status
+            .lock()
+            .map(|s| s.consecutive_errors == 0)
+            .unwrap_or(true);
+        if first {
+            tracing::warn!(error = %e, "DNS poll failed; nothing changes, backing off");
+        }
+        // We cannot vouch that held builders stayed missing while DNS did not answer.
+        self.guard.reset();
+        self.holding = false;
+        concord_telemetry::metrics().poll_errors.inc();
+        self.update(|s| {
+            s.errors += 1;
+            s.consecutive_errors += 1;
+            s.last_result = format!("error: {e}");
+            s.last_error = Some((at, e.to_string()));
+        });
+        Next::Backoff
+    }
+
+    /// Reports a held removal: logged when the hold starts (it lasts many polls), counted and
+    /// shown on every poll.
+    fn note_held(&mut self, h: &Held, registry: &Registry) {
+        let current = registry.iter().filter(|b| b.source == Source::Dns).count();
+        if !std::mem::replace(&mut self.holding, true) {
+            tracing::warn!(
+                removals = h.removals,
+                of = current,
+                hold_ms = h.needed.as_millis() as u64,
+                "DNS answer would remove a large share of the builders; holding the removals until they persist"
+            );
+        }
+        self.update(|s| {
+            s.held += 1;
+            s.last_result = format!(
+                "held: would remove {} of {current} (missing for {} of {} ms)",
+                h.removals,
+                h.missing_for.as_millis(),
+                h.needed.as_millis()
+            );
+        });
+    }
+
+    /// Proposes `p` through Raft, in a trace started by this poll.
+    async fn propose(
+        &mut self,
+        p: Proposal,
+        registry: &Registry,
+        started: std::time::SystemTime,
+        at: u64,
+        seen_at_us: u64,
+    ) -> Next {
+        let Proposal {
+            mut command,
+            added,
+            updated,
+            removed,
+            held,
+        } = p;
+        command.set_seen_at_us(seen_at_us);
         // The poll that found a change starts its trace; polls that find none leave no trace.
         let mut poll_span = Span::root("discovery.poll", started);
         if poll_span.is_recording() {
@@ -331,8 +398,8 @@ impl<R: Replica> Poller<R> {
         }
         let mut span = poll_span.child("raft.propose");
         poll_span.ok();
-        span.inject(&mut cmd.trace);
-        let outcome = self.replica.propose(cmd).await;
+        span.inject(&mut command.trace);
+        let outcome = self.replica.propose(command).await;
         match &outcome {
             Ok(Outcome::Applied { revision, .. }) => {
                 span.set("registry.revision", *revision as i64);
@@ -345,10 +412,13 @@ impl<R: Replica> Poller<R> {
         match outcome {
             Ok(Outcome::Applied { revision, .. }) => {
                 tracing::info!(added, updated, removed, revision, "DNS change committed");
-                m.changes_proposed.inc();
+                concord_telemetry::metrics().changes_proposed.inc();
                 self.update(|s| {
                     s.changes += 1;
-                    s.last_result = "changed".into();
+                    // A held removal stays the headline while the rest of its answer lands.
+                    if held.is_none() {
+                        s.last_result = "changed".into();
+                    }
                     s.last_change = Some(Change {
                         at_ms: at,
                         revision,
@@ -394,40 +464,6 @@ impl<R: Replica> Poller<R> {
         }
     }
 
-    /// Resolves every source; one failing source fails the poll (its builders must not look
-    /// removed). Builders that would collide with `api` builders are skipped.
-    async fn resolve(&self, registry: &Registry) -> Result<Parsed, PollError> {
-        let mut all = Parsed::default();
-        for s in &self.config.sources {
-            let p = self.resolver.poll(s, &self.config.template).await?;
-            all.merge(p);
-        }
-        let api_snis: BTreeSet<&str> = registry
-            .iter()
-            .filter(|b| b.source == Source::Api)
-            .map(|b| b.sni.as_str())
-            .collect();
-        let clashes: Vec<String> = all
-            .builders
-            .values()
-            .filter(|b| {
-                registry.get(&b.id).is_some_and(|o| o.source == Source::Api)
-                    || api_snis.contains(b.sni.as_str())
-            })
-            .map(|b| b.id.clone())
-            .collect();
-        for id in clashes {
-            if let Some(b) = all.builders.remove(&id) {
-                all.skipped.push(Skipped {
-                    name: b.sni.clone(),
-                    entry: id,
-                    reason: "id or SNI name belongs to a builder put through the API".into(),
-                });
-            }
-        }
-        Ok(all)
-    }
-
     /// Logs skipped entries when the set changes, not on every poll.
     fn note_skipped(&mut self, skipped: &[Skipped]) {
         let set: BTreeSet<Skipped> = skipped.iter().cloned().collect();
@@ -439,3 +475,6 @@ impl<R: Replica> Poller<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

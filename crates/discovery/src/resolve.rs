@@ -59,16 +59,39 @@ impl fmt::Display for SourceSpec {
     }
 }
 
+/// Why a `--dns-source` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// Not `txt:NAME:PORT`, `srv:NAME` or `a:NAME:PORT` (unknown kind, missing or zero port,
+    /// empty name).
+    #[error(
+        "invalid DNS source {spec:?}: expected txt:NAME:PORT, srv:NAME or a:NAME:PORT \
+         (e.g. txt:_instances.internal:8372)"
+    )]
+    Malformed {
+        /// The source as given.
+        spec: String,
+    },
+    /// The shape is right but the name is not a DNS name.
+    #[error(
+        "invalid DNS source {spec:?}: expected txt:NAME:PORT, srv:NAME or a:NAME:PORT \
+         (e.g. txt:_instances.internal:8372): {reason}"
+    )]
+    InvalidName {
+        /// The source as given.
+        spec: String,
+        /// What is wrong with the name.
+        reason: String,
+    },
+}
+
 impl FromStr for SourceSpec {
-    type Err = String;
+    type Err = SourceError;
 
     /// `txt:NAME:PORT`, `srv:NAME`, or `a:NAME:PORT`; a missing trailing dot is added.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid DNS source {s:?}: expected txt:NAME:PORT, srv:NAME or a:NAME:PORT \
-                 (e.g. txt:_instances.internal:8372)"
-            )
+    fn from_str(s: &str) -> Result<Self, SourceError> {
+        let bad = || SourceError::Malformed {
+            spec: s.to_string(),
         };
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
         let kind = match kind {
@@ -93,7 +116,10 @@ impl FromStr for SourceSpec {
         } else {
             format!("{name}.")
         };
-        Name::from_ascii(&name).map_err(|e| format!("{}: {e}", bad()))?;
+        Name::from_ascii(&name).map_err(|e| SourceError::InvalidName {
+            spec: s.to_string(),
+            reason: e.to_string(),
+        })?;
         if name == "." {
             return Err(bad());
         }
@@ -121,6 +147,14 @@ pub struct PollError {
     pub reason: String,
 }
 
+/// Why the resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    /// hickory refused the configuration (the cause is the source, shown by `{:#}`).
+    #[error("cannot build the DNS resolver")]
+    Build(#[source] NetError),
+}
+
 /// The resolver of one poller.
 pub struct Resolver {
     inner: TokioResolver,
@@ -136,7 +170,11 @@ enum Answer<T> {
 
 impl Resolver {
     /// A resolver for `server`, with the cache off and one attempt of `timeout`.
-    pub fn new(server: SocketAddr, timeout: Duration, nxdomain: NxDomain) -> Result<Self, String> {
+    pub fn new(
+        server: SocketAddr,
+        timeout: Duration,
+        nxdomain: NxDomain,
+    ) -> Result<Self, ResolverError> {
         let mut udp = ConnectionConfig::udp();
         udp.port = server.port();
         let mut tcp = ConnectionConfig::tcp();
@@ -156,7 +194,7 @@ impl Resolver {
         let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(opts)
             .build()
-            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+            .map_err(ResolverError::Build)?;
         Ok(Resolver { inner, nxdomain })
     }
 

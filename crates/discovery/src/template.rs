@@ -5,6 +5,46 @@
 use crate::parse::Fields;
 use concord_registry::is_dns_name;
 
+/// Why a template was refused (a configuration error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A `{` without its `}`.
+    #[error("unclosed '{{' in SNI template {template:?}")]
+    Unclosed {
+        /// The template as given.
+        template: String,
+    },
+    /// A placeholder the template language does not know.
+    #[error(
+        "unknown placeholder {{{placeholder}}} in SNI template {template:?}; \
+         use {{id}}, {{ip}}, {{region}}, {{app}} or {{name}}"
+    )]
+    UnknownPlaceholder {
+        /// The placeholder's name, without braces.
+        placeholder: String,
+        /// The template as given.
+        template: String,
+    },
+    /// Neither `{id}` nor `{ip}`: every builder would get the same name.
+    #[error(
+        "SNI template {template:?} must contain {{id}} or {{ip}}, or every builder would get the same name"
+    )]
+    NoUniquePart {
+        /// The template as given.
+        template: String,
+    },
+}
+
+/// A rendered name that is not a valid DNS name (a data error: the record is skipped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SNI name {name:?} from template {template:?} is not a valid DNS name")]
+pub struct RenderError {
+    /// What the template rendered, lower-cased.
+    pub name: String,
+    /// The template.
+    pub template: String,
+}
+
 /// A parsed SNI template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SniTemplate {
@@ -24,7 +64,7 @@ enum Part {
 
 impl SniTemplate {
     /// Parses a template; an unknown or unclosed placeholder is an error naming it.
-    pub fn parse(s: &str) -> Result<SniTemplate, String> {
+    pub fn parse(s: &str) -> Result<SniTemplate, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = s;
         while let Some(open) = rest.find('{') {
@@ -33,7 +73,9 @@ impl SniTemplate {
             }
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("unclosed '{{' in SNI template {s:?}"))?;
+                .ok_or_else(|| TemplateError::Unclosed {
+                    template: s.to_string(),
+                })?;
             parts.push(match &rest[open + 1..open + close] {
                 "id" => Part::Id,
                 "ip" => Part::Ip,
@@ -41,10 +83,10 @@ impl SniTemplate {
                 "app" => Part::App,
                 "name" => Part::Name,
                 other => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}} in SNI template {s:?}; \
-                         use {{id}}, {{ip}}, {{region}}, {{app}} or {{name}}"
-                    ));
+                    return Err(TemplateError::UnknownPlaceholder {
+                        placeholder: other.to_string(),
+                        template: s.to_string(),
+                    });
                 }
             });
             rest = &rest[open + close + 1..];
@@ -53,9 +95,9 @@ impl SniTemplate {
             parts.push(Part::Text(rest.to_string()));
         }
         if !parts.contains(&Part::Id) && !parts.contains(&Part::Ip) {
-            return Err(format!(
-                "SNI template {s:?} must contain {{id}} or {{ip}}, or every builder would get the same name"
-            ));
+            return Err(TemplateError::NoUniquePart {
+                template: s.to_string(),
+            });
         }
         Ok(SniTemplate {
             parts,
@@ -78,7 +120,7 @@ impl SniTemplate {
     }
 
     /// The SNI name for `f`, lower-cased; an error if it is not a valid DNS name.
-    pub fn render(&self, f: &Fields<'_>) -> Result<String, String> {
+    pub fn render(&self, f: &Fields<'_>) -> Result<String, RenderError> {
         let mut out = String::new();
         for p in &self.parts {
             match p {
@@ -94,10 +136,10 @@ impl SniTemplate {
         if is_dns_name(&out) {
             Ok(out)
         } else {
-            Err(format!(
-                "SNI name {out:?} from template {:?} is not a valid DNS name",
-                self.source
-            ))
+            Err(RenderError {
+                name: out,
+                template: self.source.clone(),
+            })
         }
     }
 }
@@ -134,20 +176,16 @@ mod tests {
 
     #[test]
     fn bad_templates_are_named() {
+        let e = SniTemplate::parse("{idd}.x").unwrap_err();
         assert!(
-            SniTemplate::parse("{idd}.x")
-                .unwrap_err()
-                .contains("unknown placeholder {idd}")
+            matches!(&e, TemplateError::UnknownPlaceholder { placeholder, .. } if placeholder == "idd")
         );
-        assert!(
-            SniTemplate::parse("{id.x")
-                .unwrap_err()
-                .contains("unclosed")
-        );
-        assert!(
-            SniTemplate::parse("static.example.com")
-                .unwrap_err()
-                .contains("must contain")
-        );
+        assert!(e.to_string().contains("unknown placeholder {idd}"), "{e}");
+        let e = SniTemplate::parse("{id.x").unwrap_err();
+        assert!(matches!(e, TemplateError::Unclosed { .. }));
+        assert!(e.to_string().contains("unclosed '{'"), "{e}");
+        let e = SniTemplate::parse("static.example.com").unwrap_err();
+        assert!(matches!(e, TemplateError::NoUniquePart { .. }));
+        assert!(e.to_string().contains("must contain {id} or {ip}"), "{e}");
     }
 }
