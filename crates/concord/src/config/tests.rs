@@ -464,3 +464,30 @@ fn every_setting_by_environment() {
         .unwrap_or_else(|| panic!("no settings printed: {stdout}"));
     assert_eq!(got, format!("{:?}", settings(&strs(&flags))));
 }
+
+/// The example the systemd unit reads keeps working: the file format is the flags' long names.
+#[test]
+fn the_systemd_example_file_is_read() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/systemd/node-1.toml.example"
+    );
+    let s = settings(&["--config", path]);
+    assert_eq!(s.node.cluster, "prod-eu1");
+    assert_eq!(s.node.node_id, 1);
+    assert_eq!(s.raft.heartbeat_ms, 100);
+    assert_eq!(s.raft.election_timeout_ms, "500-1000");
+    assert_eq!(s.raft.quorum_timeout_ms, 2000);
+    assert_eq!(
+        s.raft.advertise_addr.as_deref(),
+        Some("concord-1.cp.example.internal:7100")
+    );
+    assert!(s.tls.tls_ca.is_some() && !s.tls.insecure);
+    // Flags given by the unit win over the same keys in the file.
+    let s = settings(&["--config", path, "--node-id", "3", "--data-dir", "/d/3"]);
+    assert_eq!(s.node.node_id, 3);
+    assert_eq!(
+        s.node.data_dir.as_deref(),
+        Some(std::path::Path::new("/d/3"))
+    );
+}
