@@ -69,6 +69,35 @@ fn invalid_config_exits_before_starting() {
     }
 }
 
+#[test]
+fn bad_config_file_exits_before_starting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("concord.toml");
+    let data = dir.path().join("data");
+    let cases = [
+        ("heartbeat_ms = 100\n", "unknown key \"heartbeat_ms\""),
+        (
+            "heartbeat-ms = \"fast\"\n",
+            "key \"heartbeat-ms\": invalid value 'fast'",
+        ),
+        (
+            "dns-nxdomain = \"maybe\"\n",
+            "key \"dns-nxdomain\": invalid value 'maybe'",
+        ),
+        // A valid file that validation refuses, as the same flag would be.
+        ("insecure = true\nnode-id = 0\n", "node ids start at 1"),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&config, format!("data-dir = {data:?}\n{text}")).expect("write");
+        let (code, err) = serve(&["--config", config.to_str().expect("utf-8")]);
+        assert!(
+            code == 2 && err.contains(want),
+            "{text:?}: exit {code}, {err:?} should mention {want:?}"
+        );
+        assert!(!data.exists(), "{text:?}: nothing may start");
+    }
+}
+
 #[tokio::test]
 async fn invalid_builders_and_duplicate_sni_are_refused() -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
