@@ -2,17 +2,29 @@
 //! commit latency of sequential puts (to the leader, and through a follower), throughput with
 //! concurrent writers, and the time from SIGKILL of the leader to a new leader accepting a write.
 //!
-//! `cargo build --release -p concord -p concord-tests && target/release/bench-raft [PUTS] [KILLS]`
+//! `cargo build --release -p concord -p concord-bench && target/release/bench-raft [PUTS] [KILLS]` (`--help`)
 
 use anyhow::Result;
+use clap::Parser;
 use concord_tests::{Cluster, Options, percentiles};
 use std::time::{Duration, Instant};
 
+/// Commit latency, throughput and leader-kill recovery of the replicated registry; see the module header.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Sequential puts measured, to the leader and through a follower.
+    #[arg(default_value_t = 1000)]
+    puts: u32,
+    /// Leader SIGKILLs, each timed to the next accepted write.
+    #[arg(default_value_t = 10)]
+    kills: u32,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let puts: u32 = args.next().map_or(Ok(1000), |a| a.parse())?;
-    let kills: u32 = args.next().map_or(Ok(10), |a| a.parse())?;
+    let a = Args::parse();
+    let (puts, kills) = (a.puts, a.kills);
     let mut c = Cluster::start(Options::measured()).await?;
     let leader = c.leader().await?;
     let follower = c.nodes.keys().copied().find(|&id| id != leader).unwrap();

@@ -5,9 +5,10 @@
 //! it, and a DNS change (nsupdate answered) until every Envoy ACKs it at the default 100 ms poll.
 //! From the receiver's traces of the DNS changes it prints the per-stage breakdown.
 //!
-//! `cargo build --release -p concord -p concord-tests && target/release/bench-trace [CHANGES]`
+//! `cargo build --release -p concord -p concord-bench && target/release/bench-trace [CHANGES]` (`--help`)
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use clap::Parser;
 use concord_tests::dns::Bind;
 use concord_tests::envoy::Envoy;
 use concord_tests::otlp::{Collector, ReceivedSpan};
@@ -153,12 +154,19 @@ fn stages(spans: &[ReceivedSpan]) -> Result<()> {
     Ok(())
 }
 
+/// Tracing's cost and a change's per-stage breakdown; see the module header.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// API and DNS changes measured per run.
+    #[arg(default_value_t = 200)]
+    changes: usize,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let changes: usize = std::env::args()
-        .nth(1)
-        .map_or(Ok(200), |a| a.parse())
-        .context("CHANGES")?;
+    let a = Args::parse();
+    let changes = a.changes;
     let bind = Bind::start().await?;
     bind.ready().await?;
 

@@ -3,9 +3,10 @@
 //! received each ACK), with an empty registry and with 1000 builders registered, and the time from
 //! SIGKILL of a replica to its Envoys streaming from another.
 //!
-//! `cargo build --release -p concord -p concord-tests && target/release/bench-xds [PUTS] [KILLS]`
+//! `cargo build --release -p concord -p concord-bench && target/release/bench-xds [PUTS] [KILLS]` (`--help`)
 
 use anyhow::{Result, bail};
+use clap::Parser;
 use concord_tests::envoy::Envoy;
 use concord_tests::{Cluster, Options, eventually, percentiles};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,11 +38,22 @@ async fn put_to_ack(c: &Cluster, leader: u64, n: usize, envoys: usize, label: &s
     Ok(())
 }
 
+/// API put -> every Envoy ACK, and replica death -> Envoys on another replica; see the module header.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// API puts measured (with an empty registry and with 1000 builders).
+    #[arg(default_value_t = 200)]
+    puts: usize,
+    /// Replica SIGKILLs, each timed to its Envoys streaming elsewhere.
+    #[arg(default_value_t = 10)]
+    kills: usize,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let puts: usize = args.next().map_or(Ok(200), |a| a.parse())?;
-    let kills: usize = args.next().map_or(Ok(10), |a| a.parse())?;
+    let a = Args::parse();
+    let (puts, kills) = (a.puts, a.kills);
     let mut c = Cluster::start(Options::measured()).await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let mut envoys = Vec::new();

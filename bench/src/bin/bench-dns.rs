@@ -3,9 +3,10 @@
 //! Envoy at the default 100 ms poll; the polling leader's CPU with 10 and with 1000 builders; and
 //! during repeated leader kills, the time from a change made right after the kill to every Envoy.
 //!
-//! `cargo build --release -p concord -p concord-tests && target/release/bench-dns [CHANGES] [KILLS]`
+//! `cargo build --release -p concord -p concord-bench && target/release/bench-dns [CHANGES] [KILLS]` (`--help`)
 
 use anyhow::{Result, bail};
+use clap::Parser;
 use concord_tests::dns::Bind;
 use concord_tests::envoy::Envoy;
 use concord_tests::{Cluster, Options, eventually, percentiles};
@@ -77,11 +78,22 @@ async fn leader_cpu(c: &mut Cluster, label: &str) -> Result<()> {
     Ok(())
 }
 
+/// DNS change -> every Envoy ACK, poller CPU, and changes across leader kills; see the module header.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// DNS changes measured.
+    #[arg(default_value_t = 200)]
+    changes: usize,
+    /// Leader kills, each followed by a DNS change.
+    #[arg(default_value_t = 10)]
+    kills: usize,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let changes: usize = args.next().map_or(Ok(200), |a| a.parse())?;
-    let kills: usize = args.next().map_or(Ok(10), |a| a.parse())?;
+    let a = Args::parse();
+    let (changes, kills) = (a.changes, a.kills);
     let bind = Bind::start().await?;
     bind.ready().await?;
     bind.set_instances(&entries(10))?;

@@ -6,12 +6,8 @@
 //! same from a DNS change at the default 100 ms poll (BIND 9, Fly-style TXT), for the sizes
 //! chosen.
 //!
-//! `cargo build --release -p concord -p concord-tests && target/release/bench-scale [flags]`:
-//! `--sizes 100,1000` registry sizes (10000 too, explicitly: Envoy is slow there),
-//! `--combos sotw+filter-chains,sotw+sni-cluster,delta+sni-cluster` (or `all`, which adds
-//! delta+filter-chains), `--changes 20` API changes per run, `--large-changes 5` instead for
-//! sizes of 5000 and more, `--dns-changes 10` DNS changes, `--dns-sizes 100` the sizes that
-//! measure DNS changes too (default: the smallest; `--dns-changes 0` for none), `--envoys 3`.
+//! `cargo build --release -p concord -p concord-bench && target/release/bench-scale --help` lists
+//! the flags: registry sizes, protocol+mode combinations, API and DNS changes per run, Envoys.
 //!
 //! Each run (one combination at one size) is a new cluster: the registry is loaded through
 //! `POST /v1/builders` in batches of 1000 before the Envoys start, then each change puts a new
@@ -22,6 +18,7 @@
 //! late by at most one failed probe plus 2 ms.
 
 use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
 use concord_tests::dns::Bind;
 use concord_tests::envoy::{Envoy, Protocol};
 use concord_tests::tls::{TestCa, TlsBuilder, probe};
@@ -73,6 +70,36 @@ impl Combo {
     }
 }
 
+/// One builder change against a large registry, real replicas and Envoys; see the module header.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Registry sizes, comma-separated (10000 too, explicitly: Envoy is slow there).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    sizes: Vec<usize>,
+    /// PROTOCOL+MODE combinations, comma-separated, or `all` (adds delta+filter-chains).
+    #[arg(
+        long,
+        default_value = "sotw+filter-chains,sotw+sni-cluster,delta+sni-cluster"
+    )]
+    combos: String,
+    /// API changes per run.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// API changes per run instead, for sizes of 5000 and more.
+    #[arg(long, default_value_t = 5)]
+    large_changes: usize,
+    /// DNS changes per run (0 for none).
+    #[arg(long, default_value_t = 10)]
+    dns_changes: usize,
+    /// The sizes that measure DNS changes too (default: the smallest of --sizes).
+    #[arg(long, value_delimiter = ',')]
+    dns_sizes: Option<Vec<usize>>,
+    /// Real Envoys, spread over the replicas.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    envoys: u64,
+}
+
 struct Args {
     sizes: Vec<usize>,
     combos: Vec<Combo>,
@@ -83,60 +110,26 @@ struct Args {
     envoys: usize,
 }
 
-fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    s.split(',')
-        .map(|x| x.trim().parse::<T>().map_err(Into::into))
-        .collect()
-}
-
 fn args() -> Result<Args> {
-    let mut a = Args {
-        sizes: vec![100, 1000],
-        combos: [
-            "sotw+filter-chains",
-            "sotw+sni-cluster",
-            "delta+sni-cluster",
-        ]
-        .iter()
-        .map(|s| Combo::parse(s))
-        .collect::<Result<_>>()?,
-        changes: 20,
-        large_changes: 5,
-        dns_changes: 10,
-        dns_sizes: None,
-        envoys: 3,
+    let c = Cli::parse();
+    let combos = if c.combos == "all" {
+        "sotw+filter-chains,sotw+sni-cluster,delta+sni-cluster,delta+filter-chains"
+    } else {
+        &c.combos
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--sizes" => a.sizes = list(&value()?)?,
-            "--combos" => {
-                let v = value()?;
-                let v = if v == "all" {
-                    "sotw+filter-chains,sotw+sni-cluster,delta+sni-cluster,delta+filter-chains"
-                        .to_string()
-                } else {
-                    v
-                };
-                a.combos = v.split(',').map(Combo::parse).collect::<Result<_>>()?;
-            }
-            "--changes" => a.changes = value()?.parse()?,
-            "--large-changes" => a.large_changes = value()?.parse()?,
-            "--dns-changes" => a.dns_changes = value()?.parse()?,
-            "--dns-sizes" => a.dns_sizes = Some(list(&value()?)?),
-            "--envoys" => a.envoys = value()?.parse()?,
-            other => bail!("unknown flag {other}; see the source's header"),
-        }
-    }
+    let a = Args {
+        sizes: c.sizes,
+        combos: combos.split(',').map(Combo::parse).collect::<Result<_>>()?,
+        changes: c.changes,
+        large_changes: c.large_changes,
+        dns_changes: c.dns_changes,
+        dns_sizes: c.dns_sizes,
+        envoys: c.envoys as usize,
+    };
     ensure!(
         !a.sizes.is_empty() && !a.combos.is_empty(),
         "nothing to run"
     );
-    ensure!(a.envoys > 0, "--envoys must be at least 1");
     Ok(a)
 }
 

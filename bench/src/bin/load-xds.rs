@@ -5,13 +5,12 @@
 //! p50/p99/max over all streams, the last stream's ACK per change, and each replica's CPU time
 //! and resident memory (so memory per stream, beyond the shared resources).
 //!
-//! `cargo build --release -p concord -p concord-tests && target/release/load-xds [flags]`:
-//! `--streams N` (100), `--protocol delta|sotw` (delta), `--builders B` registered first (100),
-//! `--changes C` (20), `--spread` (streams over all replicas; default all on node 1),
-//! `--listener-mode filter-chains|sni-cluster` (filter-chains), `--plaintext` (xDS and peers
-//! without TLS, to see what TLS costs per stream).
+//! `cargo build --release -p concord -p concord-bench && target/release/load-xds --help` lists
+//! the flags: streams, protocol, builders, changes, spread over replicas, listener mode, plaintext.
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
+use concord_bench::{ListenerMode, XdsProtocol};
 use concord_tests::{Cluster, Options, percentiles};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -28,41 +27,31 @@ static DONE: AtomicBool = AtomicBool::new(false);
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
+/// N simulated Envoy streams against a real three-node cluster; see the module header.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
 struct Args {
+    /// Simulated Envoy streams.
+    #[arg(long, default_value_t = 100)]
     streams: usize,
-    delta: bool,
+    /// xDS protocol of every stream.
+    #[arg(long, value_enum, default_value_t = XdsProtocol::Delta)]
+    protocol: XdsProtocol,
+    /// Builders registered before the streams connect.
+    #[arg(long, default_value_t = 100)]
     builders: usize,
+    /// Measured builder changes.
+    #[arg(long, default_value_t = 20)]
     changes: usize,
+    /// Spread the streams over all three replicas (default: all on node 1).
+    #[arg(long)]
     spread: bool,
-    listener_mode: String,
+    /// The replicas' listener mode.
+    #[arg(long, value_enum, default_value_t = ListenerMode::FilterChains)]
+    listener_mode: ListenerMode,
+    /// xDS and peers without TLS, to see what TLS costs per stream.
+    #[arg(long)]
     plaintext: bool,
-}
-
-fn args() -> Result<Args> {
-    let mut a = Args {
-        streams: 100,
-        delta: true,
-        builders: 100,
-        changes: 20,
-        spread: false,
-        listener_mode: "filter-chains".into(),
-        plaintext: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--streams" => a.streams = value()?.parse()?,
-            "--protocol" => a.delta = value()? == "delta",
-            "--builders" => a.builders = value()?.parse()?,
-            "--changes" => a.changes = value()?.parse()?,
-            "--spread" => a.spread = true,
-            "--listener-mode" => a.listener_mode = value()?,
-            "--plaintext" => a.plaintext = true,
-            other => bail!("unknown flag {other}; see the source's header"),
-        }
-    }
-    Ok(a)
 }
 
 /// One ACK: which stream, of which revision's clusters, when.
@@ -183,11 +172,11 @@ async fn wait_all(
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let a = args()?;
+    let a = Args::parse();
     let mut opts = Options::measured();
     opts.tls = !a.plaintext;
-    opts.extra = vec!["--listener-mode".into(), a.listener_mode.clone()];
-    if a.listener_mode == "sni-cluster" {
+    opts.extra = vec!["--listener-mode".into(), a.listener_mode.flag().into()];
+    if a.listener_mode == ListenerMode::SniCluster {
         opts.extra
             .extend(["--sni-suffix".into(), "builders.test".into()]);
     }
@@ -214,7 +203,7 @@ async fn main() -> Result<()> {
         let channel = c.xds_channel(&xds, "load").await?;
         let acks = ack_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream(i, channel, a.delta, acks).await {
+            if let Err(e) = stream(i, channel, a.protocol == XdsProtocol::Delta, acks).await {
                 // At the end the cluster goes away under the streams: say nothing then.
                 if !DONE.load(Ordering::Relaxed) {
                     eprintln!("stream {i}: {e:#}");
@@ -259,9 +248,9 @@ async fn main() -> Result<()> {
     println!(
         "{} {} streams on node(s) {ids:?}, {} builders, {} mode: all synced in {:.0} ms",
         a.streams,
-        if a.delta { "delta" } else { "sotw" },
+        a.protocol.flag(),
         a.builders,
-        a.listener_mode,
+        a.listener_mode.flag(),
         synced.as_secs_f64() * 1e3
     );
     let (p50, p99, max) = percentiles(&mut all);
