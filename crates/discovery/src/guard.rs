@@ -111,8 +111,8 @@ impl Guard {
         })
     }
 
-    /// Forgets what was missing (after a poll error — it broke the continuity we can vouch
-    /// for — or on losing leadership).
+    /// Forgets what was missing (when this replica starts leading: a new term's poller vouches
+    /// only for the answers it saw itself).
     pub fn reset(&mut self) {
         self.missing.clear();
     }

@@ -333,9 +333,9 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         if first {
             tracing::warn!(error = %e, "DNS poll failed; nothing changes, backing off");
         }
-        // We cannot vouch that held builders stayed missing while DNS did not answer.
-        self.guard.reset();
-        self.holding = false;
+        // The guard's clock keeps running: a removal still needs an answer that shows the
+        // builders missing after the hold, and resetting here would let a flaky nameserver (one
+        // timeout every few seconds) hold a real removal forever.
         concord_telemetry::metrics().poll_errors.inc();
         self.update(|s| {
             s.errors += 1;
