@@ -11,6 +11,7 @@
 //!
 //! `concord-chaos kill-leader --faults 50`; exits non-zero on any violation.
 
+mod crash_disk;
 mod world;
 
 use anyhow::{Context, Result, bail};
@@ -40,6 +41,8 @@ enum Scenario {
     RestartAll,
     /// SIGKILL the same replica repeatedly under heavy write load.
     DiskKill,
+    /// Restart-all with every replica's disk losing its unsynced writes (crashfs), under writes.
+    CrashDisk,
 }
 
 /// Run a chaos scenario against real replicas, Envoys, DNS and TLS builders on loopback.
@@ -71,10 +74,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.scenario == Scenario::CrashDisk {
+        return crash_disk::run(&args).await;
+    }
     let setup = Setup {
         replicas: args.replicas,
         envoys: args.envoys,
         stable: 3,
+        data_root: None,
     };
     let world = World::start(&setup).await.context("setting up the world")?;
     let stop = CancellationToken::new();
@@ -173,6 +180,7 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
                 world.rec.event("heal", json!({ "node": victim }));
                 caught_up(world, victim).await?;
             }
+            Scenario::CrashDisk => unreachable!("crash_disk::run"),
             Scenario::RestartAll => {
                 let ids: Vec<u64> = world.cluster.lock().await.up();
                 for &id in &ids {

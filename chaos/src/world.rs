@@ -191,6 +191,8 @@ pub struct Setup {
     pub replicas: u64,
     pub envoys: usize,
     pub stable: usize,
+    /// Where the replicas' data dirs go (crash-disk puts a crashfs mount under each).
+    pub data_root: Option<std::path::PathBuf>,
 }
 
 impl World {
@@ -231,6 +233,7 @@ impl World {
                 "--stale-after-ms".into(),
                 "1500".into(),
             ],
+            data_root: s.data_root.clone(),
             // The product's own election timing: chaos measures the real failover.
             ..Options::measured()
         })

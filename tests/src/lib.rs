@@ -243,6 +243,8 @@ pub struct Options {
     /// With `tls`: replicas require Envoy client certificates and bind Envoy node ids to them
     /// (`--xds-client-ca`, `--xds-bind-node-id`).
     pub xds_client_certs: bool,
+    /// Where each replica's data dir (`node-<id>`) goes; the cluster's temp dir by default.
+    pub data_root: Option<PathBuf>,
 }
 
 impl Options {
@@ -265,6 +267,7 @@ impl Default for Options {
             admin_token: None,
             tls: true,
             xds_client_certs: false,
+            data_root: None,
         }
     }
 }
@@ -338,7 +341,8 @@ impl Cluster {
     pub fn add_replica(&mut self, id: u64, peer: String, members: &str) -> Result<&mut Replica> {
         let admin_port = free_port();
         let xds = format!("127.0.0.1:{}", free_port());
-        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let root = self.opts.data_root.as_deref().unwrap_or(self.dir.path());
+        let data_dir = root.join(format!("node-{id}"));
         let mut args = vec![
             "--cluster".into(),
             self.name.clone(),
