@@ -59,8 +59,8 @@ pub enum ClientReply {
     },
     /// The answer to [`ClientRequest::LocalStatus`].
     LocalStatus {
-        /// What the replica reports (JSON).
-        status: serde_json::Value,
+        /// The Envoys streaming from the replica; none while it is starting (JSON `null`).
+        status: Option<concord_api::LocalEnvoys>,
     },
 }
 
