@@ -21,6 +21,8 @@ pub mod xds;
 pub use builders::{BuilderList, MembershipChanged, OneBuilder, Written};
 #[cfg(feature = "client")]
 pub use client::{Client, ClientBuilder, Error};
+/// The registry's builder, as the API lists it (its own crate's type: one definition).
+pub use concord_registry::{Builder, Source};
 pub use discovery::{DiscoveryStatus, PollerStatus};
 pub use envoys::{ClusterEnvoy, ClusterEnvoys, EnvoyStatus, LocalEnvoys, ReplicaEnvoys, SyncState};
 pub use error::{ErrorBody, ErrorCode};

@@ -40,6 +40,16 @@ pub struct PutBuilder {
 }
 
 impl PutBuilder {
+    /// A body for a builder at `addr` named `sni`, with no region and no labels.
+    pub fn new(addr: SocketAddr, sni: impl Into<String>) -> Self {
+        PutBuilder {
+            addr,
+            sni: sni.into(),
+            region: String::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
     /// The builder `id` of source `api`, validated before it costs a log entry.
     pub fn into_builder(self, id: String) -> Result<Builder, RequestError> {
         let b = Builder {
@@ -73,6 +83,19 @@ pub struct BatchBuilder {
     /// Free-form labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+impl BatchBuilder {
+    /// Builder `id` at `addr` named `sni`, with no region and no labels.
+    pub fn new(id: impl Into<String>, addr: SocketAddr, sni: impl Into<String>) -> Self {
+        BatchBuilder {
+            id: id.into(),
+            addr,
+            sni: sni.into(),
+            region: String::new(),
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 /// `POST /v1/builders`: puts and removes applied together, in one log entry.
