@@ -392,3 +392,44 @@ impl From<StatusCode> for ErrorCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_paths() {
+        let c = Client::new("127.0.0.1:8101").unwrap();
+        assert_eq!(c.base_url().as_str(), "http://127.0.0.1:8101/");
+        let c = Client::new("http://[::1]:8101/").unwrap();
+        assert_eq!(
+            c.url(&["v1", "builders", "b1"], Some(true)).as_str(),
+            "http://[::1]:8101/v1/builders/b1?consistent=true"
+        );
+        // An id is one path segment, whatever it holds: the server refuses it, not the router.
+        assert_eq!(
+            c.url(&["v1", "builders", "a/b c?"], None).as_str(),
+            "http://[::1]:8101/v1/builders/a%2Fb%20c%3F"
+        );
+        assert!(matches!(
+            Client::new("not an address"),
+            Err(Error::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            Client::builder("127.0.0.1:1")
+                .token(Some("bad\ntoken"))
+                .build(),
+            Err(Error::Setup(_))
+        ));
+    }
+
+    #[test]
+    fn statuses_without_a_body_get_a_code() {
+        assert_eq!(ErrorCode::from(StatusCode::NOT_FOUND), ErrorCode::NotFound);
+        assert_eq!(
+            ErrorCode::from(StatusCode::UNAUTHORIZED),
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(ErrorCode::from(StatusCode::BAD_GATEWAY), ErrorCode::Unknown);
+    }
+}
