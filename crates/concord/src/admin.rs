@@ -16,6 +16,8 @@
 //! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
+//! | GET | `/v1/cluster/envoys` | every member's Envoys, asked over the peer channel (`proxy-status`) |
+//! | POST | `/v1/debug/isolate` | `{"isolated":true}`: fault injection, with `--enable-fault-injection` only |
 //!
 //! With an admin token file every request but `/healthz` needs a bearer token, read (GET) or
 //! write (everything else): see [`crate::auth`].

@@ -1,6 +1,6 @@
 //! What this replica knows of the Envoys streaming from it: who, since when, which version of
 //! each type was sent and ACKed, and the last NACK — for the status endpoint and the CLI. The
-//! types are [`concord_api::envoys`]'; this module keeps them up to date.
+//! types are the admin API's ([`concord_api::envoys`]); this module keeps them up to date.
 
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
 use concord_telemetry::unix_micros as now_us;
