@@ -16,6 +16,7 @@ mod world;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use concord_api::{Client, PutBuilder, Role, Source};
 use concord_tests::tls::probe;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -208,18 +209,10 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
 }
 
 async fn isolate(world: &World, node: u64, on: bool) -> Result<()> {
-    let c = world.cluster.lock().await;
-    let (s, v) = c
-        .send(
-            node,
-            reqwest::Method::POST,
-            "/v1/debug/isolate",
-            Some(json!({ "isolated": on })),
-        )
-        .await?;
-    if s != 200 {
-        bail!("isolate {node}: {s} {v}");
-    }
+    let api = world.cluster.lock().await.api(node);
+    api.isolate(on)
+        .await
+        .with_context(|| format!("isolate {node}"))?;
     Ok(())
 }
 
@@ -228,7 +221,7 @@ async fn wait_leader_other_than(world: &World, old: u64) -> Result<u64> {
         let c = world.cluster.lock().await;
         for id in c.up().into_iter().filter(|&id| id != old) {
             let s = c.status(id).await?;
-            if s["role"] == "leader" {
+            if s.role == Role::Leader {
                 return Ok(id);
             }
         }
@@ -252,8 +245,8 @@ async fn caught_up(world: &World, node: u64) -> Result<()> {
         || async {
             let c = world.cluster.lock().await;
             let l = c.leader_now().await?;
-            let want = c.status(l).await?["applied_index"].as_u64().unwrap_or(0);
-            let got = c.status(node).await?["applied_index"].as_u64().unwrap_or(0);
+            let want = c.status(l).await?.applied_index.unwrap_or(0);
+            let got = c.status(node).await?.applied_index.unwrap_or(0);
             if got < want {
                 bail!("node {node} at {got}, leader at {want}");
             }
@@ -278,10 +271,8 @@ fn spawn_writer(
 ) -> tokio::task::JoinHandle<()> {
     let w = world.clone();
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        // One connection pool for the writes to every replica.
+        let http = reqwest::Client::new();
         let mut i = 0u32;
         while !stop.is_cancelled() {
             let admins: Vec<String> = {
@@ -293,14 +284,14 @@ fn spawn_writer(
             };
             let admin = &admins[i as usize % admins.len()];
             let id = format!("w{i}");
-            let body =
-                json!({ "addr": format!("127.0.3.1:{}", 1000 + i % 60000), "sni": sni(&id) });
-            if let Ok(r) = http
-                .put(format!("{admin}/v1/builders/{id}"))
-                .json(&body)
-                .send()
-                .await
-                && r.status().is_success()
+            let addr = ([127, 0, 3, 1], (1000 + i % 60000) as u16).into();
+            let body = PutBuilder::new(addr, sni(&id));
+            let api = Client::builder(admin)
+                .http(http.clone())
+                .timeout(Duration::from_secs(10))
+                .build();
+            if let Ok(api) = api
+                && api.put_builder(&id, &body).await.is_ok()
             {
                 acked.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
             }
@@ -343,14 +334,13 @@ async fn final_checks(
         "every Envoy and replica at the leader's revision",
         || async {
             let l = c.leader().await?;
-            let lv = c.get(l, "/v1/builders?consistent=true").await?;
-            let rev = lv["revision"].as_u64().unwrap_or(0);
-            let dns_ids: BTreeSet<String> = lv["builders"]
-                .as_array()
+            let lv = c.api(l).builders(true).await?;
+            let rev = lv.revision;
+            let dns_ids: BTreeSet<String> = lv
+                .builders
                 .into_iter()
-                .flatten()
-                .filter(|b| b["source"] == "dns")
-                .filter_map(|b| b["id"].as_str().map(str::to_string))
+                .filter(|b| b.source == Source::Dns)
+                .map(|b| b.id)
                 .collect();
             if dns_ids != published {
                 bail!("leader has {dns_ids:?}, DNS has {published:?}");
@@ -361,9 +351,9 @@ async fn final_checks(
                     bail!("{} at {v:?}, leader at {rev}", e.node_id);
                 }
             }
-            let reference = c.get(l, "/v1/builders").await?;
+            let reference = c.api(l).builders(false).await?;
             for id in c.up() {
-                let other = c.get(id, "/v1/builders").await?;
+                let other = c.api(id).builders(false).await?;
                 if other != reference {
                     bail!("node {id} differs from the leader");
                 }
@@ -387,13 +377,9 @@ async fn final_checks(
     };
     // (3) no removed builder anywhere; (4) and none routed.
     for id in c.up() {
-        if let Ok(v) = c.get(id, "/v1/builders").await {
-            for b in v["builders"].as_array().into_iter().flatten() {
-                if let Some(bid) = b["id"].as_str()
-                    && removed.contains(bid)
-                {
-                    rec.violation(3, json!({ "node": id, "removed builder is back": bid }));
-                }
+        if let Ok(v) = c.api(id).builders(false).await {
+            for bid in v.ids().iter().filter(|b| removed.contains(*b)) {
+                rec.violation(3, json!({ "node": id, "removed builder is back": bid }));
             }
         }
     }
@@ -417,14 +403,9 @@ async fn final_checks(
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if !acked.is_empty()
         && let Ok(l) = c.leader().await
-        && let Ok(v) = c.get(l, "/v1/builders?consistent=true").await
+        && let Ok(v) = c.api(l).builders(true).await
     {
-        let have: BTreeSet<String> = v["builders"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|b| b["id"].as_str().map(str::to_string))
-            .collect();
+        let have: BTreeSet<String> = v.ids().into_iter().collect();
         let lost: Vec<_> = acked.difference(&have).collect();
         if !lost.is_empty() {
             rec.violation(5, json!({ "acknowledged writes lost": lost }));

@@ -344,28 +344,27 @@ impl World {
                 let mut leader: Option<u64> = None;
                 let mut placement: BTreeMap<String, u64> = BTreeMap::new();
                 let mut lost: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+                let http = reqwest::Client::new();
                 while !stop.is_cancelled() {
                     let (ids, admins): (Vec<u64>, Vec<String>) = {
                         let c = w.cluster.lock().await;
                         c.up().into_iter().map(|id| (id, c.nodes[&id].admin.clone())).unzip()
                     };
-                    let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
                     let mut seen_leader = None;
                     let mut now_on: BTreeMap<String, u64> = BTreeMap::new();
                     for (id, admin) in ids.iter().zip(&admins) {
-                        if let Ok(r) = http.get(format!("{admin}/v1/status")).send().await
-                            && let Ok(v) = r.json::<Value>().await
-                            && v["role"] == "leader"
+                        // Short timeouts: a replica that hangs must not stall the watch.
+                        let Ok(api) = concord_api::Client::builder(admin).http(http.clone()).timeout(Duration::from_millis(500)).build() else {
+                            continue;
+                        };
+                        if let Ok(s) = api.status().await
+                            && s.role == concord_api::Role::Leader
                         {
                             seen_leader = Some(*id);
                         }
-                        if let Ok(r) = http.get(format!("{admin}/v1/envoys")).send().await
-                            && let Ok(v) = r.json::<Value>().await
-                        {
-                            for e in v["envoys"].as_array().into_iter().flatten() {
-                                if let Some(n) = e["node_id"].as_str() {
-                                    now_on.insert(n.to_string(), *id);
-                                }
+                        if let Ok(v) = api.envoys().await {
+                            for n in v.ids() {
+                                now_on.insert(n, *id);
                             }
                         }
                     }

@@ -1,5 +1,6 @@
 //! Test harness: starts real `concord serve` processes on free loopback ports, each with its own
-//! data dir, and drives them over their admin API. Conditions are awaited with deadlines
+//! data dir, and drives them over their admin API with the typed client
+//! ([`concord_api::Client`], [`Cluster::api`]). Conditions are awaited with deadlines
 //! ([`eventually`]), never with fixed sleeps.
 //!
 //! The binary is `$CONCORD_BIN`, or `concord` next to the test executable's target dir (build it
@@ -12,8 +13,9 @@ pub mod otlp;
 pub mod pki;
 pub mod tls;
 
-use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Value, json};
+use anyhow::{Context, Result, bail};
+use concord_api::{BatchBody, BatchBuilder, PutBuilder};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
@@ -272,7 +274,8 @@ impl Default for Options {
     }
 }
 
-/// An HTTP client for admin APIs that sends `token` (if any) as a bearer token.
+/// An HTTP client for admin APIs that sends `token` (if any) as a bearer token, for the tests
+/// that send raw requests (bad bodies, missing tokens); everything else uses [`Cluster::api`].
 pub fn admin_client(token: Option<&str>) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
@@ -447,64 +450,46 @@ impl Cluster {
         addr: std::net::SocketAddr,
         sni_name: &str,
     ) -> Result<u64> {
-        let body = json!({ "addr": addr.to_string(), "sni": sni_name });
-        let (status, v) = self
-            .send(
-                id,
-                reqwest::Method::PUT,
-                &format!("/v1/builders/{bid}"),
-                Some(body),
-            )
-            .await?;
-        if status != 200 {
-            bail!("put {bid} on node {id}: {status} {v}");
-        }
-        v["revision"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("no revision in {v}"))
+        let body = PutBuilder::new(addr, sni_name);
+        let w = self
+            .api(id)
+            .put_builder(bid, &body)
+            .await
+            .with_context(|| format!("put {bid} on node {id}"))?;
+        Ok(w.revision)
     }
 
     /// Registers `n` placeholder builders `bulk0`… (addresses 127.0.1.x, SNI `sni("bulk<i>")`)
     /// through replica `id`, in batches of 1000 (`POST /v1/builders`); the revision of the last.
     pub async fn put_bulk(&self, id: u64, n: usize) -> Result<u64> {
-        let upserts: Vec<Value> = (0..n)
+        let upserts: Vec<BatchBuilder> = (0..n)
             .map(|i| {
-                json!({
-                    "id": format!("bulk{i}"),
-                    "addr": format!("127.0.1.{}:{}", 1 + i % 250, 20000 + i % 40000),
-                    "sni": sni(&format!("bulk{i}")),
-                })
+                let addr = std::net::SocketAddr::from((
+                    [127, 0, 1, 1 + (i % 250) as u8],
+                    20000 + (i % 40000) as u16,
+                ));
+                BatchBuilder::new(format!("bulk{i}"), addr, sni(&format!("bulk{i}")))
             })
             .collect();
         let mut revision = 0;
         for chunk in upserts.chunks(1000) {
-            let (status, v) = self
-                .send(
-                    id,
-                    reqwest::Method::POST,
-                    "/v1/builders",
-                    Some(json!({ "upserts": chunk })),
-                )
-                .await?;
-            if status != 200 {
-                bail!("batch put on node {id}: {status} {v}");
-            }
-            revision = v["revision"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("no revision in {v}"))?;
+            let body = BatchBody {
+                upserts: chunk.to_vec(),
+                removes: Vec::new(),
+            };
+            revision = self
+                .api(id)
+                .batch(&body)
+                .await
+                .with_context(|| format!("batch put on node {id}"))?
+                .revision;
         }
         Ok(revision)
     }
 
     /// The ids of the Envoys streaming from replica `id`.
     pub async fn envoys_on(&self, id: u64) -> Result<Vec<String>> {
-        let v = self.get(id, "/v1/envoys").await?;
-        Ok(v["envoys"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["node_id"].as_str().map(str::to_string))
-            .collect())
+        Ok(self.api(id).envoys().await?.ids())
     }
 
     /// The initial member list (`id=addr,…`).
@@ -530,7 +515,18 @@ impl Cluster {
         &self.nodes[&id].admin
     }
 
-    /// GET a JSON document from a replica.
+    /// The typed admin client of replica `id` (sharing one connection pool, with the cluster's
+    /// admin token).
+    pub fn api(&self, id: u64) -> concord_api::Client {
+        concord_api::Client::builder(self.admin(id))
+            .http(self.http.clone())
+            .token(self.opts.admin_token.clone())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("the harness's admin URLs are valid")
+    }
+
+    /// GET a JSON document from a replica, untyped: for tests of the raw JSON.
     pub async fn get(&self, id: u64, path: &str) -> Result<Value> {
         let resp = self
             .http
@@ -546,11 +542,12 @@ impl Cluster {
     }
 
     /// A replica's status.
-    pub async fn status(&self, id: u64) -> Result<Value> {
-        self.get(id, "/v1/status").await
+    pub async fn status(&self, id: u64) -> Result<concord_api::Status> {
+        Ok(self.api(id).status().await?)
     }
 
-    /// Sends a request and returns the HTTP status and JSON body, whatever the status.
+    /// Sends a raw request and returns the HTTP status and JSON body, whatever the status: for
+    /// tests of what the API does with bodies the typed client cannot send.
     pub async fn send(
         &self,
         id: u64,
@@ -582,34 +579,18 @@ impl Cluster {
 
     /// Removes builder `bid` through replica `id`.
     pub async fn remove(&self, id: u64, bid: &str) -> Result<u64> {
-        let (status, v) = self
-            .send(
-                id,
-                reqwest::Method::DELETE,
-                &format!("/v1/builders/{bid}"),
-                None,
-            )
-            .await?;
-        if status != 200 {
-            bail!("remove {bid} on node {id}: {status} {v}");
-        }
-        v["revision"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("no revision in {v}"))
+        let w = self
+            .api(id)
+            .remove_builder(bid)
+            .await
+            .with_context(|| format!("remove {bid} on node {id}"))?;
+        Ok(w.revision)
     }
 
     /// The registry as replica `id` has applied it: (revision, ids).
     pub async fn builders(&self, id: u64, consistent: bool) -> Result<(u64, Vec<String>)> {
-        let v = self
-            .get(id, &format!("/v1/builders?consistent={consistent}"))
-            .await?;
-        let ids = v["builders"]
-            .as_array()
-            .context("builders")?
-            .iter()
-            .filter_map(|b| b["id"].as_str().map(str::to_string))
-            .collect();
-        Ok((v["revision"].as_u64().context("revision")?, ids))
+        let l = self.api(id).builders(consistent).await?;
+        Ok((l.revision, l.ids()))
     }
 
     /// Waits until every replica that is up answers, all agree on one leader, and it calls
@@ -626,7 +607,7 @@ impl Cluster {
         let mut seen = None;
         for id in self.up() {
             let s = self.status(id).await?;
-            let l = s["leader"].as_u64().context("no leader known")?;
+            let l = s.leader.context("no leader known")?;
             if seen.is_some_and(|x| x != l) {
                 bail!("nodes disagree on the leader");
             }
@@ -634,7 +615,7 @@ impl Cluster {
         }
         let l = seen.context("no node answered")?;
         let s = self.status(l).await?;
-        if s["role"] != "leader" {
+        if s.role != concord_api::Role::Leader {
             bail!("node {l} is not leader yet");
         }
         Ok(l)
@@ -676,16 +657,16 @@ impl Cluster {
         eventually(timeout, "every Envoy ACKs", || async {
             let (mut seen, mut last) = (0, 0);
             for id in self.up() {
-                let Ok(v) = self.get(id, "/v1/envoys").await else {
+                let Ok(v) = self.api(id).envoys().await else {
                     continue;
                 };
-                for e in v["envoys"].as_array().into_iter().flatten() {
+                for e in &v.envoys {
                     for ty in ["clusters", "listeners"] {
-                        let t = &e["types"][ty];
-                        if t["acked"].as_u64().unwrap_or(0) < revision {
-                            bail!("{} {ty} not at {revision}", e["node_id"]);
+                        let t = e.of(ty).cloned().unwrap_or_default();
+                        if t.acked.unwrap_or(0) < revision {
+                            bail!("{} {ty} not at {revision}", e.node_id);
                         }
-                        last = last.max(t["acked_at_us"].as_u64().unwrap_or(0));
+                        last = last.max(t.acked_at_us.unwrap_or(0));
                     }
                     seen += 1;
                 }

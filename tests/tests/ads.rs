@@ -133,8 +133,8 @@ async fn nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
     // Open the stream once node 1 serves that revision, so no newer push (with a newer nonce)
     // overtakes the NACK of the first response.
     eventually(T, "node 1 serves the write", || async {
-        let v = c.get(1, "/v1/envoys").await?;
-        ensure!(v["revision"] == rev, "{v}");
+        let v = c.api(1).envoys().await?;
+        ensure!(v.revision == rev, "{v:?}");
         Ok(())
     })
     .await?;
@@ -145,16 +145,16 @@ async fn nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
     ads.request("", &first.nonce, Some("scripted rejection"))
         .await?;
     let status = eventually(T, "the NACK is recorded", || async {
-        let v = c.get(1, "/v1/envoys").await?;
-        let nack = &v["envoys"][0]["last_nack"];
+        let v = c.api(1).envoys().await?;
+        let nack = v.envoys.first().and_then(|e| e.last_nack.as_ref());
         ensure!(
-            nack["message"] == "scripted rejection" && nack["version"] == v1,
-            "{v}"
+            nack.is_some_and(|n| n.message == "scripted rejection" && n.version == v1),
+            "{v:?}"
         );
         Ok(v)
     })
     .await?;
-    ensure!(status["nacks_total"].as_u64() >= Some(1), "{status}");
+    ensure!(status.nacks_total >= 1, "{status:?}");
     // Responses after the NACK carry newer revisions only, never v1 again, up to the new write.
     let v2 = c.put(2, "b2", 9002).await?;
     loop {
@@ -354,8 +354,8 @@ async fn delta_nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
     let rev = c.put(1, "b1", 9001).await?;
     eventually(T, "node 1 serves the write", || async {
-        let v = c.get(1, "/v1/envoys").await?;
-        ensure!(v["revision"] == rev, "{v}");
+        let v = c.api(1).envoys().await?;
+        ensure!(v.revision == rev, "{v:?}");
         Ok(())
     })
     .await?;
@@ -365,11 +365,11 @@ async fn delta_nack_is_recorded_and_its_version_not_sent_again() -> Result<()> {
     ensure!(names(&first) == ["builder_b1"], "{first:?}");
     ads.answer(&first, Some("scripted rejection")).await?;
     eventually(T, "the NACK is recorded", || async {
-        let v = c.get(1, "/v1/envoys").await?;
-        let nack = &v["envoys"][0]["last_nack"];
+        let v = c.api(1).envoys().await?;
+        let nack = v.envoys.first().and_then(|e| e.last_nack.as_ref());
         ensure!(
-            nack["message"] == "scripted rejection" && nack["version"] == rev,
-            "{v}"
+            nack.is_some_and(|n| n.message == "scripted rejection" && n.version == rev),
+            "{v:?}"
         );
         Ok(())
     })

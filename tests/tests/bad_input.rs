@@ -2,6 +2,7 @@
 //! SNI names, writes without a quorum, and data dirs of another node or cluster.
 
 use anyhow::{Result, ensure};
+use concord_api::{ErrorCode, PutBuilder, Role};
 use concord_tests::{Cluster, Options, concord_bin, eventually};
 use reqwest::Method;
 use serde_json::json;
@@ -147,34 +148,23 @@ async fn invalid_builders_and_duplicate_sni_are_refused() -> Result<()> {
         );
     }
     c.put(2, "a", 9001).await?;
-    let (s, v) = c
-        .send(
-            3,
-            Method::PUT,
-            "/v1/builders/b",
-            Some(json!({ "addr": "127.0.0.1:9002", "sni": concord_tests::sni("a") })),
-        )
-        .await?;
+    // A well-formed body the registry refuses: the typed error carries status, code and message.
+    let dup = PutBuilder::new(([127, 0, 0, 1], 9002).into(), concord_tests::sni("a"));
+    let e = c.api(3).put_builder("b", &dup).await.unwrap_err();
     ensure!(
-        s == 409
-            && v["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("already used"),
-        "{s} {v}"
+        e.status() == Some(409)
+            && e.code() == Some(ErrorCode::Rejected)
+            && e.to_string().contains("already used"),
+        "{e:?}"
     );
     let (_, ids) = c.builders(1, true).await?;
     ensure!(ids == ["a"], "only the valid builder exists: {ids:?}");
     // Fault injection exists only when a replica is started for chaos tests.
-    let (s, _) = c
-        .send(
-            1,
-            Method::POST,
-            "/v1/debug/isolate",
-            Some(json!({ "isolated": true })),
-        )
-        .await?;
-    ensure!(s == 404, "fault injection must be off by default: {s}");
+    let r = c.api(1).isolate(true).await;
+    ensure!(
+        r.as_ref().is_err_and(|e| e.is_not_found()),
+        "fault injection must be off by default: {r:?}"
+    );
     Ok(())
 }
 
@@ -193,20 +183,18 @@ async fn write_without_quorum_fails_in_time_and_applies_nothing() -> Result<()> 
         "leader notices it lost the quorum",
         || async {
             let s = c.status(leader).await?;
-            let age = s["millis_since_quorum_ack"].as_u64().unwrap_or(u64::MAX);
-            ensure!(s["role"] != "leader" || age > 1000, "{s}");
+            let age = s.millis_since_quorum_ack.unwrap_or(u64::MAX);
+            ensure!(s.role != Role::Leader || age > 1000, "{s:?}");
             Ok(())
         },
     )
     .await?;
     let t0 = Instant::now();
-    let body = json!({ "addr": "127.0.0.1:9002", "sni": concord_tests::sni("lost") });
-    let (s, v) = c
-        .send(leader, Method::PUT, "/v1/builders/lost", Some(body))
-        .await?;
+    let body = PutBuilder::new(([127, 0, 0, 1], 9002).into(), concord_tests::sni("lost"));
+    let e = c.api(leader).put_builder("lost", &body).await.unwrap_err();
     let took = t0.elapsed();
-    ensure!(s == 503, "{s} {v}");
-    let msg = v["error"]["message"].as_str().unwrap_or("");
+    ensure!(e.status() == Some(503), "{e:?}");
+    let msg = e.to_string();
     ensure!(
         msg.contains("no quorum") || msg.contains("no leader"),
         "{msg}"

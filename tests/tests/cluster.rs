@@ -2,6 +2,7 @@
 //! loss, catch-up by log and by snapshot, crash durability, membership changes.
 
 use anyhow::{Result, bail, ensure};
+use concord_api::PutBuilder;
 use concord_tests::{Cluster, Options, eventually};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -48,8 +49,8 @@ async fn elects_one_leader_and_replicates_a_follower_write() -> Result<()> {
         ensure!(r == rev, "node {id} at revision {r}, want {rev}");
     }
     let s = c.status(other).await?;
-    ensure!(s["revision"] == rev && s["leader"] == leader, "{s}");
-    ensure!(s["members"].as_array().map(Vec::len) == Some(3), "{s}");
+    ensure!(s.revision == rev && s.leader == Some(leader), "{s:?}");
+    ensure!(s.members.len() == 3, "{s:?}");
     Ok(())
 }
 
@@ -99,21 +100,18 @@ async fn node_that_missed_compacted_log_rejoins_by_snapshot() -> Result<()> {
     }
     let purged = eventually(T, "leader compacts its log", || async {
         let s = c.status(leader).await?;
-        let p = s["purged_index"].as_u64().unwrap_or(0);
-        ensure!(
-            p > before["last_log_index"].as_u64().unwrap_or(0),
-            "purged {p}"
-        );
+        let p = s.purged_index.unwrap_or(0);
+        ensure!(p > before.last_log_index.unwrap_or(0), "purged {p}");
         Ok(p)
     })
     .await?;
     c.node(lagger).start()?;
     has_exactly(&c, lagger, &want).await?;
     let s = c.status(lagger).await?;
-    let snap = s["snapshot_index"].as_u64().unwrap_or(0);
+    let snap = s.snapshot_index.unwrap_or(0);
     ensure!(
         snap >= purged,
-        "node {lagger} should have installed a snapshot covering {purged}: {s}"
+        "node {lagger} should have installed a snapshot covering {purged}: {s:?}"
     );
     Ok(())
 }
@@ -131,25 +129,17 @@ async fn acknowledged_writes_survive_repeated_sigkill() -> Result<()> {
         let via = followers(&c, leader)[0];
         let kill_all = round % 2 == 1;
         let writer = {
-            let admin = c.nodes[&via].admin.clone();
+            let api = concord_api::Client::builder(&c.nodes[&via].admin)
+                .timeout(Duration::from_secs(10))
+                .build()?;
             let start = n;
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
                 let mut ok = Vec::new();
                 for i in start..start + 40 {
-                    let body = serde_json::json!({
-                        "addr": format!("127.0.0.1:{}", 10000 + i),
-                        "sni": concord_tests::sni(&format!("w{i}")),
-                    });
-                    let r = http
-                        .put(format!("{admin}/v1/builders/w{i}"))
-                        .json(&body)
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status().is_success() => ok.push(format!("w{i}")),
-                        _ => {}
+                    let addr = ([127, 0, 0, 1], (10000 + i) as u16).into();
+                    let body = PutBuilder::new(addr, concord_tests::sni(&format!("w{i}")));
+                    if api.put_builder(&format!("w{i}"), &body).await.is_ok() {
+                        ok.push(format!("w{i}"));
                     }
                 }
                 ok
@@ -159,7 +149,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() -> Result<()> {
         let base = acked.len() as u64;
         eventually(T, "writes flowing", || async {
             let s = c.status(leader).await?;
-            ensure!(s["builders"].as_u64().unwrap_or(0) >= base + 5, "{s}");
+            ensure!(s.builders >= base + 5, "{s:?}");
             Ok(())
         })
         .await?;
@@ -214,25 +204,16 @@ async fn membership_changes_keep_accepting_writes() -> Result<()> {
     let via = *c.nodes.keys().find(|&&id| id != 1).unwrap();
     let stop = tokio_util_stop();
     let writer = {
-        let admin = c.nodes[&via].admin.clone();
+        let api = c.api(via);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
             let (mut ok, mut failed) = (0u32, Vec::new());
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 10 {
-                let body = serde_json::json!({
-                    "addr": format!("127.0.0.1:{}", 20000 + i),
-                    "sni": concord_tests::sni(&format!("m{i}")),
-                });
-                let r = http
-                    .put(format!("{admin}/v1/builders/m{i}"))
-                    .json(&body)
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().is_success() => ok += 1,
-                    Ok(r) => failed.push(format!("m{i}: {}", r.text().await.unwrap_or_default())),
+                let addr = ([127, 0, 0, 1], (20000 + i) as u16).into();
+                let body = PutBuilder::new(addr, concord_tests::sni(&format!("m{i}")));
+                match api.put_builder(&format!("m{i}"), &body).await {
+                    Ok(_) => ok += 1,
                     Err(e) => failed.push(format!("m{i}: {e}")),
                 }
                 i += 1;
@@ -242,38 +223,19 @@ async fn membership_changes_keep_accepting_writes() -> Result<()> {
     };
     let peer = format!("127.0.0.1:{}", concord_tests::free_port());
     c.add_replica(4, peer.clone(), "")?;
-    let (s, v) = c
-        .send(
-            via,
-            reqwest::Method::POST,
-            "/v1/cluster/learners",
-            Some(serde_json::json!({ "node_id": 4, "addr": peer })),
-        )
-        .await?;
-    ensure!(s == 200, "add learner: {s} {v}");
-    let (s, v) = c
-        .send(
-            via,
-            reqwest::Method::POST,
-            "/v1/cluster/voters",
-            Some(serde_json::json!({ "node_id": 4 })),
-        )
-        .await?;
-    ensure!(s == 200, "promote: {s} {v}");
+    let api = c.api(via);
+    let added = api.add_learner(4, &peer).await;
+    ensure!(added.is_ok(), "add learner: {added:?}");
+    let promoted = api.promote(4).await;
+    ensure!(promoted.is_ok(), "promote: {promoted:?}");
     // Remove node 1 (the leader, if it is one: leadership moves on).
-    let (s, v) = c
-        .send(via, reqwest::Method::DELETE, "/v1/cluster/members/1", None)
-        .await?;
-    ensure!(s == 200, "remove node 1 (leader was {leader}): {s} {v}");
+    let removed = api.remove_member(1).await;
+    ensure!(
+        removed.is_ok(),
+        "remove node 1 (leader was {leader}): {removed:?}"
+    );
     eventually(T, "membership is 2,3,4", || async {
-        let s = c.status(via).await?;
-        let ids: Vec<u64> = s["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["voter"] == true)
-            .filter_map(|m| m["id"].as_u64())
-            .collect();
+        let ids = c.status(via).await?.voters();
         ensure!(ids == [2, 3, 4], "voters {ids:?}");
         Ok(())
     })

@@ -2,12 +2,12 @@
 //! real replicas and a real Envoy: each record format end to end, only the leader polls and a new
 //! leader resumes, outages change nothing, the mass-removal guard, and 1000 builders in one name.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
+use concord_api::{DiscoveryStatus, PollerStatus, Source};
 use concord_tests::dns::Bind;
 use concord_tests::envoy::Envoy;
 use concord_tests::tls::{TestCa, TlsBuilder, probe};
 use concord_tests::{Cluster, Options, eventually, free_port};
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,18 +41,22 @@ fn entry(id: &str, ip: &str) -> String {
 
 /// The `dns` builders a replica has applied, by id.
 async fn dns_ids(c: &Cluster, id: u64) -> Result<BTreeSet<String>> {
-    let v = c.get(id, "/v1/builders").await?;
-    Ok(v["builders"]
-        .as_array()
+    let v = c.api(id).builders(false).await?;
+    Ok(v.builders
         .into_iter()
-        .flatten()
-        .filter(|b| b["source"] == "dns")
-        .filter_map(|b| b["id"].as_str().map(str::to_string))
+        .filter(|b| b.source == Source::Dns)
+        .map(|b| b.id)
         .collect())
 }
 
-async fn discovery(c: &Cluster, id: u64) -> Result<Value> {
-    c.get(id, "/v1/discovery").await
+/// A replica's discovery status, and its poller (an error where discovery is off).
+async fn discovery(c: &Cluster, id: u64) -> Result<(DiscoveryStatus, PollerStatus)> {
+    let v = c.api(id).discovery().await?;
+    let p = v
+        .poller
+        .clone()
+        .with_context(|| format!("node {id} has no poller: {v:?}"))?;
+    Ok((v, p))
 }
 
 /// Waits until the leader's `dns` builders are exactly `want`.
@@ -160,23 +164,18 @@ async fn only_the_leader_polls_and_a_new_leader_misses_no_change() -> Result<()>
     bind.set_instances(&[entry("k0", "10.0.0.1")])?;
     discovered(&c, &["k0"]).await?;
     // Only the leader polls: its counter grows, the others' stay at zero.
-    let before = discovery(&c, leader).await?["poller"]["polls"]
-        .as_u64()
-        .unwrap_or(0);
+    let before = discovery(&c, leader).await?.1.polls;
     eventually(T, "the leader keeps polling", || async {
-        let v = discovery(&c, leader).await?;
-        ensure!(
-            v["polling"] == true && v["poller"]["polls"].as_u64() > Some(before + 5),
-            "{v}"
-        );
+        let (v, p) = discovery(&c, leader).await?;
+        ensure!(v.polling && p.polls > before + 5, "{v:?}");
         Ok(())
     })
     .await?;
     for id in c.up().into_iter().filter(|&id| id != leader) {
-        let v = discovery(&c, id).await?;
-        ensure!(v["polling"] == false, "node {id} polls too: {v}");
-        ensure!(v["poller"]["polls"] == 0, "node {id} polled: {v}");
-        ensure!(v["leader"] == leader, "{v}");
+        let (v, p) = discovery(&c, id).await?;
+        ensure!(!v.polling, "node {id} polls too: {v:?}");
+        ensure!(p.polls == 0, "node {id} polled: {v:?}");
+        ensure!(v.leader == Some(leader), "{v:?}");
     }
 
     // DNS keeps changing while the leader is killed: entries come and go.
@@ -199,17 +198,17 @@ async fn only_the_leader_polls_and_a_new_leader_misses_no_change() -> Result<()>
     ensure!(new_leader != leader, "a new leader");
     let want: Vec<&str> = live.iter().map(String::as_str).collect();
     discovered(&c, &want).await?;
-    let v = discovery(&c, new_leader).await?;
-    ensure!(v["polling"] == true, "the new leader polls: {v}");
+    let (v, _) = discovery(&c, new_leader).await?;
+    ensure!(v.polling, "the new leader polls: {v:?}");
     // No removed builder comes back, on any replica.
     c.node(leader).start()?;
     c.converged(T).await?;
     // The old leader restarts believing it leads (its own committed vote) until it hears of the
     // new term; it must not poll meanwhile: the poller confirms leadership with a quorum first.
-    let v = discovery(&c, leader).await?;
+    let (v, p) = discovery(&c, leader).await?;
     ensure!(
-        v["poller"]["polls"] == 0 && v["polling"] == false,
-        "restarted old leader polled: {v}"
+        p.polls == 0 && !v.polling,
+        "restarted old leader polled: {v:?}"
     );
     for id in c.up() {
         let have = dns_ids(&c, id).await?;
@@ -233,12 +232,10 @@ async fn dns_outage_changes_nothing_and_polling_resumes() -> Result<()> {
     bind.set_instances(&[entry("o1", "10.0.0.1"), entry("o2", "10.0.0.2")])?;
     discovered(&c, &["o1", "o2"]).await?;
     let leader = c.leader().await?;
-    let rev = c.status(leader).await?["revision"].as_u64().unwrap_or(0);
+    let rev = c.status(leader).await?.revision;
 
     for outage in ["paused", "killed"] {
-        let errors = discovery(&c, leader).await?["poller"]["errors"]
-            .as_u64()
-            .unwrap_or(0);
+        let errors = discovery(&c, leader).await?.1.errors;
         match outage {
             "paused" => bind.pause()?,
             _ => bind.kill(),
@@ -247,18 +244,15 @@ async fn dns_outage_changes_nothing_and_polling_resumes() -> Result<()> {
             T,
             &format!("polls fail while the server is {outage}"),
             || async {
-                let v = discovery(&c, leader).await?;
-                ensure!(v["poller"]["errors"].as_u64() >= Some(errors + 2), "{v}");
+                let (v, p) = discovery(&c, leader).await?;
+                ensure!(p.errors >= errors + 2, "{v:?}");
                 Ok(())
             },
         )
         .await?;
         // Nothing changed: same builders, same revision.
         let s = c.status(leader).await?;
-        ensure!(
-            s["revision"] == rev,
-            "registry moved during the outage: {s}"
-        );
+        ensure!(s.revision == rev, "registry moved during the outage: {s:?}");
         ensure!(dns_ids(&c, leader).await?.len() == 2, "builders kept");
         match outage {
             "paused" => bind.resume()?,
@@ -266,19 +260,15 @@ async fn dns_outage_changes_nothing_and_polling_resumes() -> Result<()> {
         }
         // Back at the normal interval: many polls a second again, not one per backoff.
         eventually(T, "polls succeed again", || async {
-            let v = discovery(&c, leader).await?;
-            ensure!(v["poller"]["consecutive_errors"] == 0, "{v}");
+            let (v, p) = discovery(&c, leader).await?;
+            ensure!(p.consecutive_errors == 0, "{v:?}");
             Ok(())
         })
         .await?;
-        let p0 = discovery(&c, leader).await?["poller"]["polls"]
-            .as_u64()
-            .unwrap_or(0);
+        let p0 = discovery(&c, leader).await?.1.polls;
         let start = std::time::Instant::now();
         eventually(T, "polling at the normal interval", || async {
-            let p = discovery(&c, leader).await?["poller"]["polls"]
-                .as_u64()
-                .unwrap_or(0);
+            let p = discovery(&c, leader).await?.1.polls;
             ensure!(p >= p0 + 5, "{} polls", p - p0);
             Ok(())
         })
@@ -291,7 +281,7 @@ async fn dns_outage_changes_nothing_and_polling_resumes() -> Result<()> {
         );
     }
     let s = c.status(leader).await?;
-    ensure!(s["revision"] == rev, "registry moved: {s}");
+    ensure!(s.revision == rev, "registry moved: {s:?}");
     Ok(())
 }
 
@@ -318,30 +308,28 @@ async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> 
     bind.set_instances(&all)?;
     discovered(&c, &["m1", "m2", "m3", "m4", "m5", "m6"]).await?;
     let leader = c.leader().await?;
-    let rev = c.status(leader).await?["revision"].as_u64().unwrap_or(0);
+    let rev = c.status(leader).await?.revision;
 
     // A short empty answer: held, and forgotten when the records come back.
-    let held0 = discovery(&c, leader).await?["poller"]["held"]
-        .as_u64()
-        .unwrap_or(0);
+    let held0 = discovery(&c, leader).await?.1.held;
     bind.set_instances(&[])?;
     eventually(T, "the empty answer is held", || async {
-        let v = discovery(&c, leader).await?;
-        ensure!(v["poller"]["held"].as_u64() > Some(held0), "{v}");
+        let (v, p) = discovery(&c, leader).await?;
+        ensure!(p.held > held0, "{v:?}");
         Ok(())
     })
     .await?;
     bind.set_instances(&all)?;
     eventually(T, "back to normal", || async {
-        let v = discovery(&c, leader).await?;
-        ensure!(v["poller"]["last_result"] == "unchanged", "{v}");
+        let (v, p) = discovery(&c, leader).await?;
+        ensure!(p.last_result == "unchanged", "{v:?}");
         Ok(())
     })
     .await?;
     let s = c.status(leader).await?;
     ensure!(
-        s["revision"] == rev,
-        "the held removal must not have been applied: {s}"
+        s.revision == rev,
+        "the held removal must not have been applied: {s:?}"
     );
     ensure!(dns_ids(&c, leader).await?.len() == 6, "all builders kept");
 
@@ -367,11 +355,8 @@ async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> 
         "removed after {:?}, before the {HOLD:?} hold",
         start.elapsed()
     );
-    let v = discovery(&c, leader).await?;
-    ensure!(
-        v["poller"]["held"].as_u64() > Some(held0 + 1),
-        "held before applying: {v}"
-    );
+    let (v, p) = discovery(&c, leader).await?;
+    ensure!(p.held > held0 + 1, "held before applying: {v:?}");
     Ok(())
 }
 
@@ -395,8 +380,8 @@ async fn a_thousand_builders_in_one_name_arrive_over_tcp() -> Result<()> {
         let leader = c.leader().await?;
         let n = dns_ids(&c, leader).await?.len();
         ensure!(n == 1000, "{n} builders");
-        let v = discovery(&c, leader).await?;
-        ensure!(v["poller"]["discovered"] == 1000, "{v}");
+        let (v, p) = discovery(&c, leader).await?;
+        ensure!(p.discovered == 1000, "{v:?}");
         Ok(())
     })
     .await?;
@@ -419,15 +404,12 @@ async fn malformed_entries_are_skipped_and_counted() -> Result<()> {
     ])?;
     discovered(&c, &["good"]).await?;
     let leader = c.leader().await?;
-    let v = eventually(T, "skips reported", || async {
-        let v = discovery(&c, leader).await?;
-        ensure!(
-            v["poller"]["skipped"].as_array().map(Vec::len) == Some(5),
-            "{v}"
-        );
-        Ok(v)
+    let p = eventually(T, "skips reported", || async {
+        let (v, p) = discovery(&c, leader).await?;
+        ensure!(p.skipped.len() == 5, "{v:?}");
+        Ok(p)
     })
     .await?;
-    ensure!(v["poller"]["skipped_total"].as_u64() >= Some(5), "{v}");
+    ensure!(p.skipped_total >= 5, "{p:?}");
     Ok(())
 }

@@ -3,10 +3,10 @@
 //! registry of 1000 builders.
 
 use anyhow::{Context, Result, bail, ensure};
+use concord_api::{BatchBody, BatchBuilder};
 use concord_tests::envoy::{Envoy, Protocol};
 use concord_tests::tls::{TestCa, TlsBuilder, probe};
 use concord_tests::{Cluster, Options, eventually, sni};
-use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -91,16 +91,22 @@ async fn envoys_on_two_replicas_route_by_sni_at_the_same_version(p: Protocol) ->
     let rev = leader_revision(&c).await?;
     at_revision(&e1, rev).await?;
     at_revision(&e2, rev).await?;
-    let v = c.get(1, "/v1/envoys").await?;
-    ensure!(v["envoys"][0]["types"]["clusters"]["acked"] == rev, "{v}");
+    let v = c.api(1).envoys().await?;
+    ensure!(
+        v.envoys.first().and_then(|e| e.acked("clusters")) == Some(rev),
+        "{v:?}"
+    );
     // What the replica serves, decoded: a chain and a cluster per builder.
-    let d = c.get(2, "/v1/xds/resources").await?;
-    let r = &d["resources"];
-    let version = rev.to_string();
-    ensure!(r["version_info"].as_str() == Some(version.as_str()), "{d}");
-    ensure!(r["clusters"].as_array().map(Vec::len) == Some(2), "{d}");
-    ensure!(r["clusters"][0]["endpoint"] == b1.addr.to_string(), "{d}");
-    ensure!(r["listener"]["filter_chains"][1][0] == sni("b2"), "{d}");
+    let d = c.api(2).xds_resources().await?;
+    let r = &d.resources;
+    ensure!(r.version_info == rev.to_string(), "{d:?}");
+    ensure!(r.clusters.len() == 2, "{d:?}");
+    ensure!(r.clusters[0].endpoint == b1.addr.to_string(), "{d:?}");
+    let chains = r.listener.as_ref().map(|l| &l.filter_chains);
+    ensure!(
+        chains.and_then(|f| f.get(1)).map(|c| c.0.as_str()) == Some(sni("b2").as_str()),
+        "{d:?}"
+    );
 
     // Remove b2: it stops routing everywhere; add b3: it routes everywhere.
     c.remove(3, "b2").await?;
@@ -234,13 +240,12 @@ async fn clusters_sent(c: &Cluster, id: u64, node_id: &str) -> Result<(u64, u64)
 
 /// Resources and removals of `type_name` sent to Envoy `node_id` by replica `id`.
 async fn sent(c: &Cluster, id: u64, node_id: &str, type_name: &str) -> Result<(u64, u64)> {
-    let v = c.get(id, "/v1/envoys").await?;
+    let v = c.api(id).envoys().await?;
     let mut sent = (0, 0);
-    for e in v["envoys"].as_array().into_iter().flatten() {
-        if e["node_id"] == node_id {
-            let t = &e["types"][type_name];
-            sent.0 += t["resources_sent"].as_u64().unwrap_or(0);
-            sent.1 += t["removals_sent"].as_u64().unwrap_or(0);
+    for e in v.envoys.iter().filter(|e| e.node_id == node_id) {
+        if let Some(t) = e.of(type_name) {
+            sent.0 += t.resources_sent;
+            sent.1 += t.removals_sent;
         }
     }
     Ok(sent)
@@ -270,17 +275,17 @@ async fn failed_over_delta_envoy_gets_only_what_changed_in(sni_cluster: bool) ->
     }
     let mut c = Cluster::start(opts).await?;
     let ca = TestCa::new()?;
-    let batch = |upserts: Vec<serde_json::Value>, removes: Vec<&str>| json!({ "upserts": upserts, "removes": removes });
-    let fake = |i: u16| json!({ "id": format!("f{i}"), "addr": format!("127.0.0.2:{}", 21000 + i), "sni": sni(&format!("f{i}")) });
-    let (s, v) = c
-        .send(
-            1,
-            reqwest::Method::POST,
-            "/v1/builders",
-            Some(batch((0..20).map(fake).collect(), vec![])),
-        )
+    let batch = |upserts: Vec<BatchBuilder>, removes: Vec<&str>| BatchBody {
+        upserts,
+        removes: removes.into_iter().map(String::from).collect(),
+    };
+    let fake = |i: u16| {
+        let addr = ([127, 0, 0, 2], 21000 + i).into();
+        BatchBuilder::new(format!("f{i}"), addr, sni(&format!("f{i}")))
+    };
+    c.api(1)
+        .batch(&batch((0..20).map(fake).collect(), vec![]))
         .await?;
-    ensure!(s == 200, "{s} {v}");
     let b1 = TlsBuilder::start(&ca, "b1", &sni("b1")).await?;
     c.put_at(1, "b1", b1.addr, &sni("b1")).await?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
@@ -298,21 +303,9 @@ async fn failed_over_delta_envoy_gets_only_what_changed_in(sni_cluster: bool) ->
     // While it fails over: 2 added (one a real builder), 1 changed, 1 removed, in one entry.
     let b2 = TlsBuilder::start(&ca, "b2", &sni("b2")).await?;
     let mut moved = fake(3);
-    moved["addr"] = json!("127.0.0.3:21003");
-    let upserts = vec![
-        fake(20),
-        json!({ "id": "b2", "addr": b2.addr.to_string(), "sni": sni("b2") }),
-        moved,
-    ];
-    let (s, v) = c
-        .send(
-            2,
-            reqwest::Method::POST,
-            "/v1/builders",
-            Some(batch(upserts, vec!["f5"])),
-        )
-        .await?;
-    ensure!(s == 200, "{s} {v}");
+    moved.addr = ([127, 0, 0, 3], 21003).into();
+    let upserts = vec![fake(20), BatchBuilder::new("b2", b2.addr, sni("b2")), moved];
+    c.api(2).batch(&batch(upserts, vec!["f5"])).await?;
     e.routes(&ca, "b2").await?;
     e.routes(&ca, "b1").await?;
     let rev = leader_revision(&c).await?;
@@ -365,24 +358,17 @@ async fn failed_over_delta_envoy_gets_only_what_changed_in(sni_cluster: bool) ->
 async fn a_real_envoy_takes_1000_builders(p: Protocol) -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
     let ca = TestCa::new()?;
-    let upserts: Vec<_> = (0..999)
+    let upserts: Vec<_> = (0..999u16)
         .map(|i| {
-            json!({
-                "id": format!("bulk{i}"),
-                "addr": format!("127.0.0.{}:{}", 2 + i / 250, 20000 + i),
-                "sni": sni(&format!("bulk{i}")),
-            })
+            let addr = ([127, 0, 0, 2 + (i / 250) as u8], 20000 + i).into();
+            BatchBuilder::new(format!("bulk{i}"), addr, sni(&format!("bulk{i}")))
         })
         .collect();
-    let (s, v) = c
-        .send(
-            1,
-            reqwest::Method::POST,
-            "/v1/builders",
-            Some(json!({ "upserts": upserts })),
-        )
-        .await?;
-    ensure!(s == 200, "batch put: {s} {v}");
+    let body = BatchBody {
+        upserts,
+        removes: Vec::new(),
+    };
+    c.api(1).batch(&body).await.context("batch put")?;
     let x: Vec<&str> = c.nodes.values().map(|r| r.xds.as_str()).collect();
     let e = Envoy::start_with(&c, "envoy-big", &x, false, Some(p)).await?;
     // The 1000th, added last, is a real TLS builder.

@@ -3,21 +3,18 @@
 //! NACK, and names a replica that does not answer instead of leaving its Envoys out silently.
 
 use anyhow::{Context, Result, ensure};
+use concord_api::envoys::{ClusterEnvoy, ReplicaAnswer};
+use concord_api::{ClusterEnvoys, SyncState};
 use concord_tests::ads::Ads;
 use concord_tests::envoy::Envoy;
 use concord_tests::{Cluster, Options, concord_bin, eventually};
-use serde_json::Value;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn envoy<'a>(v: &'a Value, id: &str) -> Result<&'a Value> {
-    v["envoys"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["node_id"] == id)
-        .with_context(|| format!("no Envoy {id} in {v}"))
+fn envoy<'a>(v: &'a ClusterEnvoys, id: &str) -> Result<&'a ClusterEnvoy> {
+    v.envoy(id)
+        .with_context(|| format!("no Envoy {id} in {v:?}"))
 }
 
 fn cli(c: &Cluster, id: u64) -> Result<String> {
@@ -49,23 +46,28 @@ async fn any_replica_shows_every_envoy_of_the_cluster() -> Result<()> {
 
     // Asked on node 2: every Envoy, each with its replica.
     let v = eventually(T, "the cluster view", || async {
-        let v = c.get(2, "/v1/cluster/envoys").await?;
+        let v = c.api(2).cluster_envoys().await?;
         let s = envoy(&v, "scripted")?;
-        ensure!(s["last_nack"]["message"] == "scripted rejection", "{v}");
+        let nack = s.envoy.last_nack.as_ref().map(|n| n.message.as_str());
+        ensure!(nack == Some("scripted rejection"), "{v:?}");
         Ok(v)
     })
     .await?;
     for (id, replica) in [("envoy-p1", 1), ("envoy-p3", 3), ("scripted", 2)] {
         let e = envoy(&v, id)?;
-        ensure!(e["replica"] == replica, "{id} on {replica}: {e}");
+        ensure!(e.replica == replica, "{id} on {replica}: {e:?}");
     }
     let e1 = envoy(&v, "envoy-p1")?;
     ensure!(
-        e1["types"]["clusters"]["acked"].as_u64() >= Some(rev)
-            && e1["types"]["listeners"]["acked"].as_u64() >= Some(rev),
-        "{e1}"
+        e1.envoy.acked("clusters") >= Some(rev) && e1.envoy.acked("listeners") >= Some(rev),
+        "{e1:?}"
     );
-    ensure!(v["replicas"].as_array().map(Vec::len) == Some(3), "{v}");
+    ensure!(v.replicas.len() == 3, "{v:?}");
+    // The CLI's states come from the same rule the types carry.
+    ensure!(
+        envoy(&v, "scripted")?.sync_state() == SyncState::Nacked,
+        "{v:?}"
+    );
 
     let text = cli(&c, 2)?;
     let line = |id: &str| -> Result<String> {
@@ -85,19 +87,14 @@ async fn any_replica_shows_every_envoy_of_the_cluster() -> Result<()> {
     // A replica that does not answer is named, with why; the others' Envoys are still listed.
     c.node(3).kill();
     let v = eventually(T, "node 3 reported as not answering", || async {
-        let v = c.get(2, "/v1/cluster/envoys").await?;
-        let r3 = v["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["node_id"] == 3)
-            .context("node 3 missing")?;
-        ensure!(r3["error"].is_string(), "{v}");
+        let v = c.api(2).cluster_envoys().await?;
+        let r3 = v.replica(3).context("node 3 missing")?;
+        ensure!(matches!(r3.answer, ReplicaAnswer::Failed { .. }), "{v:?}");
         Ok(v)
     })
     .await?;
     envoy(&v, "envoy-p1")?;
-    ensure!(envoy(&v, "envoy-p3").is_err(), "{v}");
+    ensure!(envoy(&v, "envoy-p3").is_err(), "{v:?}");
     ensure!(cli(&c, 2)?.contains("replica 3: NOT ANSWERING"), "CLI");
     Ok(())
 }

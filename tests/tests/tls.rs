@@ -33,28 +33,19 @@ fn writer(c: &Cluster, via: u64, prefix: &str) -> Writer {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU32::new(0));
     let count = acked.clone();
-    let admin = c.nodes[&via].admin.clone();
+    let api = c.api(via);
     let (flag, prefix) = (stop.clone(), prefix.to_string());
     let task = tokio::spawn(async move {
-        let http = reqwest::Client::new();
         let (mut ok, mut failed, mut i) = (0u32, Vec::new(), 0u32);
         while !flag.load(Ordering::Relaxed) {
             let id = format!("{prefix}{i}");
-            let body = serde_json::json!({
-                "addr": format!("127.0.0.1:{}", 20000 + i % 10000),
-                "sni": concord_tests::sni(&id),
-            });
-            match http
-                .put(format!("{admin}/v1/builders/{id}"))
-                .json(&body)
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => {
+            let addr = ([127, 0, 0, 1], (20000 + i % 10000) as u16).into();
+            let body = concord_api::PutBuilder::new(addr, concord_tests::sni(&id));
+            match api.put_builder(&id, &body).await {
+                Ok(_) => {
                     ok += 1;
                     count.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(r) => failed.push(format!("{id}: {}", r.text().await.unwrap_or_default())),
                 Err(e) => failed.push(format!("{id}: {e}")),
             }
             i += 1;

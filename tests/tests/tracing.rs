@@ -48,13 +48,13 @@ async fn one_dns_change_is_one_trace_from_poll_to_every_envoy_ack() -> Result<()
     let _e1 = Envoy::start(&c, "envoy-t1", &[&x1], false).await?;
     let _e2 = Envoy::start(&c, "envoy-t2", &[&x2], false).await?;
     let leader = c.leader().await?;
-    let before = c.status(leader).await?["revision"].as_u64().unwrap_or(0);
+    let before = c.status(leader).await?.revision;
     c.all_acked(2, before).await?;
 
     bind.set_instances(&["instance=t1,ip=10.9.0.1,app=x,region=ord".to_string()])?;
     // Revisions are log indexes: the change's is whatever the leader's registry moves to.
     let revision = eventually(T, "the DNS change is committed", || async {
-        let r = c.status(leader).await?["revision"].as_u64().unwrap_or(0);
+        let r = c.status(leader).await?.revision;
         ensure!(r > before, "still at {r}");
         Ok(r)
     })
@@ -165,8 +165,8 @@ async fn a_nack_ends_its_push_span_with_the_error() -> Result<()> {
     .await?;
     let rev = c.put(2, "n1", 9001).await?;
     eventually(T, "node 1 serves the write", || async {
-        let v = c.get(1, "/v1/envoys").await?;
-        ensure!(v["revision"] == rev, "{v}");
+        let v = c.api(1).envoys().await?;
+        ensure!(v.revision == rev, "{v:?}");
         Ok(())
     })
     .await?;

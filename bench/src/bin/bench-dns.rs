@@ -21,7 +21,7 @@ fn now_us() -> u64 {
 
 async fn revision(c: &Cluster) -> Result<u64> {
     let l = c.leader().await?;
-    Ok(c.status(l).await?["revision"].as_u64().unwrap_or(0))
+    Ok(c.status(l).await?.revision)
 }
 
 /// `n` Fly TXT entries (about 50 bytes each, so 1000 fit in one record of one DNS message).
@@ -142,8 +142,8 @@ async fn main() -> Result<()> {
     eventually(Duration::from_secs(30), "1000 builders", || async {
         let l = c.leader().await?;
         let s = c.status(l).await?;
-        if s["builders"].as_u64() < Some(1000) {
-            bail!("{s}");
+        if s.builders < 1000 {
+            bail!("{s:?}");
         }
         Ok(())
     })
@@ -155,8 +155,8 @@ async fn main() -> Result<()> {
     eventually(Duration::from_secs(30), "back to 10 builders", || async {
         let l = c.leader().await?;
         let s = c.status(l).await?;
-        if s["builders"].as_u64() != Some(10) {
-            bail!("{s}");
+        if s.builders != 10 {
+            bail!("{s:?}");
         }
         Ok(())
     })

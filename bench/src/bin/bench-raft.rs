@@ -4,7 +4,7 @@
 //!
 //! `cargo build --release -p concord -p concord-bench && target/release/bench-raft [PUTS] [KILLS]` (`--help`)
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use concord_tests::{Cluster, Options, percentiles};
 use std::time::{Duration, Instant};
@@ -48,22 +48,16 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         let mut tasks = Vec::new();
         for w in 0..writers {
-            let admin = c.nodes[&leader].admin.clone();
+            // A client (and connection) of its own per writer, as separate programs would have.
+            let api = concord_api::Client::new(&c.nodes[&leader].admin)?;
             tasks.push(tokio::spawn(async move {
-                let http = reqwest::Client::new();
                 let mut lat = Vec::new();
                 for i in 0..per {
-                    let body = serde_json::json!({
-                        "addr": format!("127.0.0.1:{}", 1000 + i),
-                        "sni": concord_tests::sni(&format!("c{writers}-{w}-{i}")),
-                    });
+                    let id = format!("c{writers}-{w}-{i}");
+                    let addr = ([127, 0, 0, 1], (1000 + i) as u16).into();
+                    let body = concord_api::PutBuilder::new(addr, concord_tests::sni(&id));
                     let s = Instant::now();
-                    let r = http
-                        .put(format!("{admin}/v1/builders/c{writers}-{w}-{i}"))
-                        .json(&body)
-                        .send()
-                        .await?;
-                    anyhow::ensure!(r.status().is_success(), "put failed: {}", r.status());
+                    api.put_builder(&id, &body).await.context("put failed")?;
                     lat.push(s.elapsed());
                 }
                 anyhow::Ok(lat)

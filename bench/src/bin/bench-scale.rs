@@ -220,9 +220,7 @@ struct Run<'a> {
 impl Run<'_> {
     async fn revision(&self) -> Result<u64> {
         let l = self.c.leader().await?;
-        self.c.status(l).await?["revision"]
-            .as_u64()
-            .context("revision")
+        Ok(self.c.status(l).await?.revision)
     }
 
     /// API changes: put a new builder, measure; remove it, measure the ACK.

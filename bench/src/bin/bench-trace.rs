@@ -31,7 +31,7 @@ fn entries(n: usize) -> Vec<String> {
 
 async fn revision(c: &Cluster) -> Result<u64> {
     let l = c.leader().await?;
-    Ok(c.status(l).await?["revision"].as_u64().unwrap_or(0))
+    Ok(c.status(l).await?.revision)
 }
 
 /// Runs the workload; returns (API write -> all ACK, DNS change -> all ACK) samples.

@@ -3,7 +3,7 @@
 //! registry accepts as a valid builder and applies without panicking.
 
 use super::*;
-use concord_registry::{Command, Registry};
+use concord_registry::{Command, Registry, Source};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

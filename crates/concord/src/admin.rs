@@ -16,6 +16,8 @@
 //! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
+//! | GET | `/v1/cluster/envoys` | every member's Envoys, asked over the peer channel (`proxy-status`) |
+//! | POST | `/v1/debug/isolate` | `{"isolated":true}`: fault injection, with `--enable-fault-injection` only |
 //!
 //! With an admin token file every request but `/healthz` needs a bearer token, read (GET) or
 //! write (everything else): see [`crate::auth`].
@@ -23,6 +25,9 @@
 //! Writes are accepted on any replica and forwarded to the leader. Errors are
 //! `{"error":{"code":…,"message":…}}` with 400 (bad request), 404, 409 (refused by the registry or
 //! membership rules), 503 (no leader, no quorum) or 504 (not committed in time).
+//!
+//! Every body, asked for or answered, is a type of `concord_api` (the contract the typed client
+//! and the contract tests share); this module turns the daemon's own state into those types.
 
 use crate::auth::{self, Auth};
 use axum::extract::rejection::JsonRejection;
@@ -31,14 +36,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use concord_api::{AddLearner, BatchBody, Isolate, Promote, PutBuilder, RequestError};
+use concord_api::{
+    AddLearner, BatchBody, BuilderList, ClusterEnvoys, DiscoveryStatus, ErrorBody, ErrorCode,
+    Isolate, Isolated, LocalEnvoys, MembershipChanged, OneBuilder, Promote, PutBuilder,
+    RequestError, Written, XdsResources,
+};
 use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
-use concord_registry::{Batch, Builder, Command, Outcome, Rejection, Source};
+use concord_registry::{Batch, Command, Outcome, Rejection, Source};
 use concord_telemetry::trace::Span;
 use concord_xds::XdsServer;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Deserialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,12 +105,12 @@ pub fn router(
 /// An API error: HTTP status, a stable code, and a message for people.
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -113,27 +121,31 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }
 
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
         let (status, code) = match &e {
-            ClientError::NoLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
-            ClientError::NoQuorum { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
-            ClientError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            ClientError::LeaderUnreachable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "leader_unreachable")
-            }
+            ClientError::NoLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoLeader),
+            ClientError::NoQuorum { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoQuorum),
+            ClientError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout),
+            ClientError::LeaderUnreachable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::LeaderUnreachable,
+            ),
             ClientError::Rejected(Rejection::InvalidBuilder(_)) => {
-                (StatusCode::BAD_REQUEST, "invalid_builder")
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidBuilder)
             }
-            ClientError::Rejected(_) => (StatusCode::CONFLICT, "rejected"),
-            ClientError::Membership(_) => (StatusCode::CONFLICT, "membership"),
-            ClientError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
-            ClientError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ClientError::Rejected(_) => (StatusCode::CONFLICT, ErrorCode::Rejected),
+            ClientError::Membership(_) => (StatusCode::CONFLICT, ErrorCode::Membership),
+            ClientError::NotLeader { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotLeader)
+            }
+            ClientError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -142,26 +154,80 @@ impl From<ClientError> for ApiError {
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         let code = match e {
-            RequestError::InvalidBuilder(_) => "invalid_builder",
-            RequestError::Malformed(_) | RequestError::Invalid(_) => "bad_request",
+            RequestError::InvalidBuilder(_) => ErrorCode::InvalidBuilder,
+            RequestError::Malformed(_) | RequestError::Invalid(_) => ErrorCode::BadRequest,
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     }
 }
 
 fn bad_json(e: JsonRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest,
+        e.body_text(),
+    )
 }
 
-async fn status(State(AppState { node, .. }): State<AppState>) -> Json<concord_raft::Status> {
-    Json(node.status())
+/// The wire form of a replica's status.
+fn status_body(s: concord_raft::Status) -> concord_api::Status {
+    concord_api::Status {
+        cluster: s.cluster,
+        node_id: s.node_id,
+        role: concord_api::Role::from_name(s.role),
+        term: s.term,
+        leader: s.leader,
+        last_log_index: s.last_log_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        purged_index: s.purged_index,
+        revision: s.revision,
+        builders: s.builders as u64,
+        members: s
+            .members
+            .into_iter()
+            .map(|m| concord_api::Member {
+                id: m.id,
+                addr: m.addr,
+                voter: m.voter,
+            })
+            .collect(),
+        millis_since_quorum_ack: s.millis_since_quorum_ack,
+    }
+}
+
+async fn status(State(AppState { node, .. }): State<AppState>) -> Json<concord_api::Status> {
+    Json(status_body(node.status()))
+}
+
+/// The wire form of what a snapshot serves.
+fn resources_body(d: concord_xds::dump::Dump) -> concord_api::xds::Resources {
+    use concord_api::xds::{ClusterSummary, ListenerSummary, Resources};
+    Resources {
+        version_info: d.version_info,
+        listener: d.listener.map(|l| ListenerSummary {
+            name: l.name,
+            address: l.address,
+            filter_chains: l.filter_chains,
+        }),
+        clusters: d
+            .clusters
+            .into_iter()
+            .map(|c| ClusterSummary {
+                name: c.name,
+                endpoint: c.endpoint,
+            })
+            .collect(),
+        skipped: d.skipped,
+    }
 }
 
 /// What this replica serves Envoys right now (decoded from the encoded resources).
-async fn xds_resources(
-    State(AppState { node, xds, .. }): State<AppState>,
-) -> Json<serde_json::Value> {
-    Json(json!({ "node_id": node.id(), "resources": xds.snapshot().dump() }))
+async fn xds_resources(State(AppState { node, xds, .. }): State<AppState>) -> Json<XdsResources> {
+    Json(XdsResources {
+        node_id: node.id(),
+        resources: resources_body(xds.snapshot().dump()),
+    })
 }
 
 /// Prometheus text exposition: the counters and histograms, and gauges read now.
@@ -218,59 +284,101 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn discovery_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// The wire form of the poller's status.
+fn poller_body(p: PollerStatus) -> concord_api::PollerStatus {
+    use concord_api::discovery::{Change, Skipped};
+    concord_api::PollerStatus {
+        polling: p.polling,
+        server: p.server,
+        sources: p.sources,
+        interval_ms: p.interval_ms,
+        polls: p.polls,
+        errors: p.errors,
+        consecutive_errors: p.consecutive_errors,
+        last_poll_at_ms: p.last_poll_at_ms,
+        last_poll_us: p.last_poll_us,
+        last_result: p.last_result,
+        last_error: p.last_error,
+        last_change: p.last_change.map(|c| Change {
+            at_ms: c.at_ms,
+            revision: c.revision,
+            added: c.added as u64,
+            updated: c.updated as u64,
+            removed: c.removed as u64,
+        }),
+        discovered: p.discovered as u64,
+        skipped: p
+            .skipped
+            .into_iter()
+            .map(|s| Skipped {
+                name: s.name,
+                entry: s.entry,
+                reason: s.reason,
+            })
+            .collect(),
+        skipped_total: p.skipped_total,
+        changes: p.changes,
+        held: p.held,
+        stale: p.stale,
+    }
+}
+
+async fn discovery_status(State(state): State<AppState>) -> Json<DiscoveryStatus> {
     let leader = state.node.status().leader;
     let poller = state
         .discovery
         .as_ref()
         .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone());
     let polling = poller.as_ref().is_some_and(|p| p.polling);
-    Json(json!({
-        "node_id": state.node.id(),
-        "enabled": poller.is_some(),
-        "leader": leader,
-        "polling": polling,
-        "note": match (&poller, polling) {
-            (None, _) => "DNS discovery is off on this replica (no --dns-server)".to_string(),
-            (Some(_), true) => "this replica leads and polls".to_string(),
-            (Some(_), false) => match leader {
-                Some(l) => format!("node {l} leads and polls; this replica stands by"),
-                None => "no leader: nobody polls until one is elected".to_string(),
-            },
+    let note = match (&poller, polling) {
+        (None, _) => "DNS discovery is off on this replica (no --dns-server)".to_string(),
+        (Some(_), true) => "this replica leads and polls".to_string(),
+        (Some(_), false) => match leader {
+            Some(l) => format!("node {l} leads and polls; this replica stands by"),
+            None => "no leader: nobody polls until one is elected".to_string(),
         },
-        "poller": poller,
-    }))
+    };
+    Json(DiscoveryStatus {
+        node_id: state.node.id(),
+        enabled: poller.is_some(),
+        leader,
+        polling,
+        note,
+        poller: poller.map(poller_body),
+    })
 }
 
 /// Fault injection (only with `--enable-fault-injection`): cut this replica off, or reconnect it.
 async fn isolate(
     State(AppState { node, .. }): State<AppState>,
     body: Result<Json<Isolate>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Isolated>, ApiError> {
     let Json(b) = body.map_err(bad_json)?;
     node.isolate(b.isolated);
-    Ok(Json(json!({ "isolated": b.isolated })))
+    Ok(Json(Isolated {
+        isolated: b.isolated,
+    }))
 }
 
 /// The Envoys streaming from this replica: the body of `/v1/envoys`, and what this replica
 /// answers when another asks for cluster-wide status.
-pub fn local_envoys(node_id: NodeId, xds: &XdsServer) -> serde_json::Value {
-    json!({
-        "node_id": node_id,
-        "revision": xds.snapshot().revision(),
-        "nacks_total": xds.nacks_total(),
-        "envoys": xds.envoys(),
-    })
+pub fn local_envoys(node_id: NodeId, xds: &XdsServer) -> LocalEnvoys {
+    LocalEnvoys {
+        node_id,
+        revision: xds.snapshot().revision(),
+        nacks_total: xds.nacks_total(),
+        envoys: xds.envoys(),
+    }
 }
 
-async fn envoys(State(AppState { node, xds, .. }): State<AppState>) -> Json<serde_json::Value> {
+async fn envoys(State(AppState { node, xds, .. }): State<AppState>) -> Json<LocalEnvoys> {
     Json(local_envoys(node.id(), &xds))
 }
 
 /// Every Envoy on every member, each with the replica it streams from, like Istio's
 /// `proxy-status`: one request to any replica, which asks the others over the peer channel.
 /// A member that does not answer is listed with the error, never left out silently.
-async fn cluster_envoys(State(AppState { node, .. }): State<AppState>) -> Json<serde_json::Value> {
+async fn cluster_envoys(State(AppState { node, .. }): State<AppState>) -> Json<ClusterEnvoys> {
     let status = node.status();
     let asks = status.members.iter().map(|m| {
         let node = node.clone();
@@ -278,34 +386,7 @@ async fn cluster_envoys(State(AppState { node, .. }): State<AppState>) -> Json<s
         async move { (id, node.local_status_of(id, Duration::from_secs(2)).await) }
     });
     let answers = futures::future::join_all(asks).await;
-    let mut replicas = Vec::new();
-    let mut envoys = Vec::new();
-    for (id, answer) in answers {
-        match answer {
-            Ok(v) => {
-                for e in v["envoys"].as_array().into_iter().flatten() {
-                    let mut e = e.clone();
-                    e["replica"] = json!(id);
-                    e["replica_revision"] = v["revision"].clone();
-                    envoys.push(e);
-                }
-                replicas.push(json!({
-                    "node_id": id,
-                    "revision": v["revision"],
-                    "nacks_total": v["nacks_total"],
-                    "envoys": v["envoys"].as_array().map_or(0, Vec::len),
-                }));
-            }
-            Err(error) => replicas.push(json!({ "node_id": id, "error": error })),
-        }
-    }
-    envoys.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
-    Json(json!({
-        "asked": node.id(),
-        "revision": status.revision,
-        "replicas": replicas,
-        "envoys": envoys,
-    }))
+    Json(ClusterEnvoys::assemble(node.id(), status.revision, answers))
 }
 
 #[derive(Deserialize)]
@@ -313,12 +394,6 @@ struct ReadQuery {
     /// Confirm with the leader before reading, so the read reflects every committed write.
     #[serde(default)]
     consistent: bool,
-}
-
-#[derive(Serialize)]
-struct BuilderList {
-    revision: u64,
-    builders: Vec<Arc<Builder>>,
 }
 
 async fn list_builders(
@@ -331,7 +406,7 @@ async fn list_builders(
     let reg = node.registry().borrow().clone();
     Ok(Json(BuilderList {
         revision: reg.revision(),
-        builders: reg.iter().cloned().collect(),
+        builders: reg.iter().map(|b| b.as_ref().clone()).collect(),
     }))
 }
 
@@ -339,29 +414,25 @@ async fn get_builder(
     State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ReadQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<OneBuilder>, ApiError> {
     if q.consistent {
         node.read_barrier().await?;
     }
     let reg = node.registry().borrow().clone();
     match reg.get(&id) {
-        Some(b) => Ok(Json(json!({ "revision": reg.revision(), "builder": b }))),
+        Some(b) => Ok(Json(OneBuilder {
+            revision: reg.revision(),
+            builder: b.as_ref().clone(),
+        })),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no builder {id:?} at revision {}", reg.revision()),
         )),
     }
 }
 
-#[derive(Serialize)]
-struct WriteResult {
-    revision: u64,
-    changed: bool,
-    log_index: u64,
-}
-
-async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError> {
+async fn write(node: &Node, batch: Batch) -> Result<Json<Written>, ApiError> {
     let mut root = Span::root("api.change", std::time::SystemTime::now());
     if root.is_recording() {
         root.set("builders.upserts", batch.upserts.len() as i64);
@@ -394,14 +465,14 @@ async fn write(node: &Node, batch: Batch) -> Result<Json<WriteResult>, ApiError>
         ClientReply::Written {
             log_index,
             outcome: Outcome::Applied { revision, changed },
-        } => Ok(Json(WriteResult {
+        } => Ok(Json(Written {
             revision,
             changed,
             log_index,
         })),
         other => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("unexpected reply {other:?}"),
         )),
     }
@@ -411,7 +482,7 @@ async fn put_builder(
     State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<PutBuilder>, JsonRejection>,
-) -> Result<Json<WriteResult>, ApiError> {
+) -> Result<Json<Written>, ApiError> {
     let Json(p) = body.map_err(bad_json)?;
     let b = p.into_builder(id)?;
     write(
@@ -427,7 +498,7 @@ async fn put_builder(
 async fn remove_builder(
     State(AppState { node, .. }): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<WriteResult>, ApiError> {
+) -> Result<Json<Written>, ApiError> {
     write(
         &node,
         Batch {
@@ -442,17 +513,17 @@ async fn remove_builder(
 async fn batch(
     State(AppState { node, .. }): State<AppState>,
     body: Result<Json<BatchBody>, JsonRejection>,
-) -> Result<Json<WriteResult>, ApiError> {
+) -> Result<Json<Written>, ApiError> {
     let Json(body) = body.map_err(bad_json)?;
     write(&node, body.into_batch()?).await
 }
 
-async fn membership(node: &Node, req: ClientRequest) -> Result<Json<serde_json::Value>, ApiError> {
+async fn membership(node: &Node, req: ClientRequest) -> Result<Json<MembershipChanged>, ApiError> {
     match node.execute(req).await? {
-        ClientReply::Membership { log_index } => Ok(Json(json!({ "log_index": log_index }))),
+        ClientReply::Membership { log_index } => Ok(Json(MembershipChanged { log_index })),
         other => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("unexpected reply {other:?}"),
         )),
     }
@@ -461,7 +532,7 @@ async fn membership(node: &Node, req: ClientRequest) -> Result<Json<serde_json::
 async fn add_learner(
     State(AppState { node, .. }): State<AppState>,
     body: Result<Json<AddLearner>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MembershipChanged>, ApiError> {
     let Json(a) = body.map_err(bad_json)?;
     a.validate()?;
     membership(
@@ -477,7 +548,7 @@ async fn add_learner(
 async fn promote(
     State(AppState { node, .. }): State<AppState>,
     body: Result<Json<Promote>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MembershipChanged>, ApiError> {
     let Json(p) = body.map_err(bad_json)?;
     membership(&node, ClientRequest::Promote { node_id: p.node_id }).await
 }
@@ -485,6 +556,6 @@ async fn promote(
 async fn remove_member(
     State(AppState { node, .. }): State<AppState>,
     Path(id): Path<NodeId>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MembershipChanged>, ApiError> {
     membership(&node, ClientRequest::Remove { node_id: id }).await
 }

@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use concord_api::{ErrorBody, ErrorCode};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -255,8 +255,8 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
         .then(|| rest.trim_ascii())
 }
 
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "error": { "code": code, "message": message } });
+fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = ErrorBody::new(code, message);
     let mut resp = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
@@ -282,18 +282,22 @@ pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -
     let Some(presented) = presented else {
         return refuse(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "this admin API needs `Authorization: Bearer <token>`",
         );
     };
     match tokens.check(presented) {
         None => {
             tracing::warn!(method = %req.method(), path = req.uri().path(), "admin request with an unknown token");
-            refuse(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "unknown token",
+            )
         }
         Some(have) if have < need => refuse(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "this token may only read; this request needs a write token",
         ),
         Some(_) => next.run(req).await,

@@ -4,7 +4,7 @@
 mod admin;
 mod auth;
 mod certs;
-mod client;
+mod cli;
 mod config;
 mod serve;
 
@@ -17,7 +17,8 @@ use std::process::ExitCode;
 /// Run three replicas with `concord serve --node-id 1|2|3` (the defaults form a local cluster on
 /// 127.0.0.1), then manage it with the `cluster` and `builders` subcommands.
 ///
-/// Exit codes of the client subcommands: 0 done; 1 refused (bad input, conflict, not found);
+/// Exit codes of the client subcommands: 0 done; 1 refused (bad input, conflict, not found, token
+/// refused);
 /// 2 usage error; 3 replica unreachable; 4 cluster unavailable (no leader, no quorum, timeout).
 #[derive(Parser)]
 #[command(name = "concord", version, propagate_version = true)]
@@ -32,7 +33,7 @@ struct Cli {
     log_format: LogFormat,
 
     #[command(flatten)]
-    target: client::Target,
+    target: cli::Target,
 
     #[command(subcommand)]
     command: Command,
@@ -51,16 +52,16 @@ enum Command {
     /// Run a replica.
     Serve(Box<config::ServeArgs>),
     /// Inspect and change the cluster's membership.
-    Cluster(client::ClusterCmd),
+    Cluster(cli::ClusterCmd),
     /// List, put and remove builders.
-    Builders(client::BuildersCmd),
+    Builders(cli::BuildersCmd),
     /// Show the Envoys streaming from a replica (or, with --all, from every replica): versions
     /// sent and ACKed, in sync or not, NACKs.
-    Envoys(client::EnvoysArgs),
+    Envoys(cli::EnvoysArgs),
     /// Show DNS discovery: who polls, the last poll and its result, the last change, skips.
     Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
-    EnvoyBootstrap(client::BootstrapArgs),
+    EnvoyBootstrap(cli::BootstrapArgs),
     /// Write a development CA and node (and Envoy) certificates for a local cluster.
     ///
     /// Files in DIR: ca.pem and ca-key.pem (the CA; reused when present, created otherwise),
@@ -121,7 +122,7 @@ fn main() -> ExitCode {
         Command::Cluster(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Builders(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Envoys(args) => runtime.block_on(args.run(&cli.target)),
-        Command::Discovery => runtime.block_on(client::discovery(&cli.target)),
+        Command::Discovery => runtime.block_on(cli::discovery(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),
     }

@@ -59,8 +59,8 @@ pub enum ClientReply {
     },
     /// The answer to [`ClientRequest::LocalStatus`].
     LocalStatus {
-        /// What the replica reports (JSON).
-        status: serde_json::Value,
+        /// The Envoys streaming from the replica; none while it is starting (JSON `null`).
+        status: Option<concord_api::LocalEnvoys>,
     },
 }
 
@@ -130,5 +130,28 @@ impl ClientError {
     /// True when the same request may succeed if retried on another replica or later.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, ClientError::Rejected(_) | ClientError::Membership(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peer channel's answer to `LocalStatus` keeps the JSON replicas of earlier versions
+    /// send and expect: the view itself, or `null` while the replica starts.
+    #[test]
+    fn local_status_on_the_wire() {
+        let starting = r#"{"local_status":{"status":null}}"#;
+        let r: ClientReply = serde_json::from_str(starting).expect("decodes");
+        assert_eq!(r, ClientReply::LocalStatus { status: None });
+        assert_eq!(serde_json::to_string(&r).expect("encodes"), starting);
+        let up =
+            r#"{"local_status":{"status":{"node_id":3,"revision":7,"nacks_total":0,"envoys":[]}}}"#;
+        let r: ClientReply = serde_json::from_str(up).expect("decodes");
+        let ClientReply::LocalStatus { status: Some(s) } = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((s.node_id, s.revision), (3, 7));
+        assert_eq!(serde_json::to_string(&r).expect("encodes"), up);
     }
 }

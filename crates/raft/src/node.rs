@@ -87,8 +87,8 @@ pub struct Node {
     local_status: std::sync::OnceLock<LocalStatusFn>,
 }
 
-/// Produces a replica's own status (JSON) for cluster-wide views.
-pub type LocalStatusFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Produces a replica's own status (the Envoys streaming from it) for cluster-wide views.
+pub type LocalStatusFn = Box<dyn Fn() -> concord_api::LocalEnvoys + Send + Sync>;
 
 /// A member of the cluster, as status shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -469,10 +469,8 @@ impl Node {
         let _ = self.local_status.set(f);
     }
 
-    fn local_status(&self) -> serde_json::Value {
-        self.local_status
-            .get()
-            .map_or(serde_json::Value::Null, |f| f())
+    fn local_status(&self) -> Option<concord_api::LocalEnvoys> {
+        self.local_status.get().map(|f| f())
     }
 
     /// What replica `id` (a member, or this one) reports of itself, asked over the peer
@@ -481,9 +479,10 @@ impl Node {
         &self,
         id: NodeId,
         timeout: Duration,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<concord_api::LocalEnvoys, String> {
+        let starting = || format!("node {id} is starting: it reports no status yet");
         if id == self.config.node_id {
-            return Ok(self.local_status());
+            return self.local_status().ok_or_else(starting);
         }
         let addr = self
             .raft
@@ -499,7 +498,7 @@ impl Node {
             .forward(id, &addr, &ClientRequest::LocalStatus, timeout)
             .await
         {
-            Ok(ClientReply::LocalStatus { status }) => Ok(status),
+            Ok(ClientReply::LocalStatus { status }) => status.ok_or_else(starting),
             Ok(other) => Err(format!("node {id} answered {other:?}")),
             Err(ClientError::LeaderUnreachable { error, .. }) => {
                 Err(format!("node {id} at {addr} is unreachable: {error}"))

@@ -1,62 +1,17 @@
 //! What this replica knows of the Envoys streaming from it: who, since when, which version of
-//! each type was sent and ACKed, and the last NACK — for the status endpoint and the CLI.
+//! each type was sent and ACKed, and the last NACK — for the status endpoint and the CLI. The
+//! types are the admin API's ([`concord_api::envoys`]); this module keeps them up to date.
 
 use crate::resource_type;
 use concord_telemetry::unix_micros as now_us;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-/// One Envoy stream, as status shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct EnvoyStatus {
-    /// The Envoy's node id.
-    pub node_id: String,
-    /// The Envoy's node cluster.
-    pub node_cluster: String,
-    /// Stream id on this replica.
-    pub stream: u64,
-    /// Remote address of the stream.
-    pub peer: Option<String>,
-    /// When the stream started (Unix milliseconds).
-    pub connected_at_ms: u64,
-    /// Per type (`clusters`, `listeners`, or the type URL): versions sent and ACKed.
-    pub types: BTreeMap<String, TypeStatus>,
-    /// The last NACK on this stream.
-    pub last_nack: Option<NackStatus>,
-}
-
-/// Versions of one resource type on one stream.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TypeStatus {
-    /// The last version sent.
-    pub sent: Option<u64>,
-    /// The last version ACKed.
-    pub acked: Option<u64>,
-    /// When that ACK arrived (Unix microseconds).
-    pub acked_at_us: Option<u64>,
-    /// Sent and not yet answered.
-    pub pending: bool,
-    /// Resources sent on this stream, summed over responses (delta sends only changed ones).
-    pub resources_sent: u64,
-    /// Resource removals sent on this stream (delta only).
-    pub removals_sent: u64,
-}
-
-/// A rejected config.
-#[derive(Debug, Clone, Serialize)]
-pub struct NackStatus {
-    /// Resource type.
-    pub type_name: String,
-    /// The rejected version.
-    pub version: u64,
-    /// Envoy's message.
-    pub message: String,
-    /// When (Unix milliseconds).
-    pub at_ms: u64,
-}
+// The status types are the admin API's (`GET /v1/envoys`, and the peer channel's cluster-wide
+// view), so that they are defined once, next to the other response types.
+pub use concord_api::envoys::{EnvoyStatus, NackStatus, TypeStatus};
 
 /// Short names for the types this control plane serves.
 pub fn type_name(type_url: &str) -> String {

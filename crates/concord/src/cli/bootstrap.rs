@@ -1,0 +1,98 @@
+//! `concord envoy-bootstrap`: prints an Envoy bootstrap (YAML) that streams from every
+//! replica. It talks to no replica: the flags say everything the bootstrap needs.
+
+use super::Exit;
+use clap::Args;
+use std::process::ExitCode;
+
+/// `concord envoy-bootstrap`.
+#[derive(Args)]
+pub struct BootstrapArgs {
+    /// The Envoy's node id, as the replicas will show it.
+    #[arg(long)]
+    node_id: String,
+    /// The Envoy's node cluster.
+    #[arg(long, default_value = "builders")]
+    node_cluster: String,
+    /// xDS address (host:port) of every replica, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    servers: Vec<String>,
+    /// Stream from the first server while it is healthy; the others are fallbacks.
+    #[arg(long)]
+    prefer_first: bool,
+    /// Envoy's own admin API address.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin_addr: std::net::SocketAddr,
+    /// Bind the builders' listener on this address instead of the replicas' default (for
+    /// several Envoys on one host).
+    #[arg(long, value_name = "IP:PORT")]
+    listener_address: Option<std::net::SocketAddr>,
+    /// CA (PEM) that signs the replicas' xDS certificates: the ADS cluster (and its gRPC health
+    /// checks) then uses TLS. Without it, plaintext (replicas run with --insecure).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The Envoy's client certificate (PEM), for replicas that require one (--xds-client-ca).
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The replicas' cluster name: with --tls-ca, Envoy accepts only replica certificates that
+    /// name a node of this cluster (URI SAN spiffe://concord/<cluster>/node/<id>).
+    #[arg(long, default_value = "concord")]
+    cluster: String,
+    /// With --tls-ca, accept any certificate the CA signed (for replica certificates that do not
+    /// carry concord's node URI, e.g. a separate --xds-tls-cert).
+    #[arg(long)]
+    any_server_identity: bool,
+    /// The ADS protocol: `delta` (only changed resources travel; an Envoy that fails over gets
+    /// only what differs) or `sotw` (state of the world: every resource in every response).
+    #[arg(long, value_name = "delta|sotw", default_value = "delta")]
+    xds_protocol: concord_xds::bootstrap::XdsProtocol,
+}
+
+impl BootstrapArgs {
+    /// Prints the bootstrap.
+    pub fn run(self) -> ExitCode {
+        // Envoy resolves relative paths against its own working directory: make them absolute.
+        let abs = |p: &std::path::Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
+        let tls = self
+            .tls_ca
+            .as_deref()
+            .map(|ca| concord_xds::bootstrap::BootstrapTls {
+                ca: abs(ca),
+                server_uri_prefix: (!self.any_server_identity)
+                    .then(|| format!("spiffe://concord/{}/node/", self.cluster)),
+                client: self
+                    .tls_cert
+                    .as_deref()
+                    .zip(self.tls_key.as_deref())
+                    .map(|(c, k)| (abs(c), abs(k))),
+            });
+        let config = concord_xds::bootstrap::BootstrapConfig {
+            tls,
+            node_id: self.node_id,
+            node_cluster: self.node_cluster,
+            servers: self.servers,
+            prefer_first: self.prefer_first,
+            admin: self.admin_addr,
+            listener_address: self.listener_address,
+            protocol: self.xds_protocol,
+        };
+        match concord_xds::bootstrap::render(&config) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                Exit::Success.into()
+            }
+            Err(e) => {
+                eprintln!("concord: {e}");
+                Exit::Usage.into()
+            }
+        }
+    }
+}
