@@ -13,7 +13,7 @@ pub mod otlp;
 pub mod pki;
 pub mod tls;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use concord_api::{BatchBody, BatchBuilder, PutBuilder};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -337,7 +337,34 @@ impl Cluster {
             cluster.add_replica(id, peer, &members)?;
         }
         cluster.leader().await?;
+        // A replica serves Envoys only once it has caught up with the cluster (a read barrier
+        // after start): tests begin when every replica is ready, as an operator's would.
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.serving(id).await?;
+        }
         Ok(cluster)
+    }
+
+    /// Waits until replica `id` reports SERVING on its xDS port's gRPC health service.
+    pub async fn serving(&self, id: u64) -> Result<()> {
+        let xds = self.nodes[&id].xds.clone();
+        eventually(Duration::from_secs(20), "the replica serves Envoys", || async {
+            let channel = self.xds_channel(&xds, "harness").await?;
+            let status = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner()
+                .status;
+            ensure!(
+                status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "node {id} health status {status}"
+            );
+            Ok(())
+        })
+        .await
     }
 
     /// Creates and starts a replica process (not yet a member unless listed in `members`).
