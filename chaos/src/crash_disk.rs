@@ -11,7 +11,7 @@
 use super::{Args, World, caught_up, final_checks, leader, report, world::Setup};
 use anyhow::{Context, Result, bail};
 use concord_crashfs::Mounted;
-use concord_tests::sni;
+use concord_harness::sni;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -168,7 +168,7 @@ async fn inject(
 /// did not open after the power loss) is a violation, reported with its log.
 async fn reopened(world: &World, ids: &[u64]) -> Result<()> {
     for &id in ids {
-        let res = concord_tests::eventually(
+        let res = concord_harness::eventually(
             Duration::from_secs(30),
             &format!("node {id} reopens"),
             || async {

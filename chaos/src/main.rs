@@ -17,7 +17,7 @@ mod world;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use concord_api::{Client, PutBuilder, Role, Source};
-use concord_tests::tls::probe;
+use concord_harness::tls::probe;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -114,7 +114,7 @@ async fn main() -> Result<()> {
 /// Waits for a leader among the running replicas, holding the cluster only briefly at a time
 /// so the monitors keep watching.
 async fn leader(world: &World) -> Result<u64> {
-    concord_tests::eventually(Duration::from_secs(20), "one leader", || async {
+    concord_harness::eventually(Duration::from_secs(20), "one leader", || async {
         world.cluster.lock().await.leader_now().await
     })
     .await
@@ -217,7 +217,7 @@ async fn isolate(world: &World, node: u64, on: bool) -> Result<()> {
 }
 
 async fn wait_leader_other_than(world: &World, old: u64) -> Result<u64> {
-    concord_tests::eventually(Duration::from_secs(20), "a new leader", || async {
+    concord_harness::eventually(Duration::from_secs(20), "a new leader", || async {
         let c = world.cluster.lock().await;
         for id in c.up().into_iter().filter(|&id| id != old) {
             let s = c.status(id).await?;
@@ -239,7 +239,7 @@ async fn restart(world: &World, node: u64) -> Result<()> {
 
 /// Waits until `node` answers and has applied as far as the leader had when we asked.
 async fn caught_up(world: &World, node: u64) -> Result<()> {
-    concord_tests::eventually(
+    concord_harness::eventually(
         Duration::from_secs(30),
         &format!("node {node} catches up"),
         || async {
@@ -329,7 +329,7 @@ async fn final_checks(
         }
     }
     let start = Instant::now();
-    let converged = concord_tests::eventually(
+    let converged = concord_harness::eventually(
         bound,
         "every Envoy and replica at the leader's revision",
         || async {

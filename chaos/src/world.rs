@@ -3,10 +3,10 @@
 //! replicas, and the monitors that watch the invariants while faults are injected.
 
 use anyhow::{Result, bail};
-use concord_tests::dns::Bind;
-use concord_tests::envoy::{Envoy, Versions};
-use concord_tests::tls::{TestCa, TlsBuilder, probe};
-use concord_tests::{Cluster, Options, free_port};
+use concord_harness::dns::Bind;
+use concord_harness::envoy::{Envoy, Versions};
+use concord_harness::tls::{TestCa, TlsBuilder, probe};
+use concord_harness::{Cluster, Options, free_port};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -3,8 +3,8 @@
 //! NOT_SERVING and ends its streams, and a NACK is recorded and its version not sent again.
 
 use anyhow::{Context, Result, bail, ensure};
-use concord_tests::ads::{Ads, CDS};
-use concord_tests::{Cluster, Options, eventually};
+use concord_harness::ads::{Ads, CDS};
+use concord_harness::{Cluster, Options, eventually};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{

@@ -5,7 +5,7 @@
 //! with a malformed token file.
 
 use anyhow::{Context, Result, ensure};
-use concord_tests::{Cluster, Options, admin_client, concord_bin, eventually, free_port, sni};
+use concord_harness::{Cluster, Options, admin_client, concord_bin, eventually, free_port, sni};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;

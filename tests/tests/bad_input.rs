@@ -3,7 +3,7 @@
 
 use anyhow::{Result, ensure};
 use concord_api::{ErrorCode, PutBuilder, Role};
-use concord_tests::{Cluster, Options, concord_bin, eventually};
+use concord_harness::{Cluster, Options, concord_bin, eventually};
 use reqwest::Method;
 use serde_json::json;
 use std::process::Command;
@@ -149,7 +149,7 @@ async fn invalid_builders_and_duplicate_sni_are_refused() -> Result<()> {
     }
     c.put(2, "a", 9001).await?;
     // A well-formed body the registry refuses: the typed error carries status, code and message.
-    let dup = PutBuilder::new(([127, 0, 0, 1], 9002).into(), concord_tests::sni("a"));
+    let dup = PutBuilder::new(([127, 0, 0, 1], 9002).into(), concord_harness::sni("a"));
     let e = c.api(3).put_builder("b", &dup).await.unwrap_err();
     ensure!(
         e.status() == Some(409)
@@ -190,7 +190,7 @@ async fn write_without_quorum_fails_in_time_and_applies_nothing() -> Result<()> 
     )
     .await?;
     let t0 = Instant::now();
-    let body = PutBuilder::new(([127, 0, 0, 1], 9002).into(), concord_tests::sni("lost"));
+    let body = PutBuilder::new(([127, 0, 0, 1], 9002).into(), concord_harness::sni("lost"));
     let e = c.api(leader).put_builder("lost", &body).await.unwrap_err();
     let took = t0.elapsed();
     ensure!(e.status() == Some(503), "{e:?}");
@@ -217,9 +217,9 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
     let dir = c.nodes[&1].data_dir.display().to_string();
     // A second process on a live replica's data dir.
     let (admin2, xds2, peer2) = (
-        format!("127.0.0.1:{}", concord_tests::free_port()),
-        format!("127.0.0.1:{}", concord_tests::free_port()),
-        format!("127.0.0.1:{}", concord_tests::free_port()),
+        format!("127.0.0.1:{}", concord_harness::free_port()),
+        format!("127.0.0.1:{}", concord_harness::free_port()),
+        format!("127.0.0.1:{}", concord_harness::free_port()),
     );
     let (code, err) = serve(&[
         "--cluster",
@@ -247,8 +247,8 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
     c.node(1).terminate()?;
     let members = c.members().to_string();
     let peer1 = c.nodes[&1].peer.clone();
-    let admin = format!("127.0.0.1:{}", concord_tests::free_port());
-    let xds = format!("127.0.0.1:{}", concord_tests::free_port());
+    let admin = format!("127.0.0.1:{}", concord_harness::free_port());
+    let xds = format!("127.0.0.1:{}", concord_harness::free_port());
     let base = [
         "--xds-addr",
         &xds,
@@ -276,7 +276,7 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
         "{code} {err}"
     );
     // Another node id on this data dir.
-    let peer = format!("127.0.0.1:{}", concord_tests::free_port());
+    let peer = format!("127.0.0.1:{}", concord_harness::free_port());
     let mut args = base.to_vec();
     args.extend(["--cluster", &c.name, "--node-id", "7", "--peer-addr", &peer]);
     let (code, err) = serve(&args);

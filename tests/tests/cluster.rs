@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail, ensure};
 use concord_api::PutBuilder;
-use concord_tests::{Cluster, Options, eventually};
+use concord_harness::{Cluster, Options, eventually};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -137,7 +137,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() -> Result<()> {
                 let mut ok = Vec::new();
                 for i in start..start + 40 {
                     let addr = ([127, 0, 0, 1], (10000 + i) as u16).into();
-                    let body = PutBuilder::new(addr, concord_tests::sni(&format!("w{i}")));
+                    let body = PutBuilder::new(addr, concord_harness::sni(&format!("w{i}")));
                     if api.put_builder(&format!("w{i}"), &body).await.is_ok() {
                         ok.push(format!("w{i}"));
                     }
@@ -211,7 +211,7 @@ async fn membership_changes_keep_accepting_writes() -> Result<()> {
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 10 {
                 let addr = ([127, 0, 0, 1], (20000 + i) as u16).into();
-                let body = PutBuilder::new(addr, concord_tests::sni(&format!("m{i}")));
+                let body = PutBuilder::new(addr, concord_harness::sni(&format!("m{i}")));
                 match api.put_builder(&format!("m{i}"), &body).await {
                     Ok(_) => ok += 1,
                     Err(e) => failed.push(format!("m{i}: {e}")),
@@ -221,7 +221,7 @@ async fn membership_changes_keep_accepting_writes() -> Result<()> {
             (ok, failed)
         })
     };
-    let peer = format!("127.0.0.1:{}", concord_tests::free_port());
+    let peer = format!("127.0.0.1:{}", concord_harness::free_port());
     c.add_replica(4, peer.clone(), "")?;
     let api = c.api(via);
     let added = api.add_learner(4, &peer).await;

@@ -4,10 +4,10 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use concord_api::{DiscoveryStatus, PollerStatus, Source};
-use concord_tests::dns::Bind;
-use concord_tests::envoy::Envoy;
-use concord_tests::tls::{TestCa, TlsBuilder, probe};
-use concord_tests::{Cluster, Options, eventually, free_port};
+use concord_harness::dns::Bind;
+use concord_harness::envoy::Envoy;
+use concord_harness::tls::{TestCa, TlsBuilder, probe};
+use concord_harness::{Cluster, Options, eventually, free_port};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -4,9 +4,9 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use concord_api::{BatchBody, BatchBuilder};
-use concord_tests::envoy::{Envoy, Protocol};
-use concord_tests::tls::{TestCa, TlsBuilder, probe};
-use concord_tests::{Cluster, Options, eventually, sni};
+use concord_harness::envoy::{Envoy, Protocol};
+use concord_harness::tls::{TestCa, TlsBuilder, probe};
+use concord_harness::{Cluster, Options, eventually, sni};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -389,7 +389,7 @@ async fn a_real_envoy_takes_1000_builders(p: Protocol) -> Result<()> {
 fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
     let dir = tempfile::tempdir()?;
     // TLS and mutual TLS bootstraps need real files: Envoy loads them when it validates.
-    let pki = concord_tests::pki::Pki::create(&dir.path().join("certs"), "prod", &[1])?;
+    let pki = concord_harness::pki::Pki::create(&dir.path().join("certs"), "prod", &[1])?;
     let (ca, (cert, key)) = (pki.ca(), pki.envoy("validate")?);
     let s = |p: &std::path::Path| p.display().to_string();
     let cases: Vec<Vec<String>> = vec![
@@ -427,7 +427,7 @@ fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
         ],
     ];
     for (i, args) in cases.iter().enumerate() {
-        let out = std::process::Command::new(concord_tests::concord_bin())
+        let out = std::process::Command::new(concord_harness::concord_bin())
             .args(["envoy-bootstrap", "--node-id", "validate"])
             .args(args)
             .output()?;
@@ -438,7 +438,7 @@ fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
         );
         let path = dir.path().join(format!("b{i}.yaml"));
         std::fs::write(&path, &out.stdout)?;
-        let v = std::process::Command::new(concord_tests::envoy::envoy_bin())
+        let v = std::process::Command::new(concord_harness::envoy::envoy_bin())
             .args(["--mode", "validate", "--disable-hot-restart", "-c"])
             .arg(&path)
             .output()?;

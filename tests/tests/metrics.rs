@@ -2,9 +2,9 @@
 //! changes made — a DNS change and an API write, each ACKed by a real Envoy.
 
 use anyhow::{Context, Result, ensure};
-use concord_tests::dns::Bind;
-use concord_tests::envoy::Envoy;
-use concord_tests::{Cluster, Options, eventually};
+use concord_harness::dns::Bind;
+use concord_harness::envoy::Envoy;
+use concord_harness::{Cluster, Options, eventually};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);

@@ -5,9 +5,9 @@
 use anyhow::{Context, Result, ensure};
 use concord_api::envoys::{ClusterEnvoy, ReplicaAnswer};
 use concord_api::{ClusterEnvoys, SyncState};
-use concord_tests::ads::Ads;
-use concord_tests::envoy::Envoy;
-use concord_tests::{Cluster, Options, concord_bin, eventually};
+use concord_harness::ads::Ads;
+use concord_harness::envoy::Envoy;
+use concord_harness::{Cluster, Options, concord_bin, eventually};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);

@@ -5,9 +5,9 @@
 //! as its SNI matches no filter chain and reaches nothing.
 
 use anyhow::{Result, ensure};
-use concord_tests::envoy::{Envoy, Protocol};
-use concord_tests::tls::{TestCa, TlsBuilder, probe};
-use concord_tests::{Cluster, Options, eventually, sni};
+use concord_harness::envoy::{Envoy, Protocol};
+use concord_harness::tls::{TestCa, TlsBuilder, probe};
+use concord_harness::{Cluster, Options, eventually, sni};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);

@@ -5,11 +5,11 @@
 //! without a restart while Envoys stream and writes go on.
 
 use anyhow::{Context, Result, bail, ensure};
+use concord_harness::envoy::Envoy;
+use concord_harness::pki::{self, Pki};
+use concord_harness::{Cluster, Options, eventually};
 use concord_raft::proto::Message;
 use concord_raft::proto::raft_client::RaftClient;
-use concord_tests::envoy::Envoy;
-use concord_tests::pki::{self, Pki};
-use concord_tests::{Cluster, Options, eventually};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -40,7 +40,7 @@ fn writer(c: &Cluster, via: u64, prefix: &str) -> Writer {
         while !flag.load(Ordering::Relaxed) {
             let id = format!("{prefix}{i}");
             let addr = ([127, 0, 0, 1], (20000 + i % 10000) as u16).into();
-            let body = concord_api::PutBuilder::new(addr, concord_tests::sni(&id));
+            let body = concord_api::PutBuilder::new(addr, concord_harness::sni(&id));
             match api.put_builder(&id, &body).await {
                 Ok(_) => {
                     ok += 1;
@@ -184,7 +184,7 @@ async fn peer_port_refuses_callers_without_a_member_certificate() -> Result<()> 
 
     // A replica refuses to start with another node's certificate.
     let (cert, key) = files(&pki, 2)?;
-    let out = std::process::Command::new(concord_tests::concord_bin())
+    let out = std::process::Command::new(concord_harness::concord_bin())
         .args(["serve", "--cluster", &c.name, "--node-id", "1"])
         .arg("--tls-ca")
         .arg(&ca)

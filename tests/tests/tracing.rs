@@ -4,11 +4,11 @@
 //! nothing and its lost spans are counted.
 
 use anyhow::{Context, Result, bail, ensure};
-use concord_tests::ads::Ads;
-use concord_tests::dns::Bind;
-use concord_tests::envoy::Envoy;
-use concord_tests::otlp::{Collector, ReceivedSpan};
-use concord_tests::{Cluster, Options, eventually};
+use concord_harness::ads::Ads;
+use concord_harness::dns::Bind;
+use concord_harness::envoy::Envoy;
+use concord_harness::otlp::{Collector, ReceivedSpan};
+use concord_harness::{Cluster, Options, eventually};
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use concord_tests::{Cluster, Options, percentiles};
+use concord_harness::{Cluster, Options, percentiles};
 use std::time::{Duration, Instant};
 
 /// Commit latency, throughput and leader-kill recovery of the replicated registry; see the module header.
@@ -55,7 +55,7 @@ async fn main() -> Result<()> {
                 for i in 0..per {
                     let id = format!("c{writers}-{w}-{i}");
                     let addr = ([127, 0, 0, 1], (1000 + i) as u16).into();
-                    let body = concord_api::PutBuilder::new(addr, concord_tests::sni(&id));
+                    let body = concord_api::PutBuilder::new(addr, concord_harness::sni(&id));
                     let s = Instant::now();
                     api.put_builder(&id, &body).await.context("put failed")?;
                     lat.push(s.elapsed());

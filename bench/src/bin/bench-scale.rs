@@ -19,10 +19,10 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use concord_tests::dns::Bind;
-use concord_tests::envoy::{Envoy, Protocol};
-use concord_tests::tls::{TestCa, TlsBuilder, probe};
-use concord_tests::{Cluster, Options, free_port, percentiles, sni};
+use concord_harness::dns::Bind;
+use concord_harness::envoy::{Envoy, Protocol};
+use concord_harness::tls::{TestCa, TlsBuilder, probe};
+use concord_harness::{Cluster, Options, free_port, percentiles, sni};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -348,7 +348,7 @@ async fn run(
     c.put_bulk(leader, size).await?;
     let want = size + if bind.is_some() { DNS_BASELINE } else { 0 };
     let deadline = Duration::from_secs(30) + Duration::from_millis(10 * size as u64);
-    let (rev, ids) = concord_tests::eventually(deadline, "registry loaded", || async {
+    let (rev, ids) = concord_harness::eventually(deadline, "registry loaded", || async {
         let (rev, ids) = c.converged(deadline).await?;
         ensure!(ids.len() == want, "{} of {want} builders", ids.len());
         Ok((rev, ids))

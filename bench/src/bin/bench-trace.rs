@@ -9,10 +9,10 @@
 
 use anyhow::Result;
 use clap::Parser;
-use concord_tests::dns::Bind;
-use concord_tests::envoy::Envoy;
-use concord_tests::otlp::{Collector, ReceivedSpan};
-use concord_tests::{Cluster, Options, percentiles};
+use concord_harness::dns::Bind;
+use concord_harness::envoy::Envoy;
+use concord_harness::otlp::{Collector, ReceivedSpan};
+use concord_harness::{Cluster, Options, percentiles};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -7,8 +7,8 @@
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use concord_tests::envoy::Envoy;
-use concord_tests::{Cluster, Options, eventually, percentiles};
+use concord_harness::envoy::Envoy;
+use concord_harness::{Cluster, Options, eventually, percentiles};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_us() -> u64 {

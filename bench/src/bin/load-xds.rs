@@ -11,7 +11,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use concord_bench::{ListenerMode, XdsProtocol};
-use concord_tests::{Cluster, Options, percentiles};
+use concord_harness::{Cluster, Options, percentiles};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};

@@ -5,7 +5,7 @@
 //! `--otlp-endpoint http://ADDR` (or `CONCORD_OTLP_ENDPOINT=http://ADDR deploy/local/concord-local up`).
 
 use anyhow::{Context, Result};
-use concord_tests::otlp::{Collector, ReceivedSpan};
+use concord_harness::otlp::{Collector, ReceivedSpan};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

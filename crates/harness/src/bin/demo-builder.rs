@@ -4,7 +4,7 @@
 //! `demo-builder <ID> <SNI> <LISTEN-ADDR>`; runs until killed.
 
 use anyhow::{Context, Result};
-use concord_tests::tls::{TestCa, TlsBuilder};
+use concord_harness::tls::{TestCa, TlsBuilder};
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -1,0 +1,727 @@
+//! Test harness: starts real `concord serve` processes on free loopback ports, each with its own
+//! data dir, and drives them over their admin API with the typed client
+//! ([`concord_api::Client`], [`Cluster::api`]). Conditions are awaited with deadlines
+//! ([`eventually`]), never with fixed sleeps.
+//!
+//! The binary is `$CONCORD_BIN`, or `concord` next to the test executable's target dir (build it
+//! first: `cargo build -p concord`).
+
+pub mod ads;
+pub mod dns;
+pub mod envoy;
+pub mod otlp;
+pub mod pki;
+pub mod tls;
+
+use anyhow::{Context, Result, bail, ensure};
+use concord_api::{BatchBody, BatchBuilder, PutBuilder};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The `concord` binary under test.
+pub fn concord_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONCORD_BIN") {
+        return PathBuf::from(p);
+    }
+    // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    let bin = [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join("concord"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("concord"));
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p concord` first or set CONCORD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Median, 99th percentile and maximum of `samples` (sorted in place), in milliseconds.
+pub fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| ms(samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1)]);
+    (at(0.5), at(0.99), ms(*samples.last().expect("samples")))
+}
+
+/// A free TCP port on 127.0.0.1, from below the kernel's ephemeral range (32768–60999 here).
+///
+/// A port picked by binding port 0 comes from the ephemeral range, where the kernel may hand it
+/// to an outgoing connection before a replica restarted in a test binds it again; ports below
+/// that range are never given out implicitly. Test processes run side by side, so each port is
+/// also claimed with a file in a shared directory (created exclusively, holding the claimer's
+/// pid): a port claimed by a live process is never handed to another; claims of dead processes
+/// are taken over.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join("concord-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let me = std::process::id();
+    let base = (me % 220) * 100;
+    for _ in 0..22_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (10_000 + (base + n) % 22_000) as u16;
+        if !claim(&dir.join(port.to_string()), me) {
+            continue;
+        }
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
+/// Claims a port file for `pid`, unless a live process holds it.
+fn claim(path: &std::path::Path, pid: u32) -> bool {
+    use std::io::Write;
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    if let Ok(mut f) = create() {
+        return write!(f, "{pid}").is_ok();
+    }
+    let holder: Option<u32> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    match holder {
+        Some(h) if h == pid => true,
+        Some(h) if std::path::Path::new(&format!("/proc/{h}")).exists() => false,
+        // Its holder is gone (or the file is half written): take it over.
+        _ => {
+            let _ = std::fs::remove_file(path);
+            match create() {
+                Ok(mut f) => write!(f, "{pid}").is_ok(),
+                Err(_) => false,
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns `Ok`, or fails with the last error after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("{what}: not true after {timeout:?}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// One replica process and how to restart it.
+pub struct Replica {
+    /// Node id.
+    pub id: u64,
+    /// Peer address.
+    pub peer: String,
+    /// Admin API base URL.
+    pub admin: String,
+    /// ADS (xDS gRPC) address.
+    pub xds: String,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+impl Replica {
+    /// Whether the process is running (as far as we started it).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Starts (or restarts) the process with its original arguments.
+    pub fn start(&mut self) -> Result<()> {
+        assert!(!self.is_running(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(concord_bin())
+            .arg("serve")
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn concord")?;
+        self.child = Some(child);
+        self.restarts += 1;
+        Ok(())
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit (bounded).
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("node {} did not exit within 15 s of SIGTERM", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The tail of this replica's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Knobs for a test cluster.
+#[derive(Clone)]
+pub struct Options {
+    /// Number of replicas in the initial member set.
+    pub nodes: u64,
+    /// `--snapshot-threshold`.
+    pub snapshot_threshold: u64,
+    /// Extra flags for every replica.
+    pub extra: Vec<String>,
+    /// Election timeouts of 500-1000 ms instead of the defaults (150-300 ms), for tests that
+    /// share the machine with other clusters; off for measurements of the real thing.
+    pub relaxed_elections: bool,
+    /// Bearer token the harness sends with every admin request (for clusters started with
+    /// `--admin-token-file` in `extra`).
+    pub admin_token: Option<String>,
+    /// Mutual TLS between replicas and TLS to Envoys, with certificates from `concord certs`
+    /// (the product's default); off runs the replicas with `--insecure`.
+    pub tls: bool,
+    /// With `tls`: replicas require Envoy client certificates and bind Envoy node ids to them
+    /// (`--xds-client-ca`, `--xds-bind-node-id`).
+    pub xds_client_certs: bool,
+    /// Where each replica's data dir (`node-<id>`) goes; the cluster's temp dir by default.
+    pub data_root: Option<PathBuf>,
+}
+
+impl Options {
+    /// The product's own election timing, for measurements (benchmarks, chaos runs).
+    pub fn measured() -> Self {
+        Options {
+            relaxed_elections: false,
+            ..Options::default()
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            snapshot_threshold: 5000,
+            extra: Vec::new(),
+            relaxed_elections: true,
+            admin_token: None,
+            tls: true,
+            xds_client_certs: false,
+            data_root: None,
+        }
+    }
+}
+
+/// An HTTP client for admin APIs that sends `token` (if any) as a bearer token, for the tests
+/// that send raw requests (bad bodies, missing tokens); everything else uses [`Cluster::api`].
+pub fn admin_client(token: Option<&str>) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .default_headers(headers)
+        .build()?)
+}
+
+/// A cluster of real replicas on loopback; everything is killed and removed on drop.
+pub struct Cluster {
+    /// The replicas, by node id.
+    pub nodes: BTreeMap<u64, Replica>,
+    /// Cluster name.
+    pub name: String,
+    opts: Options,
+    members: String,
+    pki: Option<pki::Pki>,
+    dir: TempDir,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `opts.nodes` replicas as a new cluster and waits for a leader.
+    pub async fn start(opts: Options) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("concord-test").tempdir()?;
+        let name = format!("test-{}", std::process::id());
+        let pki = match opts.tls {
+            true => {
+                let ids: Vec<u64> = (1..=opts.nodes).collect();
+                Some(pki::Pki::create(&dir.path().join("certs"), &name, &ids)?)
+            }
+            false => None,
+        };
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            name,
+            opts: opts.clone(),
+            members: String::new(),
+            pki,
+            dir,
+            http: admin_client(opts.admin_token.as_deref())?,
+        };
+        let peers: Vec<(u64, String)> = (1..=opts.nodes)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        cluster.members = peers
+            .iter()
+            .map(|(id, p)| format!("{id}={p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, peer) in peers {
+            let members = cluster.members.clone();
+            cluster.add_replica(id, peer, &members)?;
+        }
+        cluster.leader().await?;
+        // A replica serves Envoys only once it has caught up with the cluster (a read barrier
+        // after start): tests begin when every replica is ready, as an operator's would.
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.serving(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until replica `id` reports SERVING on its xDS port's gRPC health service.
+    pub async fn serving(&self, id: u64) -> Result<()> {
+        let xds = self.nodes[&id].xds.clone();
+        eventually(
+            Duration::from_secs(20),
+            "the replica serves Envoys",
+            || async {
+                let channel = self.xds_channel(&xds, "harness").await?;
+                let status = tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?
+                    .into_inner()
+                    .status;
+                ensure!(
+                    status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                    "node {id} health status {status}"
+                );
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Creates and starts a replica process (not yet a member unless listed in `members`).
+    pub fn add_replica(&mut self, id: u64, peer: String, members: &str) -> Result<&mut Replica> {
+        let admin_port = free_port();
+        let xds = format!("127.0.0.1:{}", free_port());
+        let root = self.opts.data_root.as_deref().unwrap_or(self.dir.path());
+        let data_dir = root.join(format!("node-{id}"));
+        let mut args = vec![
+            "--cluster".into(),
+            self.name.clone(),
+            "--node-id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--peer-addr".into(),
+            peer.clone(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--xds-addr".into(),
+            xds.clone(),
+            "--initial-members".into(),
+            if members.is_empty() {
+                "none".into()
+            } else {
+                members.to_string()
+            },
+            "--snapshot-threshold".into(),
+            self.opts.snapshot_threshold.to_string(),
+        ];
+        if self.opts.relaxed_elections {
+            // Slower elections than the defaults (50 ms, 150-300 ms): several clusters and
+            // Envoys share two cores during the tests, and a starved follower must not depose a
+            // healthy leader in the middle of a test.
+            args.extend(
+                ["--heartbeat-ms", "100", "--election-timeout-ms", "500-1000"].map(String::from),
+            );
+        }
+        match &self.pki {
+            Some(pki) => {
+                args.extend(pki.serve_args(id)?);
+                if self.opts.xds_client_certs {
+                    args.extend([
+                        "--xds-client-ca".into(),
+                        pki.ca().display().to_string(),
+                        "--xds-bind-node-id".into(),
+                    ]);
+                }
+            }
+            None => args.push("--insecure".into()),
+        }
+        args.extend(self.opts.extra.iter().cloned());
+        let mut r = Replica {
+            id,
+            peer,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            xds,
+            data_dir,
+            log: self.dir.path().join(format!("node-{id}.log")),
+            args,
+            child: None,
+            restarts: 0,
+        };
+        r.start()?;
+        self.nodes.insert(id, r);
+        Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// The cluster's certificates (None when it runs with `--insecure`).
+    pub fn pki(&self) -> Option<&pki::Pki> {
+        self.pki.as_ref()
+    }
+
+    /// `concord envoy-bootstrap` flags for Envoy `id` to reach this cluster (TLS with a client
+    /// certificate unless the cluster is plaintext).
+    pub fn bootstrap_args(&self, id: &str) -> Result<Vec<String>> {
+        match &self.pki {
+            Some(pki) => pki.bootstrap_args(id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A gRPC channel to a replica's xDS address, over TLS with a client certificate for Envoy
+    /// `envoy` when the cluster uses TLS.
+    pub async fn xds_channel(&self, addr: &str, envoy: &str) -> Result<tonic::transport::Channel> {
+        match &self.pki {
+            Some(pki) => {
+                let (cert, key) = pki.envoy(envoy)?;
+                let config = pki.client_config(Some((&cert, &key)))?;
+                pki::channel(addr, config).await
+            }
+            None => Ok(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect()
+                    .await?,
+            ),
+        }
+    }
+
+    /// The cluster's temporary directory (for Envoy bootstraps and logs).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Puts builder `bid` at `addr` with SNI `sni_name` through replica `id`; returns the revision.
+    pub async fn put_at(
+        &self,
+        id: u64,
+        bid: &str,
+        addr: std::net::SocketAddr,
+        sni_name: &str,
+    ) -> Result<u64> {
+        let body = PutBuilder::new(addr, sni_name);
+        let w = self
+            .api(id)
+            .put_builder(bid, &body)
+            .await
+            .with_context(|| format!("put {bid} on node {id}"))?;
+        Ok(w.revision)
+    }
+
+    /// Registers `n` placeholder builders `bulk0`… (addresses 127.0.1.x, SNI `sni("bulk<i>")`)
+    /// through replica `id`, in batches of 1000 (`POST /v1/builders`); the revision of the last.
+    pub async fn put_bulk(&self, id: u64, n: usize) -> Result<u64> {
+        let upserts: Vec<BatchBuilder> = (0..n)
+            .map(|i| {
+                let addr = std::net::SocketAddr::from((
+                    [127, 0, 1, 1 + (i % 250) as u8],
+                    20000 + (i % 40000) as u16,
+                ));
+                BatchBuilder::new(format!("bulk{i}"), addr, sni(&format!("bulk{i}")))
+            })
+            .collect();
+        let mut revision = 0;
+        for chunk in upserts.chunks(1000) {
+            let body = BatchBody {
+                upserts: chunk.to_vec(),
+                removes: Vec::new(),
+            };
+            revision = self
+                .api(id)
+                .batch(&body)
+                .await
+                .with_context(|| format!("batch put on node {id}"))?
+                .revision;
+        }
+        Ok(revision)
+    }
+
+    /// The ids of the Envoys streaming from replica `id`.
+    pub async fn envoys_on(&self, id: u64) -> Result<Vec<String>> {
+        Ok(self.api(id).envoys().await?.ids())
+    }
+
+    /// The initial member list (`id=addr,…`).
+    pub fn members(&self) -> &str {
+        &self.members
+    }
+
+    /// The replica with this id.
+    pub fn node(&mut self, id: u64) -> &mut Replica {
+        self.nodes.get_mut(&id).expect("no such node")
+    }
+
+    /// Ids of the replicas that were started and not killed since.
+    pub fn up(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, r)| r.child.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    fn admin(&self, id: u64) -> &str {
+        &self.nodes[&id].admin
+    }
+
+    /// The typed admin client of replica `id` (sharing one connection pool, with the cluster's
+    /// admin token).
+    pub fn api(&self, id: u64) -> concord_api::Client {
+        concord_api::Client::builder(self.admin(id))
+            .http(self.http.clone())
+            .token(self.opts.admin_token.clone())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("the harness's admin URLs are valid")
+    }
+
+    /// GET a JSON document from a replica, untyped: for tests of the raw JSON.
+    pub async fn get(&self, id: u64, path: &str) -> Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.admin(id)))
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {path} on node {id}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// A replica's status.
+    pub async fn status(&self, id: u64) -> Result<concord_api::Status> {
+        Ok(self.api(id).status().await?)
+    }
+
+    /// Sends a raw request and returns the HTTP status and JSON body, whatever the status: for
+    /// tests of what the API does with bodies the typed client cannot send.
+    pub async fn send(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.admin(id)));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Puts builder `bid` through replica `id`; returns the revision it was committed at.
+    pub async fn put(&self, id: u64, bid: &str, port: u16) -> Result<u64> {
+        self.put_at(
+            id,
+            bid,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            &sni(bid),
+        )
+        .await
+    }
+
+    /// Removes builder `bid` through replica `id`.
+    pub async fn remove(&self, id: u64, bid: &str) -> Result<u64> {
+        let w = self
+            .api(id)
+            .remove_builder(bid)
+            .await
+            .with_context(|| format!("remove {bid} on node {id}"))?;
+        Ok(w.revision)
+    }
+
+    /// The registry as replica `id` has applied it: (revision, ids).
+    pub async fn builders(&self, id: u64, consistent: bool) -> Result<(u64, Vec<String>)> {
+        let l = self.api(id).builders(consistent).await?;
+        Ok((l.revision, l.ids()))
+    }
+
+    /// Waits until every replica that is up answers, all agree on one leader, and it calls
+    /// itself leader.
+    pub async fn leader(&self) -> Result<u64> {
+        eventually(Duration::from_secs(20), "one leader elected", || {
+            self.leader_now()
+        })
+        .await
+    }
+
+    /// [`Cluster::leader`] without waiting: an error unless that holds right now.
+    pub async fn leader_now(&self) -> Result<u64> {
+        let mut seen = None;
+        for id in self.up() {
+            let s = self.status(id).await?;
+            let l = s.leader.context("no leader known")?;
+            if seen.is_some_and(|x| x != l) {
+                bail!("nodes disagree on the leader");
+            }
+            seen = Some(l);
+        }
+        let l = seen.context("no node answered")?;
+        let s = self.status(l).await?;
+        if s.role != concord_api::Role::Leader {
+            bail!("node {l} is not leader yet");
+        }
+        Ok(l)
+    }
+
+    /// Waits until every replica that is up has applied the same registry.
+    pub async fn converged(&self, timeout: Duration) -> Result<(u64, Vec<String>)> {
+        eventually(timeout, "replicas converge", || async {
+            let mut want: Option<(u64, Vec<String>)> = None;
+            for id in self.up() {
+                let got = self.builders(id, false).await?;
+                match &want {
+                    None => want = Some(got),
+                    Some(w) if *w != got => bail!("node {id} has {got:?}, another {w:?}"),
+                    Some(_) => {}
+                }
+            }
+            want.context("no node answered")
+        })
+        .await
+    }
+
+    /// Waits until `envoys` Envoys stream from the replicas that are up and every one has ACKed
+    /// at least `revision` for clusters and listeners; returns the latest of those ACK times
+    /// (Unix µs, as the replicas stamped them).
+    pub async fn all_acked(&self, envoys: usize, revision: u64) -> Result<u64> {
+        self.all_acked_within(envoys, revision, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`Cluster::all_acked`] with a deadline of `timeout` (Envoys with a large registry are
+    /// slow to apply it).
+    pub async fn all_acked_within(
+        &self,
+        envoys: usize,
+        revision: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        eventually(timeout, "every Envoy ACKs", || async {
+            let (mut seen, mut last) = (0, 0);
+            for id in self.up() {
+                let Ok(v) = self.api(id).envoys().await else {
+                    continue;
+                };
+                for e in &v.envoys {
+                    for ty in ["clusters", "listeners"] {
+                        let t = e.of(ty).cloned().unwrap_or_default();
+                        if t.acked.unwrap_or(0) < revision {
+                            bail!("{} {ty} not at {revision}", e.node_id);
+                        }
+                        last = last.max(t.acked_at_us.unwrap_or(0));
+                    }
+                    seen += 1;
+                }
+            }
+            if seen < envoys {
+                bail!("{seen} of {envoys} Envoys streaming");
+            }
+            Ok(last)
+        })
+        .await
+    }
+
+    /// The log tails of every replica, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .values()
+            .map(|r| format!("--- node {} ---\n{}", r.id, r.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The SNI name tests give builder `id`.
+pub fn sni(id: &str) -> String {
+    format!("{id}.builders.test")
+}
