@@ -33,7 +33,7 @@ mod service;
 pub mod snapshot;
 mod stream;
 mod transport;
-mod wire;
+pub mod wire;
 
 pub use envoys::EnvoyStatus;
 pub use protocol::{delta, sotw};

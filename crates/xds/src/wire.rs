@@ -18,20 +18,22 @@ use tonic::Status;
 /// What a stream's driver hands its response body: a message already framed (gRPC prefix and
 /// all), or the status that ends the stream (boxed: the channel's slots are allocated per
 /// stream, at the item's size).
-pub(crate) type Out = Result<Bytes, Box<Status>>;
+pub type Out = Result<Bytes, Box<Status>>;
 
 /// The fields of a response besides its resources.
-pub(crate) struct Head<'a> {
+pub struct Head<'a> {
     /// `version_info` (state of the world) or `system_version_info` (delta).
     pub version: &'a str,
+    /// The resources' type URL.
     pub type_url: &'a str,
+    /// The response's nonce.
     pub nonce: &'a str,
     /// `control_plane.identifier`.
     pub identifier: &'a str,
 }
 
 /// A state-of-the-world `DiscoveryResponse` carrying `resources`.
-pub(crate) fn sotw(head: &Head<'_>, resources: &[Any]) -> Out {
+pub fn sotw(head: &Head<'_>, resources: &[Any]) -> Out {
     // version_info 1, resources 2, type_url 4, nonce 5, control_plane 6.
     let len = str_len(1, head.version)
         + resources
@@ -56,7 +58,7 @@ pub(crate) fn sotw(head: &Head<'_>, resources: &[Any]) -> Out {
 }
 
 /// A `DeltaDiscoveryResponse` carrying `updates` and naming `removed`.
-pub(crate) fn delta(head: &Head<'_>, updates: &[Arc<Named>], removed: &[String]) -> Out {
+pub fn delta(head: &Head<'_>, updates: &[Arc<Named>], removed: &[String]) -> Out {
     // system_version_info 1, resources 2, type_url 4, nonce 5, removed_resources 6,
     // control_plane 7.
     let len = str_len(1, head.version)
