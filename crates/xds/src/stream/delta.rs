@@ -16,7 +16,7 @@
 //! Reads requests from any [`Inbound`] stream and writes framed responses into a channel; the
 //! service feeds it from HTTP/2, the tests from a channel.
 
-use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello};
+use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
 use crate::protocol::delta::{DeltaState, Request as DeltaRequest};
 use crate::push::Pushes;
 use crate::resource_type;
@@ -45,6 +45,8 @@ pub(crate) struct DeltaStream {
     pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// A request for a type this replica does not serve was logged.
+    warned_unknown: bool,
     /// This stream has caught up with the cluster (before its first response).
     caught_up: bool,
 }
@@ -62,6 +64,7 @@ impl DeltaStream {
             state: DeltaState::new(),
             node: None,
             pushes: Pushes::default(),
+            warned_unknown: false,
             caught_up: false,
         }
     }
@@ -94,6 +97,10 @@ impl DeltaStream {
             let (id, addr) = hello(&self.xds, &self.peer, req.node.take(), "delta")?;
             self.listener_addr = addr.unwrap_or(self.listener_addr);
             self.node = Some(id);
+        }
+        let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
+        if !served(&req.type_url, stream, &mut self.warned_unknown) {
+            return Ok(());
         }
         let type_url = req.type_url.as_str();
         let first = !self.state.types().contains_key(type_url);
