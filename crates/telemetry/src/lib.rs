@@ -124,6 +124,8 @@ pub struct Metrics {
     pub acks: Counter,
     /// NACKs received.
     pub nacks: Counter,
+    /// ADS requests for a type this control plane does not serve (ignored).
+    pub unknown_type_requests: Counter,
     /// Leader changes this replica has seen.
     pub leader_changes: Counter,
     /// TLS handshakes refused on the peer port (no certificate, another CA, ...).
@@ -163,7 +165,7 @@ impl Metrics {
     /// The page, in the Prometheus text format (0.0.4), with `gauges` appended.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &Counter); 15] = [
+        let counters: [(&str, &str, &Counter); 16] = [
             (
                 "concord_dns_polls_total",
                 "DNS polls made by this replica as leader.",
@@ -198,6 +200,11 @@ impl Metrics {
                 "concord_xds_nacks_total",
                 "NACKs received from Envoys.",
                 &self.nacks,
+            ),
+            (
+                "concord_xds_unknown_type_requests_total",
+                "ADS requests for a resource type this control plane does not serve, ignored.",
+                &self.unknown_type_requests,
             ),
             (
                 "concord_raft_leader_changes_total",

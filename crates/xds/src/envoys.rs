@@ -1,6 +1,12 @@
 //! What this replica knows of the Envoys streaming from it: who, since when, which version of
 //! each type was sent and ACKed, and the last NACK — for the status endpoint and the CLI. The
 //! types are the admin API's ([`concord_api::envoys`]); this module keeps them up to date.
+//!
+//! The versions each Envoy NACKed outlive its streams, so a reconnect is not sent them again
+//! (DESIGN rule 5), but not forever: a client may stream as any number of node ids. An Envoy's
+//! records go [`NACK_GRACE`] after its last stream here ends, and at most
+//! [`MAX_NACK_RECORDS`] Envoys that left are remembered (the longest gone are forgotten
+//! first). Connected Envoys keep theirs, and the status shows each stream's last NACK.
 
 use crate::resource_type;
 use concord_telemetry::unix_micros as now_us;
@@ -8,10 +14,19 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 // The status types are the admin API's (`GET /v1/envoys`, and the peer channel's cluster-wide
 // view), so that they are defined once, next to the other response types.
 pub use concord_api::envoys::{EnvoyStatus, NackStatus, TypeStatus};
+
+/// How long the NACK records of an Envoy outlive its last stream here: its reconnects (a
+/// failover back, the maximum stream age) still are not sent what it rejected.
+const NACK_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// At most this many NACK records of Envoys no longer connected; the oldest go first. Those of
+/// connected Envoys are bounded by their streams (one per served type).
+const MAX_NACK_RECORDS: usize = 4096;
 
 /// Short names for the types this control plane serves.
 pub fn type_name(type_url: &str) -> String {
@@ -31,9 +46,37 @@ pub struct Envoys {
 #[derive(Default)]
 struct Inner {
     streams: BTreeMap<u64, EnvoyStatus>,
-    /// (node id, type URL) → the last version that node NACKed here; survives reconnects.
-    nacked: HashMap<(String, String), u64>,
+    /// Node id → how many of its streams are connected now.
+    connected: HashMap<String, usize>,
+    /// Node id → what it NACKed here; survives reconnects, for a while.
+    nacked: HashMap<String, Nacks>,
+    /// The Envoys with NACK records and no stream, by when their last one ended.
+    left: BTreeMap<(Instant, String), ()>,
     nacks_total: u64,
+}
+
+/// What one Envoy NACKed on this replica.
+#[derive(Default)]
+struct Nacks {
+    /// Type URL (a served type: others are never answered) → the last version NACKed.
+    versions: HashMap<String, u64>,
+    /// When its last stream ended; `None` while one is connected.
+    left_at: Option<Instant>,
+}
+
+impl Inner {
+    /// Forgets the NACKs of Envoys gone longer than the grace period, then the longest gone
+    /// beyond the cap.
+    fn prune(&mut self, now: Instant) {
+        while let Some(((at, _), ())) = self.left.first_key_value()
+            && (now.saturating_duration_since(*at) > NACK_GRACE
+                || self.left.len() > MAX_NACK_RECORDS)
+        {
+            if let Some(((_, node), ())) = self.left.pop_first() {
+                self.nacked.remove(&node);
+            }
+        }
+    }
 }
 
 impl Envoys {
@@ -59,11 +102,39 @@ impl Envoys {
             types: BTreeMap::new(),
             last_nack: None,
         };
-        self.with(|i| i.streams.insert(stream, status));
+        self.with(|i| {
+            *i.connected.entry(node.id.clone()).or_default() += 1;
+            if let Some(n) = i.nacked.get_mut(&node.id)
+                && let Some(at) = n.left_at.take()
+            {
+                i.left.remove(&(at, node.id.clone()));
+            }
+            i.streams.insert(stream, status);
+            i.prune(Instant::now());
+        });
     }
 
     pub(crate) fn disconnected(&self, stream: u64) {
-        self.with(|i| i.streams.remove(&stream));
+        self.with(|i| {
+            let Some(status) = i.streams.remove(&stream) else {
+                return;
+            };
+            let node = status.node_id;
+            let Some(count) = i.connected.get_mut(&node) else {
+                return;
+            };
+            *count -= 1;
+            if *count > 0 {
+                return;
+            }
+            i.connected.remove(&node);
+            let now = Instant::now();
+            if let Some(n) = i.nacked.get_mut(&node) {
+                n.left_at = Some(now);
+                i.left.insert((now, node), ());
+            }
+            i.prune(now);
+        });
     }
 
     pub(crate) fn sent(
@@ -102,8 +173,12 @@ impl Envoys {
         self.with_type(stream, type_url, |t| t.pending = false);
         self.with(|i| {
             i.nacks_total += 1;
-            i.nacked
-                .insert((node_id.to_string(), type_url.to_string()), version);
+            // Recorded only for a connected Envoy (a driver NACKs after its stream's hello), so
+            // the record is not among those that left.
+            if i.connected.contains_key(node_id) {
+                let n = i.nacked.entry(node_id.to_string()).or_default();
+                n.versions.insert(type_url.to_string(), version);
+            }
             if let Some(s) = i.streams.get_mut(&stream) {
                 s.last_nack = Some(NackStatus {
                     type_name: type_name(type_url),
@@ -118,7 +193,8 @@ impl Envoys {
     pub(crate) fn nacked_before(&self, node_id: &str, type_url: &str) -> Option<u64> {
         self.with(|i| {
             i.nacked
-                .get(&(node_id.to_string(), type_url.to_string()))
+                .get(node_id)
+                .and_then(|n| n.versions.get(type_url))
                 .copied()
         })
     }
@@ -131,5 +207,76 @@ impl Envoys {
     /// NACKs received since start.
     pub fn nacks_total(&self) -> u64 {
         self.with(|i| i.nacks_total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nack_records_of_envoys_that_left_are_bounded() {
+        let envoys = Envoys::default();
+        // One Envoy stays connected with a NACK of its own.
+        envoys.connected(0, &node("staying"), None);
+        envoys.nacked(0, "staying", CLUSTER_TYPE, 3, "bad");
+        // A client streams as ever new node ids, NACKs, and leaves.
+        let n = 3 * MAX_NACK_RECORDS as u64;
+        for i in 1..=n {
+            let id = format!("envoy-{i}");
+            envoys.connected(i, &node(&id), None);
+            envoys.nacked(i, &id, CLUSTER_TYPE, 3, "bad");
+            envoys.nacked(i, &id, LISTENER_TYPE, 3, "bad");
+            envoys.disconnected(i);
+        }
+        let (records, left) = envoys.with(|i| (i.nacked.len(), i.left.len()));
+        assert!(
+            records <= MAX_NACK_RECORDS + 1 && left <= MAX_NACK_RECORDS,
+            "{records} Envoys' NACK records after {n} Envoys came and went"
+        );
+        // The connected Envoy's is kept, and so are those of the Envoys that left last: a
+        // reconnect within the grace period is still not sent what it rejected.
+        assert_eq!(envoys.nacked_before("staying", CLUSTER_TYPE), Some(3));
+        assert_eq!(
+            envoys.nacked_before(&format!("envoy-{n}"), CLUSTER_TYPE),
+            Some(3)
+        );
+        assert_eq!(envoys.nacks_total(), 2 * n + 1);
+    }
+
+    #[test]
+    fn nack_records_expire_a_grace_period_after_the_envoys_last_stream() {
+        let envoys = Envoys::default();
+        let t0 = Instant::now();
+        envoys.connected(1, &node("a"), None);
+        envoys.connected(2, &node("a"), None);
+        envoys.nacked(1, "a", CLUSTER_TYPE, 3, "bad");
+        envoys.disconnected(1);
+        envoys.with(|i| i.prune(t0 + 2 * NACK_GRACE));
+        assert_eq!(
+            envoys.nacked_before("a", CLUSTER_TYPE),
+            Some(3),
+            "kept while another stream of that Envoy is connected"
+        );
+        envoys.disconnected(2);
+        envoys.with(|i| i.prune(Instant::now() + NACK_GRACE / 2));
+        assert_eq!(
+            envoys.nacked_before("a", CLUSTER_TYPE),
+            Some(3),
+            "within grace"
+        );
+        // It reconnects and leaves again: the grace starts over.
+        envoys.connected(3, &node("a"), None);
+        envoys.disconnected(3);
+        envoys.with(|i| i.prune(Instant::now() + NACK_GRACE + NACK_GRACE / 2));
+        assert_eq!(envoys.nacked_before("a", CLUSTER_TYPE), None, "expired");
     }
 }

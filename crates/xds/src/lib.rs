@@ -17,9 +17,11 @@
 //! - `stream`: the SotW and delta drivers and the loop they share, over any request stream;
 //! - `push` and [`envoys`]: push bookkeeping, the Envoys' status, metrics and traces;
 //! - [`protocol`]: each protocol's state, pure; `wire`: responses encoded into gRPC frames;
+//! - `barrier`: the read barrier streams catch up with, one at a time for all of them;
 //! - [`resource_type`]: the table of served types the drivers iterate;
 //! - [`snapshot`], [`dump`], [`resources`], [`config`], [`bootstrap`]: resources and settings.
 
+mod barrier;
 pub mod bootstrap;
 pub mod config;
 pub mod dump;

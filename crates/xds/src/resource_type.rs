@@ -61,8 +61,8 @@ pub fn find(type_url: &str) -> Option<&'static ResourceType> {
     TYPES.iter().copied().find(|t| t.type_url == type_url)
 }
 
-/// Sorts type URLs into push order: served types in [`TYPES`] order, then any others (they are
-/// answered with no resources) by URL.
+/// Sorts type URLs into push order: served types in [`TYPES`] order, then any others by URL
+/// (the drivers ignore requests for them).
 pub fn push_order(type_urls: &mut [String]) {
     let rank = |url: &str| TYPES.iter().position(|t| t.type_url == url);
     type_urls.sort_by(|a, b| {

@@ -52,11 +52,12 @@ impl XdsServer {
         }
     }
 
-    /// How a delta stream whose Envoy may hold a newer revision catches up with the cluster
-    /// before answering (DESIGN rule 3). Call right after [`XdsServer::new`].
+    /// How a delta stream catches up with the cluster before its first response, since its
+    /// Envoy may hold a newer revision (DESIGN rule 3); the streams waiting at one moment share
+    /// one barrier. Call right after [`XdsServer::new`].
     pub fn with_read_barrier(mut self, barrier: ReadBarrierFn) -> XdsServer {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.read_barrier = Some(barrier);
+            inner.read_barrier = Some(crate::barrier::single_flight(barrier));
         }
         self
     }

@@ -100,7 +100,9 @@ const KEEP: usize = 16 * 1024;
 /// An Envoy's requests, decoded from the HTTP/2 body. Like tonic's decoder, except that the
 /// buffer does not keep the size of the largest request: a delta Envoy that reconnects lists
 /// every resource it holds (about 600 KB at 10000 builders), and every stream of a fleet that
-/// failed over would keep that much for as long as it lives.
+/// failed over would keep that much for as long as it lives. Nor does it reserve what a
+/// message's prefix declares before the bytes arrive, so a client's memory here is what it
+/// sent.
 pub(crate) struct Requests<T> {
     body: tonic::body::Body,
     buf: BytesMut,
@@ -158,7 +160,8 @@ impl<T: prost::Message + Default> Requests<T> {
             )));
         }
         if self.buf.len() < 5 + len {
-            self.buf.reserve(5 + len - self.buf.len());
+            // Nothing reserved for the declared length: a client may declare 16 MiB and send
+            // 5 bytes. The buffer grows only with what arrives.
             return Ok(None);
         }
         let message = T::decode(&self.buf[5..5 + len])
@@ -243,6 +246,25 @@ mod tests {
         }
     }
 
+    /// A request body that yields the given chunks, then nothing more, ever (the client has
+    /// stopped sending but not closed its side).
+    struct Stalls(VecDeque<Bytes>);
+
+    impl http_body::Body for Stalls {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            match self.0.pop_front() {
+                Some(c) => Poll::Ready(Some(Ok(Frame::data(c)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
     fn framed(m: &DeltaDiscoveryRequest) -> Vec<u8> {
         let mut out = vec![0];
         out.extend((m.encoded_len() as u32).to_be_bytes());
@@ -307,5 +329,22 @@ mod tests {
             let err = requests(chunks).next().await.unwrap().unwrap_err();
             assert_eq!(err.code(), code, "{err:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_reserves_nothing_until_its_bytes_arrive() {
+        // A client declares a request of almost 16 MiB and sends 100 bytes of it.
+        let mut head = vec![0];
+        head.extend(((MAX_REQUEST - 1) as u32).to_be_bytes());
+        head.extend([0u8; 100]);
+        let body = tonic::body::Body::new(Stalls([Bytes::from(head)].into()));
+        let mut r: Requests<DeltaDiscoveryRequest> = decode(http::Request::new(body)).into_inner();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(waiting.is_err(), "the request is not whole yet");
+        assert!(
+            r.buf.capacity() < 64 * 1024,
+            "{} bytes reserved for 105 received",
+            r.buf.capacity()
+        );
     }
 }

@@ -14,8 +14,9 @@
 //! - What an Envoy holds is a persistent map that, once it is in sync, is a copy of the
 //!   snapshot's own map: per-stream memory does not grow with the registry, and finding what
 //!   changed since the last push visits only the changed entries.
-//! - Never backwards: holding versions this replica does not serve may mean the Envoy has seen
-//!   a newer revision; the stream driver then catches up with the cluster before answering.
+//! - Never backwards: what an Envoy reports holding does not tell which revision it saw (it may
+//!   hold nothing at a newer one), so the stream driver catches up with the cluster before a
+//!   stream's first response, whatever the Envoy holds.
 
 use crate::snapshot::{Named, Resources};
 use envoy_types::pb::google::protobuf::Any;
@@ -205,14 +206,6 @@ impl DeltaState {
         c
     }
 
-    /// True when the Envoy reported holding resources (on its first request) that are not
-    /// exactly `current`: it may have seen a newer revision than this replica.
-    pub fn holds_other_than(&self, type_url: &str, current: &Resources) -> bool {
-        self.types
-            .get(type_url)
-            .is_some_and(|t| !t.held.is_empty() && !self.changes(type_url, current).is_empty())
-    }
-
     /// Marks `current` as held without sending it (a version this Envoy NACKed on an earlier
     /// stream is not sent again).
     pub fn assume_held(&mut self, type_url: &str, current: &Resources) {
@@ -382,20 +375,14 @@ mod tests {
         let mut s = DeltaState::new();
         s.on_request(&first_request(Some(&held)));
         let (a, b2) = (named("a", "1"), named("b", "2"));
-        assert!(s.holds_other_than(CLUSTER_TYPE, &map(&[&a, &b2])));
         let c = s.changes(CLUSTER_TYPE, &map(&[&a, &b2]));
         assert_eq!(names(&c), ["b"]);
         assert_eq!(c.removals, ["gone"]);
-        // Holding exactly what is served: nothing to catch up on, nothing to send.
+        // Holding exactly what is served: nothing to send.
         let mut s = DeltaState::new();
         let same: HashMap<String, String> = [("a".to_string(), "1".to_string())].into();
         s.on_request(&first_request(Some(&same)));
-        assert!(!s.holds_other_than(CLUSTER_TYPE, &map(&[&a])));
         assert!(s.changes(CLUSTER_TYPE, &map(&[&a])).is_empty());
-        // A fresh Envoy holds nothing: nothing to move backwards.
-        let mut s = DeltaState::new();
-        s.on_request(&first_request(None));
-        assert!(!s.holds_other_than(CLUSTER_TYPE, &map(&[&a])));
     }
 
     #[test]

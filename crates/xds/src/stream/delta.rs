@@ -1,13 +1,22 @@
 //! The delta driver of one ADS stream (`DeltaAggregatedResources`): runs [`DeltaState`]
 //! against the replica's latest snapshot, with the same rules and the same bookkeeping as state
-//! of the world ([`crate::push`]): answered first requests, never backwards (an Envoy holding
-//! what this replica does not serve waits for a read barrier first), NACKs respected, and the
-//! stream ends with UNAVAILABLE when the replica stops serving or at the maximum age.
+//! of the world ([`crate::push`]): answered first requests, never backwards, NACKs respected,
+//! and the stream ends with UNAVAILABLE when the replica stops serving or at the maximum age.
+//!
+//! Never backwards needs a read barrier before the stream's first response. A delta request
+//! carries no revision, only what the Envoy holds, and that proves nothing: an Envoy whose
+//! newest state is empty (every builder removed) reports nothing, as a fresh one does, and one
+//! that holds exactly what this replica serves may have seen it at a newer revision (an
+//! sni-cluster listener is the same at every revision). A replica that lags the cluster would
+//! bring removed builders back, or answer with a lower `system_version_info`. So every stream
+//! catches up with the cluster first (the streams waiting at one moment share one barrier,
+//! [`crate::barrier`]), once: after it, this replica is at least as new as anything the Envoy
+//! saw before the stream began.
 //!
 //! Reads requests from any [`Inbound`] stream and writes framed responses into a channel; the
 //! service feeds it from HTTP/2, the tests from a channel.
 
-use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello};
+use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
 use crate::protocol::delta::{DeltaState, Request as DeltaRequest};
 use crate::push::Pushes;
 use crate::resource_type;
@@ -36,6 +45,10 @@ pub(crate) struct DeltaStream {
     pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// A request for a type this replica does not serve was logged.
+    warned_unknown: bool,
+    /// This stream has caught up with the cluster (before its first response).
+    caught_up: bool,
 }
 
 impl DeltaStream {
@@ -51,6 +64,8 @@ impl DeltaStream {
             state: DeltaState::new(),
             node: None,
             pushes: Pushes::default(),
+            warned_unknown: false,
+            caught_up: false,
         }
     }
 
@@ -83,6 +98,10 @@ impl DeltaStream {
             self.listener_addr = addr.unwrap_or(self.listener_addr);
             self.node = Some(id);
         }
+        let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
+        if !served(&req.type_url, stream, &mut self.warned_unknown) {
+            return Ok(());
+        }
         let type_url = req.type_url.as_str();
         let first = !self.state.types().contains_key(type_url);
         let outcome = self.state.on_request(&DeltaRequest {
@@ -113,20 +132,18 @@ impl DeltaStream {
     }
 
     /// Answers the first request of a type: only what differs from what the Envoy holds, after
-    /// catching up with the cluster if it may hold a newer revision than this replica.
+    /// catching up with the cluster on the stream's first (the Envoy may hold a newer revision
+    /// than this replica, whatever it reports).
     async fn first_request(&mut self, type_url: &str) -> Result<(), End> {
-        let snap = self.snapshots.borrow().clone();
         let addr = self.listener_addr;
-        let held_other = self
-            .state
-            .holds_other_than(type_url, &current(&snap, addr, type_url));
         let held_any = self
             .state
             .types()
             .get(type_url)
             .is_some_and(|t| !t.held.is_empty());
-        if held_other {
+        if !self.caught_up {
             self.catch_up().await?;
+            self.caught_up = true;
         }
         let snap = self.snapshots.borrow().clone();
         // Commit-to-ACK counts the changes a fresh Envoy gets; a reconnecting one already had
@@ -163,12 +180,12 @@ impl DeltaStream {
         match caught_up {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(End::Status(Status::unavailable(format!(
-                "the Envoy holds resources this replica does not serve, and it cannot catch up \
-                 with the cluster ({error}); try another replica"
+                "the Envoy may hold a newer revision than this replica has applied, and it \
+                 cannot catch up with the cluster ({error}); try another replica"
             )))),
             Err(_) => Err(End::Status(Status::unavailable(format!(
-                "the Envoy holds resources this replica does not serve, and it did not catch up \
-                 with the cluster within {timeout:?}; try another replica"
+                "the Envoy may hold a newer revision than this replica has applied, and it did \
+                 not catch up with the cluster within {timeout:?}; try another replica"
             )))),
         }
     }

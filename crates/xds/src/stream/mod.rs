@@ -105,6 +105,25 @@ pub(crate) fn hello(
     Ok((node.id, listener))
 }
 
+/// Whether this replica serves `type_url` (it is in the type table). A request for any other
+/// type is ignored: no answer, and no state, so a client naming ever new type URLs grows
+/// nothing; it is counted, and logged once per stream (`warned`).
+pub(crate) fn served(type_url: &str, (stream, node): (u64, &str), warned: &mut bool) -> bool {
+    if crate::resource_type::find(type_url).is_some() {
+        return true;
+    }
+    concord_telemetry::metrics().unknown_type_requests.inc();
+    if !std::mem::replace(warned, true) {
+        tracing::warn!(
+            stream,
+            node,
+            type_url,
+            "ignoring requests for a resource type this control plane does not serve"
+        );
+    }
+    false
+}
+
 /// What ends a stream from outside, and what wakes it, the same for both protocols.
 pub(crate) struct Lifetime {
     shutdown: CancellationToken,

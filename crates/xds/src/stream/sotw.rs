@@ -8,7 +8,7 @@
 //! Reads requests from any [`Inbound`] stream and writes framed responses into a channel; the
 //! service feeds it from HTTP/2, the tests from a channel.
 
-use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello};
+use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
 use crate::protocol::sotw::{Decision, StreamState, parse_version};
 use crate::push::Pushes;
 use crate::resource_type;
@@ -32,6 +32,8 @@ pub(crate) struct SotwStream {
     pushes: Pushes,
     listener_addr: SocketAddr,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// A request for a type this replica does not serve was logged.
+    warned_unknown: bool,
 }
 
 impl SotwStream {
@@ -47,6 +49,7 @@ impl SotwStream {
             state: StreamState::new(),
             node: None,
             pushes: Pushes::default(),
+            warned_unknown: false,
         }
     }
 
@@ -78,6 +81,10 @@ impl SotwStream {
             let (id, addr) = hello(&self.xds, &self.peer, req.node.take(), "SotW")?;
             self.listener_addr = addr.unwrap_or(self.listener_addr);
             self.node = Some(id);
+        }
+        let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
+        if !served(&req.type_url, stream, &mut self.warned_unknown) {
+            return Ok(());
         }
         let current = self.snapshots.borrow().revision();
         let error = req.error_detail.as_ref().map(|e| e.message.as_str());

@@ -83,7 +83,7 @@ impl Replica {
             envoys: Default::default(),
             next_stream: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
-            read_barrier: barrier,
+            read_barrier: barrier.map(crate::barrier::single_flight),
         });
         Replica {
             xds,
@@ -95,13 +95,14 @@ impl Replica {
 
     /// Applies `upserts` at log index `revision` and serves the new snapshot.
     pub(crate) fn apply(&mut self, revision: u64, upserts: Vec<Builder>) {
-        let cmd = Command::new(
-            Source::Api,
-            Batch {
-                upserts,
-                removes: vec![],
-            },
-        );
+        self.change(revision, upserts, vec![])
+    }
+
+    /// Applies `upserts` and removes the builders `removes` at log index `revision`, and serves
+    /// the new snapshot.
+    pub(crate) fn change(&mut self, revision: u64, upserts: Vec<Builder>, removes: Vec<&str>) {
+        let removes = removes.into_iter().map(String::from).collect();
+        let cmd = Command::new(Source::Api, Batch { upserts, removes });
         self.registry.apply(revision, &cmd);
         assert_eq!(
             self.registry.revision(),

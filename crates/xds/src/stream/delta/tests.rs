@@ -1,7 +1,7 @@
 //! The delta driver's rules, driven through a channel: first requests always answered, NACKed
 //! resource versions not sent again (on this stream or a later one) while the next versions
-//! are, and never backwards: an Envoy holding what this replica does not serve waits for the
-//! replica to catch up with the cluster.
+//! are, and never backwards: every stream waits for the replica to catch up with the cluster
+//! before its first response, whatever its Envoy reports holding (nothing, included).
 
 use super::DeltaStream;
 use crate::config::ReadBarrierFn;
@@ -176,5 +176,102 @@ async fn an_envoy_holding_what_the_replica_does_not_serve_is_answered_once_it_ca
         "sent a revision older than the cluster's"
     );
     assert_eq!(names(&r), ["builder_b0", "builder_b1"]);
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn an_envoy_holding_nothing_is_not_sent_a_state_older_than_the_clusters() {
+    // Every builder was removed at revision 2 and an Envoy ACKed that on another replica: its
+    // newest state is empty, so on reconnect it reports holding nothing, as a fresh Envoy
+    // does. This replica has applied revision 1 (b0 and b1); the cluster is at 2.
+    let mut replica = Replica::new(barrier(2));
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    replica.connected("envoy-1").await;
+    replica.change(2, vec![], vec!["b0", "b1"]);
+    let r = response(&mut envoy).await;
+    assert_eq!(
+        (r.system_version_info.as_str(), names(&r)),
+        ("2", vec![]),
+        "sent a revision older than the cluster's, bringing removed builders back"
+    );
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn an_envoy_holding_nothing_is_turned_away_by_a_replica_that_cannot_catch_up() {
+    let replica = Replica::new(barrier(9));
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let end = envoy.recv::<DeltaDiscoveryResponse>().await;
+    let status = end.expect_err("a replica behind the cluster answered an empty Envoy");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test]
+async fn an_envoy_holding_exactly_what_a_lagging_replica_serves_is_not_sent_a_lower_revision() {
+    // Revision 2 added b2 and revision 3 removed it again: an Envoy at 3 holds exactly what
+    // this replica serves at 1 (as an sni-cluster listener is identical at every revision),
+    // and must still not hear revision 1.
+    let mut replica = Replica::new(barrier(3));
+    let held: HashMap<String, String> = replica
+        .xds
+        .snapshots
+        .borrow()
+        .cluster_map()
+        .values()
+        .map(|n| (n.name.clone(), n.version.clone()))
+        .collect();
+    let mut envoy = connect(&replica);
+    envoy.send(reconnect(CLUSTER_TYPE, held)).await;
+    replica.connected("envoy-1").await;
+    replica.apply(2, vec![builder("b2", 443)]);
+    replica.change(3, vec![], vec!["b2"]);
+    let r = response(&mut envoy).await;
+    assert_eq!(
+        r.system_version_info, "3",
+        "answered with a revision lower than the Envoy's"
+    );
+    assert!(
+        r.resources.is_empty() && r.removed_resources.is_empty(),
+        "{r:?}"
+    );
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn a_stream_catches_up_once_before_its_first_response() {
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = calls.clone();
+    let barrier: ReadBarrierFn = Arc::new(move || {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(1) })
+    });
+    let replica = Replica::new(Some(barrier));
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    assert_eq!(names(&response(&mut envoy).await).len(), 2);
+    envoy.send(request(LISTENER_TYPE, "", None)).await;
+    assert_eq!(names(&response(&mut envoy).await), ["builders"]);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn types_this_replica_does_not_serve_are_ignored_and_counted() {
+    let replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    // A client asking for ever new type URLs: none gets an answer, nor any state.
+    for i in 0..10 {
+        let junk = format!("type.googleapis.com/junk.{i}");
+        envoy.send(request(&junk, "", None)).await;
+    }
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let r = response(&mut envoy).await;
+    assert_eq!(r.type_url, CLUSTER_TYPE, "an unserved type was answered");
+    let listed = replica.xds.envoys.list();
+    assert_eq!(listed[0].types.keys().collect::<Vec<_>>(), ["clusters"]);
+    // Counted (at least these: the counter is the process's).
+    assert!(concord_telemetry::metrics().unknown_type_requests.get() >= 10);
     envoy.close().await;
 }

@@ -155,3 +155,22 @@ async fn a_new_revision_is_pushed_clusters_first() {
     assert_eq!(first.resources.len(), 3);
     envoy.close().await;
 }
+
+#[tokio::test]
+async fn types_this_replica_does_not_serve_are_ignored_and_counted() {
+    let replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    // A client asking for ever new type URLs: none gets an answer, nor any state.
+    for i in 0..10 {
+        let junk = format!("type.googleapis.com/junk.{i}");
+        envoy.send(request(&junk, "", "", None)).await;
+    }
+    envoy.send(request(CLUSTER_TYPE, "", "", None)).await;
+    let r = response(&mut envoy).await;
+    assert_eq!(r.type_url, CLUSTER_TYPE, "an unserved type was answered");
+    let listed = replica.xds.envoys.list();
+    assert_eq!(listed[0].types.keys().collect::<Vec<_>>(), ["clusters"]);
+    // Counted (at least these: the counter is the process's).
+    assert!(concord_telemetry::metrics().unknown_type_requests.get() >= 10);
+    envoy.close().await;
+}
