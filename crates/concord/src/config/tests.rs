@@ -52,7 +52,8 @@ fn defaults_make_a_local_cluster() {
     assert_eq!(c.admin_addr.to_string(), "127.0.0.1:8101");
     assert_eq!(c.xds_addr.to_string(), "127.0.0.1:18001");
     assert_eq!(c.node.initial_members.len(), 3);
-    assert_eq!(c.node.heartbeat, Duration::from_millis(50));
+    assert_eq!(c.node.heartbeat, Duration::from_millis(25));
+    assert_eq!(c.node.election_timeout_max, Duration::from_millis(100));
     assert_eq!(c.xds.resources.listener_name, "builders");
     // Never under the working directory (see node::default_data_dir).
     assert!(
