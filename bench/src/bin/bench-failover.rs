@@ -10,9 +10,9 @@
 //!
 //! and the terms the cluster went through from the kill until the restarted replica has rejoined
 //! and settled (one election per kill is one term). It prints p50 / p99 / max of each beside the
-//! issue's targets, and with `--timeline` the Envoy-side view of the first kill (its ADS
-//! connection state and the health flags of the dead replica's host, as Envoy's admin API shows
-//! them).
+//! issue's targets, and with `--timeline` the Envoy-side view of the first kill and of every
+//! kill whose Envoys took over a second to move (each moved Envoy's ADS connection state and the
+//! health flags of every replica's host, as Envoy's admin API shows them).
 //!
 //! `cargo build --release -p concord -p concord-bench && target/release/bench-failover [--kills N]` (`--help`)
 
@@ -47,7 +47,7 @@ struct Args {
     /// before its terms are counted and the next kill comes, in milliseconds.
     #[arg(long, default_value_t = 1500)]
     settle_ms: u64,
-    /// Print the Envoy-side timeline of the first kill.
+    /// Print the Envoy-side timelines of the first kill and of kills whose Envoys moved slowly.
     #[arg(long)]
     timeline: bool,
     /// Extra `concord serve` flags (e.g. `--extra=--heartbeat-ms=30`), repeatable.
@@ -196,55 +196,52 @@ async fn envoys_moved(
 }
 
 /// The Envoy-side view of one Envoy until it streams again: its ADS connection state and the
-/// health flags of the dead replica's host, at every change (ms after the kill).
-async fn timeline(http: reqwest::Client, admin: String, dead_xds: String, stop: Arc<AtomicBool>) {
+/// health flags of every replica's host (the dead one marked `*`), at every change (ms after
+/// the kill).
+async fn timeline(
+    http: reqwest::Client,
+    admin: String,
+    dead_xds: String,
+    stop: Arc<AtomicBool>,
+) -> Vec<String> {
     let t0 = Instant::now();
     let mut last = String::new();
     let mut rows = Vec::new();
     while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(5) {
-        let connected = http
-            .get(format!(
-                "{admin}/stats?filter=^control_plane\\.connected_state$"
-            ))
-            .send()
-            .await;
-        let connected = match connected {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
+        let get = |path: String| {
+            let http = http.clone();
+            async move {
+                match http.get(path).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                }
+            }
         };
-        let clusters = match http.get(format!("{admin}/clusters")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let flags = clusters
+        let connected = get(format!(
+            "{admin}/stats?filter=^control_plane\\.connected_state$"
+        ))
+        .await;
+        let clusters = get(format!("{admin}/clusters")).await;
+        let hosts: Vec<String> = clusters
             .lines()
-            .find(|l| l.starts_with(&format!("concord_xds::{dead_xds}::health_flags::")))
-            .and_then(|l| l.rsplit("::").next())
-            .unwrap_or("?")
-            .to_string();
-        let cx = clusters
-            .lines()
-            .find(|l| l.starts_with(&format!("concord_xds::{dead_xds}::cx_active::")))
-            .and_then(|l| l.rsplit("::").next())
-            .unwrap_or("?")
-            .to_string();
-        let now = format!(
-            "{} dead host health_flags={flags} cx_active={cx}",
-            connected.trim()
-        );
+            .filter_map(|l| l.strip_prefix("concord_xds::"))
+            .filter_map(|l| l.split_once("::health_flags::"))
+            .map(|(host, flags)| {
+                let mark = if host == dead_xds { "*" } else { "" };
+                format!("{mark}{host}={flags}")
+            })
+            .collect();
+        let now = format!("{} {}", connected.trim(), hosts.join(" "));
         if now != last {
             rows.push(format!("  +{:>5} ms  {now}", t0.elapsed().as_millis()));
             last = now;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    println!("Envoy-side timeline of {admin} (the dead replica is {dead_xds}):");
-    for r in rows {
-        println!("{r}");
-    }
+    rows
 }
 
-fn row(label: &str, target: &str, samples: &mut Vec<Duration>, missing: usize) {
+fn row(label: &str, target: &str, samples: &mut [Duration], missing: usize) {
     if samples.is_empty() {
         println!("{label:<52} n=0 {target}");
         return;
@@ -428,26 +425,22 @@ async fn main() -> Result<()> {
         let kill_ms = now_ms();
         let t0 = Instant::now();
         c.node(leader).kill();
-        let view = if a.timeline && k == 0 {
-            let on_dead = moved.iter().next().and_then(|id| {
-                envoys
-                    .iter()
-                    .find(|e| &e.node_id == id)
-                    .map(|e| e.admin.clone())
-            });
-            on_dead.map(|admin| {
-                let stop = Arc::new(AtomicBool::new(false));
+        // The Envoy-side view of every Envoy that must move (printed for the first kill and
+        // for any kill over the target).
+        let stop_views = Arc::new(AtomicBool::new(false));
+        let views: Vec<_> = envoys
+            .iter()
+            .filter(|e| a.timeline && moved.contains(&e.node_id))
+            .map(|e| {
                 let task = tokio::spawn(timeline(
                     http.clone(),
-                    admin,
+                    e.admin.clone(),
                     dead_xds.clone(),
-                    stop.clone(),
+                    stop_views.clone(),
                 ));
-                (task, stop)
+                (e.node_id.clone(), task)
             })
-        } else {
-            None
-        };
+            .collect();
         let c_ref = &c;
         let dns_ref = &dns;
         let (visible, committed, in_envoys, moved_at) = tokio::join!(
@@ -484,9 +477,18 @@ async fn main() -> Result<()> {
                 Some(Duration::from_millis(at.saturating_sub(kill_ms)))
             },
         );
-        if let Some((task, stop)) = view {
-            stop.store(true, Ordering::Relaxed);
-            let _ = task.await;
+        stop_views.store(true, Ordering::Relaxed);
+        let slow = moved_at.is_none_or(|d| d > Duration::from_millis(1000));
+        for (id, task) in views {
+            let rows = task.await.unwrap_or_default();
+            if k == 0 || slow {
+                println!(
+                    "kill {k}: Envoy-side timeline of {id} (the dead replica is *{dead_xds}):"
+                );
+                for r in rows {
+                    println!("{r}");
+                }
+            }
         }
         // Restart the killed replica at once; it rejoins under the new leader.
         c.node(leader).start()?;
