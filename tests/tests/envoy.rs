@@ -193,6 +193,12 @@ async fn envoy_fails_over_when_its_replica_is_killed(p: Protocol) -> Result<()> 
     e.routes(&ca, "b3").await?;
     let rev = leader_revision(&c).await?;
     at_revision(&e, rev).await?;
+    // Failover can be over within a few probes: keep probing a little past it.
+    eventually(T, "probes after the failover", || async {
+        ensure!(ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) > 10);
+        Ok(())
+    })
+    .await?;
 
     stop.store(true, Ordering::Relaxed);
     prober.await?;
