@@ -90,7 +90,7 @@ fn bad_values_are_named() {
             "invalid --otlp-endpoint",
         ),
         (&["--dns-source", "txt:a.internal:1"], "needs --dns-server"),
-        (&["--stale-after-ms", "300"], "--stale-after-ms 300"),
+        (&["--stale-after-ms", "100"], "--stale-after-ms 100"),
     ];
     for (argv, want) in cases {
         let e = err(insecure(argv));
