@@ -488,6 +488,9 @@ async fn main() -> Result<()> {
                 for r in rows {
                     println!("{r}");
                 }
+                if slow && let Some(e) = envoys.iter().find(|e| e.node_id == id) {
+                    println!("  its log:\n{}", e.log_tail());
+                }
             }
         }
         // Restart the killed replica at once; it rejoins under the new leader.
