@@ -206,6 +206,12 @@ async fn envoy_fails_over_when_its_replica_is_killed(p: Protocol) -> Result<()> 
     e.routes(&ca, "b3").await?;
     let rev = leader_revision(&c).await?;
     at_revision(&e, rev).await?;
+    // Failover can be over within a few probes: keep probing a little past it.
+    eventually(T, "probes after the failover", || async {
+        ensure!(ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) > 10);
+        Ok(())
+    })
+    .await?;
 
     let after_failover = ok.load(Ordering::Relaxed);
     eventually(T, "probes to b1 run after the failover", || async {

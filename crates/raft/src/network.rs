@@ -16,7 +16,7 @@ use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -57,7 +57,12 @@ pub struct Network {
     /// This node's contact with a quorum; as leader, it tells its followers how long ago its
     /// quorum acknowledged it.
     contact: Arc<ContactClock>,
+    /// How soon openraft tries an unreachable peer again (see [`Network::retry_unreachable`]).
+    retry: Duration,
 }
+
+/// openraft's own pause before it tries an unreachable peer again.
+const OPENRAFT_DEFAULT_RETRY: Duration = Duration::from_millis(500);
 
 impl Network {
     /// A network for node `from` of `cluster`; plaintext without `tls`.
@@ -70,7 +75,20 @@ impl Network {
             isolated: Arc::default(),
             cut: Arc::default(),
             contact: Arc::default(),
+            retry: OPENRAFT_DEFAULT_RETRY,
         }
+    }
+
+    /// Sets how soon the leader tries an unreachable peer again; a heartbeat interval suits.
+    ///
+    /// openraft pauses replication to a peer that failed as unreachable for this long (500 ms
+    /// unless the network says otherwise). A replica restarted inside that pause hears nothing
+    /// from the leader, its election timer fires, and it campaigns in a higher term and deposes
+    /// a healthy leader: a second election for one fault (issue 17). Retrying a dead peer costs
+    /// one refused connection per retry.
+    pub fn retry_unreachable(mut self, every: Duration) -> Self {
+        self.retry = every;
+        self
     }
 
     /// This node's contact clock, shared with the node and its peer server.
@@ -282,6 +300,12 @@ enum Rpc {
 }
 
 impl RaftNetwork<TypeConfig> for Conn {
+    fn backoff(&self) -> Backoff {
+        // After the pause openraft waits for the next heartbeat tick before it sends again, so
+        // a restarted peer is reached within about two heartbeats of listening.
+        Backoff::new(std::iter::repeat(self.net.retry))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

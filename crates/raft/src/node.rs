@@ -179,7 +179,8 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let network = Network::new(config.cluster.clone(), config.node_id, config.tls.clone());
+        let network = Network::new(config.cluster.clone(), config.node_id, config.tls.clone())
+            .retry_unreachable(config.heartbeat);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),

@@ -163,9 +163,9 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
     grpc_services:
     - envoy_grpc:
         cluster_name: concord_xds
-        # Reconnect fast when a replica dies or ends the stream.
+        # Reconnect fast when a replica dies or ends the stream (jittered, at most 0.5 s).
         retry_policy:
-          retry_back_off: { base_interval: 0.1s, max_interval: 1s }
+          retry_back_off: { base_interval: 0.1s, max_interval: 0.5s }
   cds_config: { ads: {}, resource_api_version: V3 }
   lds_config: { ads: {}, resource_api_version: V3 }
 static_resources:
@@ -195,6 +195,21 @@ static_resources:
       unhealthy_threshold: 1
       healthy_threshold: 1
       grpc_health_check: {}
+    # A replica that refuses the connection (it died) is ejected at the first refusal, so the
+    # next reconnect goes to another one instead of waiting for the next health check; it comes
+    # back after a second (longer if it keeps refusing).
+    outlier_detection:
+      split_external_local_origin_errors: true
+      consecutive_local_origin_failure: 1
+      enforcing_consecutive_local_origin_failure: 100
+      consecutive_5xx: 1000000
+      consecutive_gateway_failure: 1000000
+      enforcing_success_rate: 0
+      enforcing_local_origin_success_rate: 0
+      interval: 1s
+      base_ejection_time: 1s
+      max_ejection_time: 10s
+      max_ejection_percent: 100
 ",
     );
     if let Some(tls) = &c.tls {
@@ -296,6 +311,7 @@ mod tests {
         assert!(y.contains("- priority: 1\n"));
         assert!(y.contains("concord.listener_address: \"127.0.0.1:10001\""));
         assert!(y.contains("api_type: DELTA_GRPC\n"));
+        assert!(y.contains("consecutive_local_origin_failure: 1\n"));
         let y = render(&BootstrapConfig {
             protocol: XdsProtocol::Sotw,
             ..config()

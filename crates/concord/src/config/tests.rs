@@ -52,7 +52,8 @@ fn defaults_make_a_local_cluster() {
     assert_eq!(c.admin_addr.to_string(), "127.0.0.1:8101");
     assert_eq!(c.xds_addr.to_string(), "127.0.0.1:18001");
     assert_eq!(c.node.initial_members.len(), 3);
-    assert_eq!(c.node.heartbeat, Duration::from_millis(50));
+    assert_eq!(c.node.heartbeat, Duration::from_millis(25));
+    assert_eq!(c.node.election_timeout_max, Duration::from_millis(100));
     assert_eq!(c.xds.resources.listener_name, "builders");
     // Never under the working directory (see node::default_data_dir).
     assert!(
@@ -89,7 +90,7 @@ fn bad_values_are_named() {
             "invalid --otlp-endpoint",
         ),
         (&["--dns-source", "txt:a.internal:1"], "needs --dns-server"),
-        (&["--stale-after-ms", "300"], "--stale-after-ms 300"),
+        (&["--stale-after-ms", "100"], "--stale-after-ms 100"),
     ];
     for (argv, want) in cases {
         let e = err(insecure(argv));
