@@ -476,3 +476,22 @@ fn a_retried_request_applies_once_and_answers_the_first_outcome() {
     r.apply(7, &rm(&["a"]));
     assert!(r.get("a").is_none());
 }
+
+/// The table of request ids stays bounded and evicts the oldest first, the same on every replica.
+#[test]
+fn remembered_requests_are_bounded_oldest_first() {
+    let mut r = Registry::new();
+    let n = KEPT_REQUESTS as u64 + 2;
+    for i in 1..=n {
+        r.apply(i, &with_id(rm(&["absent"]), &format!("req-{i}")));
+    }
+    assert_eq!(r.requests().count(), KEPT_REQUESTS);
+    assert_eq!(r.oldest_request_index(), Some(3));
+    assert!(r.request("req-2").is_none() && r.request("req-3").is_some());
+    // Rebuilt from what it stores, it holds the same.
+    let again = Registry::new().with_requests(r.requests());
+    assert_eq!(
+        again.requests().collect::<Vec<_>>(),
+        r.requests().collect::<Vec<_>>()
+    );
+}
