@@ -394,7 +394,15 @@ impl Node {
     /// proposed while the leader lacks one); every request is idempotent
     /// (upserts and removals of whole builders, membership to a target state), so retrying one
     /// whose first attempt may have committed is safe.
-    pub async fn execute(&self, req: ClientRequest) -> Result<ClientReply, ClientError> {
+    pub async fn execute(&self, mut req: ClientRequest) -> Result<ClientReply, ClientError> {
+        // One id for all attempts: a forward that timed out after its entry committed is retried
+        // with the same id, and the state machine answers it with the first outcome instead of
+        // applying it again after a later write (issue 16).
+        if let ClientRequest::Write(cmd) = &mut req
+            && cmd.request_id.is_none()
+        {
+            cmd.request_id = Some(self.new_request_id());
+        }
         let start = Instant::now();
         let deadline = start + self.config.request_timeout;
         let mut metrics = self.raft.metrics();
@@ -442,6 +450,20 @@ impl Node {
                 other => return other,
             }
         }
+    }
+
+    /// An id no other request of this cluster has: this node's id, its start and a counter.
+    fn new_request_id(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static BOOT: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let boot = BOOT.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        });
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{boot:x}-{n}", self.config.node_id)
     }
 
     async fn write_local(

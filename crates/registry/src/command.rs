@@ -39,6 +39,13 @@ pub struct Command {
     /// continue the trace that proposed it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub trace: BTreeMap<String, String>,
+    /// Identifies the client request that proposed the command, made once per request and kept
+    /// through forwarding and retries. A retry whose first attempt already committed is answered
+    /// with the first outcome instead of applying again (issue 16: a timed-out forward retried
+    /// after writer B's change would otherwise put writer A's value back). Entries of earlier
+    /// versions have none and are never deduplicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Command {
@@ -64,6 +71,7 @@ impl Command {
             batch,
             if_revision: None,
             trace: BTreeMap::new(),
+            request_id: None,
         }
     }
 }

@@ -10,7 +10,9 @@ mod builder;
 mod command;
 
 pub use builder::{Builder, InvalidBuilder, Source, is_dns_name};
+
 pub use command::{Batch, Command, Outcome, Rejection};
+use serde::{Deserialize, Serialize};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -19,6 +21,24 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// and every xDS stream) costs O(change) per commit, not O(registry).
 type Builders = imbl::OrdMap<String, Arc<Builder>>;
 type SniIndex = imbl::HashMap<String, String>;
+
+/// How many recent request ids (and their outcomes) a registry keeps to answer retries. A retry
+/// comes within one request timeout of its first attempt, so a few thousand writes is far more
+/// than can commit in between. Bounded by count, evicting the lowest log index first: every
+/// replica keeps the same ones.
+pub const KEPT_REQUESTS: usize = 4096;
+
+/// A request id the registry remembers: the log index its command was first applied at, and the
+/// outcome then (stored with the state and in snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentRequest {
+    /// The client request's id ([`Command::request_id`]).
+    pub id: String,
+    /// The log index of its first commit.
+    pub index: u64,
+    /// What applying it did then.
+    pub outcome: Outcome,
+}
 use std::sync::Arc;
 
 /// The replicated set of builders at one revision.
@@ -31,6 +51,10 @@ pub struct Registry {
     /// SNI name → builder id; derived from `builders`, kept to check SNI uniqueness in O(batch).
     sni_index: SniIndex,
     revision: u64,
+    /// Request id → (first log index, first outcome) of recent commands that carried one.
+    requests: imbl::HashMap<String, (u64, Outcome)>,
+    /// The same ids by log index, to evict the oldest.
+    request_order: imbl::OrdMap<u64, String>,
 }
 
 impl PartialEq for Registry {
@@ -74,6 +98,54 @@ impl Registry {
             reg.builders.insert(b.id.clone(), Arc::new(b));
         }
         Ok(reg)
+    }
+
+    /// Adds remembered requests (from the store or a snapshot), keeping the newest
+    /// [`KEPT_REQUESTS`] of those and the ones already held.
+    pub fn with_requests(mut self, requests: impl IntoIterator<Item = RecentRequest>) -> Self {
+        for r in requests {
+            self.remember(r.id, r.index, r.outcome);
+        }
+        self
+    }
+
+    /// The remembered requests, by log index.
+    pub fn requests(&self) -> impl Iterator<Item = RecentRequest> + '_ {
+        self.request_order.iter().filter_map(|(index, id)| {
+            let (_, outcome) = self.requests.get(id)?;
+            Some(RecentRequest {
+                id: id.clone(),
+                index: *index,
+                outcome: outcome.clone(),
+            })
+        })
+    }
+
+    /// The log index and outcome a remembered request was first applied with.
+    pub fn request(&self, id: &str) -> Option<(u64, &Outcome)> {
+        self.requests
+            .get(id)
+            .map(|(index, outcome)| (*index, outcome))
+    }
+
+    /// The lowest log index of a remembered request: those before it were evicted.
+    pub fn oldest_request_index(&self) -> Option<u64> {
+        self.request_order.keys().next().copied()
+    }
+
+    fn remember(&mut self, id: String, index: u64, outcome: Outcome) {
+        if let Some((old, _)) = self.requests.insert(id.clone(), (index, outcome)) {
+            self.request_order.remove(&old);
+        }
+        self.request_order.insert(index, id);
+        while self.request_order.len() > KEPT_REQUESTS {
+            let Some(oldest) = self.oldest_request_index() else {
+                break;
+            };
+            if let Some(id) = self.request_order.remove(&oldest) {
+                self.requests.remove(&id);
+            }
+        }
     }
 
     /// The log index of the last entry that changed the registry (0 when it never changed).
@@ -129,8 +201,22 @@ impl Registry {
     ///
     /// All or nothing: a command that is invalid against the current state changes nothing and
     /// returns the reason. A valid command that changes nothing (upserting identical builders,
-    /// removing absent ones) leaves the revision where it was.
+    /// removing absent ones) leaves the revision where it was. A command whose
+    /// [`Command::request_id`] was applied before (a retry of a request that committed) changes
+    /// nothing and returns the first outcome.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        let Some(id) = &cmd.request_id else {
+            return self.apply_once(index, cmd);
+        };
+        if let Some((_, first)) = self.requests.get(id) {
+            return first.clone();
+        }
+        let outcome = self.apply_once(index, cmd);
+        self.remember(id.clone(), index, outcome.clone());
+        outcome
+    }
+
+    fn apply_once(&mut self, index: u64, cmd: &Command) -> Outcome {
         if let Err(rejection) = self.check(cmd) {
             return Outcome::Rejected(rejection);
         }

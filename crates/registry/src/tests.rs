@@ -436,3 +436,62 @@ fn payload_generator_makes_applicable_commands() {
         "decoded {decoded}, changed {changed}"
     );
 }
+
+fn with_id(mut cmd: Command, id: &str) -> Command {
+    cmd.request_id = Some(id.to_string());
+    cmd
+}
+
+/// Issue 16: writer A's forwarded put times out after it committed, writer B puts Y, and A's
+/// retry commits A's put again. The retry must not put X back (readers would see X → Y → X); it
+/// is answered with its first outcome.
+#[test]
+fn a_retried_request_applies_once_and_answers_the_first_outcome() {
+    let x = b("a", 1, Source::Api);
+    let y = b("a", 2, Source::Api);
+    let mut r = Registry::new();
+    let first = r.apply(1, &with_id(put(vec![x.clone()]), "req-a"));
+    assert_eq!(
+        first,
+        Outcome::Applied {
+            revision: 1,
+            changed: true
+        }
+    );
+    r.apply(2, &with_id(put(vec![y.clone()]), "req-b"));
+    let retry = r.apply(3, &with_id(put(vec![x]), "req-a"));
+    assert_eq!(**r.get("a").unwrap(), y, "the retry put X back over Y");
+    assert_eq!(r.revision(), 2);
+    assert_eq!(retry, first, "the retry is answered with the first outcome");
+    // A retried delete does not remove a builder put again since.
+    r.apply(4, &with_id(rm(&["a"]), "req-c"));
+    r.apply(5, &with_id(put(vec![y.clone()]), "req-d"));
+    r.apply(6, &with_id(rm(&["a"]), "req-c"));
+    assert_eq!(
+        **r.get("a").unwrap(),
+        y,
+        "the retried delete removed it again"
+    );
+    // Commands without an id (older entries, the DNS poller) are never deduplicated.
+    r.apply(7, &rm(&["a"]));
+    assert!(r.get("a").is_none());
+}
+
+/// The table of request ids stays bounded and evicts the oldest first, the same on every replica.
+#[test]
+fn remembered_requests_are_bounded_oldest_first() {
+    let mut r = Registry::new();
+    let n = KEPT_REQUESTS as u64 + 2;
+    for i in 1..=n {
+        r.apply(i, &with_id(rm(&["absent"]), &format!("req-{i}")));
+    }
+    assert_eq!(r.requests().count(), KEPT_REQUESTS);
+    assert_eq!(r.oldest_request_index(), Some(3));
+    assert!(r.request("req-2").is_none() && r.request("req-3").is_some());
+    // Rebuilt from what it stores, it holds the same.
+    let again = Registry::new().with_requests(r.requests());
+    assert_eq!(
+        again.requests().collect::<Vec<_>>(),
+        r.requests().collect::<Vec<_>>()
+    );
+}

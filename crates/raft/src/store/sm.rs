@@ -9,7 +9,7 @@
 
 use super::{Db, decode, encode, io_err};
 use crate::{NodeId, TypeConfig};
-use concord_registry::{Builder, Outcome, Registry};
+use concord_registry::{Builder, Outcome, RecentRequest, Registry};
 use concord_telemetry::trace::Span;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -29,6 +29,9 @@ const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const REVISION: &[u8] = b"m/revision";
 const BUILDER_PREFIX: &[u8] = b"b/";
+/// Remembered request ids (`q/<log index, big endian>` → [`RecentRequest`]), so a restarted
+/// replica answers retries as the others do.
+const REQUEST_PREFIX: &[u8] = b"q/";
 const SNAP_META: &str = "meta";
 const SNAP_DATA: &str = "data";
 
@@ -37,6 +40,9 @@ const SNAP_DATA: &str = "data";
 pub(super) struct SnapshotData {
     revision: u64,
     builders: Vec<Builder>,
+    /// Recent request ids and their first outcomes; absent in snapshots of earlier versions.
+    #[serde(default)]
+    requests: Vec<RecentRequest>,
 }
 
 /// The state machine half of the store. Clones share state (the snapshot builder is a clone).
@@ -87,6 +93,10 @@ fn builder_key(id: &str) -> Vec<u8> {
     [BUILDER_PREFIX, id.as_bytes()].concat()
 }
 
+fn request_key(index: u64) -> Vec<u8> {
+    [REQUEST_PREFIX, &index.to_be_bytes()].concat()
+}
+
 impl StateMachine {
     pub(crate) fn open(db: Db) -> Result<Self, String> {
         let tree = db.tree("sm").map_err(|e| e.to_string())?;
@@ -111,7 +121,14 @@ impl StateMachine {
                 .map_err(|e| format!("builder {}: {e}", String::from_utf8_lossy(&k)))?;
             builders.push(b);
         }
-        let registry = Registry::from_parts(builders, revision).map_err(|e| e.to_string())?;
+        let mut requests = Vec::new();
+        for kv in tree.scan_prefix(REQUEST_PREFIX) {
+            let (_, raw) = kv.map_err(|e| e.to_string())?;
+            requests.push(decode::<RecentRequest>(&raw).map_err(|e| format!("request id: {e}"))?);
+        }
+        let registry = Registry::from_parts(builders, revision)
+            .map_err(|e| e.to_string())?
+            .with_requests(requests);
         let sm = StateMachine {
             inner: Arc::new(Inner {
                 db,
@@ -181,7 +198,8 @@ impl StateMachine {
         let write = StorageIOError::<NodeId>::write_state_machine;
         let snap: SnapshotData = decode(data).map_err(|e| io_err(write, &e))?;
         let registry = Registry::from_parts(snap.builders.iter().cloned(), snap.revision)
-            .map_err(|e| io_err(write, &e))?;
+            .map_err(|e| io_err(write, &e))?
+            .with_requests(snap.requests.iter().cloned());
         let mut applied = self.lock();
         // Clear first, then write everything with the applied id in one batch: a crash in between
         // leaves a tree whose applied id is older than the snapshot, which `open` restores again.
@@ -189,6 +207,9 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         for b in &snap.builders {
             batch.insert(builder_key(&b.id), encode(b));
+        }
+        for r in registry.requests() {
+            batch.insert(request_key(r.index), encode(&r));
         }
         batch.insert(APPLIED, encode(&meta.last_log_id));
         batch.insert(MEMBERSHIP, encode(&meta.last_membership));
@@ -280,6 +301,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let data = encode(&SnapshotData {
             revision: registry.revision(),
             builders: registry.iter().map(|b| Builder::clone(b)).collect(),
+            requests: registry.requests().collect(),
         });
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -329,6 +351,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut outcomes = Vec::new();
         let mut batch = sled::Batch::default();
         let mut applied = self.lock();
+        // Request ids remembered by this batch of entries, by log index.
+        let mut remembered = Vec::new();
         self.inner.registry.send_if_modified(|registry| {
             let before = registry.revision();
             for entry in entries {
@@ -342,6 +366,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         // The apply continues the change's trace from the context in the entry.
                         let mut span = Span::remote_child(&cmd.trace, "registry.apply");
                         let out = Arc::make_mut(registry).apply(entry.log_id.index, &cmd);
+                        if let Some(id) = &cmd.request_id
+                            && registry
+                                .request(id)
+                                .is_some_and(|(i, _)| i == entry.log_id.index)
+                        {
+                            remembered.push(RecentRequest {
+                                id: id.clone(),
+                                index: entry.log_id.index,
+                                outcome: out.clone(),
+                            });
+                        }
                         if span.is_recording() {
                             span.set("raft.log_index", entry.log_id.index as i64);
                             span.set("registry.upserts", cmd.batch.upserts.len() as i64);
@@ -387,6 +422,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             batch.insert(REVISION, encode(&registry.revision()));
+            // Store what is still remembered, and drop what was evicted (by this batch or before).
+            let oldest = registry.oldest_request_index().unwrap_or(0);
+            for r in remembered.iter().filter(|r| r.index >= oldest) {
+                batch.insert(request_key(r.index), encode(r));
+            }
+            for (k, _) in self
+                .inner
+                .tree
+                .range(request_key(0)..request_key(oldest))
+                .flatten()
+            {
+                batch.remove(k);
+            }
             registry.revision() != before
         });
         batch.insert(APPLIED, encode(&applied.last_applied));

@@ -274,3 +274,51 @@ async fn a_snapshot_build_never_replaces_a_newer_installed_snapshot() {
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(4));
 }
+
+fn with_request(mut e: Entry<TypeConfig>, id: &str) -> Entry<TypeConfig> {
+    if let EntryPayload::Normal(cmd) = &mut e.payload {
+        cmd.request_id = Some(id.into());
+    }
+    e
+}
+
+/// A replica that restarts, or installs a snapshot, answers a retried request as the replica
+/// that first applied it: the remembered request ids are stored with the state and in snapshots.
+#[tokio::test]
+async fn request_ids_survive_reopen_and_snapshots() {
+    let dir = TempDir::new().unwrap();
+    let first = {
+        let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
+        sm.apply(vec![with_request(entry(1, "a"), "req-1")])
+            .await
+            .unwrap()
+    };
+    let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
+    let retry = sm
+        .apply(vec![with_request(entry(2, "b"), "req-1")])
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    assert!(sm.registry().borrow().get("b").is_none(), "applied twice");
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let dst = TempDir::new().unwrap();
+    let (_, mut other) = open(dst.path(), &identity(2)).await.unwrap();
+    other
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    let retry = other
+        .apply(vec![with_request(entry(3, "c"), "req-1")])
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    assert!(
+        other.registry().borrow().get("c").is_none(),
+        "applied twice"
+    );
+}
