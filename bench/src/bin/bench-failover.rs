@@ -18,9 +18,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use concord_tests::dns::Bind;
-use concord_tests::envoy::{Envoy, Protocol};
-use concord_tests::{Cluster, Options, eventually, percentiles};
+use concord_harness::dns::Bind;
+use concord_harness::envoy::{Envoy, Protocol};
+use concord_harness::{Cluster, Options, eventually, percentiles};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -345,7 +345,7 @@ async fn main() -> Result<()> {
                 let bid = format!("w{}", i % 20);
                 let body = serde_json::json!({
                     "addr": format!("127.0.0.1:{}", 20000 + i % 1000),
-                    "sni": concord_tests::sni(&bid),
+                    "sni": concord_harness::sni(&bid),
                 });
                 let r = http
                     .put(format!("{admin}/v1/builders/{bid}"))
