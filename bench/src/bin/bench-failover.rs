@@ -18,10 +18,10 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use concord_api::{LocalEnvoys, Role, Status};
 use concord_harness::dns::Bind;
 use concord_harness::envoy::{Envoy, Protocol};
 use concord_harness::{Cluster, Options, eventually, percentiles};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,7 +109,7 @@ struct Sample {
     terms: u64,
 }
 
-async fn status_of(http: &reqwest::Client, admin: &str) -> Result<Value> {
+async fn status_of(http: &reqwest::Client, admin: &str) -> Result<Status> {
     Ok(http
         .get(format!("{admin}/v1/status"))
         .send()
@@ -124,8 +124,8 @@ async fn leader_visible(http: &reqwest::Client, survivors: &[String], term: u64)
     eventually(Duration::from_secs(10), "a new leader", || async {
         for admin in survivors {
             if let Ok(s) = status_of(http, admin).await
-                && s["role"] == "leader"
-                && s["term"].as_u64() > Some(term)
+                && s.role == Role::Leader
+                && s.term > term
             {
                 return Ok(());
             }
@@ -173,15 +173,14 @@ async fn envoys_moved(
     eventually(Duration::from_secs(10), "Envoys moved", || async {
         let mut found: BTreeMap<String, u64> = BTreeMap::new();
         for admin in survivors {
-            let v: Value = http
+            let v: LocalEnvoys = http
                 .get(format!("{admin}/v1/envoys"))
                 .send()
                 .await?
                 .json()
                 .await?;
-            for e in v["envoys"].as_array().into_iter().flatten() {
-                let id = e["node_id"].as_str().unwrap_or("");
-                let at = e["connected_at_ms"].as_u64().unwrap_or(0);
+            for e in &v.envoys {
+                let (id, at) = (e.node_id.as_str(), e.connected_at_ms);
                 if moved.contains(id) && at >= since_ms {
                     found.insert(id.to_string(), at);
                 }
@@ -313,7 +312,7 @@ async fn main() -> Result<()> {
     }
     let mut envoy_admins: Vec<String> = envoys.iter().map(|e| e.admin.clone()).collect();
     let leader = c.leader().await?;
-    let rev = c.status(leader).await?["revision"].as_u64().unwrap_or(0);
+    let rev = c.status(leader).await?.revision;
     c.all_acked(a.envoys, rev).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -413,7 +412,7 @@ async fn main() -> Result<()> {
             .await?;
             c.all_acked(a.envoys, 0).await?;
         }
-        let term = c.status(leader).await?["term"].as_u64().context("term")?;
+        let term = c.status(leader).await?.term;
         let moved: BTreeSet<String> = c.envoys_on(leader).await?.into_iter().collect();
         let survivors: Vec<String> = admins
             .iter()
@@ -500,9 +499,9 @@ async fn main() -> Result<()> {
             "killed replica rejoins",
             || async {
                 let s = c.status(leader).await?;
-                let l = s["leader"].as_u64().context("no leader known")?;
-                if l == leader || s["role"] != "follower" {
-                    bail!("node {leader} is {} under {l}", s["role"]);
+                let l = s.leader.context("no leader known")?;
+                if l == leader || s.role != Role::Follower {
+                    bail!("node {leader} is {} under {l}", s.role.as_str());
                 }
                 Ok(l)
             },
@@ -526,7 +525,7 @@ async fn main() -> Result<()> {
         let mut max_term = term;
         for admin in admins.values() {
             if let Ok(s) = status_of(&http, admin).await {
-                max_term = max_term.max(s["term"].as_u64().unwrap_or(0));
+                max_term = max_term.max(s.term);
             }
         }
         let s = Sample {
