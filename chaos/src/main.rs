@@ -320,6 +320,7 @@ async fn final_checks(
     let dns = world.dns.lock().await;
     let published = dns.published();
     let removed = dns.removed().clone();
+    let latest_removed = dns.latest_removed(3);
     drop(dns);
     // (5) every replica is up; (3) the leader has exactly what DNS has, plus the api writes.
     let c = world.cluster.lock().await;
@@ -384,7 +385,7 @@ async fn final_checks(
         }
     }
     for e in &world.envoys {
-        for bid in removed.iter().rev().take(3) {
+        for bid in &latest_removed {
             if let Ok(g) = probe(&world.ca, e.listener, &sni(bid)).await {
                 rec.violation(
                     4,

@@ -98,6 +98,8 @@ pub struct Dns {
     stable: Vec<String>,
     live: Vec<String>,
     removed: BTreeSet<String>,
+    /// The removed ids in the order they were removed (the probe takes the latest).
+    removed_order: Vec<String>,
     next: u32,
     servers: BTreeMap<String, TlsBuilder>,
 }
@@ -143,9 +145,11 @@ impl Dns {
             self.live.push(id.clone());
             json!({ "added": id })
         } else {
+            // The removed builder keeps listening: a probe through Envoy then fails only if Envoy
+            // stopped routing it (invariant 4), not because nothing answers any more.
             let id = self.live.remove(0);
-            self.servers.remove(&id);
             self.removed.insert(id.clone());
+            self.removed_order.push(id.clone());
             json!({ "removed": id })
         };
         self.publish()?;
@@ -160,6 +164,11 @@ impl Dns {
     /// Builders removed from DNS during the run.
     pub fn removed(&self) -> &BTreeSet<String> {
         &self.removed
+    }
+
+    /// Builders removed from DNS, most recently removed first.
+    pub fn latest_removed(&self, n: usize) -> Vec<String> {
+        self.removed_order.iter().rev().take(n).cloned().collect()
     }
 
     /// Builders in DNS the whole run.
@@ -210,6 +219,7 @@ impl World {
             stable: stable.clone(),
             live: Vec::new(),
             removed: BTreeSet::new(),
+            removed_order: Vec::new(),
             next: 0,
             servers: BTreeMap::new(),
         };
