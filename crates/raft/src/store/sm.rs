@@ -138,6 +138,11 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// Flushes the store to disk (on the blocking pool); used when the replica stops.
+    pub(crate) async fn flush(&self) -> Result<(), std::io::Error> {
+        self.inner.db.flush().await
+    }
+
     /// The applied registry, updated after every apply. Borrow it briefly, or clone the `Arc`.
     pub fn registry(&self) -> watch::Receiver<Arc<Registry>> {
         self.inner.registry.subscribe()
