@@ -55,7 +55,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let exporter = match config.tracing.clone() {
         Some(t) => {
             let (endpoint, ratio) = (t.endpoint.clone(), t.sampling_ratio);
-            let exporter = concord_telemetry::trace::init(t).map_err(anyhow::Error::msg)?;
+            let exporter = concord_telemetry::trace::init(t)?;
             tracing::info!(%endpoint, sampling_ratio = ratio, "exporting traces over OTLP");
             Some(exporter)
         }

@@ -66,9 +66,12 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// openraft refused the configuration or failed to start.
+    /// openraft refused the configuration.
+    #[error("raft configuration: {0}")]
+    Config(#[source] openraft::ConfigError),
+    /// openraft failed to start or to initialise the cluster.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] openraft::error::Fatal<NodeId>),
 }
 
 /// A running replica's Raft side.
@@ -180,7 +183,7 @@ impl Node {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .map_err(StartError::Config)?;
         let network = Network::new(config.cluster.clone(), config.node_id, config.tls.clone());
         let raft = Raft::new(
             config.node_id,
@@ -190,7 +193,7 @@ impl Node {
             sm.clone(),
         )
         .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .map_err(StartError::Raft)?;
 
         let listener = tokio::net::TcpListener::bind(config.listen_addr)
             .await
@@ -318,12 +321,7 @@ impl Node {
             .collect();
         // A restarted node (any log or vote on disk) never re-initialises. On a new node it is
         // safe on every initial member with the same set: the second proposal is refused.
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?
-        {
+        if self.raft.is_initialized().await.map_err(StartError::Raft)? {
             tracing::debug!("already initialised");
             return Ok(());
         }
@@ -332,7 +330,7 @@ impl Node {
             Err(RaftError::APIError(e)) => {
                 tracing::debug!(reason = %e, "already initialised")
             }
-            Err(RaftError::Fatal(e)) => return Err(StartError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(StartError::Raft(e)),
         }
         Ok(())
     }
