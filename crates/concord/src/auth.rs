@@ -22,10 +22,10 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use concord_api::{ErrorBody, ErrorCode};
+use concord_telemetry::tasks::Tasks;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -186,15 +186,16 @@ impl Auth {
         }
     }
 
-    /// Re-reads `path` every `every` until `shutdown`, and uses its tokens from then on when it
+    /// Re-reads `path` every `every` until `tasks` is cancelled, and uses its tokens from then on when it
     /// changed. A file that became unreadable or malformed is reported and the tokens in force
     /// stay: a half-written file must not lock operators out, nor let anyone in.
-    pub fn reload_on_change(&self, path: PathBuf, every: Duration, shutdown: CancellationToken) {
+    pub fn reload_on_change(&self, path: PathBuf, every: Duration, tasks: &Tasks) {
         if !self.is_enabled() {
             return;
         }
         let auth = self.clone();
-        tokio::spawn(async move {
+        let shutdown = tasks.token().clone();
+        tasks.spawn("admin token reload", async move {
             let mut last_text = std::fs::read_to_string(&path).ok();
             let mut tick = tokio::time::interval(every);
             tick.tick().await;

@@ -1,5 +1,11 @@
 //! `concord serve`: parse config → start Raft and the admin API → wait for SIGTERM or Ctrl-C →
 //! drain with a grace timeout.
+//!
+//! Every task of the replica is spawned through one [`Tasks`] root, in two subsystems: `front`
+//! (admin API, xDS server and its streams, DNS poller, token reload) and `core` (Raft's peer
+//! server and watchers). The drain stops the front first, so admin requests in flight finish
+//! while Raft still runs and Envoy streams end with a status; then stops Raft and flushes the
+//! store; then waits for every remaining task, and names any that did not finish in time.
 
 use crate::admin;
 use crate::auth::Auth;
@@ -8,18 +14,19 @@ use anyhow::{Context, Result};
 use concord_discovery::{Poller, ProposeError, Replica};
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node};
 use concord_registry::{Command, Outcome};
+use concord_telemetry::tasks::Tasks;
 use concord_xds::XdsServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-/// How long shutdown may take before the process exits anyway.
-const GRACE: Duration = Duration::from_secs(10);
-
-/// Runs one replica until it is told to stop.
+/// Runs one replica until it is told to stop; an error when the drain did not finish within
+/// the grace period.
 pub async fn run(config: ServeConfig) -> Result<()> {
-    let shutdown = CancellationToken::new();
+    let tasks = Tasks::new();
+    // Client-facing parts stop first; Raft keeps running until they have.
+    let front = tasks.child();
+    let core = tasks.child();
     let node_id = config.node.node_id;
     tracing::info!(
         node_id,
@@ -48,7 +55,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let exporter = match config.tracing.clone() {
         Some(t) => {
             let (endpoint, ratio) = (t.endpoint.clone(), t.sampling_ratio);
-            let exporter = concord_telemetry::trace::init(t).map_err(anyhow::Error::msg)?;
+            let exporter = concord_telemetry::trace::init(t)?;
             tracing::info!(%endpoint, sampling_ratio = ratio, "exporting traces over OTLP");
             Some(exporter)
         }
@@ -61,46 +68,47 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let xds_listener = tokio::net::TcpListener::bind(config.xds_addr)
         .await
         .with_context(|| format!("cannot listen for Envoy ADS on {}", config.xds_addr))?;
-    let (node, peer_server) = Node::start(config.node, shutdown.child_token()).await?;
+    let (node, peer_server) = Node::start(config.node, core.clone()).await?;
 
-    let serving = node.watch_freshness(config.stale_after, shutdown.child_token());
+    let serving = node.watch_freshness(config.stale_after, &core);
     let times: concord_xds::RevisionTimesFn = {
         let node = node.clone();
         Arc::new(move |after, upto| node.revision_times(after, upto))
     };
-    let xds = XdsServer::new(
-        config.xds,
-        node.registry(),
-        serving,
-        times,
-        shutdown.child_token(),
-    )
-    .with_read_barrier({
-        let node = node.clone();
-        Arc::new(move || {
+    let xds = XdsServer::new(config.xds, node.registry(), serving, times, front.clone())
+        .with_read_barrier({
             let node = node.clone();
-            Box::pin(async move {
-                node.read_barrier().await.map_err(|e| e.to_string())?;
-                Ok(node.registry().borrow().revision())
+            Arc::new(move || {
+                let node = node.clone();
+                Box::pin(async move {
+                    node.read_barrier().await.map_err(|e| e.to_string())?;
+                    Ok(node.registry().borrow().revision())
+                })
             })
-        })
-    });
+        });
     {
         let xds = xds.clone();
         node.set_local_status(Box::new(move || crate::admin::local_envoys(node_id, &xds)));
     }
-    count_leader_changes(node.clone(), shutdown.child_token());
-    let xds_server = tokio::spawn(xds.clone().serve(xds_listener, config.xds_tls.clone()));
+    count_leader_changes(node.clone(), &core);
+    let xds_server = {
+        let serve = xds.clone().serve(xds_listener, config.xds_tls.clone());
+        front.spawn("xds server", async move {
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "xDS server failed");
+            }
+        })
+    };
 
-    let discovery = match config.discovery {
+    let (discovery, poller) = match config.discovery {
         Some(dns) => {
-            let replica = Arc::new(PollerReplica::new(node.clone(), shutdown.child_token()));
+            let replica = Arc::new(PollerReplica::new(node.clone(), &front));
             let poller = Poller::new(dns, replica)?;
             let status = poller.status();
-            tokio::spawn(poller.run(shutdown.child_token()));
-            Some(status)
+            let task = front.spawn("dns poller", poller.run(front.token().clone()));
+            (Some(status), Some(task))
         }
-        None => None,
+        None => (None, None),
     };
 
     let auth = match config.admin_tokens {
@@ -114,7 +122,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
                 );
             }
             let auth = Auth::with_tokens(tokens);
-            auth.reload_on_change(path, Duration::from_secs(2), shutdown.child_token());
+            auth.reload_on_change(path, Duration::from_secs(2), &front);
             auth
         }
         None => {
@@ -134,8 +142,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         admin_listener,
         admin::router(node.clone(), xds, discovery, config.fault_injection, auth),
     )
-    .with_graceful_shutdown(shutdown.child_token().cancelled_owned());
-    let admin = tokio::spawn(async move {
+    .with_graceful_shutdown(front.token().clone().cancelled_owned());
+    let admin = front.spawn("admin server", async move {
         if let Err(error) = admin.await {
             tracing::error!(%error, "admin API failed");
         }
@@ -145,21 +153,68 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     }
     tracing::info!(node_id, "ready");
 
-    wait_for_signal().await;
-    tracing::info!(node_id, "shutting down");
-    shutdown.cancel();
-    let drain = async {
-        node.shutdown().await;
-        let _ = peer_server.await;
-        let _ = xds_server.await;
+    let signal = wait_for_signal().await;
+    let grace = config.shutdown_grace;
+    tracing::info!(
+        node_id,
+        signal,
+        grace_ms = grace.as_millis() as u64,
+        "shutting down"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+
+    // 1. Stop accepting: the admin API finishes the requests in flight (their writes commit,
+    //    Raft still runs), Envoy streams end (they reconnect to another replica), the poller
+    //    stops.
+    front.cancel();
+    let front_stopped = async {
         let _ = admin.await;
+        let _ = xds_server.await;
+        if let Some(poller) = poller {
+            let _ = poller.await;
+        }
     };
-    if tokio::time::timeout(GRACE, drain).await.is_err() {
-        tracing::warn!("shutdown took longer than {GRACE:?}; exiting anyway");
+    if tokio::time::timeout_at(deadline, front_stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            live = ?tasks.live(),
+            "the admin API, the xDS server or the poller did not stop within the grace period"
+        );
+    }
+    // 2. Stop Raft and flush the store; then the peer server.
+    if tokio::time::timeout_at(deadline, node.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("raft did not stop within the grace period");
+    }
+    core.cancel();
+    let _ = tokio::time::timeout_at(deadline, peer_server).await;
+    // 3. Every other task.
+    let drained = tasks
+        .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
+    if drained.unfinished.is_empty() {
+        tracing::info!(node_id, tasks = ?drained.spawned, "drained: every task finished");
+    } else {
+        tracing::warn!(
+            node_id,
+            unfinished = ?drained.unfinished,
+            "tasks still running at the end of the grace period; exiting anyway"
+        );
     }
     if let Some(exporter) = exporter {
-        // The last changes' spans (pushes ended by the streams' close) go out before exit.
+        // Not a tracked task: it outlives the drain, so the drain's own spans (pushes ended by
+        // the streams' close) go out before exit.
         exporter.shutdown(Duration::from_secs(2)).await;
+    }
+    if !drained.unfinished.is_empty() {
+        anyhow::bail!(
+            "shutdown did not finish within {grace:?}: still running {:?}",
+            drained.unfinished
+        );
     }
     tracing::info!(node_id, "stopped");
     Ok(())
@@ -181,9 +236,10 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
 }
 
 /// Counts the leader changes this replica sees, for `/metrics`.
-fn count_leader_changes(node: Arc<Node>, shutdown: CancellationToken) {
+fn count_leader_changes(node: Arc<Node>, tasks: &Tasks) {
     let mut metrics = node.raft().metrics();
-    tokio::spawn(async move {
+    let shutdown = tasks.token().clone();
+    tasks.spawn("leader changes", async move {
         let mut last = metrics.borrow_and_update().current_leader;
         loop {
             tokio::select! {
@@ -201,12 +257,13 @@ fn count_leader_changes(node: Arc<Node>, shutdown: CancellationToken) {
     });
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C (SIGINT); names the one received.
+async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 
@@ -217,10 +274,11 @@ struct PollerReplica {
 }
 
 impl PollerReplica {
-    fn new(node: Arc<Node>, shutdown: CancellationToken) -> Self {
+    fn new(node: Arc<Node>, tasks: &Tasks) -> Self {
         let mut metrics = node.raft().metrics();
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
+        let shutdown = tasks.token().clone();
+        tasks.spawn("poller leadership", async move {
             loop {
                 let leads = metrics.borrow_and_update().state == openraft::ServerState::Leader;
                 tx.send_if_modified(|l| std::mem::replace(l, leads) != leads);

@@ -9,6 +9,7 @@ use crate::service::PeerService;
 use crate::store::{self, Identity, OpenError, StateMachine};
 use crate::{NodeId, Raft};
 use concord_registry::{Outcome, Registry};
+use concord_telemetry::tasks::Tasks;
 use concord_telemetry::trace::Span;
 use concord_tls::PeerTls;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -20,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// Everything a replica's Raft node needs; validated by the daemon before it gets here.
 #[derive(Debug, Clone)]
@@ -66,9 +66,12 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// openraft refused the configuration or failed to start.
+    /// openraft refused the configuration.
+    #[error("raft configuration: {0}")]
+    Config(#[source] openraft::ConfigError),
+    /// openraft failed to start or to initialise the cluster.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] openraft::error::Fatal<NodeId>),
 }
 
 /// A running replica's Raft side.
@@ -152,12 +155,14 @@ fn role(s: ServerState) -> &'static str {
 
 impl Node {
     /// Opens the store, starts Raft and the peer server, and initialises the cluster if this is
-    /// a new member of the initial set. The peer server stops when `shutdown` is cancelled; the
-    /// returned handle completes then.
+    /// a new member of the initial set. Its tasks are tasks of `tasks`; the peer server stops
+    /// when `tasks` is cancelled (after [`Node::shutdown`]: peers keep reaching this node while
+    /// it drains), and the returned handle completes then.
     pub async fn start(
         config: NodeConfig,
-        shutdown: CancellationToken,
+        tasks: Tasks,
     ) -> Result<(Arc<Node>, tokio::task::JoinHandle<()>), StartError> {
+        let shutdown = tasks.token().clone();
         let identity = Identity {
             cluster: config.cluster.clone(),
             node_id: config.node_id,
@@ -178,7 +183,7 @@ impl Node {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .map_err(StartError::Config)?;
         let network = Network::new(config.cluster.clone(), config.node_id, config.tls.clone())
             .retry_unreachable(config.heartbeat);
         let raft = Raft::new(
@@ -189,7 +194,7 @@ impl Node {
             sm.clone(),
         )
         .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .map_err(StartError::Raft)?;
 
         let listener = tokio::net::TcpListener::bind(config.listen_addr)
             .await
@@ -218,35 +223,43 @@ impl Node {
         let server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
             match tls {
                 Some(tls) => {
-                    tls.watch(shutdown.clone());
-                    Box::pin(builder.serve_with_incoming_shutdown(
-                        concord_tls::net::incoming(listener, move || tls.server_config(), "peer"),
-                        shutdown.clone().cancelled_owned(),
-                    ))
+                    tls.watch(&tasks);
+                    let incoming = concord_tls::net::incoming(
+                        listener,
+                        move || tls.server_config(),
+                        "peer",
+                        &tasks,
+                    );
+                    Box::pin(
+                        builder.serve_with_incoming_shutdown(
+                            incoming,
+                            shutdown.clone().cancelled_owned(),
+                        ),
+                    )
                 }
                 None => Box::pin(builder.serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     shutdown.clone().cancelled_owned(),
                 )),
             };
-        let handle = tokio::spawn(async move {
+        let handle = tasks.spawn("peer server", async move {
             if let Err(error) = server.await {
                 tracing::error!(%error, "peer server failed");
             }
         });
         node.initialize().await?;
-        node.follow_leadership();
-        node.catch_up_after_start(shutdown);
+        node.follow_leadership(&tasks);
+        node.catch_up_after_start(&tasks);
         Ok((node, handle))
     }
 
     /// While this node leads, records when its quorum last acknowledged it, at every change of
     /// openraft's metrics (they are reported after every event, heartbeat acks included): a
     /// leader that steps down was in contact until then, not since it last followed (issue 16).
-    fn follow_leadership(&self) {
+    fn follow_leadership(&self, tasks: &Tasks) {
         let mut metrics = self.raft.metrics();
         let contact = self.contact.clone();
-        tokio::spawn(async move {
+        tasks.spawn("raft leadership", async move {
             loop {
                 contact.observe_leading(
                     leading_quorum_age(&metrics.borrow_and_update()),
@@ -264,9 +277,10 @@ impl Node {
     /// confirmed it leads, and everything committed before is applied here. Until then its state
     /// may be older than what it served before it stopped (the state machine is not flushed on
     /// apply, nor the commit index), and it has heard from no quorum.
-    fn catch_up_after_start(self: &Arc<Self>, shutdown: CancellationToken) {
+    fn catch_up_after_start(self: &Arc<Self>, tasks: &Tasks) {
         let node = self.clone();
-        tokio::spawn(async move {
+        let shutdown = tasks.token().clone();
+        tasks.spawn("raft catch-up", async move {
             let boot = Instant::now();
             loop {
                 let started = Instant::now();
@@ -308,12 +322,7 @@ impl Node {
             .collect();
         // A restarted node (any log or vote on disk) never re-initialises. On a new node it is
         // safe on every initial member with the same set: the second proposal is refused.
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?
-        {
+        if self.raft.is_initialized().await.map_err(StartError::Raft)? {
             tracing::debug!("already initialised");
             return Ok(());
         }
@@ -322,7 +331,7 @@ impl Node {
             Err(RaftError::APIError(e)) => {
                 tracing::debug!(reason = %e, "already initialised")
             }
-            Err(RaftError::Fatal(e)) => return Err(StartError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(StartError::Raft(e)),
         }
         Ok(())
     }
@@ -778,17 +787,18 @@ impl Node {
         f
     }
 
-    /// Publishes [`Node::freshness`], checked every 100 ms until `shutdown`; the ADS server ends
-    /// its streams and reports NOT_SERVING while it is false.
+    /// Publishes [`Node::freshness`], checked every 100 ms until `tasks` is cancelled; the ADS
+    /// server ends its streams and reports NOT_SERVING while it is false.
     pub fn watch_freshness(
         self: &Arc<Self>,
         stale_after: Duration,
-        shutdown: CancellationToken,
+        tasks: &Tasks,
     ) -> watch::Receiver<bool> {
+        let shutdown = tasks.token().clone();
         // Stale from the start: nothing is served before the replica has caught up.
         let (tx, rx) = watch::channel(self.freshness(stale_after).fresh);
         let node = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn("raft freshness", async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tokio::select! {
@@ -827,10 +837,14 @@ impl Node {
         self.freshness(Duration::MAX).out_of_contact
     }
 
-    /// Stops Raft (the peer server stops with the shutdown token).
+    /// Stops Raft, then flushes the store: the state machine is not flushed on apply, so what
+    /// this replica applied is on disk when it stops. (The peer server stops with its token.)
     pub async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not stop cleanly");
+        }
+        if let Err(error) = self.sm.flush().await {
+            tracing::warn!(%error, "flushing the store on shutdown failed");
         }
     }
 }

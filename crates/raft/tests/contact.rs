@@ -4,18 +4,18 @@
 
 use concord_raft::{ClientReply, ClientRequest, Node, NodeConfig, NodeId};
 use concord_registry::{Batch, Builder, Command, Source};
+use concord_telemetry::tasks::Tasks;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
 
 /// Bound of a replica's silence before it steps aside, as `--stale-after-ms` sets it.
 const STALE_AFTER: Duration = Duration::from_millis(1500);
 
 struct Running {
     node: Arc<Node>,
-    shutdown: CancellationToken,
+    shutdown: Tasks,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -75,7 +75,7 @@ impl Cluster {
             quorum_timeout: Duration::from_secs(1),
             tls: None,
         };
-        let shutdown = CancellationToken::new();
+        let shutdown = Tasks::new();
         let (node, server) = Node::start(config, shutdown.clone())
             .await
             .expect("node starts");

@@ -5,6 +5,7 @@
 //! page is rendered, so they are never stale. Lock-free atomics on the hot paths; no allocation
 //! when recording.
 
+pub mod tasks;
 pub mod trace;
 
 use std::fmt::Write;

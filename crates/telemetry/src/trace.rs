@@ -77,15 +77,38 @@ impl Exporter {
     }
 }
 
+/// Why trace export could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The OTLP exporter could not be built for the endpoint.
+    #[error("OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        /// The configured endpoint.
+        endpoint: String,
+        /// The exporter's error.
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// [`init`] was called before in this process.
+    #[error("tracing was already initialised")]
+    AlreadyInitialised,
+}
+
 /// Starts exporting spans (call once, inside the tokio runtime). Until this is called, and if it
 /// fails, tracing stays off.
-pub fn init(config: TraceConfig) -> Result<Exporter, String> {
+///
+/// The export task is not a tracked task of the replica (`crate::tasks`): it must outlive the
+/// drain so the drain's own spans go out; [`Exporter::shutdown`] awaits it.
+pub fn init(config: TraceConfig) -> Result<Exporter, TraceError> {
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(config.endpoint.clone())
         .with_timeout(config.export_timeout)
         .build()
-        .map_err(|e| format!("OTLP exporter for {}: {e}", config.endpoint))?;
+        .map_err(|source| TraceError::Exporter {
+            endpoint: config.endpoint.clone(),
+            source,
+        })?;
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
         .with_attribute(KeyValue::new(
@@ -110,7 +133,7 @@ pub fn init(config: TraceConfig) -> Result<Exporter, String> {
     };
     GLOBAL
         .set(global)
-        .map_err(|_| "tracing was already initialised".to_string())?;
+        .map_err(|_| TraceError::AlreadyInitialised)?;
     Ok(Exporter { stop, task })
 }
 

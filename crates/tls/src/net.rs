@@ -3,6 +3,7 @@
 //! server config of the moment, so a reloaded certificate serves the next connection; and
 //! [`connector`] dials a peer and completes the handshake with a fresh client config each time.
 
+use concord_telemetry::tasks::Tasks;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
@@ -18,14 +19,17 @@ use tokio_stream::wrappers::ReceiverStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepted and handshaken connections of `listener`, for tonic's `serve_with_incoming*`. `what`
-/// names the port in logs. The accept loop ends when the stream is dropped.
+/// names the port in logs. The accept loop and the handshakes under way end when the stream is
+/// dropped (the server stopped accepting); all are tasks of `tasks`.
 pub fn incoming(
     listener: TcpListener,
     config: impl Fn() -> Arc<ServerConfig> + Send + Sync + 'static,
     what: &'static str,
+    tasks: &Tasks,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    let handshakes = tasks.clone();
+    tasks.spawn("tls accept", async move {
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = tx.closed() => break,
@@ -41,8 +45,14 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config());
             let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            handshakes.spawn("tls handshake", async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                // A server that stopped accepting does not wait out a slow handshake.
+                let done = tokio::select! {
+                    _ = tx.closed() => return,
+                    r = handshake => r,
+                };
+                match done {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }

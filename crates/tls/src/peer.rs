@@ -5,6 +5,7 @@
 
 use crate::reload::{self, Reloadable};
 use crate::{TlsError, identity, provider};
+use concord_telemetry::tasks::Tasks;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
@@ -12,7 +13,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// The files of a replica's TLS identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,13 +115,13 @@ impl PeerTls {
         }))
     }
 
-    /// Reloads the files when they change, until `shutdown`.
-    pub fn watch(&self, shutdown: CancellationToken) {
+    /// Reloads the files when they change, until `tasks` is cancelled.
+    pub fn watch(&self, tasks: &Tasks) {
         // Loaded before logging started: say now what was loaded.
         if let Some(leaf) = self.loaded.current().key.cert.first() {
             identity::log_expiry("peer", &self.files.cert, leaf);
         }
-        self.loaded.watch(shutdown);
+        self.loaded.watch(tasks);
     }
 
     /// Changes whenever the files were reloaded: connections made before carry the old

@@ -3,6 +3,7 @@
 //! does not load (half-written file, key that does not match) is logged and the old value kept.
 
 use crate::TlsError;
+use concord_telemetry::tasks::Tasks;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -10,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
-use tokio_util::sync::CancellationToken;
 
 /// How often files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -133,10 +133,11 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
         }
     }
 
-    /// Checks the files every [`RELOAD_EVERY`] until `shutdown`.
-    pub fn watch(self: &Arc<Self>, shutdown: CancellationToken) {
+    /// Checks the files every [`RELOAD_EVERY`] until `tasks` is cancelled.
+    pub fn watch(self: &Arc<Self>, tasks: &Tasks) {
         let me = self.clone();
-        tokio::spawn(async move {
+        let shutdown = tasks.token().clone();
+        tasks.spawn("tls reload", async move {
             let mut tick = tokio::time::interval(RELOAD_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -4,11 +4,11 @@
 
 use crate::reload::{self, Reloadable};
 use crate::{TlsError, identity, peer, provider};
+use concord_telemetry::tasks::Tasks;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// Settings of TLS on the xDS port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,13 +89,13 @@ impl XdsTls {
         }))
     }
 
-    /// Reloads the files when they change, until `shutdown`.
-    pub fn watch(&self, shutdown: CancellationToken) {
+    /// Reloads the files when they change, until `tasks` is cancelled.
+    pub fn watch(&self, tasks: &Tasks) {
         // Loaded before logging started: say now what was loaded.
         if let Some(leaf) = self.server.current().1.cert.first() {
             identity::log_expiry("xds", &self.files.cert, leaf);
         }
-        self.server.watch(shutdown);
+        self.server.watch(tasks);
     }
 
     /// The server config for a new connection.

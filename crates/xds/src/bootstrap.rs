@@ -39,13 +39,18 @@ pub enum XdsProtocol {
     Sotw,
 }
 
+/// A protocol name that is neither `delta` nor `sotw`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid xDS protocol {0:?}: use delta or sotw")]
+pub struct UnknownProtocol(pub String);
+
 impl std::str::FromStr for XdsProtocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownProtocol;
+    fn from_str(s: &str) -> Result<Self, UnknownProtocol> {
         match s {
             "delta" => Ok(XdsProtocol::Delta),
             "sotw" => Ok(XdsProtocol::Sotw),
-            other => Err(format!("invalid xDS protocol {other:?}: use delta or sotw")),
+            other => Err(UnknownProtocol(other.to_string())),
         }
     }
 }

@@ -14,30 +14,34 @@ use crate::snapshot::Snapshot;
 use crate::stream::Shared;
 use crate::transport::AdsGrpc;
 use concord_registry::Registry;
+use concord_telemetry::tasks::Tasks;
 use concord_tls::XdsTls;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// The xDS side of a replica. Cheap to clone.
 #[derive(Clone)]
 pub struct XdsServer {
     inner: Arc<Shared>,
+    /// Where this server's tasks run (snapshots, health, every stream); its token ends them.
+    tasks: Tasks,
 }
 
 impl XdsServer {
     /// Starts building snapshots from `registry`. `serving` is false while this replica is out of
-    /// contact with the quorum; streams end and health reports NOT_SERVING then.
+    /// contact with the quorum; streams end and health reports NOT_SERVING then. Every task of
+    /// the server is a task of `tasks`; cancelling it stops accepting and ends every stream.
     pub fn new(
         config: XdsConfig,
         registry: watch::Receiver<Arc<Registry>>,
         serving: watch::Receiver<bool>,
         times: RevisionTimesFn,
-        shutdown: CancellationToken,
+        tasks: Tasks,
     ) -> XdsServer {
-        let snapshots = spawn_snapshots(registry, config.resources.clone(), shutdown.clone());
+        let shutdown = tasks.token().clone();
+        let snapshots = spawn_snapshots(registry, config.resources.clone(), &tasks);
         XdsServer {
             inner: Arc::new(Shared {
                 config,
@@ -49,6 +53,7 @@ impl XdsServer {
                 shutdown,
                 read_barrier: None,
             }),
+            tasks,
         }
     }
 
@@ -87,7 +92,7 @@ impl XdsServer {
         let (reporter, health) = tonic_health::server::health_reporter();
         let mut serving = self.inner.serving.clone();
         let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn("xds health", async move {
             loop {
                 let up = *serving.borrow_and_update();
                 let status = if up {
@@ -110,6 +115,7 @@ impl XdsServer {
         let ads = AdsGrpc(Arc::new(XdsService {
             xds: self.inner,
             tls: tls.clone(),
+            tasks: self.tasks.clone(),
         }));
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -117,9 +123,13 @@ impl XdsServer {
             .add_service(ads);
         match tls {
             Some(tls) => {
-                tls.watch(shutdown.clone());
-                let incoming =
-                    concord_tls::net::incoming(listener, move || tls.server_config(), "xds");
+                tls.watch(&self.tasks);
+                let incoming = concord_tls::net::incoming(
+                    listener,
+                    move || tls.server_config(),
+                    "xds",
+                    &self.tasks,
+                );
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                     .await
@@ -139,13 +149,14 @@ impl XdsServer {
 fn spawn_snapshots(
     mut registry: watch::Receiver<Arc<Registry>>,
     config: ResourceConfig,
-    shutdown: CancellationToken,
+    tasks: &Tasks,
 ) -> watch::Receiver<Arc<Snapshot>> {
+    let shutdown = tasks.token().clone();
     let first = registry.borrow_and_update().clone();
     let first = Snapshot::build(first, config);
     crate::snapshot::log_skips(&first, &first);
     let (tx, rx) = watch::channel(Arc::new(first));
-    tokio::spawn(async move {
+    tasks.spawn("xds snapshots", async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -8,6 +8,7 @@
 use crate::stream::delta::DeltaStream;
 use crate::stream::sotw::SotwStream;
 use crate::stream::{Inbound, Peer, Responses, Shared, responses};
+use concord_telemetry::tasks::Tasks;
 use concord_tls::XdsTls;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use tonic::{Request, Status};
 pub(crate) struct XdsService {
     pub(crate) xds: Arc<Shared>,
     pub(crate) tls: Option<Arc<XdsTls>>,
+    /// Where each stream's driver runs: tracked, so shutdown waits for the streams to end.
+    pub(crate) tasks: Tasks,
 }
 
 impl XdsService {
@@ -31,7 +34,8 @@ impl XdsService {
         let peer = self.accept(&request)?;
         let (tx, rx) = responses();
         let stream = SotwStream::new(self.xds.clone(), peer, tx);
-        tokio::spawn(stream.run(request.into_inner()));
+        self.tasks
+            .spawn("xds stream", stream.run(request.into_inner()));
         Ok(rx)
     }
 
@@ -43,7 +47,8 @@ impl XdsService {
         let peer = self.accept(&request)?;
         let (tx, rx) = responses();
         let stream = DeltaStream::new(self.xds.clone(), peer, tx);
-        tokio::spawn(stream.run(request.into_inner()));
+        self.tasks
+            .spawn("xds stream", stream.run(request.into_inner()));
         Ok(rx)
     }
 

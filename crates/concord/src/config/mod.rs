@@ -119,6 +119,8 @@ pub struct ServeConfig {
     pub insecure: bool,
     /// Trace export, if configured.
     pub tracing: Option<TraceConfig>,
+    /// How long a drain on SIGTERM may take.
+    pub shutdown_grace: Duration,
 }
 
 impl ServeArgs {
@@ -133,6 +135,7 @@ impl ServeArgs {
         let mode = s.xds.listener_mode(&template, discovery.as_ref())?;
         let cluster = s.node.cluster()?;
         let node_id = s.node.node_id()?;
+        let shutdown_grace = s.node.shutdown_grace()?;
         let transport = s.tls.transport(&cluster, node_id);
 
         let peer_addr = or_default_port(s.raft.peer_addr, 7100, node_id, "--peer-addr")?;
@@ -178,6 +181,7 @@ impl ServeArgs {
             xds_tls,
             insecure: s.tls.insecure,
             tracing,
+            shutdown_grace,
         })
     }
 }

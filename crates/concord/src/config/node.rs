@@ -5,6 +5,7 @@ use clap::Args;
 use concord_raft::NodeId;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The replica's identity and storage.
 #[derive(Debug, Clone, PartialEq, Args)]
@@ -29,6 +30,17 @@ pub struct NodeArgs {
     /// ~/.local/state unless set; never the working directory]
     #[arg(long, env = "CONCORD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// On SIGTERM or Ctrl-C, how long the replica may take to drain (finish admin requests in
+    /// flight, end Envoy streams, stop Raft, flush the store, await every task) before it exits
+    /// anyway, with a non-zero code.
+    #[arg(
+        long,
+        env = "CONCORD_SHUTDOWN_GRACE_MS",
+        value_name = "MS",
+        default_value_t = 10_000
+    )]
+    pub shutdown_grace_ms: u64,
 }
 
 impl NodeArgs {
@@ -43,6 +55,14 @@ impl NodeArgs {
             bail!("invalid --cluster {c:?}: use 1 to 63 ASCII letters, digits, '-' or '_'");
         }
         Ok(c.clone())
+    }
+
+    /// The shutdown grace period, checked.
+    pub fn shutdown_grace(&self) -> Result<Duration> {
+        if self.shutdown_grace_ms == 0 {
+            bail!("invalid --shutdown-grace-ms 0: a drain needs some time");
+        }
+        Ok(Duration::from_millis(self.shutdown_grace_ms))
     }
 
     /// The node id, checked.

@@ -253,6 +253,7 @@ fn sample(long: &str) -> Option<&'static [&'static str]> {
         "cluster" => &["prod-eu1"],
         "node-id" => &["2"],
         "data-dir" => &["/var/lib/concord/node-2"],
+        "shutdown-grace-ms" => &["3000"],
         "peer-addr" => &["10.0.0.2:7100"],
         "advertise-addr" => &["concord-2.example.internal:7100"],
         "initial-members" => &["1=10.0.0.1:7100,2=10.0.0.2:7100"],
@@ -491,4 +492,16 @@ fn the_systemd_example_file_is_read() {
         s.node.data_dir.as_deref(),
         Some(std::path::Path::new("/d/3"))
     );
+}
+
+#[test]
+fn shutdown_grace_defaults_to_ten_seconds_and_refuses_zero() {
+    let c = insecure(&[]).unwrap();
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    let c = insecure(&["--shutdown-grace-ms", "2500"]).unwrap();
+    assert_eq!(c.shutdown_grace, Duration::from_millis(2500));
+    let e = insecure(&["--shutdown-grace-ms", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--shutdown-grace-ms"), "{e}");
 }

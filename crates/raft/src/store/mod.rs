@@ -20,7 +20,7 @@ mod log;
 mod sm;
 
 pub use log::LogStore;
-pub use sm::{RevisionTimes, StateMachine};
+pub use sm::{RevisionTimes, StateError, StateMachine};
 
 use openraft::{AnyError, StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -95,7 +95,16 @@ pub enum OpenError {
         /// The format found.
         found: u32,
     },
-    /// The stored state could not be read back.
+    /// The stored state machine could not be read back.
+    #[error("data dir {dir} is unreadable: {source}")]
+    State {
+        /// The data dir.
+        dir: PathBuf,
+        /// What was wrong.
+        #[source]
+        source: StateError,
+    },
+    /// A stored record could not be read back.
     #[error("data dir {dir} is unreadable: {reason}")]
     Corrupt {
         /// The data dir.
@@ -170,9 +179,9 @@ pub async fn open(dir: &Path, identity: &Identity) -> Result<(LogStore, StateMac
     };
     check_identity(&db, dir, identity).await?;
     let log = LogStore::open(db.clone()).map_err(sled_err)?;
-    let sm = StateMachine::open(db).map_err(|e| OpenError::Corrupt {
+    let sm = StateMachine::open(db).map_err(|source| OpenError::State {
         dir: dir.to_path_buf(),
-        reason: e.to_string(),
+        source,
     })?;
     Ok((log, sm))
 }

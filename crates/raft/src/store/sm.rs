@@ -97,37 +97,63 @@ fn request_key(index: u64) -> Vec<u8> {
     [REQUEST_PREFIX, &index.to_be_bytes()].concat()
 }
 
+/// Why the stored state machine could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// sled failed reading a tree.
+    #[error("reading the state machine: {0}")]
+    Read(#[from] sled::Error),
+    /// A stored record does not decode.
+    #[error("the stored {what} does not decode: {source}")]
+    Decode {
+        /// Which record.
+        what: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The stored builders do not form a valid registry.
+    #[error("the stored builders do not form a registry: {0}")]
+    Registry(#[source] concord_registry::Rejection),
+    /// The stored snapshot could not be read or restored.
+    #[error("restoring the stored snapshot: {0}")]
+    Snapshot(#[source] Box<StorageError<NodeId>>),
+}
+
 impl StateMachine {
-    pub(crate) fn open(db: Db) -> Result<Self, String> {
-        let tree = db.tree("sm").map_err(|e| e.to_string())?;
-        let snap = db.tree("snapshot").map_err(|e| e.to_string())?;
-        let get = |k: &[u8]| tree.get(k).map_err(|e| e.to_string());
-        let last_applied: Option<LogId<NodeId>> = match get(APPLIED)? {
-            Some(raw) => decode(&raw).map_err(|e| format!("applied id: {e}"))?,
+    pub(crate) fn open(db: Db) -> Result<Self, StateError> {
+        let tree = db.tree("sm")?;
+        let snap = db.tree("snapshot")?;
+        let decoded = |what: &str| {
+            let what = what.to_string();
+            move |source| StateError::Decode { what, source }
+        };
+        let last_applied: Option<LogId<NodeId>> = match tree.get(APPLIED)? {
+            Some(raw) => decode(&raw).map_err(decoded("applied id"))?,
             None => None,
         };
-        let membership: Membership = match get(MEMBERSHIP)? {
-            Some(raw) => decode(&raw).map_err(|e| format!("membership: {e}"))?,
+        let membership: Membership = match tree.get(MEMBERSHIP)? {
+            Some(raw) => decode(&raw).map_err(decoded("membership"))?,
             None => Membership::default(),
         };
-        let revision: u64 = match get(REVISION)? {
-            Some(raw) => decode(&raw).map_err(|e| format!("revision: {e}"))?,
+        let revision: u64 = match tree.get(REVISION)? {
+            Some(raw) => decode(&raw).map_err(decoded("revision"))?,
             None => 0,
         };
         let mut builders = Vec::new();
         for kv in tree.scan_prefix(BUILDER_PREFIX) {
-            let (k, raw) = kv.map_err(|e| e.to_string())?;
-            let b: Builder = decode(&raw)
-                .map_err(|e| format!("builder {}: {e}", String::from_utf8_lossy(&k)))?;
+            let (k, raw) = kv?;
+            let what = format!("builder {}", String::from_utf8_lossy(&k));
+            let b: Builder = decode(&raw).map_err(decoded(&what))?;
             builders.push(b);
         }
         let mut requests = Vec::new();
         for kv in tree.scan_prefix(REQUEST_PREFIX) {
-            let (_, raw) = kv.map_err(|e| e.to_string())?;
-            requests.push(decode::<RecentRequest>(&raw).map_err(|e| format!("request id: {e}"))?);
+            let (_, raw) = kv?;
+            requests.push(decode::<RecentRequest>(&raw).map_err(decoded("request id"))?);
         }
         let registry = Registry::from_parts(builders, revision)
-            .map_err(|e| e.to_string())?
+            .map_err(StateError::Registry)?
             .with_requests(requests);
         let sm = StateMachine {
             inner: Arc::new(Inner {
@@ -147,12 +173,20 @@ impl StateMachine {
         };
         // The state machine tree is not flushed on apply; if a crash lost applies that a
         // snapshot holds (and the log was purged behind it), restore from the snapshot.
-        if let Some((meta, data)) = sm.read_snapshot().map_err(|e| e.to_string())?
+        if let Some((meta, data)) = sm
+            .read_snapshot()
+            .map_err(|e| StateError::Snapshot(Box::new(e)))?
             && meta.last_log_id > last_applied
         {
-            sm.restore(&meta, &data).map_err(|e| e.to_string())?;
+            sm.restore(&meta, &data)
+                .map_err(|e| StateError::Snapshot(Box::new(e)))?;
         }
         Ok(sm)
+    }
+
+    /// Flushes the store to disk (on the blocking pool); used when the replica stops.
+    pub(crate) async fn flush(&self) -> Result<(), std::io::Error> {
+        self.inner.db.flush().await
     }
 
     /// The applied registry, updated after every apply. Borrow it briefly, or clone the `Arc`.
