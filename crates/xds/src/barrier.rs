@@ -9,14 +9,17 @@
 //! Used by the server to wrap the replica's barrier, and by the stream tests.
 
 use crate::config::ReadBarrierFn;
+use concord_telemetry::tasks::Tasks;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// `barrier`, shared: callers waiting at the same moment share one run of it, and each caller
-/// gets the result of a run that started after it called.
-pub(crate) fn single_flight(barrier: ReadBarrierFn) -> ReadBarrierFn {
+/// gets the result of a run that started after it called. Its runs are tasks of `tasks`, so
+/// the replica's drain waits for them like any other.
+pub(crate) fn single_flight(barrier: ReadBarrierFn, tasks: Tasks) -> ReadBarrierFn {
     let flight = Arc::new(Flight {
         barrier,
+        tasks,
         rounds: Mutex::new(Rounds::default()),
         results: watch::Sender::new(None),
     });
@@ -26,6 +29,7 @@ pub(crate) fn single_flight(barrier: ReadBarrierFn) -> ReadBarrierFn {
 /// The shared state of a [`single_flight`] barrier.
 struct Flight {
     barrier: ReadBarrierFn,
+    tasks: Tasks,
     rounds: Mutex<Rounds>,
     /// The last round that finished, with its result.
     results: watch::Sender<Option<(u64, Result<u64, String>)>>,
@@ -53,7 +57,8 @@ impl Flight {
             } else {
                 r.running = true;
                 r.started += 1;
-                tokio::spawn(self.clone().run(r.started));
+                self.tasks
+                    .spawn("xds read barrier", self.clone().run(r.started));
                 r.started
             }
         };
@@ -72,7 +77,11 @@ impl Flight {
     async fn run(self: Arc<Self>, mut round: u64) {
         loop {
             // In a task of its own too, so a barrier that panics fails its round and no more.
-            let result = match tokio::spawn((self.barrier)()).await {
+            let result = match self
+                .tasks
+                .spawn("xds read barrier run", (self.barrier)())
+                .await
+            {
                 Ok(result) => result,
                 Err(error) => Err(format!("the read barrier failed: {error}")),
             };
@@ -120,7 +129,7 @@ mod tests {
     #[tokio::test]
     async fn callers_at_one_moment_share_one_barrier_that_started_after_they_came() {
         let (barrier, runs, gate) = gated();
-        let shared = single_flight(barrier);
+        let shared = single_flight(barrier, Tasks::new());
         let first = tokio::spawn(shared());
         settle().await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -166,7 +175,7 @@ mod tests {
                 }
             })
         });
-        let shared = single_flight(barrier);
+        let shared = single_flight(barrier, Tasks::new());
         assert_eq!(shared().await, Err("no leader".to_string()));
         let panicked = shared().await.unwrap_err();
         assert!(panicked.contains("failed"), "{panicked}");

@@ -62,7 +62,7 @@ impl XdsServer {
     /// one barrier. Call right after [`XdsServer::new`].
     pub fn with_read_barrier(mut self, barrier: ReadBarrierFn) -> XdsServer {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.read_barrier = Some(crate::barrier::single_flight(barrier));
+            inner.read_barrier = Some(crate::barrier::single_flight(barrier, self.tasks.clone()));
         }
         self
     }

@@ -83,7 +83,8 @@ impl Replica {
             envoys: Default::default(),
             next_stream: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
-            read_barrier: barrier.map(crate::barrier::single_flight),
+            read_barrier: barrier
+                .map(|b| crate::barrier::single_flight(b, concord_telemetry::tasks::Tasks::new())),
         });
         Replica {
             xds,
