@@ -1,41 +1,61 @@
 //! A real DNS server for the tests: BIND 9 (`named`, installed by `tests/setup`) on a free
 //! loopback port, UDP and TCP, authoritative for `builders.test.` and `internal.`, changed with
 //! dynamic updates (`nsupdate`) as an operator would, and stopped, paused or killed on demand.
+//! The local cluster runs one on a fixed port with a kept directory, detached ([`BindOptions`]).
 
-use crate::{eventually, free_port};
+use crate::{Dir, Launch, Proc, eventually, free_port};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-use tempfile::TempDir;
 
 /// A running `named`.
 pub struct Bind {
     /// Its port (UDP and TCP) on 127.0.0.1.
     pub port: u16,
-    dir: TempDir,
-    child: Option<Child>,
+    dir: Dir,
+    launch: Launch,
+    proc: Option<Proc>,
 }
 
-impl Drop for Bind {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Where and how a `named` runs; the default is a test's: a free port, a temporary directory,
+/// killed on drop.
+#[derive(Debug, Clone, Default)]
+pub struct BindOptions {
+    /// A fixed port instead of a free one.
+    pub port: Option<u16>,
+    /// A kept directory (zones, journals, log) instead of a temporary one. Its zone files are
+    /// written only when missing: named replays its journal of dynamic updates on start.
+    pub dir: Option<PathBuf>,
+    /// Detached from this process, with a pid file in `dir` (needs `dir`).
+    pub detach: bool,
 }
 
 const ZONES: &[&str] = &["builders.test", "internal"];
 
 impl Bind {
-    /// Starts `named` with empty zones and waits until it answers.
+    /// Starts `named` with empty zones on a free port and waits until it answers.
     pub async fn start() -> Result<Bind> {
-        let dir = tempfile::Builder::new().prefix("concord-dns").tempdir()?;
-        let port = free_port();
+        let bind = Bind::open(&BindOptions::default())?.spawned()?;
+        bind.ready().await?;
+        Ok(bind)
+    }
+
+    /// The `named` these options describe, adopted if it runs (from its pid file), else not
+    /// started; writes its configuration, and its zone files when they are missing.
+    pub fn open(opts: &BindOptions) -> Result<Bind> {
+        anyhow::ensure!(
+            !opts.detach || opts.dir.is_some(),
+            "a detached named needs a kept dir"
+        );
+        let dir = Dir::new("concord-dns", opts.dir.as_deref())?;
+        let port = opts.port.unwrap_or_else(free_port);
         let d = dir.path().display();
         let mut conf = format!(
             r#"options {{
     directory "{d}";
-    pid-file "{d}/named.pid";
+    pid-file none;
     session-keyfile "{d}/session.key";
     managed-keys-directory "{d}";
     listen-on port {port} {{ 127.0.0.1; }};
@@ -53,38 +73,88 @@ controls {{ }};
             conf += &format!(
                 "zone \"{z}\" {{ type primary; file \"{z}.db\"; allow-update {{ 127.0.0.1; }}; }};\n"
             );
-            std::fs::write(
-                dir.path().join(format!("{z}.db")),
-                format!(
-                    "$TTL 5\n@ IN SOA ns1.{z}. hostmaster.{z}. ( 1 3600 600 86400 5 )\n  IN NS ns1.{z}.\nns1 IN A 127.0.0.1\n"
-                ),
-            )?;
+            let zone = dir.path().join(format!("{z}.db"));
+            if !zone.exists() {
+                // A journal without the zone file it was made against cannot be replayed.
+                let _ = std::fs::remove_file(dir.path().join(format!("{z}.db.jnl")));
+                std::fs::write(
+                    zone,
+                    format!(
+                        "$TTL 5\n@ IN SOA ns1.{z}. hostmaster.{z}. ( 1 3600 600 86400 5 )\n  IN NS ns1.{z}.\nns1 IN A 127.0.0.1\n"
+                    ),
+                )?;
+            }
         }
-        std::fs::write(dir.path().join("named.conf"), conf)?;
+        crate::process::write_atomically(&dir.path().join("named.conf"), &conf)?;
+        let launch = match opts.detach {
+            true => Launch::detached(dir.path().join("named.pid")),
+            false => Launch::owned(),
+        };
         let mut bind = Bind {
             port,
             dir,
-            child: None,
+            launch,
+            proc: None,
         };
-        bind.spawn()?;
+        if opts.detach {
+            bind.proc = Proc::adopt(&bind.dir.path().join("named.pid"), &bind.marker());
+        }
         Ok(bind)
     }
 
+    /// This one, started unless it runs.
+    pub fn spawned(mut self) -> Result<Bind> {
+        if !self.is_running() {
+            self.spawn()?;
+        }
+        Ok(self)
+    }
+
+    /// Whether it runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// Its process, taken out of this handle (to stop it together with others).
+    pub fn take_proc(&mut self) -> Option<Proc> {
+        self.proc.take()
+    }
+
+    /// Its directory (configuration, zones, journals, log).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("named.log")
+    }
+
+    fn marker(&self) -> String {
+        self.dir.path().join("named.conf").display().to_string()
+    }
+
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("named.log"))?;
-        let child = Command::new(named_bin())
-            .args(["-g", "-4", "-c"])
+        let mut cmd = Command::new(named_bin());
+        cmd.args(["-g", "-4", "-c"])
             .arg(self.dir.path().join("named.conf"))
-            .args(["-p", &self.port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
+            .args(["-p", &self.port.to_string()]);
+        let proc = Proc::spawn(cmd, &self.log(), &self.marker(), &self.launch)
             .context("spawn named (run tests/setup to install bind9)")?;
-        self.child = Some(child);
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate(grace)?;
+        }
         Ok(())
     }
 
@@ -164,33 +234,24 @@ controls {{ }};
         self.update(&script)
     }
 
-    fn signal(&self, sig: &str) -> Result<()> {
-        let pid = self.child.as_ref().context("named not running")?.id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()?
-            .success();
-        if !ok {
-            bail!("kill {sig} {pid} failed");
-        }
-        Ok(())
+    fn signal(&mut self, sig: &str) -> Result<()> {
+        self.proc.as_mut().context("named not running")?.signal(sig)
     }
 
     /// SIGSTOP: the server stops answering (queries time out).
-    pub fn pause(&self) -> Result<()> {
+    pub fn pause(&mut self) -> Result<()> {
         self.signal("-STOP")
     }
 
     /// SIGCONT.
-    pub fn resume(&self) -> Result<()> {
+    pub fn resume(&mut self) -> Result<()> {
         self.signal("-CONT")
     }
 
     /// SIGKILL (queries are refused).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
         }
     }
 
@@ -202,7 +263,7 @@ controls {{ }};
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }

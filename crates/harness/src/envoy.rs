@@ -2,12 +2,12 @@
 //! CLI), and what their admin API says they accepted.
 
 use crate::tls::{TestCa, probe};
-use crate::{Cluster, concord_bin, eventually, free_port, sni};
+use crate::{Cluster, Launch, Proc, concord_bin, eventually, free_port, sni};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// How long [`Envoy::routes`] and [`Envoy::does_not_route`] wait.
@@ -61,18 +61,27 @@ pub struct Envoy {
     pub admin: String,
     /// Where its builders' listener binds.
     pub listener: SocketAddr,
-    child: Option<Child>,
+    proc: Option<Proc>,
     log: PathBuf,
     http: reqwest::Client,
 }
 
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// How an Envoy is started; the default is a test's (free ports, killed on drop, the bootstrap
+/// generator's default protocol).
+#[derive(Debug, Clone, Default)]
+pub struct EnvoyOptions {
+    /// Prefer the first server (`--prefer-first`).
+    pub prefer_first: bool,
+    /// The ADS protocol (the generator's default if `None`).
+    pub protocol: Option<Protocol>,
+    /// Extra `concord envoy-bootstrap` flags (TLS).
+    pub bootstrap: Vec<String>,
+    /// A fixed admin address instead of a free port.
+    pub admin: Option<SocketAddr>,
+    /// A fixed builders' listener address instead of a free port.
+    pub listener: Option<SocketAddr>,
+    /// Detached from this process, with a pid file `<node id>.pid` beside its bootstrap.
+    pub detach: bool,
 }
 
 /// The versions an Envoy reports for its dynamic clusters and listeners.
@@ -127,8 +136,29 @@ impl Envoy {
         protocol: Option<Protocol>,
         bootstrap: &[String],
     ) -> Result<Envoy> {
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let opts = EnvoyOptions {
+            prefer_first,
+            protocol,
+            bootstrap: bootstrap.to_vec(),
+            ..EnvoyOptions::default()
+        };
+        Self::launch(dir, node_id, servers, &opts).await
+    }
+
+    /// Writes `<node id>.yaml` in `dir` with `concord envoy-bootstrap` for `servers`, starts Envoy
+    /// with it and waits until its admin API answers.
+    pub async fn launch(
+        dir: &Path,
+        node_id: &str,
+        servers: &[&str],
+        opts: &EnvoyOptions,
+    ) -> Result<Envoy> {
+        let admin = opts
+            .admin
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let listener = opts
+            .listener
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let mut cmd = Command::new(concord_bin());
         cmd.args([
             "envoy-bootstrap",
@@ -139,11 +169,11 @@ impl Envoy {
         ])
         .args(["--admin-addr", &admin.to_string()])
         .args(["--listener-address", &listener.to_string()]);
-        if prefer_first {
+        if opts.prefer_first {
             cmd.arg("--prefer-first");
         }
-        cmd.args(bootstrap);
-        if let Some(p) = protocol {
+        cmd.args(&opts.bootstrap);
+        if let Some(p) = opts.protocol {
             cmd.args(["--xds-protocol", p.flag()]);
         }
         let out = cmd.output()?;
@@ -151,35 +181,100 @@ impl Envoy {
             bail!("envoy-bootstrap: {}", String::from_utf8_lossy(&out.stderr));
         }
         let config = dir.join(format!("{node_id}.yaml"));
-        std::fs::write(&config, &out.stdout)?;
+        crate::process::write_atomically(&config, &String::from_utf8_lossy(&out.stdout))?;
         let log = dir.join(format!("{node_id}.log"));
-        let logf = std::fs::File::create(&log)?;
-        let child = Command::new(envoy_bin())
-            .arg("-c")
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
             .arg(&config)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warn"])
-            .args(["--drain-time-s", "1"])
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .spawn()
-            .context("spawn envoy")?;
-        let envoy = Envoy {
-            node_id: node_id.to_string(),
-            admin: format!("http://{admin}"),
-            listener,
-            child: Some(child),
-            log,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            .args(["--drain-time-s", "1"]);
+        let launch = match opts.detach {
+            true => Launch::detached(dir.join(format!("{node_id}.pid"))),
+            false => Launch::owned(),
         };
+        let proc = Proc::spawn(cmd, &log, &config.display().to_string(), &launch)
+            .context("spawn envoy")?;
+        let envoy = Envoy::with(node_id, admin, listener, Some(proc), log)?;
         eventually(Duration::from_secs(20), "envoy admin answers", || async {
             envoy.get("/server_info").await.map(|_| ())
         })
         .await
         .map_err(|e| e.context(envoy.log_tail()))?;
         Ok(envoy)
+    }
+
+    /// The Envoy `node_id` that [`Envoy::launch`] started detached in `dir`, whether or not it
+    /// still runs (see [`Envoy::is_running`]).
+    pub fn adopt(
+        dir: &Path,
+        node_id: &str,
+        admin: SocketAddr,
+        listener: SocketAddr,
+    ) -> Result<Envoy> {
+        let config = dir.join(format!("{node_id}.yaml"));
+        let proc = Proc::adopt(
+            &dir.join(format!("{node_id}.pid")),
+            &config.display().to_string(),
+        );
+        Envoy::with(
+            node_id,
+            admin,
+            listener,
+            proc,
+            dir.join(format!("{node_id}.log")),
+        )
+    }
+
+    fn with(
+        node_id: &str,
+        admin: SocketAddr,
+        listener: SocketAddr,
+        proc: Option<Proc>,
+        log: PathBuf,
+    ) -> Result<Envoy> {
+        Ok(Envoy {
+            node_id: node_id.to_string(),
+            admin: format!("http://{admin}"),
+            listener,
+            proc,
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// Whether it runs (as far as this process started or adopted it).
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// Its process, taken out of this handle (to stop it together with others).
+    pub fn take_proc(&mut self) -> Option<Proc> {
+        self.proc.take()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate(grace)?;
+        }
+        Ok(())
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether its admin API says it is ready (`/ready` answers LIVE).
+    pub async fn ready(&self) -> Result<String> {
+        Ok(self.get("/ready").await?.trim().to_string())
     }
 
     async fn get(&self, path: &str) -> Result<String> {
@@ -236,9 +331,8 @@ impl Envoy {
 
     /// SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
         }
     }
 

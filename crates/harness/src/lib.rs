@@ -11,6 +11,7 @@ pub mod dns;
 pub mod envoy;
 pub mod otlp;
 pub mod pki;
+pub mod process;
 pub mod tls;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -20,26 +21,33 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+
+pub use process::{Launch, Proc};
 
 /// The `concord` binary under test.
 pub fn concord_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CONCORD_BIN") {
         return PathBuf::from(p);
     }
-    // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
+    sibling_bin("concord")
+}
+
+/// A binary of this workspace (`concord`, `demo-builder`): in the target dir this executable
+/// runs from (tests run from target/<profile>/deps/, binaries from target/<profile>/).
+pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
     let bin = [dir, dir.parent().unwrap_or(dir)]
         .iter()
-        .map(|d| d.join("concord"))
+        .map(|d| d.join(name))
         .find(|p| p.exists())
-        .unwrap_or_else(|| dir.join("concord"));
+        .unwrap_or_else(|| dir.join(name));
     assert!(
         bin.exists(),
-        "{} not found: run `cargo build -p concord` first or set CONCORD_BIN",
+        "{} not found: run `cargo build --workspace --bins` first (or set CONCORD_BIN for concord)",
         bin.display()
     );
     bin
@@ -62,25 +70,36 @@ pub fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
 /// pid): a port claimed by a live process is never handed to another; claims of dead processes
 /// are taken over.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// `n` consecutive free ports on 127.0.0.1, claimed as [`free_port`] claims one; the first.
+/// For worlds with fixed port bases (node N on `base + N`): pass `first - 1` as the base.
+pub fn free_ports(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    // This process's next candidate: a port it has claimed is never handed out twice.
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join("concord-test-ports");
     let _ = std::fs::create_dir_all(&dir);
     let me = std::process::id();
     let base = (me % 220) * 100;
     for _ in 0..22_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (10_000 + (base + n) % 22_000) as u16;
-        if !claim(&dir.join(port.to_string()), me) {
+        let at = NEXT.fetch_add(u32::from(n), Ordering::Relaxed);
+        let first = 10_000 + (base + at) % 22_000;
+        if first + u32::from(n) > 32_000 {
             continue;
         }
-        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        let free = (first..first + u32::from(n)).all(|p| {
+            let port = p as u16;
+            claim(&dir.join(port.to_string()), me)
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
         if free {
-            return port;
+            return first as u16;
         }
     }
-    panic!("no free port below the ephemeral range");
+    panic!("no {n} consecutive free ports below the ephemeral range");
 }
 
 /// Claims a port file for `pid`, unless a live process holds it.
@@ -144,70 +163,69 @@ pub struct Replica {
     pub data_dir: PathBuf,
     log: PathBuf,
     args: Vec<String>,
-    child: Option<Child>,
+    launch: Launch,
+    proc: Option<Proc>,
     restarts: u32,
 }
 
 impl Replica {
-    /// Whether the process is running (as far as we started it).
+    /// Whether the process is running (as far as we started or adopted it).
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.proc.as_mut().is_some_and(Proc::is_running)
     }
 
     /// Starts (or restarts) the process with its original arguments.
     pub fn start(&mut self) -> Result<()> {
         assert!(!self.is_running(), "node {} already running", self.id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(concord_bin())
-            .arg("serve")
+        let mut cmd = Command::new(concord_bin());
+        cmd.arg("serve")
             .args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn concord")?;
-        self.child = Some(child);
+            .env("RUST_LOG", "info,openraft=warn");
+        let marker = self.data_dir.display().to_string();
+        self.proc =
+            Some(Proc::spawn(cmd, &self.log, &marker, &self.launch).context("spawn concord")?);
         self.restarts += 1;
         Ok(())
     }
 
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// Its process, taken out of this handle (to stop it together with others).
+    pub fn take_proc(&mut self) -> Option<Proc> {
+        self.proc.take()
     }
 
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
         }
     }
 
-    /// SIGTERM, and wait for a clean exit (bounded).
+    /// SIGTERM, and wait for a clean exit (15 s at most; then SIGKILL and an error); its exit
+    /// status (known only for a process this one started).
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let mut c = self.child.take().context("not running")?;
-        Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                bail!("node {} did not exit within 15 s of SIGTERM", self.id);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.stop(Duration::from_secs(15))?.with_context(|| {
+            format!(
+                "node {} was adopted: its exit status is not ours to read",
+                self.id
+            )
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; the exit status if this process started it.
+    pub fn stop(&mut self, grace: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let mut p = self.proc.take().context("not running")?;
+        p.terminate(grace)
+            .with_context(|| format!("node {}", self.id))
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &std::path::Path {
+        &self.log
     }
 
     /// The tail of this replica's log, for failure messages.
@@ -218,10 +236,15 @@ impl Replica {
     }
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Port bases of a cluster with fixed ports: node N listens on `base + N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Raft peer port base.
+    pub peer: u16,
+    /// Admin API port base.
+    pub admin: u16,
+    /// ADS port base.
+    pub xds: u16,
 }
 
 /// Knobs for a test cluster.
@@ -247,6 +270,17 @@ pub struct Options {
     pub xds_client_certs: bool,
     /// Where each replica's data dir (`node-<id>`) goes; the cluster's temp dir by default.
     pub data_root: Option<PathBuf>,
+    /// Fixed ports instead of free ones (the local cluster); with them a cluster can be found
+    /// again by a later process ([`Cluster::open`]).
+    pub ports: Option<Ports>,
+    /// A directory that outlives the cluster (certificates, data dirs, logs, pid files) instead
+    /// of a temporary one removed on drop.
+    pub state: Option<PathBuf>,
+    /// Replicas detached from this process (their own process group, pid files in `state`),
+    /// left running on drop; needs `state`.
+    pub detach: bool,
+    /// The cluster name (`--cluster`); `test-<pid>` by default.
+    pub name: Option<String>,
 }
 
 impl Options {
@@ -270,6 +304,10 @@ impl Default for Options {
             tls: true,
             xds_client_certs: false,
             data_root: None,
+            ports: None,
+            state: None,
+            detach: false,
+            name: None,
         }
     }
 }
@@ -290,7 +328,38 @@ pub fn admin_client(token: Option<&str>) -> Result<reqwest::Client> {
         .build()?)
 }
 
-/// A cluster of real replicas on loopback; everything is killed and removed on drop.
+/// Where a world keeps its files: a temporary directory removed on drop, or one that outlives it.
+#[derive(Debug)]
+pub enum Dir {
+    /// Removed on drop (tests).
+    Temp(TempDir),
+    /// Kept (the local cluster's state).
+    Kept(PathBuf),
+}
+
+impl Dir {
+    /// A new temporary directory named `prefix…`, or `kept` (created if missing).
+    pub fn new(prefix: &str, kept: Option<&std::path::Path>) -> Result<Dir> {
+        Ok(match kept {
+            Some(p) => {
+                std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))?;
+                Dir::Kept(p.to_path_buf())
+            }
+            None => Dir::Temp(tempfile::Builder::new().prefix(prefix).tempdir()?),
+        })
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Dir::Temp(t) => t.path(),
+            Dir::Kept(p) => p,
+        }
+    }
+}
+
+/// A cluster of real replicas on loopback. A test's cluster is killed and removed on drop; one
+/// with [`Options::state`] and [`Options::detach`] is left running for a later [`Cluster::open`].
 pub struct Cluster {
     /// The replicas, by node id.
     pub nodes: BTreeMap<u64, Replica>,
@@ -299,20 +368,53 @@ pub struct Cluster {
     opts: Options,
     members: String,
     pki: Option<pki::Pki>,
-    dir: TempDir,
+    dir: Dir,
     http: reqwest::Client,
 }
 
 impl Cluster {
-    /// Starts `opts.nodes` replicas as a new cluster and waits for a leader.
+    /// Starts `opts.nodes` replicas as a new cluster (or, with a state directory, the ones that
+    /// are not running yet) and waits for a leader and for every replica to serve Envoys.
     pub async fn start(opts: Options) -> Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("concord-test").tempdir()?;
-        let name = format!("test-{}", std::process::id());
-        let pki = match opts.tls {
-            true => {
-                let ids: Vec<u64> = (1..=opts.nodes).collect();
-                Some(pki::Pki::create(&dir.path().join("certs"), &name, &ids)?)
+        let mut cluster = Cluster::open(opts)?;
+        for r in cluster.nodes.values_mut() {
+            if !r.is_running() {
+                r.start()?;
             }
+        }
+        cluster.leader().await?;
+        // A replica serves Envoys only once it has caught up with the cluster (a read barrier
+        // after start): tests begin when every replica is ready, as an operator's would.
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.serving(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster `opts` describes, without starting anything: its certificates (issued if
+    /// missing), its replicas (running ones adopted from their pid files when it has a state
+    /// directory). Without fixed ports every call describes a new cluster.
+    pub fn open(opts: Options) -> Result<Cluster> {
+        ensure!(
+            !opts.detach || opts.state.is_some(),
+            "detached replicas need a state directory for their pid files"
+        );
+        let dir = Dir::new("concord-test", opts.state.as_deref())?;
+        let name = opts
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("test-{}", std::process::id()));
+        let ids: Vec<u64> = (1..=opts.nodes).collect();
+        let pki = match opts.tls {
+            true if dir.path().join("certs/ca.pem").exists() => {
+                // The CA outlives the cluster's processes: keep it, issue what is missing.
+                Some(pki::Pki {
+                    dir: dir.path().join("certs"),
+                    cluster: name.clone(),
+                })
+            }
+            true => Some(pki::Pki::create(&dir.path().join("certs"), &name, &ids)?),
             false => None,
         };
         let mut cluster = Cluster {
@@ -324,8 +426,9 @@ impl Cluster {
             dir,
             http: admin_client(opts.admin_token.as_deref())?,
         };
-        let peers: Vec<(u64, String)> = (1..=opts.nodes)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+        let peers: Vec<(u64, String)> = ids
+            .iter()
+            .map(|&id| (id, format!("127.0.0.1:{}", cluster.port(id, |p| p.peer))))
             .collect();
         cluster.members = peers
             .iter()
@@ -334,16 +437,23 @@ impl Cluster {
             .join(",");
         for (id, peer) in peers {
             let members = cluster.members.clone();
-            cluster.add_replica(id, peer, &members)?;
-        }
-        cluster.leader().await?;
-        // A replica serves Envoys only once it has caught up with the cluster (a read barrier
-        // after start): tests begin when every replica is ready, as an operator's would.
-        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-        for id in ids {
-            cluster.serving(id).await?;
+            let mut r = cluster.replica(id, peer, &members)?;
+            r.proc = Proc::adopt(&cluster.pid_file(id), &r.data_dir.display().to_string());
+            cluster.nodes.insert(id, r);
         }
         Ok(cluster)
+    }
+
+    /// Node `id`'s port of one kind: fixed, or a free one.
+    fn port(&self, id: u64, kind: impl Fn(&Ports) -> u16) -> u16 {
+        match &self.opts.ports {
+            Some(p) => kind(p) + id as u16,
+            None => free_port(),
+        }
+    }
+
+    fn pid_file(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.pid"))
     }
 
     /// Waits until replica `id` reports SERVING on its xDS port's gRPC health service.
@@ -374,8 +484,16 @@ impl Cluster {
 
     /// Creates and starts a replica process (not yet a member unless listed in `members`).
     pub fn add_replica(&mut self, id: u64, peer: String, members: &str) -> Result<&mut Replica> {
-        let admin_port = free_port();
-        let xds = format!("127.0.0.1:{}", free_port());
+        let mut r = self.replica(id, peer, members)?;
+        r.start()?;
+        self.nodes.insert(id, r);
+        Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// Replica `id`'s description, not started.
+    fn replica(&self, id: u64, peer: String, members: &str) -> Result<Replica> {
+        let admin_port = self.port(id, |p| p.admin);
+        let xds = format!("127.0.0.1:{}", self.port(id, |p| p.xds));
         let root = self.opts.data_root.as_deref().unwrap_or(self.dir.path());
         let data_dir = root.join(format!("node-{id}"));
         let mut args = vec![
@@ -422,7 +540,11 @@ impl Cluster {
             None => args.push("--insecure".into()),
         }
         args.extend(self.opts.extra.iter().cloned());
-        let mut r = Replica {
+        let launch = match self.opts.detach {
+            true => Launch::detached(self.pid_file(id)),
+            false => Launch::owned(),
+        };
+        Ok(Replica {
             id,
             peer,
             admin: format!("http://127.0.0.1:{admin_port}"),
@@ -430,12 +552,10 @@ impl Cluster {
             data_dir,
             log: self.dir.path().join(format!("node-{id}.log")),
             args,
-            child: None,
+            launch,
+            proc: None,
             restarts: 0,
-        };
-        r.start()?;
-        self.nodes.insert(id, r);
-        Ok(self.nodes.get_mut(&id).expect("just inserted"))
+        })
     }
 
     /// The cluster's certificates (None when it runs with `--insecure`).
@@ -538,7 +658,7 @@ impl Cluster {
     pub fn up(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|(_, r)| r.child.is_some())
+            .filter(|(_, r)| r.proc.is_some())
             .map(|(&id, _)| id)
             .collect()
     }

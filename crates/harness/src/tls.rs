@@ -49,14 +49,19 @@ impl TestCa {
     }
 
     fn client(&self) -> Result<TlsConnector> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.issuer.der().clone())?;
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(TlsConnector::from(Arc::new(config)))
+        connector(self.issuer.der().clone())
     }
+}
+
+/// A TLS client that trusts only `ca`.
+fn connector(ca: CertificateDer<'static>) -> Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// A running TLS builder.
@@ -128,7 +133,18 @@ impl TlsBuilder {
 /// Connects to `addr` (an Envoy listener) with SNI `sni`, verifies the server certificate for
 /// that name against the CA, and returns the greeting.
 pub async fn probe(ca: &TestCa, addr: SocketAddr, sni: &str) -> Result<String> {
-    let connector = ca.client()?;
+    probe_with(ca.client()?, addr, sni).await
+}
+
+/// [`probe`] trusting the CA certificate in the PEM file `ca` (a demo builder's `--ca-out`).
+pub async fn probe_pem(ca: &std::path::Path, addr: SocketAddr, sni: &str) -> Result<String> {
+    let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .with_context(|| format!("no certificate in {}", ca.display()))?;
+    probe_with(connector(der)?, addr, sni).await
+}
+
+async fn probe_with(connector: TlsConnector, addr: SocketAddr, sni: &str) -> Result<String> {
     let name = ServerName::try_from(sni.to_string())?;
     let fut = async {
         let tcp = TcpStream::connect(addr).await.context("connect")?;
