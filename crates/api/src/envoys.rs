@@ -196,10 +196,10 @@ pub struct ClusterEnvoys {
 
 impl ClusterEnvoys {
     /// Assembles the view from each member's answer, as `asked` at `revision` saw them.
-    pub fn assemble(
+    pub fn assemble<E: std::fmt::Display>(
         asked: u64,
         revision: u64,
-        answers: impl IntoIterator<Item = (u64, Result<LocalEnvoys, String>)>,
+        answers: impl IntoIterator<Item = (u64, Result<LocalEnvoys, E>)>,
     ) -> Self {
         let mut replicas = Vec::new();
         let mut envoys = Vec::new();
@@ -222,7 +222,9 @@ impl ClusterEnvoys {
                 }
                 Err(error) => replicas.push(ReplicaEnvoys {
                     node_id: id,
-                    answer: ReplicaAnswer::Failed { error },
+                    answer: ReplicaAnswer::Failed {
+                        error: error.to_string(),
+                    },
                 }),
             }
         }

@@ -81,7 +81,9 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             Arc::new(move || {
                 let node = node.clone();
                 Box::pin(async move {
-                    node.read_barrier().await.map_err(|e| e.to_string())?;
+                    node.read_barrier()
+                        .await
+                        .map_err(|e| concord_xds::BarrierError(e.to_string()))?;
                     Ok(node.registry().borrow().revision())
                 })
             })

@@ -35,4 +35,4 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 
 pub use api::{ClientError, ClientReply, ClientRequest};
-pub use node::{LocalStatusFn, Node, NodeConfig, StartError, Status};
+pub use node::{LocalStatusFn, NoStatus, Node, NodeConfig, StartError, Status};

@@ -107,9 +107,9 @@ impl Network {
         self.isolated.clone()
     }
 
-    fn client(&self, to: NodeId, addr: &str) -> Result<RaftClient<Channel>, String> {
+    fn client(&self, to: NodeId, addr: &str) -> Result<RaftClient<Channel>, NoChannel> {
         if self.isolated.load(Ordering::Relaxed) {
-            return Err("isolated by fault injection".into());
+            return Err(NoChannel::Isolated);
         }
         if self
             .cut
@@ -117,7 +117,7 @@ impl Network {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&to)
         {
-            return Err(format!("cut off from node {to} by fault injection"));
+            return Err(NoChannel::CutOff(to));
         }
         let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let (generation, channels) = &mut *guard;
@@ -133,7 +133,10 @@ impl Network {
             Some(c) => c.clone(),
             None => {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+                    .map_err(|e| NoChannel::BadAddress {
+                        addr: addr.to_string(),
+                        error: e.to_string(),
+                    })?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
@@ -182,7 +185,9 @@ impl Network {
             addr: addr.to_string(),
             error,
         };
-        let mut client = self.client(to, addr).map_err(unreachable)?;
+        let mut client = self
+            .client(to, addr)
+            .map_err(|e| unreachable(e.to_string()))?;
         let msg = Message {
             payload: serde_json::to_vec(req).expect("client requests serialise"),
             data: Vec::new(),
@@ -216,6 +221,17 @@ pub struct Conn {
 }
 
 /// What went wrong on one RPC, before it is shaped into openraft's error type.
+/// Why no channel to a peer could be had.
+#[derive(Debug, thiserror::Error)]
+enum NoChannel {
+    #[error("isolated by fault injection")]
+    Isolated,
+    #[error("cut off from node {0} by fault injection")]
+    CutOff(NodeId),
+    #[error("invalid peer address {addr:?}: {error}")]
+    BadAddress { addr: String, error: String },
+}
+
 enum CallError<E> {
     Unreachable(String),
     Network(String),
@@ -239,7 +255,7 @@ impl Conn {
         let mut client = self
             .net
             .client(self.target, &self.addr)
-            .map_err(CallError::Unreachable)?;
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
         let msg = Message {
             payload: serde_json::to_vec(rpc).expect("raft requests serialise"),
             data,

@@ -511,10 +511,9 @@ impl Node {
         &self,
         id: NodeId,
         timeout: Duration,
-    ) -> Result<concord_api::LocalEnvoys, String> {
-        let starting = || format!("node {id} is starting: it reports no status yet");
+    ) -> Result<concord_api::LocalEnvoys, NoStatus> {
         if id == self.config.node_id {
-            return self.local_status().ok_or_else(starting);
+            return self.local_status().ok_or(NoStatus::Starting(id));
         }
         let addr = self
             .raft
@@ -524,18 +523,21 @@ impl Node {
             .membership()
             .get_node(&id)
             .map(|n| n.addr.clone())
-            .ok_or_else(|| format!("node {id} is not a member"))?;
+            .ok_or(NoStatus::NotMember(id))?;
         match self
             .network
             .forward(id, &addr, &ClientRequest::LocalStatus, timeout)
             .await
         {
-            Ok(ClientReply::LocalStatus { status }) => status.ok_or_else(starting),
-            Ok(other) => Err(format!("node {id} answered {other:?}")),
+            Ok(ClientReply::LocalStatus { status }) => status.ok_or(NoStatus::Starting(id)),
+            Ok(other) => Err(NoStatus::Unexpected {
+                id,
+                answer: format!("{other:?}"),
+            }),
             Err(ClientError::LeaderUnreachable { error, .. }) => {
-                Err(format!("node {id} at {addr} is unreachable: {error}"))
+                Err(NoStatus::Unreachable { id, addr, error })
             }
-            Err(e) => Err(format!("node {id}: {e}")),
+            Err(e) => Err(NoStatus::Failed { id, error: e }),
         }
     }
 
@@ -847,4 +849,41 @@ impl Node {
             tracing::warn!(%error, "flushing the store on shutdown failed");
         }
     }
+}
+
+/// Why [`Node::local_status_of`] has no answer from a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum NoStatus {
+    /// It runs but has not set its status yet.
+    #[error("node {0} is starting: it reports no status yet")]
+    Starting(NodeId),
+    /// It is not in the membership.
+    #[error("node {0} is not a member")]
+    NotMember(NodeId),
+    /// The peer channel to it failed.
+    #[error("node {id} at {addr} is unreachable: {error}")]
+    Unreachable {
+        /// The replica.
+        id: NodeId,
+        /// Its peer address.
+        addr: String,
+        /// What the channel said.
+        error: String,
+    },
+    /// It answered something else.
+    #[error("node {id} answered {answer}")]
+    Unexpected {
+        /// The replica.
+        id: NodeId,
+        /// What it answered.
+        answer: String,
+    },
+    /// The request failed otherwise.
+    #[error("node {id}: {error}")]
+    Failed {
+        /// The replica.
+        id: NodeId,
+        /// The error.
+        error: ClientError,
+    },
 }

@@ -8,7 +8,7 @@
 //!
 //! Used by the server to wrap the replica's barrier, and by the stream tests.
 
-use crate::config::ReadBarrierFn;
+use crate::config::{BarrierError, ReadBarrierFn};
 use concord_telemetry::tasks::Tasks;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -32,7 +32,7 @@ struct Flight {
     tasks: Tasks,
     rounds: Mutex<Rounds>,
     /// The last round that finished, with its result.
-    results: watch::Sender<Option<(u64, Result<u64, String>)>>,
+    results: watch::Sender<Option<(u64, Result<u64, BarrierError>)>>,
 }
 
 #[derive(Default)]
@@ -46,7 +46,7 @@ struct Rounds {
 
 impl Flight {
     /// Waits for a round that starts after now, starting one if none runs.
-    async fn join(self: Arc<Self>) -> Result<u64, String> {
+    async fn join(self: Arc<Self>) -> Result<u64, BarrierError> {
         // Subscribed before the round is chosen: its result cannot be missed.
         let mut results = self.results.subscribe();
         let round = {
@@ -65,10 +65,10 @@ impl Flight {
         let done = results
             .wait_for(|last| last.as_ref().is_some_and(|(n, _)| *n >= round))
             .await
-            .map_err(|_| "the read barrier is gone".to_string())?;
+            .map_err(|_| BarrierError("the read barrier is gone".into()))?;
         match done.as_ref() {
             Some((_, result)) => result.clone(),
-            None => Err("the read barrier is gone".to_string()),
+            None => Err(BarrierError("the read barrier is gone".into())),
         }
     }
 
@@ -83,7 +83,7 @@ impl Flight {
                 .await
             {
                 Ok(result) => result,
-                Err(error) => Err(format!("the read barrier failed: {error}")),
+                Err(error) => Err(BarrierError(format!("its task failed: {error}"))),
             };
             self.results.send_replace(Some((round, result)));
             let mut r = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,7 +166,7 @@ mod tests {
             let (n, g) = (c.fetch_add(1, Ordering::SeqCst), g.clone());
             Box::pin(async move {
                 match n {
-                    0 => Err("no leader".to_string()),
+                    0 => Err(BarrierError("no leader".into())),
                     1 => panic!("a broken barrier"),
                     _ => {
                         g.acquire().await.expect("open").forget();
@@ -176,9 +176,9 @@ mod tests {
             })
         });
         let shared = single_flight(barrier, Tasks::new());
-        assert_eq!(shared().await, Err("no leader".to_string()));
+        assert_eq!(shared().await, Err(BarrierError("no leader".into())));
         let panicked = shared().await.unwrap_err();
-        assert!(panicked.contains("failed"), "{panicked}");
+        assert!(panicked.0.contains("failed"), "{panicked}");
         // A caller that gives up leaves its round running; the next caller, arriving during
         // it, gets the round after.
         let gave_up = tokio::time::timeout(Duration::from_millis(20), shared()).await;

@@ -30,4 +30,10 @@ pub type RevisionTimesFn = Arc<dyn Fn(u64, u64) -> Vec<AppliedRevision> + Send +
 /// Brings this replica up to date with the cluster (a linearizable read barrier: everything
 /// committed before the call is applied here) and returns the applied registry revision.
 pub type ReadBarrierFn =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send>> + Send + Sync>;
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u64, BarrierError>> + Send>> + Send + Sync>;
+
+/// The read barrier did not pass: why, as the replica's Raft said it. Cloneable, because one
+/// single-flight round answers every stream waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("read barrier failed: {0}")]
+pub struct BarrierError(pub String);

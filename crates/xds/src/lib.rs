@@ -42,5 +42,5 @@ pub use protocol::{delta, sotw};
 pub use resources::{
     CLUSTER_TYPE, LISTENER_ADDRESS_KEY, LISTENER_TYPE, ListenerMode, ResourceConfig,
 };
-pub use server::{ReadBarrierFn, RevisionTimesFn, XdsConfig, XdsServer};
+pub use server::{BarrierError, ReadBarrierFn, RevisionTimesFn, XdsConfig, XdsServer};
 pub use snapshot::Snapshot;

@@ -6,7 +6,7 @@
 //! through the transport (`transport`) and the ADS service (`service`), which runs each
 //! stream's protocol driver. Nothing below imports it.
 
-pub use crate::config::{ReadBarrierFn, RevisionTimesFn, XdsConfig};
+pub use crate::config::{BarrierError, ReadBarrierFn, RevisionTimesFn, XdsConfig};
 use crate::envoys::{EnvoyStatus, Envoys};
 use crate::resources::ResourceConfig;
 use crate::service::XdsService;

@@ -169,7 +169,7 @@ impl DeltaStream {
         let timeout = self.xds.config.catch_up_timeout;
         let snapshots = &mut self.snapshots;
         let caught_up = tokio::time::timeout(timeout, async move {
-            let revision = barrier().await?;
+            let revision = barrier().await.map_err(|e| e.to_string())?;
             snapshots
                 .wait_for(|s| s.revision() >= revision)
                 .await
