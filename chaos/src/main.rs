@@ -7,7 +7,8 @@
 //! (2) after the last fault every Envoy reaches the leader's revision within a bound; (3) every
 //! DNS change is reflected at the end and no removed builder reappears; (4) connections to
 //! builders that stayed in DNS all succeed, and removed builders stop being routed; (5) every
-//! replica restarts from its data dir and all agree at the end.
+//! replica restarts from its data dir and all agree at the end; (6) a replica cut off from its
+//! peers reports NOT_SERVING within `--stale-after-ms` + 200 ms, and its Envoys move away.
 //!
 //! `concord-chaos kill-leader --faults 50`; exits non-zero on any violation.
 
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use world::{Setup, World, sni};
+use world::{STALE_AFTER, STALE_SLACK, Setup, World, sni};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Scenario {
@@ -167,6 +168,7 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
             Scenario::PartitionLeader => {
                 let victim = leader(world).await?;
                 isolate(world, victim, true).await?;
+                let cut = Instant::now();
                 world.rec.event(
                     "fault",
                     json!({ "n": k, "kind": "partition", "node": victim }),
@@ -176,7 +178,8 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
                     "election",
                     json!({ "node": new, "ms": t0.elapsed().as_secs_f64() * 1e3 }),
                 );
-                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
+                turns_envoys_away(world, victim, cut).await?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..1000))).await;
                 isolate(world, victim, false).await?;
                 world.rec.event("heal", json!({ "node": victim }));
                 caught_up(world, victim).await?;
@@ -213,6 +216,57 @@ async fn isolate(world: &World, node: u64, on: bool) -> Result<()> {
     api.isolate(on)
         .await
         .with_context(|| format!("isolate {node}"))?;
+    Ok(())
+}
+
+/// Invariant 6: replica `node`, cut off from its peers at `cut`, reports NOT_SERVING within
+/// [`STALE_AFTER`] + [`STALE_SLACK`] (judged by itself: the fault cuts only the peers), and
+/// within a second more no Envoy streams from it.
+async fn turns_envoys_away(world: &World, node: u64, cut: Instant) -> Result<()> {
+    let bound = STALE_AFTER + STALE_SLACK;
+    let deadline = cut + STALE_AFTER + Duration::from_secs(5);
+    let stale_at = loop {
+        let serving = world.cluster.lock().await.health(node).await;
+        if matches!(serving, Ok(false)) {
+            break Some(cut.elapsed());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    match stale_at {
+        Some(t) if t <= bound => world
+            .rec
+            .event("stale", json!({ "node": node, "ms": ms(t) })),
+        Some(t) => world.rec.violation(
+            6,
+            json!({ "node": node, "NOT_SERVING after ms": ms(t), "bound ms": ms(bound) }),
+        ),
+        None => world.rec.violation(
+            6,
+            json!({ "node": node, "still SERVING after ms": ms(cut.elapsed()), "bound ms": ms(bound) }),
+        ),
+    }
+    let moved = concord_harness::eventually(
+        Duration::from_secs(1),
+        "its Envoys stream from other replicas",
+        || async {
+            let on = world.cluster.lock().await.envoys_on(node).await?;
+            if !on.is_empty() {
+                bail!("still streaming from node {node}: {on:?}");
+            }
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = moved {
+        world.rec.violation(
+            6,
+            json!({ "node": node, "Envoys did not move": format!("{e:#}") }),
+        );
+    }
     Ok(())
 }
 
@@ -427,6 +481,7 @@ fn report(world: &World, args: &Args, convergence: Option<f64>) -> Result<()> {
         "faults": faults,
         "dns_changes": dns_changes,
         "elections": median_max(rec.durations("election")),
+        "stale_after_partition": median_max(rec.durations("stale")),
         "envoy_failovers": median_max(rec.durations("failover")),
         "failover_resolution_ms": 100,
         "convergence_after_last_change_ms": convergence.map(f64::round),

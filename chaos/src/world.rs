@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
+/// The replicas' `--stale-after-ms`: a replica out of contact with the quorum this long turns
+/// its Envoys away (invariant 6 allows [`STALE_SLACK`] more).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
+/// How much later than [`STALE_AFTER`] a cut-off replica may still report SERVING: its
+/// freshness is checked every 100 ms, and the probe here polls every 20 ms.
+pub const STALE_SLACK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// SNI names of the run's builders.
 pub fn sni(id: &str) -> String {
     format!("{id}.chaos.test")
@@ -241,7 +248,7 @@ impl World {
                 "--dns-sni-template".into(),
                 "{id}.chaos.test".into(),
                 "--stale-after-ms".into(),
-                "1500".into(),
+                STALE_AFTER.as_millis().to_string(),
             ],
             data_root: s.data_root.clone(),
             // The product's own election timing: chaos measures the real failover.

@@ -48,6 +48,10 @@ pub fn decide(
 ) -> Decision {
     let current = registry.of_source(Source::Dns);
     let mut batch = diff(&current, answer);
+    if cfg!(feature = "mutant-poller-ignores-removals") {
+        // The mutant (chaos/mutants): builders that leave DNS are never removed.
+        batch.removes.clear();
+    }
     let held = match guard.judge(&current, answer, now) {
         Verdict::Apply => None,
         Verdict::Hold(h) => {

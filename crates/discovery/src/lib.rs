@@ -4,6 +4,11 @@
 //! mass-removal [`guard`] until they persist — and proposes it through Raft. Only the leader polls
 //! (DESIGN rule 7).
 
+// The mutants are deliberately broken builds for the chaos runner's mutation checks
+// (chaos/mutants); a release build with one is refused.
+#[cfg(all(feature = "mutant-poller-ignores-removals", not(debug_assertions)))]
+compile_error!("mutant features are for debug builds of the chaos mutation checks only");
+
 pub mod decide;
 pub mod guard;
 pub mod parse;

@@ -458,28 +458,32 @@ impl Cluster {
 
     /// Waits until replica `id` reports SERVING on its xDS port's gRPC health service.
     pub async fn serving(&self, id: u64) -> Result<()> {
-        let xds = self.nodes[&id].xds.clone();
         eventually(
             Duration::from_secs(20),
             "the replica serves Envoys",
             || async {
-                let channel = self.xds_channel(&xds, "harness").await?;
-                let status = tonic_health::pb::health_client::HealthClient::new(channel)
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await?
-                    .into_inner()
-                    .status;
-                ensure!(
-                    status
-                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
-                    "node {id} health status {status}"
-                );
+                let status = self.health(id).await?;
+                ensure!(status, "node {id} reports NOT_SERVING");
                 Ok(())
             },
         )
         .await
+    }
+
+    /// Whether replica `id` reports SERVING (true) or NOT_SERVING (false) on its xDS port's gRPC
+    /// health service right now; an error if it does not answer.
+    pub async fn health(&self, id: u64) -> Result<bool> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let xds = self.nodes[&id].xds.clone();
+        let channel = self.xds_channel(&xds, "harness").await?;
+        let status = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        Ok(status == ServingStatus::Serving as i32)
     }
 
     /// Creates and starts a replica process (not yet a member unless listed in `members`).

@@ -5,6 +5,14 @@
 //! The state machine applies [`concord_registry::Command`]s to the builder registry; readers
 //! follow the applied registry through [`node::Node::registry`].
 
+// The mutants are deliberately broken builds for the chaos runner's mutation checks
+// (chaos/mutants); a release build with one is refused.
+#[cfg(all(
+    any(feature = "mutant-no-append-flush", feature = "mutant-no-stale-check"),
+    not(debug_assertions)
+))]
+compile_error!("mutant features are for debug builds of the chaos mutation checks only");
+
 pub mod api;
 pub mod contact;
 pub mod network;

@@ -739,7 +739,8 @@ impl Node {
     }
 
     /// Fault injection (chaos tests): cut this replica off from every peer, or reconnect it.
-    /// Outgoing RPCs fail as unreachable and incoming ones are refused, as in a partition.
+    /// Outgoing RPCs fail as unreachable and incoming ones are refused, as in a partition; its
+    /// Envoys stay connected until it judges itself stale (`--stale-after-ms`).
     pub fn isolate(&self, on: bool) {
         self.isolated
             .store(on, std::sync::atomic::Ordering::Relaxed);
@@ -772,21 +773,15 @@ impl Node {
         })
     }
 
-    /// Whether this replica may serve Envoys now (DESIGN rule 6): not isolated, caught up since
-    /// it started, and a leader (itself or the one it follows) had a quorum within `stale_after`.
+    /// Whether this replica may serve Envoys now (DESIGN rule 6): caught up since it started,
+    /// and a leader (itself or the one it follows) had a quorum within `stale_after`. Fault
+    /// injection ([`Node::isolate`]) cuts only the peers: a cut-off replica turns its Envoys
+    /// away through this judgement, as in a real partition.
     pub fn freshness(&self, stale_after: Duration) -> Freshness {
         let now = Instant::now();
         let leading = leading_quorum_age(&self.raft.metrics().borrow());
         self.contact.observe_leading(leading, now);
-        let f = judge(&self.contact.contact(leading), now, stale_after);
-        if self.is_isolated() {
-            return Freshness {
-                fresh: false,
-                reason: Some("isolated by fault injection"),
-                ..f
-            };
-        }
-        f
+        judge(&self.contact.contact(leading), now, stale_after)
     }
 
     /// Publishes [`Node::freshness`], checked every 100 ms until `tasks` is cancelled; the ADS
@@ -801,13 +796,23 @@ impl Node {
         let (tx, rx) = watch::channel(self.freshness(stale_after).fresh);
         let node = self.clone();
         tasks.spawn("raft freshness", async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            const TICK: Duration = Duration::from_millis(100);
+            let mut next = TICK;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep(next) => {}
                 }
                 let f = node.freshness(stale_after);
+                // Checked every tick, and again the moment a fresh replica would go stale if
+                // nothing is heard meanwhile: it turns Envoys away within a millisecond of
+                // `stale_after`, not up to a tick later.
+                next = match f.fresh {
+                    true => TICK.min(
+                        stale_after.saturating_sub(f.out_of_contact) + Duration::from_millis(1),
+                    ),
+                    false => TICK,
+                };
                 if *tx.borrow() != f.fresh {
                     if f.fresh {
                         tracing::info!("back in contact with the quorum; serving Envoys again");
