@@ -8,7 +8,7 @@
 //! its data dir after every power loss. A SIGKILL alone keeps the page cache; this is the test
 //! that sees a missing fsync.
 
-use super::{Args, World, caught_up, final_checks, leader, report, world::Setup};
+use super::{Args, World, caught_up, final_checks, leader, report};
 use anyhow::{Context, Result, bail};
 use concord_crashfs::Mounted;
 use concord_harness::sni;
@@ -68,12 +68,7 @@ pub async fn run(args: &Args) -> Result<()> {
 }
 
 async fn scenario(args: &Args, data: &Path, mounts: &BTreeMap<u64, Mounted>) -> Result<()> {
-    let setup = Setup {
-        replicas: args.replicas,
-        envoys: args.envoys,
-        stable: 3,
-        data_root: Some(PathBuf::from(data)),
-    };
+    let setup = args.setup(Some(PathBuf::from(data)));
     let world = World::start(&setup).await.context("setting up the world")?;
     let stop = CancellationToken::new();
     let monitors = world.monitor(stop.clone(), Duration::from_millis(args.dns_every_ms));

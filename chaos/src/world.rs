@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 use concord_harness::dns::Bind;
-use concord_harness::envoy::{Envoy, Versions};
+use concord_harness::envoy::{Envoy, Protocol, Versions};
 use concord_harness::tls::{TestCa, TlsBuilder, probe};
 use concord_harness::{Cluster, Options, free_port};
 use serde_json::{Value, json};
@@ -209,6 +209,10 @@ pub struct Setup {
     pub stable: usize,
     /// Where the replicas' data dirs go (crash-disk puts a crashfs mount under each).
     pub data_root: Option<std::path::PathBuf>,
+    /// The Envoys' ADS protocol.
+    pub protocol: Protocol,
+    /// The replicas' `--listener-mode` (`filter-chains`, `sni-cluster`).
+    pub listener_mode: String,
 }
 
 impl World {
@@ -249,6 +253,8 @@ impl World {
                 "{id}.chaos.test".into(),
                 "--stale-after-ms".into(),
                 STALE_AFTER.as_millis().to_string(),
+                "--listener-mode".into(),
+                s.listener_mode.clone(),
             ],
             data_root: s.data_root.clone(),
             // The product's own election timing: chaos measures the real failover.
@@ -262,7 +268,14 @@ impl World {
                 .map(|k| xds[(i + k) % xds.len()].as_str())
                 .collect();
             envoys.push(Arc::new(
-                Envoy::start(&cluster, &format!("envoy-{}", i + 1), &order, true).await?,
+                Envoy::start_with(
+                    &cluster,
+                    &format!("envoy-{}", i + 1),
+                    &order,
+                    true,
+                    Some(s.protocol),
+                )
+                .await?,
             ));
         }
         let world = World {

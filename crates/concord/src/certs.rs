@@ -28,13 +28,9 @@ pub struct CertsArgs {
     #[arg(long, default_value = "concord")]
     pub cluster: String,
 
-    /// Node ids to issue node certificates for, comma separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1,2,3",
-        value_name = "IDS"
-    )]
+    /// Node ids to issue node certificates for, comma separated. [default: 1,2,3 when
+    /// --envoys is not given either; with --envoys alone, no node certificate is (re)issued]
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
     pub nodes: Vec<u64>,
 
     /// Envoy node ids to issue client certificates for, comma separated (as
@@ -79,6 +75,7 @@ impl CertsArgs {
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let ca = self.ca()?;
         let now = OffsetDateTime::now_utc();
+        // Only what was asked for: re-issuing a running node's certificate rotates it.
         let nodes = if self.nodes.is_empty() && self.envoys.is_empty() {
             vec![1, 2, 3]
         } else {
@@ -206,4 +203,46 @@ fn write_file(path: &Path, text: &str, secret: bool) -> Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        certs: CertsArgs,
+    }
+
+    fn certs(dir: &std::path::Path, args: &[&str]) -> CertsArgs {
+        let mut argv = vec!["certs", "--dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).certs
+    }
+
+    #[test]
+    fn an_envoy_certificate_leaves_the_node_certificates_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        certs(dir.path(), &[]).write().unwrap();
+        let node1 = std::fs::read(dir.path().join("node-1.pem")).unwrap();
+        certs(dir.path(), &["--envoys", "e1"]).write().unwrap();
+        assert!(dir.path().join("envoy-e1.pem").exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("node-1.pem")).unwrap(),
+            node1,
+            "issuing an Envoy certificate re-issued node 1's (running nodes reload it)"
+        );
+    }
+
+    #[test]
+    fn without_ids_it_issues_nodes_1_to_3() {
+        let dir = tempfile::tempdir().unwrap();
+        certs(dir.path(), &[]).write().unwrap();
+        for id in 1..=3 {
+            assert!(dir.path().join(format!("node-{id}.pem")).exists());
+        }
+        assert!(!dir.path().join("node-4.pem").exists());
+    }
 }
