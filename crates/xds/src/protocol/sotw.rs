@@ -138,16 +138,22 @@ impl StreamState {
     }
 
     /// The subscribed types that should be sent `current` now: those whose last response is
-    /// older. A NACKed version is never re-sent; the next revision is — also to a type whose
-    /// first request went unanswered because it asked for a version NACKed on an earlier
-    /// stream (nothing was sent on this one; the NACKed version stands for it).
+    /// older and answered. A NACKed version is never re-sent; the next revision is — also to a
+    /// type whose first request went unanswered because it asked for a version NACKed on an
+    /// earlier stream (nothing was sent on this one; the NACKed version stands for it).
+    ///
+    /// Flow control (xDS's own): while a response is neither ACKed nor NACKed, nothing more of
+    /// its type is sent; the revisions that come meanwhile coalesce into the one response sent
+    /// when the Envoy answers, so a slow Envoy never has a queue of responses to work through.
     pub fn stale_types(&self, current: u64) -> Vec<String> {
         self.types
             .iter()
             .filter(|(_, t)| {
                 let sent = t.sent.as_ref().map(|s| s.0);
                 let nacked = t.nacked.as_ref().map(|n| n.0);
-                sent.or(nacked).is_some_and(|v| v < current) && nacked != Some(current)
+                sent.or(nacked).is_some_and(|v| v < current)
+                    && nacked != Some(current)
+                    && !t.pending()
             })
             .map(|(k, _)| k.clone())
             .collect()
@@ -245,9 +251,12 @@ mod tests {
         let mut s = StreamState::new();
         assert!(s.stale_types(3).is_empty(), "nothing subscribed");
         s.on_request(LISTENER_TYPE, "", "", None, 3, None);
-        s.record_sent(LISTENER_TYPE, 3);
+        let lds = s.record_sent(LISTENER_TYPE, 3);
         s.on_request(CLUSTER_TYPE, "", "", None, 3, None);
-        s.record_sent(CLUSTER_TYPE, 3);
+        let cds = s.record_sent(CLUSTER_TYPE, 3);
+        assert!(s.stale_types(4).is_empty(), "both responses are unanswered");
+        s.on_request(LISTENER_TYPE, "3", &lds, None, 4, None);
+        s.on_request(CLUSTER_TYPE, "3", &cds, None, 4, None);
         assert!(s.stale_types(3).is_empty());
         assert_eq!(
             s.stale_types(4),

@@ -192,14 +192,16 @@ impl DeltaStream {
 
     /// Sends every answered type a response for a newer revision: the resources that changed
     /// (none, when a revision changed nothing this type serves: the response still tells the
-    /// Envoy the revision).
+    /// Envoy the revision). Flow control, as in state of the world: a type with a response
+    /// out that is neither ACKed nor NACKed waits; what changes meanwhile goes out in one
+    /// response when the Envoy answers (this runs after every request).
     async fn push_stale(&mut self) -> Result<(), End> {
         let current = self.snapshots.borrow_and_update().revision();
         let mut stale: Vec<String> = self
             .state
             .types()
             .iter()
-            .filter(|(_, t)| t.sent.is_some_and(|s| s < current))
+            .filter(|(_, t)| t.sent.is_some_and(|s| s < current) && !t.pending())
             .map(|(k, _)| k.clone())
             .collect();
         resource_type::push_order(&mut stale);

@@ -197,6 +197,14 @@ impl<R> Envoy<R> {
         Ok(M::decode(&framed[5..]).expect("a response"))
     }
 
+    /// A response the driver has already sent, if any, without waiting: the tests run on one
+    /// thread, so a driver that got to run has sent all it was going to.
+    pub(crate) fn try_recv<M: prost::Message + Default>(&mut self) -> Option<M> {
+        let out = self.responses.try_recv().ok()?;
+        let framed = out.ok()?;
+        Some(M::decode(&framed[5..]).expect("a response"))
+    }
+
     /// Closes the Envoy's side and waits for the driver to end the stream.
     pub(crate) async fn close(mut self) {
         drop(self.requests);

@@ -138,6 +138,7 @@ async fn a_version_nacked_on_an_earlier_stream_is_not_resent_and_the_next_one_is
         "the NACKed version was sent again: {:?}",
         names(&r)
     );
+    envoy.send(request(CLUSTER_TYPE, &r.nonce, None)).await;
     replica.apply(2, vec![builder("b0", 444)]);
     let next = response(&mut envoy).await;
     assert_eq!(next.system_version_info, "2");
@@ -273,5 +274,48 @@ async fn types_this_replica_does_not_serve_are_ignored_and_counted() {
     assert_eq!(listed[0].types.keys().collect::<Vec<_>>(), ["clusters"]);
     // Counted (at least these: the counter is the process's).
     assert!(concord_telemetry::metrics().unknown_type_requests.get() >= 10);
+    envoy.close().await;
+}
+
+#[tokio::test]
+async fn one_response_per_type_is_unacknowledged_and_newer_revisions_coalesce() {
+    let mut replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let first = response(&mut envoy).await;
+    assert_eq!(first.system_version_info, "1");
+    replica.apply(2, vec![builder("b0", 444)]);
+    replica.apply(3, vec![builder("b1", 555)]);
+    envoy.send(request(LISTENER_TYPE, "", None)).await;
+    let mut early = Vec::new();
+    loop {
+        let r = response(&mut envoy).await;
+        if r.type_url == LISTENER_TYPE {
+            assert_eq!(r.system_version_info, "3");
+            break;
+        }
+        early.push(r.system_version_info);
+    }
+    early.extend(
+        envoy
+            .try_recv::<DeltaDiscoveryResponse>()
+            .map(|r| r.system_version_info),
+    );
+    assert!(
+        early.is_empty(),
+        "clusters at {early:?} were sent while version 1 was unacknowledged"
+    );
+    envoy.send(request(CLUSTER_TYPE, &first.nonce, None)).await;
+    let next = response(&mut envoy).await;
+    assert_eq!(
+        (next.type_url.as_str(), next.system_version_info.as_str()),
+        (CLUSTER_TYPE, "3"),
+        "the ACK is answered with the newest revision"
+    );
+    assert_eq!(
+        names(&next),
+        ["builder_b0", "builder_b1"],
+        "both changes since version 1, in one response"
+    );
     envoy.close().await;
 }

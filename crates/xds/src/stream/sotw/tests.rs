@@ -174,3 +174,45 @@ async fn types_this_replica_does_not_serve_are_ignored_and_counted() {
     assert!(concord_telemetry::metrics().unknown_type_requests.get() >= 10);
     envoy.close().await;
 }
+
+#[tokio::test]
+async fn one_response_per_type_is_unacknowledged_and_newer_revisions_coalesce() {
+    let mut replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", "", None)).await;
+    let first = response(&mut envoy).await;
+    assert_eq!(first.version_info, "1");
+    // Two revisions while version 1 is not ACKed yet, then a request of another type, which
+    // the driver handles after it has seen them.
+    replica.apply(2, vec![builder("b0", 444)]);
+    replica.apply(3, vec![builder("b0", 555)]);
+    envoy.send(request(LISTENER_TYPE, "", "", None)).await;
+    let mut early = Vec::new();
+    loop {
+        let r = response(&mut envoy).await;
+        if r.type_url == LISTENER_TYPE {
+            assert_eq!(r.version_info, "3");
+            break;
+        }
+        early.push(r.version_info);
+    }
+    early.extend(
+        envoy
+            .try_recv::<DiscoveryResponse>()
+            .map(|r| r.version_info),
+    );
+    assert!(
+        early.is_empty(),
+        "clusters at {early:?} were sent while version 1 was unacknowledged"
+    );
+    envoy
+        .send(request(CLUSTER_TYPE, "1", &first.nonce, None))
+        .await;
+    let next = response(&mut envoy).await;
+    assert_eq!(
+        (next.type_url.as_str(), next.version_info.as_str()),
+        (CLUSTER_TYPE, "3"),
+        "the ACK is answered with the newest revision"
+    );
+    envoy.close().await;
+}
