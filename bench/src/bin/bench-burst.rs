@@ -1,0 +1,251 @@
+//! Benchmark of a burst of changes: three real replicas and real Envoys (spread over the
+//! replicas), a registry of `--sizes` builders, then API changes at `--rate` per second for
+//! `--secs` seconds, per protocol and listener mode. It shows whether Envoys keep up with a
+//! change rate faster than they apply changes (xDS flow control, issue 17): without it, every
+//! revision is sent as soon as it is applied and responses queue inside a slow Envoy.
+//!
+//! Each change re-puts one of ten `burst<k>` builders at a new port (the registry's size stays
+//! the same). Commit time is when the put's answer arrives (the leader answers once the entry is
+//! committed and applied). A sampler reads every replica's `/v1/envoys` every 10 ms: a revision
+//! is held by an Envoy from the replica-stamped time of the first ACK seen for it or a newer
+//! one, for both clusters and listeners (in sni-cluster mode the listener never changes, so
+//! clusters alone). Printed per run: commit → every Envoy holds it (p50, p99, max over the
+//! changes), the largest lag in revisions seen, and the time from the last change's commit
+//! until every Envoy holds it (convergence), beside one change's commit → every Envoy ACK
+//! measured on the same cluster first.
+//!
+//! `cargo build --release -p concord -p concord-bench && target/release/bench-burst`;
+//! `CONCORD_BIN=path/to/concord` benchmarks another build of the replicas.
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use concord_api::PutBuilder;
+use concord_bench::{ListenerMode, XdsProtocol};
+use concord_harness::envoy::{Envoy, Protocol};
+use concord_harness::{Cluster, Options, percentiles};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A burst of API changes against real replicas and Envoys: do the Envoys keep up?
+#[derive(Parser)]
+#[command(version, long_about = None)]
+struct Cli {
+    /// Registry sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    sizes: Vec<usize>,
+    /// ADS protocols, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sotw,delta")]
+    protocols: Vec<XdsProtocol>,
+    /// Listener modes, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "filter-chains,sni-cluster"
+    )]
+    modes: Vec<ListenerMode>,
+    /// Changes per second.
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// Seconds of changes.
+    #[arg(long, default_value_t = 30)]
+    secs: u64,
+    /// Real Envoys, spread over the replicas.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    envoys: u64,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Per Envoy, each ACKed revision seen with the replica's time of that ACK (µs).
+type Seen = Arc<Mutex<BTreeMap<String, BTreeMap<u64, u64>>>>;
+
+/// Reads every replica's Envoys every 10 ms until `stop`, recording the ACKs seen.
+async fn sample(c: Arc<Cluster>, sni_cluster: bool, seen: Seen, stop: Arc<tokio::sync::Notify>) {
+    loop {
+        for id in c.up() {
+            let Ok(local) = c.api(id).envoys().await else {
+                continue;
+            };
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            for e in local.envoys {
+                let cds = e.of("clusters").cloned().unwrap_or_default();
+                let lds = e.of("listeners").cloned().unwrap_or_default();
+                let (Some(rev), Some(at)) = (cds.acked, cds.acked_at_us) else {
+                    continue;
+                };
+                // Both types must hold the revision (the listener is the same at every
+                // revision in sni-cluster mode: clusters alone then).
+                let (rev, at) = match (sni_cluster, lds.acked, lds.acked_at_us) {
+                    (true, _, _) => (rev, at),
+                    (false, Some(l), Some(lat)) => (rev.min(l), at.max(lat)),
+                    _ => continue,
+                };
+                seen.entry(e.node_id).or_default().entry(rev).or_insert(at);
+            }
+        }
+        tokio::select! {
+            _ = stop.notified() => return,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
+
+/// When Envoy `acks` first held `rev` or newer, if it did.
+fn held_at(acks: &BTreeMap<u64, u64>, rev: u64) -> Option<u64> {
+    acks.range(rev..).map(|(_, &at)| at).min()
+}
+
+async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) -> Result<()> {
+    let label = format!("{}+{}", protocol.flag(), mode.flag());
+    println!(
+        "{label} with {size} builders, {} Envoys, {} changes/s for {} s (load average {})",
+        cli.envoys,
+        cli.rate,
+        cli.secs,
+        load()
+    );
+    let sni_cluster = mode == ListenerMode::SniCluster;
+    let mut extra: Vec<String> = ["--listener-mode", mode.flag()].map(String::from).to_vec();
+    if sni_cluster {
+        extra.extend(["--sni-suffix", "builders.test"].map(String::from));
+    }
+    let c = Cluster::start(Options {
+        extra,
+        ..Options::measured()
+    })
+    .await?;
+    let leader = c.leader().await?;
+    let rev = c.put_bulk(leader, size).await?;
+    let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
+    let mut envoys = Vec::new();
+    for i in 0..cli.envoys as usize {
+        let order: Vec<&str> = (0..x.len())
+            .map(|k| x[(i + k) % x.len()].as_str())
+            .collect();
+        let protocol = match protocol {
+            XdsProtocol::Sotw => Protocol::Sotw,
+            XdsProtocol::Delta => Protocol::Delta,
+        };
+        envoys.push(
+            Envoy::start_with(&c, &format!("envoy-{i}"), &order, true, Some(protocol)).await?,
+        );
+    }
+    let load_deadline = Duration::from_secs(60) + Duration::from_millis(10 * size as u64);
+    c.all_acked_within(cli.envoys as usize, rev, load_deadline)
+        .await
+        .map_err(|e| e.context(c.logs()))?;
+    let api = c.api(leader);
+    let put = |k: usize, port: u16| {
+        let api = api.clone();
+        async move {
+            let addr = SocketAddr::from(([127, 0, 2, 1 + (k % 10) as u8], port));
+            let id = format!("burst{}", k % 10);
+            let body = PutBuilder::new(addr, concord_harness::sni(&id));
+            let w = api.put_builder(&id, &body).await?;
+            anyhow::Ok((w.revision, now_us()))
+        }
+    };
+    // One change alone first: the Envoys' own apply time on this cluster.
+    let (r, committed) = put(0, 30000).await?;
+    let single = c.all_acked(cli.envoys as usize, r).await?;
+    let single_ms = single.saturating_sub(committed) as f64 / 1e3;
+
+    let c = Arc::new(c);
+    let seen: Seen = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let sampler = tokio::spawn(sample(c.clone(), sni_cluster, seen.clone(), stop.clone()));
+    let n = (u64::from(cli.rate) * cli.secs) as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / cli.rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commits = Vec::with_capacity(n);
+    for k in 1..=n {
+        tick.tick().await;
+        commits.push(put(k, 30000 + (k % 30000) as u16).await?);
+    }
+    let &(last, last_at) = commits.last().context("no change")?;
+    concord_harness::eventually(
+        load_deadline,
+        "every Envoy holds the last change",
+        || async {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            ensure!(
+                seen.len() == cli.envoys as usize,
+                "{} Envoys seen",
+                seen.len()
+            );
+            for (id, acks) in seen.iter() {
+                ensure!(held_at(acks, last).is_some(), "{id} does not hold {last}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    stop.notify_one();
+    sampler.await?;
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let mut latency = Vec::new();
+    let mut lag = 0;
+    for &(rev, at) in &commits {
+        let held = seen
+            .values()
+            .map(|acks| held_at(acks, rev))
+            .collect::<Option<Vec<u64>>>();
+        let held = held.context("an Envoy never held a change it later passed")?;
+        let all = held.into_iter().max().unwrap_or(at);
+        latency.push(Duration::from_micros(all.saturating_sub(at)));
+    }
+    for acks in seen.values() {
+        for (&rev, &at) in acks {
+            let newest = commits
+                .iter()
+                .filter(|(_, t)| *t <= at)
+                .map(|(r, _)| *r)
+                .max();
+            lag = lag.max(newest.unwrap_or(rev).saturating_sub(rev));
+        }
+    }
+    let converge = seen
+        .values()
+        .filter_map(|acks| held_at(acks, last))
+        .max()
+        .unwrap_or(last_at)
+        .saturating_sub(last_at) as f64
+        / 1e3;
+    let (p50, p99, max) = percentiles(&mut latency);
+    println!("  one change alone: commit -> every Envoy ACKs {single_ms:.1} ms");
+    println!(
+        "  burst: commit -> every Envoy holds it: n={} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; largest lag {lag} revisions; last change -> every Envoy {converge:.1} ms (load average {})",
+        commits.len(),
+        load()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    for &size in &cli.sizes {
+        for &protocol in &cli.protocols {
+            for &mode in &cli.modes {
+                run(&cli, protocol, mode, size).await.with_context(|| {
+                    format!("{}+{} at {size} builders", protocol.flag(), mode.flag())
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
