@@ -2,15 +2,16 @@
 //! replicas), a registry of `--sizes` builders, then API changes at `--rate` per second for
 //! `--secs` seconds, per protocol and listener mode. It shows whether Envoys keep up with a
 //! change rate faster than they apply changes (xDS flow control, issue 17): without it, every
-//! revision is sent as soon as it is applied and responses queue inside a slow Envoy.
+//! revision is sent as soon as it is applied and responses queue up for a slow Envoy.
 //!
 //! Each change re-puts one of ten `burst<k>` builders at a new port (the registry's size stays
 //! the same). Commit time is when the put's answer arrives (the leader answers once the entry is
-//! committed and applied). A sampler reads every replica's `/v1/envoys` every 10 ms: a revision
-//! is held by an Envoy from the replica-stamped time of the first ACK seen for it or a newer
-//! one, for both clusters and listeners (in sni-cluster mode the listener never changes, so
-//! clusters alone). Printed per run: commit → every Envoy holds it (p50, p99, max over the
-//! changes), the largest lag in revisions seen, and the time from the last change's commit
+//! committed and applied). What each Envoy holds is read from Envoy itself, every 10 ms: its
+//! `cluster_manager.cds.version_text` and `listener_manager.lds.version_text` (in sni-cluster
+//! mode the listener never changes: clusters alone). A revision is held by an Envoy from the
+//! first sample that shows it or a newer one, so times are late by up to a sample. Printed per
+//! run: commit → every Envoy holds it (p50, p99, max over the changes), how many revisions the
+//! furthest Envoy was behind when the burst stopped, and the time from the last change's commit
 //! until every Envoy holds it (convergence), beside one change's commit → every Envoy ACK
 //! measured on the same cluster first.
 //!
@@ -70,32 +71,45 @@ fn load() -> String {
         .unwrap_or_default()
 }
 
-/// Per Envoy, each ACKed revision seen with the replica's time of that ACK (µs).
+/// Per Envoy, each revision it was seen holding, with the time first seen (µs).
 type Seen = Arc<Mutex<BTreeMap<String, BTreeMap<u64, u64>>>>;
 
-/// Reads every replica's Envoys every 10 ms until `stop`, recording the ACKs seen.
-async fn sample(c: Arc<Cluster>, sni_cluster: bool, seen: Seen, stop: Arc<tokio::sync::Notify>) {
+/// An Envoy's `version_text` stat (a revision).
+async fn version_text(e: &Envoy, stat: &str) -> Option<u64> {
+    e.stat(stat)
+        .await
+        .ok()?
+        .trim()
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// Reads every Envoy's versions every 10 ms until `stop`.
+async fn sample(
+    envoys: Arc<Vec<Envoy>>,
+    sni_cluster: bool,
+    seen: Seen,
+    stop: Arc<tokio::sync::Notify>,
+) {
     loop {
-        for id in c.up() {
-            let Ok(local) = c.api(id).envoys().await else {
+        for e in envoys.iter() {
+            let Some(cds) = version_text(e, "cluster_manager.cds.version_text").await else {
                 continue;
             };
+            let rev = match sni_cluster {
+                true => cds,
+                false => match version_text(e, "listener_manager.lds.version_text").await {
+                    Some(lds) => cds.min(lds),
+                    None => continue,
+                },
+            };
+            let at = now_us();
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            for e in local.envoys {
-                let cds = e.of("clusters").cloned().unwrap_or_default();
-                let lds = e.of("listeners").cloned().unwrap_or_default();
-                let (Some(rev), Some(at)) = (cds.acked, cds.acked_at_us) else {
-                    continue;
-                };
-                // Both types must hold the revision (the listener is the same at every
-                // revision in sni-cluster mode: clusters alone then).
-                let (rev, at) = match (sni_cluster, lds.acked, lds.acked_at_us) {
-                    (true, _, _) => (rev, at),
-                    (false, Some(l), Some(lat)) => (rev.min(l), at.max(lat)),
-                    _ => continue,
-                };
-                seen.entry(e.node_id).or_default().entry(rev).or_insert(at);
-            }
+            seen.entry(e.node_id.clone())
+                .or_default()
+                .entry(rev)
+                .or_insert(at);
         }
         tokio::select! {
             _ = stop.notified() => return,
@@ -164,10 +178,15 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
     let single = c.all_acked(cli.envoys as usize, r).await?;
     let single_ms = single.saturating_sub(committed) as f64 / 1e3;
 
-    let c = Arc::new(c);
+    let envoys = Arc::new(envoys);
     let seen: Seen = Arc::default();
     let stop = Arc::new(tokio::sync::Notify::new());
-    let sampler = tokio::spawn(sample(c.clone(), sni_cluster, seen.clone(), stop.clone()));
+    let sampler = tokio::spawn(sample(
+        envoys.clone(),
+        sni_cluster,
+        seen.clone(),
+        stop.clone(),
+    ));
     let n = (u64::from(cli.rate) * cli.secs) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs(1) / cli.rate);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,7 +217,6 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
     sampler.await?;
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     let mut latency = Vec::new();
-    let mut lag = 0;
     for &(rev, at) in &commits {
         let held = seen
             .values()
@@ -208,16 +226,19 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
         let all = held.into_iter().max().unwrap_or(at);
         latency.push(Duration::from_micros(all.saturating_sub(at)));
     }
-    for acks in seen.values() {
-        for (&rev, &at) in acks {
-            let newest = commits
+    // How far behind the furthest Envoy was when the last change committed.
+    let behind = seen
+        .values()
+        .map(|acks| {
+            let had = acks
                 .iter()
-                .filter(|(_, t)| *t <= at)
+                .filter(|(_, t)| **t <= last_at)
                 .map(|(r, _)| *r)
                 .max();
-            lag = lag.max(newest.unwrap_or(rev).saturating_sub(rev));
-        }
-    }
+            last.saturating_sub(had.unwrap_or(rev))
+        })
+        .max()
+        .unwrap_or(0);
     let converge = seen
         .values()
         .filter_map(|acks| held_at(acks, last))
@@ -228,7 +249,7 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
     let (p50, p99, max) = percentiles(&mut latency);
     println!("  one change alone: commit -> every Envoy ACKs {single_ms:.1} ms");
     println!(
-        "  burst: commit -> every Envoy holds it: n={} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; largest lag {lag} revisions; last change -> every Envoy {converge:.1} ms (load average {})",
+        "  burst: commit -> every Envoy holds it: n={} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; furthest Envoy {behind} revisions behind at the last commit; last change -> every Envoy {converge:.1} ms (load average {})",
         commits.len(),
         load()
     );
