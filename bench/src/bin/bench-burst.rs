@@ -74,15 +74,24 @@ fn load() -> String {
 /// Per Envoy, each revision it was seen holding, with the time first seen (µs).
 type Seen = Arc<Mutex<BTreeMap<String, BTreeMap<u64, u64>>>>;
 
-/// An Envoy's `version_text` stat (a revision).
-async fn version_text(e: &Envoy, stat: &str) -> Option<u64> {
-    e.stat(stat)
-        .await
-        .ok()?
-        .trim()
-        .trim_matches('"')
-        .parse()
-        .ok()
+/// An Envoy's CDS and LDS `version_text` readouts (revisions), in one cheap admin request: the
+/// admin API runs on Envoy's main thread, which also applies xDS, so the sampler must not load it
+/// (a plain `/stats?filter=` walks every stat of every cluster).
+async fn versions(http: &reqwest::Client, e: &Envoy) -> Option<(u64, Option<u64>)> {
+    let url = format!("{}/stats?type=TextReadouts&filter=version_text", e.admin);
+    let body = http.get(url).send().await.ok()?.text().await.ok()?;
+    let get = |name: &str| -> Option<u64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim_start_matches(": ")
+            .trim_matches('"')
+            .parse()
+            .ok()
+    };
+    Some((
+        get("cluster_manager.cds.version_text")?,
+        get("listener_manager.lds.version_text"),
+    ))
 }
 
 /// Reads every Envoy's versions every 10 ms until `stop`.
@@ -92,17 +101,16 @@ async fn sample(
     seen: Seen,
     stop: Arc<tokio::sync::Notify>,
 ) {
+    let http = reqwest::Client::new();
     loop {
         for e in envoys.iter() {
-            let Some(cds) = version_text(e, "cluster_manager.cds.version_text").await else {
+            let Some((cds, lds)) = versions(&http, e).await else {
                 continue;
             };
-            let rev = match sni_cluster {
-                true => cds,
-                false => match version_text(e, "listener_manager.lds.version_text").await {
-                    Some(lds) => cds.min(lds),
-                    None => continue,
-                },
+            let rev = match (sni_cluster, lds) {
+                (true, _) => cds,
+                (false, Some(lds)) => cds.min(lds),
+                (false, None) => continue,
             };
             let at = now_us();
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
