@@ -427,18 +427,33 @@ async fn final_checks(
             if dns_ids != published {
                 bail!("leader has {dns_ids:?}, DNS has {published:?}");
             }
-            // In sni-cluster mode the listener is the same at every revision, and Envoy's
-            // config dump keeps the version of the last LDS response that changed it: only
-            // its presence can be required (invariant 3 checks that it routes).
-            let listener_ok = |l: Option<u64>| match args.listener_mode.as_str() {
-                "sni-cluster" => l.is_some_and(|l| l <= rev),
-                _ => l == Some(rev),
-            };
+            // Envoy's own config dump gives the clusters' revision; a listener's version there
+            // is the revision it last changed at (delta, or sni-cluster mode, where it never
+            // changes), so for listeners Envoy must hold one, and the replicas' records must
+            // show the Envoy ACKed the leader's revision for both types.
             for e in &world.envoys {
                 let v = e.versions().await?;
-                if v.clusters != Some(rev) || !listener_ok(v.listeners) {
+                if v.clusters != Some(rev) || v.listeners.is_none_or(|l| l > rev) {
                     bail!("{} at {v:?}, leader at {rev}", e.node_id);
                 }
+            }
+            let mut acked = 0;
+            for id in c.up() {
+                for e in c.api(id).envoys().await?.envoys {
+                    for ty in ["clusters", "listeners"] {
+                        if e.acked(ty) != Some(rev) {
+                            bail!(
+                                "{} ACKed {ty} {:?} on node {id}, leader at {rev}",
+                                e.node_id,
+                                e.acked(ty)
+                            );
+                        }
+                    }
+                    acked += 1;
+                }
+            }
+            if acked < world.envoys.len() {
+                bail!("{acked} of {} Envoys streaming", world.envoys.len());
             }
             let reference = c.api(l).builders(false).await?;
             for id in c.up() {
