@@ -85,6 +85,10 @@ pub struct Outcome {
     pub nacked: Option<(u64, String)>,
 }
 
+/// The most resource names one stream may subscribe to (or report holding) per type: far more
+/// than any registry serves, and a bound on what a hostile client can make a stream keep.
+pub const MAX_NAMES_PER_TYPE: usize = 100_000;
+
 /// The changes to send for one type.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
@@ -117,6 +121,14 @@ impl DeltaState {
     /// The subscribed types and their state, ordered by type URL (clusters before listeners).
     pub fn types(&self) -> &BTreeMap<String, DeltaType> {
         &self.types
+    }
+
+    /// Whether applying `r` would make its type's subscription (or, on a first request, what
+    /// the Envoy reports holding) exceed [`MAX_NAMES_PER_TYPE`]; such a request is refused.
+    pub fn too_many_names(&self, r: &Request<'_>) -> bool {
+        let names = self.types.get(r.type_url).map_or(0, |t| t.names.len());
+        let held = r.initial_versions.map_or(0, |h| h.len());
+        names.saturating_add(r.subscribe.len()) > MAX_NAMES_PER_TYPE || held > MAX_NAMES_PER_TYPE
     }
 
     /// Applies a request: subscription changes, then its ACK or NACK.

@@ -17,7 +17,7 @@
 //! service feeds it from HTTP/2, the tests from a channel.
 
 use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
-use crate::protocol::delta::{DeltaState, Request as DeltaRequest};
+use crate::protocol::delta::{DeltaState, MAX_NAMES_PER_TYPE, Request as DeltaRequest};
 use crate::push::Pushes;
 use crate::resource_type;
 use crate::snapshot::{Resources, Snapshot};
@@ -104,14 +104,26 @@ impl DeltaStream {
         }
         let type_url = req.type_url.as_str();
         let first = !self.state.types().contains_key(type_url);
-        let outcome = self.state.on_request(&DeltaRequest {
+        let request = DeltaRequest {
             type_url,
             subscribe: &req.resource_names_subscribe,
             unsubscribe: &req.resource_names_unsubscribe,
             initial_versions: first.then_some(&req.initial_resource_versions),
             nonce: &req.response_nonce,
             error: req.error_detail.as_ref().map(|e| e.message.as_str()),
-        });
+        };
+        if self.state.too_many_names(&request) {
+            tracing::warn!(
+                stream = self.peer.id,
+                node = self.node_id(),
+                type_url,
+                "a delta request would subscribe to more than {MAX_NAMES_PER_TYPE} names; ending the stream"
+            );
+            return Err(End::Status(Status::invalid_argument(format!(
+                "more than {MAX_NAMES_PER_TYPE} resource names of {type_url} on one stream"
+            ))));
+        }
+        let outcome = self.state.on_request(&request);
         let x = &self.xds;
         if let Some(revision) = outcome.acked {
             self.pushes

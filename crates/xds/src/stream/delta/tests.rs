@@ -319,3 +319,34 @@ async fn one_response_per_type_is_unacknowledged_and_newer_revisions_coalesce() 
     );
     envoy.close().await;
 }
+
+#[tokio::test]
+async fn a_subscription_beyond_the_name_bound_ends_the_stream() {
+    use crate::protocol::delta::MAX_NAMES_PER_TYPE;
+    let replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let first = response(&mut envoy).await;
+    // Within the bound: answered. One more name than it allows, in a later request: refused.
+    let names = |from: usize, n: usize| (from..from + n).map(|i| format!("name-{i}")).collect();
+    envoy
+        .send(DeltaDiscoveryRequest {
+            resource_names_subscribe: names(0, MAX_NAMES_PER_TYPE),
+            ..request(CLUSTER_TYPE, &first.nonce, None)
+        })
+        .await;
+    envoy
+        .send(DeltaDiscoveryRequest {
+            resource_names_subscribe: names(MAX_NAMES_PER_TYPE, 1),
+            ..request(CLUSTER_TYPE, "", None)
+        })
+        .await;
+    let end = loop {
+        match envoy.recv::<DeltaDiscoveryResponse>().await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::InvalidArgument, "{end:?}");
+    assert!(end.message().contains("resource names"), "{end:?}");
+}
