@@ -9,7 +9,7 @@
 //! committed and applied). What each Envoy holds is read from Envoy itself, every 10 ms: its
 //! `cluster_manager.cds.version_text` and `listener_manager.lds.version_text` (in sni-cluster
 //! mode the listener never changes: clusters alone). A revision is held by an Envoy from the
-//! first sample that shows it or a newer one, so times are late by up to a sample. Printed per
+//! first sample that shows it or a newer one, so times are late by up to a sample (`--sample-ms`). Printed per
 //! run: commit → every Envoy holds it (p50, p99, max over the changes), how many revisions the
 //! furthest Envoy was behind when the burst stopped, and the time from the last change's commit
 //! until every Envoy holds it (convergence), beside one change's commit → every Envoy ACK
@@ -56,6 +56,10 @@ struct Cli {
     /// Real Envoys, spread over the replicas.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     envoys: u64,
+    /// Milliseconds between reads of every Envoy's versions (each read is an admin request on
+    /// Envoy's main thread: a shorter period measures more finely and costs Envoy more).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    sample_ms: u64,
 }
 
 fn now_us() -> u64 {
@@ -94,7 +98,7 @@ async fn versions(http: &reqwest::Client, e: &Envoy) -> Option<(u64, Option<u64>
     ))
 }
 
-/// Reads every Envoy's versions every 10 ms until `stop`.
+/// Reads every Envoy's versions every `every` until `stop`.
 async fn sample(
     envoys: Arc<Vec<Envoy>>,
     sni_cluster: bool,
@@ -121,7 +125,7 @@ async fn sample(
         }
         tokio::select! {
             _ = stop.notified() => return,
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }
