@@ -6,7 +6,7 @@
 //!
 //! Each change re-puts one of ten `burst<k>` builders at a new port (the registry's size stays
 //! the same). Commit time is when the put's answer arrives (the leader answers once the entry is
-//! committed and applied). What each Envoy holds is read from Envoy itself, every 10 ms: its
+//! committed and applied). What each Envoy holds is read from Envoy itself, every `--sample-ms` (10): its
 //! `cluster_manager.cds.version_text` and `listener_manager.lds.version_text` (in sni-cluster
 //! mode the listener never changes: clusters alone). A revision is held by an Envoy from the
 //! first sample that shows it or a newer one, so times are late by up to a sample (`--sample-ms`). Printed per
@@ -101,6 +101,7 @@ async fn versions(http: &reqwest::Client, e: &Envoy) -> Option<(u64, Option<u64>
 /// Reads every Envoy's versions every `every` until `stop`.
 async fn sample(
     envoys: Arc<Vec<Envoy>>,
+    every: Duration,
     sni_cluster: bool,
     seen: Seen,
     stop: Arc<tokio::sync::Notify>,
@@ -195,6 +196,7 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
     let stop = Arc::new(tokio::sync::Notify::new());
     let sampler = tokio::spawn(sample(
         envoys.clone(),
+        Duration::from_millis(cli.sample_ms),
         sni_cluster,
         seen.clone(),
         stop.clone(),
