@@ -220,7 +220,6 @@ impl World {
     /// stable builder.
     pub async fn start(s: &Setup) -> Result<Arc<World>> {
         let bind = Bind::start().await?;
-        bind.ready().await?;
         let port = free_port();
         let ca = TestCa::new()?;
         let stable: Vec<String> = (1..=s.stable).map(|i| format!("s{i}")).collect();

@@ -87,7 +87,6 @@ async fn routes(ca: &TestCa, e: &Envoy, id: &str, yes: bool) -> Result<()> {
 #[tokio::test]
 async fn each_record_format_reaches_envoy_and_leaves_again() -> Result<()> {
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let (txt_port, a_port) = (free_port(), free_port());
     let sources = vec![
         format!("txt:_instances.internal:{txt_port}"),
@@ -157,7 +156,6 @@ async fn each_record_format_reaches_envoy_and_leaves_again() -> Result<()> {
 #[tokio::test]
 async fn only_the_leader_polls_and_a_new_leader_misses_no_change() -> Result<()> {
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let sources = vec!["txt:_instances.internal:8443".to_string()];
     let mut c = Cluster::start(dns_opts(&bind, &sources, &[])).await?;
     let leader = c.leader().await?;
@@ -221,7 +219,6 @@ async fn only_the_leader_polls_and_a_new_leader_misses_no_change() -> Result<()>
 #[tokio::test]
 async fn dns_outage_changes_nothing_and_polling_resumes() -> Result<()> {
     let mut bind = Bind::start().await?;
-    bind.ready().await?;
     let sources = vec!["txt:_instances.internal:8443".to_string()];
     let c = Cluster::start(dns_opts(
         &bind,
@@ -289,7 +286,6 @@ async fn dns_outage_changes_nothing_and_polling_resumes() -> Result<()> {
 async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> {
     const HOLD: Duration = Duration::from_millis(3000);
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let sources = vec!["txt:_instances.internal:8443".to_string()];
     let c = Cluster::start(dns_opts(
         &bind,
@@ -363,7 +359,6 @@ async fn mass_removal_is_held_once_and_applied_when_it_persists() -> Result<()> 
 #[tokio::test]
 async fn a_thousand_builders_in_one_name_arrive_over_tcp() -> Result<()> {
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let mut script = "zone builders.test.\n".to_string();
     for i in 0..1000 {
         script += &format!(
@@ -391,7 +386,6 @@ async fn a_thousand_builders_in_one_name_arrive_over_tcp() -> Result<()> {
 #[tokio::test]
 async fn malformed_entries_are_skipped_and_counted() -> Result<()> {
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let sources = vec!["txt:_instances.internal:8443".to_string()];
     let c = Cluster::start(dns_opts(&bind, &sources, &[])).await?;
     bind.set_instances(&[

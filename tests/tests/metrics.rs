@@ -34,7 +34,6 @@ fn value(page: &str, name: &str) -> Result<f64> {
 #[tokio::test]
 async fn metrics_parse_and_count_changes_to_ack() -> Result<()> {
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let c = Cluster::start(Options {
         extra: vec![
             "--dns-server".into(),

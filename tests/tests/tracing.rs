@@ -30,7 +30,6 @@ fn one<'a>(
 async fn one_dns_change_is_one_trace_from_poll_to_every_envoy_ack() -> Result<()> {
     let collector = Collector::start().await?;
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let c = Cluster::start(Options {
         extra: vec![
             "--dns-server".into(),

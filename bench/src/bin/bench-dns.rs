@@ -95,7 +95,6 @@ async fn main() -> Result<()> {
     let a = Args::parse();
     let (changes, kills) = (a.changes, a.kills);
     let bind = Bind::start().await?;
-    bind.ready().await?;
     bind.set_instances(&entries(10))?;
     let mut c = Cluster::start(Options {
         extra: vec![

@@ -261,7 +261,6 @@ fn row(label: &str, target: &str, samples: &mut [Duration], missing: usize) {
 async fn main() -> Result<()> {
     let a = Args::parse();
     let bind = Bind::start().await?;
-    bind.ready().await?;
     let dns = Arc::new(Dns {
         bind,
         state: Mutex::new((None, false)),

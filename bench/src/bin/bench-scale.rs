@@ -423,7 +423,6 @@ async fn main() -> Result<()> {
     let dns = a.dns_changes > 0 && a.sizes.iter().any(|s| dns_sizes.contains(s));
     let bind = if dns {
         let bind = Bind::start().await?;
-        bind.ready().await?;
         bind.set_instances(&instances(None))?;
         Some(bind)
     } else {

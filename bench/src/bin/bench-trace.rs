@@ -168,7 +168,6 @@ async fn main() -> Result<()> {
     let a = Args::parse();
     let changes = a.changes;
     let bind = Bind::start().await?;
-    bind.ready().await?;
 
     let (mut api, mut dns) = run(&bind, changes, &[]).await?;
     report("tracing off", &mut api, &mut dns);
