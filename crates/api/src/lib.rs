@@ -30,7 +30,7 @@ pub use request::{
     AddLearner, BatchBody, BatchBuilder, Endpoint, Isolate, Promote, PutBuilder, Request,
     RequestError, decode,
 };
-pub use status::{Isolated, Member, Role, Status};
+pub use status::{EntryFormats, Isolated, Member, MemberFormat, Role, Status};
 pub use xds::XdsResources;
 
 #[cfg(test)]

@@ -93,6 +93,33 @@ pub struct Status {
     pub members: Vec<Member>,
     /// On the leader: milliseconds since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+    /// The entry formats of this replica and the cluster; absent from replicas of earlier
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_format: Option<EntryFormats>,
+}
+
+/// The entry formats of a cluster as one replica sees them (rolling upgrades: a format above the
+/// cluster's is proposed only once every member supports it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryFormats {
+    /// The highest entry format this replica applies.
+    pub supported: u32,
+    /// The cluster's committed format: nothing above it is proposed.
+    pub cluster: u32,
+    /// On the leader: what each member last said it supports (empty elsewhere).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub members: std::collections::BTreeMap<u64, MemberFormat>,
+}
+
+/// What a leader last heard of one member's entry format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberFormat {
+    /// The member applies formats up to this one.
+    Supports(u32),
+    /// The member did not answer; why.
+    Unknown(String),
 }
 
 impl Status {

@@ -193,6 +193,7 @@ fn status_body(s: concord_raft::Status) -> concord_api::Status {
             })
             .collect(),
         millis_since_quorum_ack: s.millis_since_quorum_ack,
+        entry_format: Some(s.entry_format),
     }
 }
 

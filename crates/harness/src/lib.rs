@@ -166,6 +166,8 @@ pub struct Replica {
     launch: Launch,
     proc: Option<Proc>,
     restarts: u32,
+    /// The binary it starts with: [`concord_bin`] unless [`Replica::set_binary`] chose another.
+    bin: Option<PathBuf>,
 }
 
 impl Replica {
@@ -177,7 +179,8 @@ impl Replica {
     /// Starts (or restarts) the process with its original arguments.
     pub fn start(&mut self) -> Result<()> {
         assert!(!self.is_running(), "node {} already running", self.id);
-        let mut cmd = Command::new(concord_bin());
+        let bin = self.bin.clone().unwrap_or_else(concord_bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn");
@@ -191,6 +194,12 @@ impl Replica {
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// Starts it with `bin` from the next [`Replica::start`] on (another version of concord,
+    /// for rolling upgrades); `None` for the binary under test.
+    pub fn set_binary(&mut self, bin: Option<PathBuf>) {
+        self.bin = bin;
     }
 
     /// Its process, taken out of this handle (to stop it together with others).
@@ -281,6 +290,8 @@ pub struct Options {
     pub detach: bool,
     /// The cluster name (`--cluster`); `test-<pid>` by default.
     pub name: Option<String>,
+    /// The `concord` binary every replica starts with ([`concord_bin`] by default).
+    pub bin: Option<PathBuf>,
 }
 
 impl Options {
@@ -308,6 +319,7 @@ impl Default for Options {
             state: None,
             detach: false,
             name: None,
+            bin: None,
         }
     }
 }
@@ -559,6 +571,7 @@ impl Cluster {
             launch,
             proc: None,
             restarts: 0,
+            bin: self.opts.bin.clone(),
         })
     }
 

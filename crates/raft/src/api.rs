@@ -34,6 +34,9 @@ pub enum ClientRequest {
     /// Answered by the replica that receives it, leader or not: what it reports of itself (the
     /// Envoys streaming from it), for cluster-wide status. Never forwarded.
     LocalStatus,
+    /// Answered by the replica that receives it: the highest entry format it applies. Builds
+    /// before entry formats do not know the request (they support format 1).
+    EntryFormat,
 }
 
 /// The leader's answer to a [`ClientRequest`].
@@ -61,6 +64,11 @@ pub enum ClientReply {
     LocalStatus {
         /// The Envoys streaming from the replica; none while it is starting (JSON `null`).
         status: Option<concord_api::LocalEnvoys>,
+    },
+    /// The answer to [`ClientRequest::EntryFormat`].
+    EntryFormat {
+        /// The highest entry format the replica applies.
+        supported: u32,
     },
 }
 

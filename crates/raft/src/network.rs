@@ -199,6 +199,49 @@ impl Network {
         serde_json::from_slice::<Result<ClientReply, ClientError>>(&reply.into_inner().payload)
             .map_err(|e| unreachable(format!("undecodable reply: {e}")))?
     }
+
+    /// The highest entry format replica `to` applies. A build from before entry formats refuses
+    /// the question as an undecodable request; that answer means [`FORMAT_BUILDERS`].
+    ///
+    /// [`FORMAT_BUILDERS`]: concord_registry::FORMAT_BUILDERS
+    pub async fn entry_format(
+        &self,
+        to: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<u32, ClientError> {
+        let unreachable = |error: String| ClientError::LeaderUnreachable {
+            leader: to,
+            addr: addr.to_string(),
+            error,
+        };
+        let mut client = self
+            .client(to, addr)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let msg = Message {
+            payload: serde_json::to_vec(&ClientRequest::EntryFormat)
+                .expect("client requests serialise"),
+            data: Vec::new(),
+        };
+        let reply = match client.forward(self.request(to, msg, timeout)).await {
+            Ok(reply) => reply,
+            Err(s)
+                if s.code() == tonic::Code::InvalidArgument
+                    && s.message().starts_with("undecodable request") =>
+            {
+                return Ok(concord_registry::FORMAT_BUILDERS);
+            }
+            Err(s) => return Err(unreachable(format!("{}: {}", s.code(), s.message()))),
+        };
+        match serde_json::from_slice::<Result<ClientReply, ClientError>>(
+            &reply.into_inner().payload,
+        )
+        .map_err(|e| unreachable(format!("undecodable reply: {e}")))??
+        {
+            ClientReply::EntryFormat { supported } => Ok(supported),
+            other => Err(unreachable(format!("unexpected reply {other:?}"))),
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

@@ -3,6 +3,7 @@
 
 use crate::api::{ClientError, ClientReply, ClientRequest};
 use crate::contact::{ContactClock, Freshness, judge};
+use crate::format::{EntryFormats, MemberFormat};
 use crate::network::{MAX_MESSAGE, Network};
 use crate::proto::raft_server::RaftServer;
 use crate::service::PeerService;
@@ -88,6 +89,8 @@ pub struct Node {
     cut: Arc<std::sync::Mutex<BTreeSet<NodeId>>>,
     /// What this replica reports of itself to [`ClientRequest::LocalStatus`].
     local_status: std::sync::OnceLock<LocalStatusFn>,
+    /// While this node leads: each member's entry format, as last asked (see [`crate::format`]).
+    member_formats: std::sync::Mutex<BTreeMap<NodeId, MemberFormat>>,
 }
 
 /// Produces a replica's own status (the Envoys streaming from it) for cluster-wide views.
@@ -133,6 +136,8 @@ pub struct Status {
     pub members: Vec<Member>,
     /// On the leader: milliseconds since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+    /// The entry formats of this replica and the cluster.
+    pub entry_format: EntryFormats,
 }
 
 /// `millis_since_quorum_ack` while the node leads; `None` otherwise.
@@ -214,6 +219,7 @@ impl Node {
             cut,
             contact,
             local_status: std::sync::OnceLock::new(),
+            member_formats: std::sync::Mutex::default(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -250,6 +256,7 @@ impl Node {
         node.initialize().await?;
         node.follow_leadership(&tasks);
         node.catch_up_after_start(&tasks);
+        node.raise_format_when_supported(&tasks);
         Ok((node, handle))
     }
 
@@ -308,6 +315,132 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// While this node leads, asks every member for its entry format every
+    /// [`crate::format::CHECK_EVERY`] and raises the cluster's once all of them support a newer
+    /// one (see [`crate::format`]).
+    fn raise_format_when_supported(self: &Arc<Self>, tasks: &Tasks) {
+        let node = self.clone();
+        let shutdown = tasks.token().clone();
+        tasks.spawn("raft entry format", async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(crate::format::CHECK_EVERY) => {}
+                }
+                node.check_formats().await;
+            }
+        });
+    }
+
+    async fn check_formats(&self) {
+        let (leading, members) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let members: Vec<(NodeId, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            (m.state == ServerState::Leader, members)
+        };
+        if !leading {
+            self.member_formats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            return;
+        }
+        let asks = members.iter().map(|(id, addr)| async move {
+            let format = if *id == self.config.node_id {
+                MemberFormat::Supports(concord_registry::FORMAT)
+            } else {
+                match self
+                    .network
+                    .entry_format(*id, addr, crate::format::ASK_TIMEOUT)
+                    .await
+                {
+                    Ok(n) => MemberFormat::Supports(n),
+                    Err(e) => MemberFormat::Unknown(e.to_string()),
+                }
+            };
+            (*id, format)
+        });
+        let heard: BTreeMap<NodeId, MemberFormat> =
+            futures::future::join_all(asks).await.into_iter().collect();
+        let cluster = self.sm.registry().borrow().format();
+        for (id, f) in &heard {
+            if let MemberFormat::Supports(n) = f
+                && *n < cluster
+            {
+                tracing::warn!(
+                    node = id,
+                    supports = n,
+                    cluster,
+                    "a member runs a build older than the cluster's entry format; it stops \
+                     applying at the first newer entry: upgrade it"
+                );
+            }
+        }
+        let raise = crate::format::raise_to(&heard, cluster);
+        *self
+            .member_formats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = heard;
+        if let Some(to) = raise {
+            let timeout = self.config.request_timeout;
+            match self
+                .write_local(concord_registry::Command::raise_format(to), timeout)
+                .await
+            {
+                Ok(_) => tracing::info!(
+                    from = cluster,
+                    to,
+                    "every member supports a newer entry format; raised the cluster's"
+                ),
+                Err(error) => tracing::debug!(%error, "raising the entry format failed; retrying"),
+            }
+        }
+    }
+
+    /// The entry formats of this replica and the cluster, and on the leader each member's.
+    pub fn entry_formats(&self) -> EntryFormats {
+        EntryFormats {
+            supported: concord_registry::FORMAT,
+            cluster: self.sm.registry().borrow().format(),
+            members: self
+                .member_formats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Refuses to add a node that does not apply the cluster's entry format: it would apply
+    /// newer entries only in part. Only once the cluster is above the builders' format, so a
+    /// cluster of one version adds nodes as before (also ones not started yet).
+    async fn check_joiner_format(&self, id: NodeId, addr: &str) -> Result<(), ClientError> {
+        let cluster = self.sm.registry().borrow().format();
+        if cluster <= concord_registry::FORMAT_BUILDERS {
+            return Ok(());
+        }
+        match self
+            .network
+            .entry_format(id, addr, crate::format::ASK_TIMEOUT)
+            .await
+        {
+            Ok(n) if n >= cluster => Ok(()),
+            Ok(n) => Err(ClientError::Membership(format!(
+                "node {id} at {addr} applies entry formats up to {n}, but the cluster is at \
+                 format {cluster}: run this cluster's version on it"
+            ))),
+            Err(e) => Err(ClientError::Membership(format!(
+                "node {id} at {addr} did not say which entry formats it applies ({e}); the \
+                 cluster is at format {cluster}, so start the node before adding it"
+            ))),
+        }
     }
 
     async fn initialize(&self) -> Result<(), StartError> {
@@ -395,6 +528,7 @@ impl Node {
             builders: registry.len(),
             members,
             millis_since_quorum_ack: m.millis_since_quorum_ack,
+            entry_format: self.entry_formats(),
         }
     }
 
@@ -568,6 +702,7 @@ impl Node {
             }
             ClientRequest::AddLearner { node_id, addr } => {
                 self.check_quorum()?;
+                self.check_joiner_format(node_id, &addr).await?;
                 let fut = self.raft.add_learner(node_id, BasicNode::new(addr), false);
                 let resp = tokio::time::timeout(timeout, fut)
                     .await
@@ -602,6 +737,9 @@ impl Node {
             }
             ClientRequest::LocalStatus => Ok(ClientReply::LocalStatus {
                 status: self.local_status(),
+            }),
+            ClientRequest::EntryFormat => Ok(ClientReply::EntryFormat {
+                supported: concord_registry::FORMAT,
             }),
             ClientRequest::ReadIndex => {
                 let res = tokio::time::timeout(timeout, self.raft.ensure_linearizable())

@@ -23,6 +23,27 @@ impl Batch {
     }
 }
 
+/// The entry format of the builds before services: builder commands only. Every stored entry
+/// and snapshot of those builds is of this format.
+pub const FORMAT_BUILDERS: u32 = 1;
+
+/// The highest entry format this build applies. Format 2 adds services (issue 14).
+///
+/// Older builds decode a newer entry without complaint (JSON fields they do not know are
+/// ignored) and would apply only the part they understand: a silent divergence. So a command of
+/// a format above [`FORMAT_BUILDERS`] is proposed only once the cluster's format (the lowest every
+/// member supports, committed by the leader with [`Command::raise_format`]) reaches it, and a
+/// replica that meets an entry of a format it does not know stops applying instead of guessing.
+pub const FORMAT: u32 = 2;
+
+fn is_builders_format(f: &u32) -> bool {
+    *f == FORMAT_BUILDERS
+}
+
+fn builders_format() -> u32 {
+    FORMAT_BUILDERS
+}
+
 /// The payload of one Raft log entry that changes the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
@@ -46,6 +67,20 @@ pub struct Command {
     /// versions have none and are never deduplicated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The lowest entry format a replica must apply to apply this command as every other does
+    /// (see [`FORMAT`]); absent in entries of earlier versions, which are all builder commands.
+    #[serde(
+        default = "builders_format",
+        skip_serializing_if = "is_builders_format"
+    )]
+    pub format: u32,
+    /// Raises the cluster's entry format to this value (never lowers it). Proposed by the leader
+    /// only once every member reported that it supports the format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raise_format: Option<u32>,
+    /// Replaces the whole desired state of the services half (`concord apply`); format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<Box<crate::services::Desired>>,
 }
 
 impl Command {
@@ -72,8 +107,51 @@ impl Command {
             if_revision: None,
             trace: BTreeMap::new(),
             request_id: None,
+            format: FORMAT_BUILDERS,
+            raise_format: None,
+            desired: None,
         }
     }
+
+    /// The command that sets the services half's desired state to `desired` (`concord apply`).
+    pub fn apply_services(desired: crate::services::Desired) -> Self {
+        Command {
+            format: 2,
+            desired: Some(Box::new(desired)),
+            ..Command::new(Source::Api, Batch::default())
+        }
+    }
+
+    /// The command that raises the cluster's entry format to `format`.
+    pub fn raise_format(format: u32) -> Self {
+        Command {
+            format,
+            raise_format: Some(format),
+            ..Command::new(Source::Api, Batch::default())
+        }
+    }
+
+    /// Refuses a command this build cannot apply as the builds that proposed it do.
+    pub fn check_format(&self) -> Result<(), UnknownFormat> {
+        let format = self.format.max(self.raise_format.unwrap_or(0));
+        if format > FORMAT {
+            return Err(UnknownFormat { format });
+        }
+        Ok(())
+    }
+}
+
+/// An entry of a newer format than this build applies (a replica was downgraded below the
+/// cluster's format, or joined with an older binary than the others).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a committed entry has format {format} but this build applies formats up to {FORMAT}: \
+     run the version the rest of the cluster runs on this replica (it stops applying rather than \
+     diverge)"
+)]
+pub struct UnknownFormat {
+    /// The entry's format.
+    pub format: u32,
 }
 
 /// The result of applying one command; every replica computes the same one.
@@ -130,6 +208,22 @@ pub enum Rejection {
         /// Who manages it.
         owner: Source,
     },
+    /// The command is of an entry format the cluster has not reached yet: some member may not
+    /// apply it as the others would.
+    #[error(
+        "this change needs entry format {format}, but the cluster is at format {cluster}: every \
+         replica must run a version that supports it first (`concord cluster status` shows each \
+         one's)"
+    )]
+    FormatNotEnabled {
+        /// The command's format.
+        format: u32,
+        /// The cluster's format when it was applied.
+        cluster: u32,
+    },
+    /// The desired state of the services half is invalid; every problem, by field.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidServices(Vec<crate::services::FieldError>),
     /// `if_revision` did not match: the registry moved since the command was computed.
     #[error("registry is at revision {actual}, the command expected {expected}")]
     StaleRevision {

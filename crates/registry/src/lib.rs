@@ -8,10 +8,12 @@
 
 mod builder;
 mod command;
+pub mod services;
+use services::Desired;
 
 pub use builder::{Builder, InvalidBuilder, Source, is_dns_name};
 
-pub use command::{Batch, Command, Outcome, Rejection};
+pub use command::{Batch, Command, FORMAT, FORMAT_BUILDERS, Outcome, Rejection, UnknownFormat};
 use serde::{Deserialize, Serialize};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,7 +47,7 @@ use std::sync::Arc;
 ///
 /// Builders are held in `Arc`s in persistent maps, so that a copy of the registry (published to
 /// every xDS stream after each apply, kept by snapshots) shares them instead of cloning each one.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     builders: Builders,
     /// SNI name → builder id; derived from `builders`, kept to check SNI uniqueness in O(batch).
@@ -55,11 +57,33 @@ pub struct Registry {
     requests: imbl::HashMap<String, (u64, Outcome)>,
     /// The same ids by log index, to evict the oldest.
     request_order: imbl::OrdMap<u64, String>,
+    /// The cluster's entry format: the highest one raised by a committed entry
+    /// ([`Command::raise_format`]); [`FORMAT_BUILDERS`] until then.
+    format: u32,
+    /// The services half's desired state, as last applied.
+    desired: Arc<services::Desired>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            builders: Builders::default(),
+            sni_index: SniIndex::default(),
+            revision: 0,
+            requests: imbl::HashMap::default(),
+            request_order: imbl::OrdMap::default(),
+            format: FORMAT_BUILDERS,
+            desired: Arc::default(),
+        }
+    }
 }
 
 impl PartialEq for Registry {
     fn eq(&self, other: &Self) -> bool {
-        self.revision == other.revision && self.builders == other.builders
+        self.revision == other.revision
+            && self.format == other.format
+            && self.builders == other.builders
+            && self.desired == other.desired
     }
 }
 
@@ -107,6 +131,28 @@ impl Registry {
             self.remember(r.id, r.index, r.outcome);
         }
         self
+    }
+
+    /// Sets the cluster's entry format (from the store or a snapshot).
+    pub fn with_format(mut self, format: u32) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Sets the services half's desired state (from the store or a snapshot).
+    pub fn with_desired(mut self, desired: services::Desired) -> Self {
+        self.desired = Arc::new(desired);
+        self
+    }
+
+    /// The services half's desired state.
+    pub fn desired(&self) -> &Arc<services::Desired> {
+        &self.desired
+    }
+
+    /// The cluster's entry format: a command of a higher one is refused.
+    pub fn format(&self) -> u32 {
+        self.format
     }
 
     /// The remembered requests, by log index.
@@ -220,7 +266,17 @@ impl Registry {
         if let Err(rejection) = self.check(cmd) {
             return Outcome::Rejected(rejection);
         }
+        if let Some(format) = cmd.raise_format {
+            // Not a change of what Envoys are sent: the revision stays.
+            self.format = self.format.max(format);
+        }
         let mut changed = false;
+        if let Some(desired) = &cmd.desired
+            && *self.desired != **desired
+        {
+            self.desired = Arc::new(Desired::clone(desired));
+            changed = true;
+        }
         for id in &cmd.batch.removes {
             if let Some(old) = self.builders.remove(id) {
                 self.sni_index.remove(&old.sni);
@@ -251,6 +307,14 @@ impl Registry {
 
     /// Every rule a command must pass before it changes anything.
     fn check(&self, cmd: &Command) -> Result<(), Rejection> {
+        // A raise is checked against nothing else: the leader proposes it once every member
+        // supports the format, and the entry itself says it needs that format.
+        if cmd.format > self.format && cmd.raise_format.is_none_or(|f| f < cmd.format) {
+            return Err(Rejection::FormatNotEnabled {
+                format: cmd.format,
+                cluster: self.format,
+            });
+        }
         if let Some(expected) = cmd.if_revision
             && expected != self.revision
         {
@@ -258,6 +322,9 @@ impl Registry {
                 expected,
                 actual: self.revision,
             });
+        }
+        if let Some(desired) = &cmd.desired {
+            services::validate(desired).map_err(Rejection::InvalidServices)?;
         }
         let removes: HashSet<&str> = cmd.batch.removes.iter().map(String::as_str).collect();
         let mut upsert_ids: HashMap<&str, &Builder> = HashMap::new();

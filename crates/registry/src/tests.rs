@@ -495,3 +495,65 @@ fn remembered_requests_are_bounded_oldest_first() {
         r.requests().collect::<Vec<_>>()
     );
 }
+
+/// A command of a format the cluster has not reached is refused on every replica alike, and
+/// goes through once a raise has committed; the raise itself changes no revision.
+#[test]
+fn a_newer_format_is_refused_until_the_cluster_is_raised() {
+    let mut r = Registry::new();
+    assert_eq!(r.format(), FORMAT_BUILDERS);
+    let mut newer = put(vec![b("b1", 1, Source::Api)]);
+    newer.format = 2;
+    assert_eq!(
+        r.apply(1, &newer),
+        Outcome::Rejected(Rejection::FormatNotEnabled {
+            format: 2,
+            cluster: 1
+        })
+    );
+    assert!(r.is_empty());
+    assert_eq!(
+        r.apply(2, &Command::raise_format(2)),
+        Outcome::Applied {
+            revision: 0,
+            changed: false
+        }
+    );
+    assert_eq!(r.format(), 2);
+    assert_eq!(
+        r.apply(3, &newer),
+        Outcome::Applied {
+            revision: 3,
+            changed: true
+        }
+    );
+    // Never lowered.
+    r.apply(4, &Command::raise_format(1));
+    assert_eq!(r.format(), 2);
+}
+
+/// Entries of the builds before formats existed decode as format 1, a raise is written so that
+/// those builds would not mistake it for anything but an empty batch, and this build refuses to
+/// apply what it does not know.
+#[test]
+fn entry_formats_on_the_wire() {
+    let old = r#"{"source":"api","batch":{"upserts":[],"removes":["b1"]}}"#;
+    let cmd: Command = serde_json::from_str(old).expect("decodes");
+    assert_eq!(cmd.format, FORMAT_BUILDERS);
+    assert_eq!(serde_json::to_string(&cmd).expect("encodes"), old);
+    let raise = serde_json::to_value(Command::raise_format(2)).expect("encodes");
+    assert_eq!(
+        raise["batch"],
+        serde_json::json!({"upserts": [], "removes": []})
+    );
+    assert_eq!(
+        (raise["format"].as_u64(), raise["raise_format"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(Command::raise_format(FORMAT).check_format().is_ok());
+    let future = Command::raise_format(FORMAT + 1);
+    assert_eq!(
+        future.check_format(),
+        Err(UnknownFormat { format: FORMAT + 1 })
+    );
+}

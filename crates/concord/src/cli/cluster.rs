@@ -2,7 +2,7 @@
 
 use super::{Target, opt};
 use clap::{Args, Subcommand};
-use concord_api::{MembershipChanged, Status};
+use concord_api::{MemberFormat, MembershipChanged, Status};
 use std::process::ExitCode;
 
 /// `concord cluster`.
@@ -51,13 +51,26 @@ fn status(s: &Status) -> String {
         s.revision,
         s.builders,
     );
+    let formats = s.entry_format.as_ref();
     for m in &s.members {
         // The id unpadded, as the CLI has always printed it.
         out += &format!(
-            "  {} {:<24} {}\n",
+            "  {} {:<24} {}",
             m.id,
             m.addr,
             if m.voter { "voter" } else { "learner" }
+        );
+        match formats.and_then(|f| f.members.get(&m.id)) {
+            Some(MemberFormat::Supports(n)) => out += &format!("  entry format {n}"),
+            Some(MemberFormat::Unknown(why)) => out += &format!("  entry format unknown: {why}"),
+            None => {}
+        }
+        out += "\n";
+    }
+    if let Some(f) = formats {
+        out += &format!(
+            "entry format: cluster {}, this replica applies up to {}\n",
+            f.cluster, f.supported
         );
     }
     out
@@ -130,11 +143,26 @@ mod tests {
                 voter: false,
             }],
             millis_since_quorum_ack: Some(1),
+            entry_format: None,
         };
         assert_eq!(
             status(&s),
             "node 1 (leader) of cluster concord, term 2\nleader: 1  last log: 9  applied: 9  \
              snapshot: -  revision: 8  builders: 3\nmembers:\n  2 127.0.0.1:7102           learner\n"
+        );
+        let s = Status {
+            entry_format: Some(concord_api::EntryFormats {
+                supported: 2,
+                cluster: 1,
+                members: [(2, MemberFormat::Supports(1))].into(),
+            }),
+            ..s
+        };
+        assert_eq!(
+            status(&s),
+            "node 1 (leader) of cluster concord, term 2\nleader: 1  last log: 9  applied: 9  \
+             snapshot: -  revision: 8  builders: 3\nmembers:\n  2 127.0.0.1:7102           learner  \
+             entry format 1\nentry format: cluster 1, this replica applies up to 2\n"
         );
     }
 }

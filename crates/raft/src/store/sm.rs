@@ -9,6 +9,7 @@
 
 use super::{Db, decode, encode, io_err};
 use crate::{NodeId, TypeConfig};
+use concord_registry::services::Desired;
 use concord_registry::{Builder, Outcome, RecentRequest, Registry};
 use concord_telemetry::trace::Span;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -28,6 +29,10 @@ type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const REVISION: &[u8] = b"m/revision";
+/// The cluster's entry format ([`Registry::format`]); absent before the first raise.
+const FORMAT: &[u8] = b"m/format";
+/// The services half's desired state ([`Registry::desired`]), replaced whole by each apply.
+const DESIRED: &[u8] = b"d/desired";
 const BUILDER_PREFIX: &[u8] = b"b/";
 /// Remembered request ids (`q/<log index, big endian>` → [`RecentRequest`]), so a restarted
 /// replica answers retries as the others do.
@@ -43,6 +48,16 @@ pub(super) struct SnapshotData {
     /// Recent request ids and their first outcomes; absent in snapshots of earlier versions.
     #[serde(default)]
     requests: Vec<RecentRequest>,
+    /// The cluster's entry format; absent in snapshots of earlier versions (format 1).
+    #[serde(default = "builders_format")]
+    format: u32,
+    /// The services half's desired state; absent in snapshots of earlier versions (none).
+    #[serde(default)]
+    desired: Desired,
+}
+
+fn builders_format() -> u32 {
+    concord_registry::FORMAT_BUILDERS
 }
 
 /// The state machine half of the store. Clones share state (the snapshot builder is a clone).
@@ -140,6 +155,14 @@ impl StateMachine {
             Some(raw) => decode(&raw).map_err(decoded("revision"))?,
             None => 0,
         };
+        let format: u32 = match tree.get(FORMAT)? {
+            Some(raw) => decode(&raw).map_err(decoded("entry format"))?,
+            None => concord_registry::FORMAT_BUILDERS,
+        };
+        let desired: Desired = match tree.get(DESIRED)? {
+            Some(raw) => decode(&raw).map_err(decoded("desired services"))?,
+            None => Desired::default(),
+        };
         let mut builders = Vec::new();
         for kv in tree.scan_prefix(BUILDER_PREFIX) {
             let (k, raw) = kv?;
@@ -154,7 +177,9 @@ impl StateMachine {
         }
         let registry = Registry::from_parts(builders, revision)
             .map_err(StateError::Registry)?
-            .with_requests(requests);
+            .with_requests(requests)
+            .with_format(format)
+            .with_desired(desired);
         let sm = StateMachine {
             inner: Arc::new(Inner {
                 db,
@@ -233,7 +258,9 @@ impl StateMachine {
         let snap: SnapshotData = decode(data).map_err(|e| io_err(write, &e))?;
         let registry = Registry::from_parts(snap.builders.iter().cloned(), snap.revision)
             .map_err(|e| io_err(write, &e))?
-            .with_requests(snap.requests.iter().cloned());
+            .with_requests(snap.requests.iter().cloned())
+            .with_format(snap.format)
+            .with_desired(snap.desired.clone());
         let mut applied = self.lock();
         // Clear first, then write everything with the applied id in one batch: a crash in between
         // leaves a tree whose applied id is older than the snapshot, which `open` restores again.
@@ -248,6 +275,8 @@ impl StateMachine {
         batch.insert(APPLIED, encode(&meta.last_log_id));
         batch.insert(MEMBERSHIP, encode(&meta.last_membership));
         batch.insert(REVISION, encode(&snap.revision));
+        batch.insert(FORMAT, encode(&snap.format));
+        batch.insert(DESIRED, encode(&snap.desired));
         self.inner
             .tree
             .apply_batch(batch)
@@ -336,6 +365,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             revision: registry.revision(),
             builders: registry.iter().map(|b| Builder::clone(b)).collect(),
             requests: registry.requests().collect(),
+            format: registry.format(),
+            desired: Desired::clone(registry.desired()),
         });
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -387,9 +418,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.lock();
         // Request ids remembered by this batch of entries, by log index.
         let mut remembered = Vec::new();
+        let mut unknown = None;
         self.inner.registry.send_if_modified(|registry| {
             let before = registry.revision();
             for entry in entries {
+                // An entry of a format this build does not know would be applied only in part
+                // (its unknown fields ignored): stop here instead, before it counts as applied.
+                if let EntryPayload::Normal(cmd) = &entry.payload
+                    && let Err(e) = cmd.check_format()
+                {
+                    unknown = Some((entry.log_id, e));
+                    break;
+                }
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => outcomes.push(Outcome::Applied {
@@ -439,6 +479,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             for b in &cmd.batch.upserts {
                                 batch.insert(builder_key(&b.id), encode(b));
                             }
+                            if cmd.desired.is_some() {
+                                batch.insert(DESIRED, encode(&**registry.desired()));
+                            }
                         }
                         match &out {
                             Outcome::Rejected(r) => span.fail(r.to_string()),
@@ -456,6 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             batch.insert(REVISION, encode(&registry.revision()));
+            batch.insert(FORMAT, encode(&registry.format()));
             // Store what is still remembered, and drop what was evicted (by this batch or before).
             let oldest = registry.oldest_request_index().unwrap_or(0);
             for r in remembered.iter().filter(|r| r.index >= oldest) {
@@ -478,6 +522,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .tree
             .apply_batch(batch)
             .map_err(|e| io_err(write, &e))?;
+        if let Some((log_id, e)) = unknown {
+            tracing::error!(index = log_id.index, error = %e, "stopped applying the log");
+            return Err(io_err(write, &e));
+        }
         Ok(outcomes)
     }
 
@@ -502,7 +550,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // it is stored: stored, it would stop this replica again at every start.
         let write = StorageIOError::<NodeId>::write_state_machine;
         let snap = decode::<SnapshotData>(&data).map_err(|e| io_err(write, &e))?;
+        if snap.format > concord_registry::FORMAT {
+            let e = concord_registry::UnknownFormat {
+                format: snap.format,
+            };
+            tracing::error!(error = %e, "refused a snapshot");
+            return Err(io_err(write, &e));
+        }
         Registry::from_parts(snap.builders, snap.revision).map_err(|e| io_err(write, &e))?;
+        concord_registry::services::validate(&snap.desired)
+            .map_err(|e| io_err(write, &concord_registry::Rejection::InvalidServices(e)))?;
         // openraft installs only a snapshot newer than anything committed here, so newer than
         // any snapshot built here: store it unconditionally.
         self.store_snapshot(meta, &data, false).await?;

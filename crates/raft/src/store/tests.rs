@@ -322,3 +322,79 @@ async fn request_ids_survive_reopen_and_snapshots() {
         "applied twice"
     );
 }
+
+fn normal(index: u64, cmd: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+        payload: EntryPayload::Normal(cmd),
+    }
+}
+
+fn shop() -> concord_registry::services::Desired {
+    serde_json::from_value(serde_json::json!({
+        "services": {"echo": {"protocol": "grpc"}},
+        "route_tables": {"main": {"virtual_hosts": [{"name": "echo", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "service": "echo"}]}]}}
+    }))
+    .unwrap()
+}
+
+/// The cluster's entry format and the services' desired state are stored with the state, and
+/// travel in snapshots.
+#[tokio::test]
+async fn format_and_desired_state_survive_reopen_and_snapshots() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
+        sm.apply(vec![
+            normal(1, Command::raise_format(2)),
+            normal(2, Command::apply_services(shop())),
+        ])
+        .await
+        .unwrap();
+        let reg = sm.registry().borrow().clone();
+        assert_eq!((reg.format(), reg.revision()), (2, 2));
+        sm.flush().await.unwrap();
+    }
+    let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
+    let reg = sm.registry().borrow().clone();
+    assert_eq!((reg.format(), reg.revision()), (2, 2));
+    assert_eq!(**reg.desired(), shop());
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let dst = TempDir::new().unwrap();
+    let (_, mut other) = open(dst.path(), &identity(2)).await.unwrap();
+    other
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    let reg = other.registry().borrow().clone();
+    assert_eq!(reg.format(), 2);
+    assert_eq!(**reg.desired(), shop());
+}
+
+/// An entry of a format this build does not know stops the state machine before it, instead
+/// of being applied in part; what came before it is applied.
+#[tokio::test]
+async fn an_entry_of_an_unknown_format_is_not_applied() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
+    let mut future = Command::raise_format(concord_registry::FORMAT + 1);
+    future.batch.removes.push("a".into());
+    let err = sm
+        .apply(vec![entry(1, "a"), normal(2, future)])
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("format"), "{err}");
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    let reg = sm.registry().borrow().clone();
+    assert_eq!(
+        (reg.len(), reg.format()),
+        (1, concord_registry::FORMAT_BUILDERS)
+    );
+}

@@ -1,0 +1,17 @@
+//! The services half of the registry (issue 14): HTTP and gRPC services, the route tables that
+//! send requests to them, and the listeners that serve route tables, set as one desired state
+//! ([`Desired`]) by `concord apply`. [`validate`] checks a state as a whole before it is
+//! committed; [`diff`] says what applying one would change.
+
+mod diff;
+mod duration;
+mod model;
+mod validate;
+
+pub use diff::{Change, diff};
+pub use duration::{BadDuration, Duration};
+pub use model::*;
+pub use validate::{FieldError, validate};
+
+#[cfg(test)]
+mod tests;
