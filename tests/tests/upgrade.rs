@@ -90,6 +90,16 @@ async fn restart(
     Ok(())
 }
 
+/// A small desired state of services.
+fn services() -> concord_registry::services::Desired {
+    serde_json::from_value(serde_json::json!({
+        "services": {"echo": {"protocol": "grpc", "endpoints": [{"addr": "127.0.0.1:50051"}]}},
+        "route_tables": {"main": {"virtual_hosts": [{"name": "echo", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "service": "echo"}]}]}}
+    }))
+    .expect("a desired state")
+}
+
 /// The pre-services binary (tests/upgrade/base-bin prints it; tests/run sets the variable).
 fn base_bin() -> Result<PathBuf> {
     let bin = std::env::var_os("CONCORD_UPGRADE_BASE_BIN").context(
@@ -240,6 +250,11 @@ async fn a_rolling_upgrade_from_the_pre_services_build() -> Result<()> {
                     "node {u} reports format {f:?} while node {old} is old"
                 );
             }
+            let refused = c.api(leader).apply_config(&services()).await;
+            ensure!(
+                format!("{refused:?}").contains("needs entry format 2"),
+                "services applied with an old replica in the cluster: {refused:?}"
+            );
         }
     }
     for &id in &ids {
@@ -250,6 +265,9 @@ async fn a_rolling_upgrade_from_the_pre_services_build() -> Result<()> {
         })
         .await?;
     }
+    // Services are usable now, through any replica.
+    let applied = c.api(ids[2]).apply_config(&services()).await;
+    ensure!(applied.is_ok(), "services after the upgrade: {applied:?}");
     // A few more writes on the upgraded cluster, then stop and check.
     let before = c.status(ids[0]).await?.revision;
     eventually(T, "writes go on after the upgrade", || async {

@@ -312,6 +312,22 @@ impl Client {
         self.call(Method::DELETE, url, None::<&()>).await
     }
 
+    /// `GET /v1/config`: the services half's desired state as the replica has applied it.
+    pub async fn config(&self) -> Result<crate::Config, Error> {
+        let url = self.url(&["v1", "config"], None);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// `PUT /v1/config`: sets the whole desired state in one log entry, answered once the
+    /// cluster has committed it (refused as a whole, with every problem, if invalid).
+    pub async fn apply_config(
+        &self,
+        desired: &concord_registry::services::Desired,
+    ) -> Result<Written, Error> {
+        let url = self.url(&["v1", "config"], None);
+        self.call(Method::PUT, url, Some(desired)).await
+    }
+
     /// `POST /v1/builders`: puts and removes in one log entry, all or nothing.
     pub async fn batch(&self, body: &BatchBody) -> Result<Written, Error> {
         let url = self.url(&["v1", "builders"], None);

@@ -11,6 +11,10 @@ pub enum ErrorCode {
     BadRequest,
     /// 400: a builder breaks a rule of the registry.
     InvalidBuilder,
+    /// 400: a desired state of services breaks a rule (every problem named by field).
+    InvalidServices,
+    /// 413: the body is larger than the endpoint takes.
+    TooLarge,
     /// 404: no such builder (or route).
     NotFound,
     /// 409: the registry refused the command (duplicate SNI, wrong owner, …).

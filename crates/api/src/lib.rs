@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod envoys;
 pub mod error;
 pub mod request;
+pub mod services;
 pub mod status;
 pub mod xds;
 
@@ -30,6 +31,7 @@ pub use request::{
     AddLearner, BatchBody, BatchBuilder, Endpoint, Isolate, Promote, PutBuilder, Request,
     RequestError, decode,
 };
+pub use services::{Config, MAX_CONFIG_BYTES};
 pub use status::{EntryFormats, Isolated, Member, MemberFormat, Role, Status};
 pub use xds::XdsResources;
 

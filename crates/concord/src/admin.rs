@@ -12,6 +12,8 @@
 //! | POST | `/v1/cluster/learners` | `{"node_id":4,"addr":"host:port"}`: add a learner |
 //! | POST | `/v1/cluster/voters` | `{"node_id":4}`: promote a learner |
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node |
+//! | GET | `/v1/config` | the services half's desired state: services, route tables, listeners |
+//! | PUT | `/v1/config` | set it as a whole (`concord apply`), validated first, in one entry |
 //! | GET | `/v1/discovery` | the DNS poller: who polls, last poll and result, last change, skips |
 //! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
@@ -80,6 +82,14 @@ pub fn router(
             "/v1/builders/{id}",
             get(get_builder).put(put_builder).delete(remove_builder),
         )
+        .route(
+            "/v1/config",
+            get(get_config)
+                .put(put_config)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    concord_api::MAX_CONFIG_BYTES,
+                )),
+        )
         .route("/v1/cluster/learners", post(add_learner))
         .route("/v1/cluster/voters", post(promote))
         .route(
@@ -138,6 +148,9 @@ impl From<ClientError> for ApiError {
             ClientError::Rejected(Rejection::InvalidBuilder(_)) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidBuilder)
             }
+            ClientError::Rejected(Rejection::InvalidServices(_)) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidServices)
+            }
             ClientError::Rejected(_) => (StatusCode::CONFLICT, ErrorCode::Rejected),
             ClientError::Membership(_) => (StatusCode::CONFLICT, ErrorCode::Membership),
             ClientError::NotLeader { .. } => {
@@ -162,11 +175,49 @@ impl From<RequestError> for ApiError {
 }
 
 fn bad_json(e: JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!(
+                "the body is larger than the {} bytes this endpoint takes",
+                concord_api::MAX_CONFIG_BYTES
+            ),
+        );
+    }
     ApiError::new(
         StatusCode::BAD_REQUEST,
         ErrorCode::BadRequest,
         e.body_text(),
     )
+}
+
+async fn get_config(State(AppState { node, .. }): State<AppState>) -> Json<concord_api::Config> {
+    let registry = node.registry().borrow().clone();
+    Json(concord_api::Config {
+        revision: registry.revision(),
+        format: registry.format(),
+        desired: concord_registry::services::Desired::clone(registry.desired()),
+    })
+}
+
+/// Sets the desired state: validated here first (a clear answer without a Raft entry), then
+/// proposed; the state machine validates again when it applies, deterministically.
+async fn put_config(
+    State(AppState { node, .. }): State<AppState>,
+    body: Result<Json<concord_registry::services::Desired>, JsonRejection>,
+) -> Result<Json<Written>, ApiError> {
+    let Json(desired) = body.map_err(bad_json)?;
+    if let Err(errors) = concord_registry::services::validate(&desired) {
+        return Err(ClientError::Rejected(Rejection::InvalidServices(errors)).into());
+    }
+    let cluster = node.registry().borrow().format();
+    if cluster < 2 {
+        return Err(
+            ClientError::Rejected(Rejection::FormatNotEnabled { format: 2, cluster }).into(),
+        );
+    }
+    write_command(&node, Command::apply_services(desired)).await
 }
 
 /// The wire form of a replica's status.
@@ -434,12 +485,18 @@ async fn get_builder(
 }
 
 async fn write(node: &Node, batch: Batch) -> Result<Json<Written>, ApiError> {
+    write_command(node, Command::new(Source::Api, batch)).await
+}
+
+async fn write_command(node: &Node, mut cmd: Command) -> Result<Json<Written>, ApiError> {
     let mut root = Span::root("api.change", std::time::SystemTime::now());
     if root.is_recording() {
-        root.set("builders.upserts", batch.upserts.len() as i64);
-        root.set("builders.removes", batch.removes.len() as i64);
+        root.set("builders.upserts", cmd.batch.upserts.len() as i64);
+        root.set("builders.removes", cmd.batch.removes.len() as i64);
+        if let Some(d) = &cmd.desired {
+            root.set("services", d.services.len() as i64);
+        }
     }
-    let mut cmd = Command::new(Source::Api, batch);
     // When the change was asked for: the start of its discovery-to-ACK time.
     cmd.set_seen_at_us(concord_telemetry::unix_micros());
     // An API change starts a trace as a poll that found a change does; the proposal (forwarded

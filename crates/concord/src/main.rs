@@ -6,6 +6,7 @@ mod auth;
 mod certs;
 mod cli;
 mod config;
+mod desired;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -58,6 +59,16 @@ enum Command {
     /// Show the Envoys streaming from a replica (or, with --all, from every replica): versions
     /// sent and ACKed, in sync or not, NACKs.
     Envoys(cli::EnvoysArgs),
+    /// Set the services, route tables and listeners to those of a YAML file, in one change.
+    ///
+    /// The file is validated first, and a bad one is refused naming its line and field; then the
+    /// changes are printed and applied as one Raft entry. Everything the file does not hold is
+    /// removed. See deploy/examples/grpc-shop.yaml.
+    Apply(cli::ApplyArgs),
+    /// Show what `apply -f FILE` would change: `+ added`, `- removed`, `~ changed: before → after`.
+    Diff(cli::DiffArgs),
+    /// Print the services, route tables or listeners the cluster holds (`all`: a whole file).
+    Get(cli::GetArgs),
     /// Show DNS discovery: who polls, the last poll and its result, the last change, skips.
     Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
@@ -123,6 +134,9 @@ fn main() -> ExitCode {
         Command::Builders(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Envoys(args) => runtime.block_on(args.run(&cli.target)),
         Command::Discovery => runtime.block_on(cli::discovery(&cli.target)),
+        Command::Apply(args) => runtime.block_on(args.run(&cli.target)),
+        Command::Diff(args) => runtime.block_on(args.run(&cli.target)),
+        Command::Get(args) => runtime.block_on(args.run(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),
     }

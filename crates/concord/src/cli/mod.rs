@@ -1,5 +1,5 @@
 //! The operator's client: `concord cluster …`, `concord builders …`, `concord envoys` and
-//! `concord discovery` talk to any replica's admin API (which forwards writes to the leader)
+//! `concord discovery`, `concord apply|diff|get` talk to any replica's admin API (which forwards writes to the leader)
 //! through the typed [`concord_api::Client`]; `concord envoy-bootstrap` only prints YAML. One
 //! module per subcommand; each renders its answer for people with a pure function, or prints
 //! the JSON with `--json`. [`Exit`] is how each ends.
@@ -7,6 +7,7 @@
 mod bootstrap;
 mod builders;
 mod cluster;
+mod config;
 mod discovery;
 mod envoys;
 mod exit;
@@ -14,6 +15,7 @@ mod exit;
 pub use bootstrap::BootstrapArgs;
 pub use builders::BuildersCmd;
 pub use cluster::ClusterCmd;
+pub use config::{ApplyArgs, DiffArgs, GetArgs};
 pub use discovery::discovery;
 pub use envoys::EnvoysArgs;
 pub use exit::Exit;
