@@ -69,6 +69,9 @@ enum Command {
     Diff(cli::DiffArgs),
     /// Print the services, route tables or listeners the cluster holds (`all`: a whole file).
     Get(cli::GetArgs),
+    /// Write the Envoy resources a desired-state file makes into a bootstrap for `envoy --mode
+    /// validate` (offline: no replica is asked).
+    Render(cli::RenderArgs),
     /// Show DNS discovery: who polls, the last poll and its result, the last change, skips.
     Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => runtime.block_on(args.run(&cli.target)),
         Command::Diff(args) => runtime.block_on(args.run(&cli.target)),
         Command::Get(args) => runtime.block_on(args.run(&cli.target)),
+        Command::Render(args) => args.run(),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),
     }

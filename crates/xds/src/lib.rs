@@ -32,6 +32,7 @@ pub mod resource_type;
 pub mod resources;
 pub mod server;
 mod service;
+pub mod services;
 pub mod snapshot;
 mod stream;
 mod transport;

@@ -114,7 +114,7 @@ pub(crate) fn any<M: Message>(type_url: &str, m: &M) -> Any {
     }
 }
 
-fn socket_address(addr: SocketAddr) -> Address {
+pub(crate) fn socket_address(addr: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: addr.ip().to_string(),

@@ -181,6 +181,48 @@ impl GetArgs {
     }
 }
 
+/// `concord render`.
+#[derive(Args)]
+pub struct RenderArgs {
+    /// The desired state to render (`-`: standard input).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: PathBuf,
+    /// Where to write an Envoy bootstrap (binary proto; name it `*.pb`) holding every resource
+    /// of the file as static resources, for `envoy --mode validate -c FILE`.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+impl RenderArgs {
+    /// Validates the file and writes the Envoy resources it makes, for Envoy's own validation.
+    pub fn run(self) -> ExitCode {
+        use prost::Message;
+        let d = match desired::read(&self.file) {
+            Ok(d) => d,
+            Err(e) => {
+                let f = file_failure(e);
+                eprintln!("concord: {}", f.message);
+                return f.exit.into();
+            }
+        };
+        let bytes = concord_xds::services::validation_bootstrap(&d).encode_to_vec();
+        if let Err(e) = std::fs::write(&self.out, bytes) {
+            eprintln!("concord: cannot write {}: {e}", self.out.display());
+            return Exit::Usage.into();
+        }
+        println!(
+            "wrote {}: {} service(s), {} route table(s), {} listener(s); check it with \
+             `envoy --mode validate -c {}`",
+            self.out.display(),
+            d.services.len(),
+            d.route_tables.len(),
+            d.listeners.len(),
+            self.out.display()
+        );
+        Exit::Success.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ mod exit;
 pub use bootstrap::BootstrapArgs;
 pub use builders::BuildersCmd;
 pub use cluster::ClusterCmd;
-pub use config::{ApplyArgs, DiffArgs, GetArgs};
+pub use config::{ApplyArgs, DiffArgs, GetArgs, RenderArgs};
 pub use discovery::discovery;
 pub use envoys::EnvoysArgs;
 pub use exit::Exit;
