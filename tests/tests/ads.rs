@@ -167,9 +167,9 @@ async fn unknown_types_are_ignored_and_responses_name_the_replica() -> Result<()
     let rev = c.put(1, "b1", 9001).await?;
     c.builders(1, true).await?;
     let mut ads = Ads::open(&c, &c.nodes[&1].xds).await?;
-    let rds = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    let srds = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
     // A type concord does not serve is not answered; the next request is, first.
-    ads.request_type(rds, "", "", None).await?;
+    ads.request_type(srds, "", "", None).await?;
     ads.request("", "", None).await?;
     let r = ads.next().await?;
     ensure!(r.type_url == CDS && r.resources.len() == 1, "{r:?}");
@@ -324,8 +324,8 @@ async fn delta_unknown_types_are_ignored_and_responses_name_the_replica() -> Res
     c.builders(1, true).await?;
     let mut ads = DeltaAds::open(&c, &c.nodes[&1].xds).await?;
     let t0 = Instant::now();
-    let rds = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-    ads.subscribe(rds, &[]).await?;
+    let srds = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
+    ads.subscribe(srds, &[]).await?;
     ads.subscribe(CDS, &[]).await?;
     let r = ads.next().await?;
     ensure!(r.type_url == CDS && names(&r) == ["builder_b1"], "{r:?}");

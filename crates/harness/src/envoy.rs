@@ -82,6 +82,8 @@ pub struct EnvoyOptions {
     pub listener: Option<SocketAddr>,
     /// Detached from this process, with a pid file `<node id>.pid` beside its bootstrap.
     pub detach: bool,
+    /// `--port-offset`: every services listener this many ports from its file's port.
+    pub port_offset: i32,
 }
 
 /// The versions an Envoy reports for its dynamic clusters and listeners.
@@ -171,6 +173,9 @@ impl Envoy {
         .args(["--listener-address", &listener.to_string()]);
         if opts.prefer_first {
             cmd.arg("--prefer-first");
+        }
+        if opts.port_offset != 0 {
+            cmd.arg(format!("--port-offset={}", opts.port_offset));
         }
         cmd.args(&opts.bootstrap);
         if let Some(p) = opts.protocol {
@@ -277,7 +282,8 @@ impl Envoy {
         Ok(self.get("/ready").await?.trim().to_string())
     }
 
-    async fn get(&self, path: &str) -> Result<String> {
+    /// GET `path` of its admin API: the body of a 2xx answer.
+    pub async fn get(&self, path: &str) -> Result<String> {
         let r = self
             .http
             .get(format!("{}{path}", self.admin))

@@ -3,7 +3,7 @@
 //! checks and a short reconnect backoff, so that when a replica dies or steps aside the Envoy is
 //! streaming from another within about a second.
 
-use crate::resources::LISTENER_ADDRESS_KEY;
+use crate::resources::{LISTENER_ADDRESS_KEY, PORT_OFFSET_KEY};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
@@ -23,6 +23,9 @@ pub struct BootstrapConfig {
     pub admin: SocketAddr,
     /// Ask the replicas for the builders' listener on this address instead of their default.
     pub listener_address: Option<SocketAddr>,
+    /// Ask the replicas for every services listener this many ports from its file's port (0:
+    /// as written).
+    pub port_offset: i32,
     /// TLS to the replicas; plaintext without.
     pub tls: Option<BootstrapTls>,
     /// Which ADS protocol the Envoy speaks.
@@ -142,8 +145,14 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
         "node:\n  id: {}\n  cluster: {}",
         c.node_id, c.node_cluster
     );
+    if c.listener_address.is_some() || c.port_offset != 0 {
+        let _ = writeln!(w, "  metadata:");
+    }
     if let Some(addr) = c.listener_address {
-        let _ = writeln!(w, "  metadata:\n    {LISTENER_ADDRESS_KEY}: \"{addr}\"");
+        let _ = writeln!(w, "    {LISTENER_ADDRESS_KEY}: \"{addr}\"");
+    }
+    if c.port_offset != 0 {
+        let _ = writeln!(w, "    {PORT_OFFSET_KEY}: \"{}\"", c.port_offset);
     }
     let _ = writeln!(
         w,
@@ -281,6 +290,7 @@ mod tests {
             prefer_first: true,
             admin: "127.0.0.1:9901".parse().unwrap(),
             listener_address: Some("127.0.0.1:10001".parse().unwrap()),
+            port_offset: 100,
             tls: None,
             protocol: XdsProtocol::Delta,
         }
@@ -326,7 +336,9 @@ mod tests {
         assert!(y.contains("type: STATIC"));
         assert!(y.contains("- priority: 0\n        lb_endpoints:\n        - endpoint: { address: { socket_address: { address: \"127.0.0.1\", port_value: 18001"));
         assert!(y.contains("- priority: 1\n"));
-        assert!(y.contains("concord.listener_address: \"127.0.0.1:10001\""));
+        assert!(y.contains(
+            "  metadata:\n    concord.listener_address: \"127.0.0.1:10001\"\n    concord.port_offset: \"100\"\n"
+        ));
         assert!(y.contains("api_type: DELTA_GRPC\n"));
         assert!(y.contains("consecutive_local_origin_failure: 1\n"));
         let y = render(&BootstrapConfig {

@@ -7,10 +7,31 @@
 //! Reads snapshots; used by the stream drivers, `push` and [`crate::envoys`].
 
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+use crate::services::{ENDPOINT_TYPE, ROUTE_TYPE};
 use crate::snapshot::{Resources, Snapshot};
 use envoy_types::pb::google::protobuf::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// Where one Envoy's listeners go: the address of its builders' listener, and how many ports
+/// its services listeners move from theirs (several Envoys on one host; node metadata
+/// [`PORT_OFFSET_KEY`](crate::resources::PORT_OFFSET_KEY)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The builders' listener address.
+    pub listener: SocketAddr,
+    /// Added to every services listener's port.
+    pub port_offset: i32,
+}
+
+impl From<SocketAddr> for Placement {
+    fn from(listener: SocketAddr) -> Self {
+        Placement {
+            listener,
+            port_offset: 0,
+        }
+    }
+}
 
 /// One resource type.
 #[derive(Debug)]
@@ -21,9 +42,9 @@ pub struct ResourceType {
     pub name: &'static str,
     /// Every resource of the type for an Envoy whose listener binds the address, in the order
     /// a state-of-the-world response carries them.
-    pub sotw: fn(&Snapshot, SocketAddr) -> Arc<[Any]>,
+    pub sotw: fn(&Snapshot, Placement) -> Arc<[Any]>,
     /// The same resources by name, with their content versions, for delta.
-    pub delta: fn(&Snapshot, SocketAddr) -> Resources,
+    pub delta: fn(&Snapshot, Placement) -> Resources,
     /// An ACK of this type is the Envoy accepting the registry's changes (the builders'
     /// clusters): commit-to-ACK and discovery-to-ACK are measured on it.
     pub carries_changes: bool,
@@ -42,19 +63,33 @@ pub static CLUSTERS: ResourceType = ResourceType {
 pub static LISTENERS: ResourceType = ResourceType {
     type_url: LISTENER_TYPE,
     name: "listeners",
-    sotw: |s, addr| s.listener_resources(addr),
-    delta: |s, addr| {
-        s.named_listener(addr)
-            .map(|l| Resources::unit(l.name.clone(), l))
-            .unwrap_or_default()
-    },
+    sotw: |s, p| s.listener_resources(p.listener, p.port_offset),
+    delta: |s, p| s.listener_map(p.listener, p.port_offset),
+    carries_changes: false,
+};
+
+/// Endpoints (EDS): one load assignment per service.
+pub static ENDPOINTS: ResourceType = ResourceType {
+    type_url: ENDPOINT_TYPE,
+    name: "endpoints",
+    sotw: |s, _| s.endpoint_resources(),
+    delta: |s, _| s.endpoint_map(),
+    carries_changes: false,
+};
+
+/// Routes (RDS): one route configuration per route table.
+pub static ROUTES: ResourceType = ResourceType {
+    type_url: ROUTE_TYPE,
+    name: "routes",
+    sotw: |s, _| s.route_resources(),
+    delta: |s, _| s.route_map(),
     carries_changes: false,
 };
 
 /// Every type served, in the order ADS pushes a revision's changes: a resource's dependencies
-/// before it, as Envoy asks (clusters before the listeners that route to them; EDS would follow
-/// CDS, RDS follow LDS).
-pub static TYPES: [&ResourceType; 2] = [&CLUSTERS, &LISTENERS];
+/// before it, as the xDS protocol asks (clusters, their endpoints, the listeners, the routes
+/// they take by RDS).
+pub static TYPES: [&ResourceType; 4] = [&CLUSTERS, &ENDPOINTS, &LISTENERS, &ROUTES];
 
 /// The served type of `type_url`, if it is one.
 pub fn find(type_url: &str) -> Option<&'static ResourceType> {
@@ -72,21 +107,21 @@ pub fn push_order(type_urls: &mut [String]) {
 
 /// The state-of-the-world resources of `type_url` for an Envoy whose listener binds `addr`;
 /// none for a type this control plane does not serve.
-pub fn sotw(snapshot: &Snapshot, type_url: &str, addr: SocketAddr) -> Arc<[Any]> {
-    find(type_url).map_or_else(|| Arc::from([]), |t| (t.sotw)(snapshot, addr))
+pub fn sotw(snapshot: &Snapshot, type_url: &str, placement: Placement) -> Arc<[Any]> {
+    find(type_url).map_or_else(|| Arc::from([]), |t| (t.sotw)(snapshot, placement))
 }
 
 /// The delta resources of `type_url` for an Envoy whose listener binds `addr` (a cheap, shared
 /// copy); none for a type this control plane does not serve.
-pub fn delta(snapshot: &Snapshot, type_url: &str, addr: SocketAddr) -> Resources {
-    find(type_url).map_or_else(Resources::new, |t| (t.delta)(snapshot, addr))
+pub fn delta(snapshot: &Snapshot, type_url: &str, placement: Placement) -> Resources {
+    find(type_url).map_or_else(Resources::new, |t| (t.delta)(snapshot, placement))
 }
 
 impl Snapshot {
     /// The resources of `type_url` for an Envoy whose listener binds `listener_addr`. Unknown
     /// types get an empty set.
-    pub fn resources(&self, type_url: &str, listener_addr: SocketAddr) -> Arc<[Any]> {
-        sotw(self, type_url, listener_addr)
+    pub fn resources(&self, type_url: &str, placement: impl Into<Placement>) -> Arc<[Any]> {
+        sotw(self, type_url, placement.into())
     }
 }
 

@@ -34,6 +34,10 @@ use std::net::SocketAddr;
 /// the replica's default (several Envoys on one host need distinct ports).
 pub const LISTENER_ADDRESS_KEY: &str = "concord.listener_address";
 
+/// Node metadata key by which an Envoy asks for every services listener this many ports from
+/// the port its file gives (several Envoys on one host, as in the local cluster).
+pub const PORT_OFFSET_KEY: &str = "concord.port_offset";
+
 /// Type URL of clusters (CDS).
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Type URL of listeners (LDS).

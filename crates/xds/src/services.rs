@@ -229,6 +229,9 @@ fn health_check_of(h: &HealthCheck, s: &Service) -> PbHealthCheck {
     PbHealthCheck {
         timeout: Some(pb_duration(h.timeout)),
         interval: Some(pb_duration(h.interval)),
+        // Envoy checks a cluster that has had no traffic yet only every 60 s by default; an
+        // instance that fails before the first request must still leave the rotation in time.
+        no_traffic_interval: Some(pb_duration(h.interval)),
         unhealthy_threshold: u32v(h.unhealthy_threshold),
         healthy_threshold: u32v(h.healthy_threshold),
         always_log_health_check_failures: true,

@@ -137,6 +137,10 @@ pub struct Snapshot {
     /// Encoded listener per listener address, built on first use; in sni-cluster mode shared
     /// with every later snapshot, as that listener never changes.
     listeners: ListenerCache,
+    /// The services half's resources (their clusters are in `by_name` too).
+    services: Arc<ServiceResources>,
+    /// How many of them were encoded for this snapshot.
+    services_serialised: usize,
 }
 
 impl Snapshot {
@@ -202,6 +206,21 @@ impl Snapshot {
         concord_telemetry::metrics()
             .builders_encoded
             .add(serialised as u64);
+        let services = ServiceResources::of(registry.desired(), prev.map(|p| &p.services));
+        if let Some(p) = prev.filter(|p| !Arc::ptr_eq(&p.services, &services)) {
+            for name in p.services.clusters.by_name.keys() {
+                by_name.remove(name);
+            }
+        }
+        let services_serialised = match prev.is_none_or(|p| !Arc::ptr_eq(&p.services, &services)) {
+            true => {
+                for (name, c) in &services.clusters.by_name {
+                    by_name.insert(name.clone(), c.clone());
+                }
+                services.serialised
+            }
+            false => 0,
+        };
         let listeners = match (&config.mode, prev) {
             (ListenerMode::SniCluster { .. }, Some(p)) => p.listeners.clone(),
             _ => ListenerCache::default(),
@@ -217,6 +236,8 @@ impl Snapshot {
             serialised,
             clusters: OnceLock::new(),
             listeners,
+            services,
+            services_serialised,
         }
     }
 
@@ -262,18 +283,69 @@ impl Snapshot {
         self.serialised
     }
 
-    /// Every cluster, as a state-of-the-world response carries them (by builder id), shared by
-    /// every stream.
+    /// Every cluster, as a state-of-the-world response carries them (the builders' by id, then
+    /// the services' by name), shared by every stream.
     pub fn cluster_resources(&self) -> Arc<[Any]> {
         self.clusters
-            .get_or_init(|| self.clusters().map(|n| n.resource.clone()).collect())
+            .get_or_init(|| {
+                self.clusters()
+                    .chain(self.services.clusters.by_name.values().map(|n| &**n))
+                    .map(|n| n.resource.clone())
+                    .collect()
+            })
             .clone()
     }
 
-    /// The listener for an Envoy whose listener binds `listener_addr`, as a state-of-the-world
-    /// response carries it: none (filter-chains mode with no builders) or one.
-    pub fn listener_resources(&self, listener_addr: SocketAddr) -> Arc<[Any]> {
-        self.listener(listener_addr).any
+    /// The listeners for an Envoy whose builders' listener binds `listener_addr`, as a
+    /// state-of-the-world response carries them: the builders' (none in filter-chains mode with
+    /// no builders) and every services listener, its port moved by `port_offset`.
+    pub fn listener_resources(&self, listener_addr: SocketAddr, port_offset: i32) -> Arc<[Any]> {
+        let builders = self.listener(listener_addr).any;
+        let services = self.services.listeners(port_offset);
+        if services.by_name.is_empty() {
+            return builders;
+        }
+        builders
+            .iter()
+            .cloned()
+            .chain(services.sotw().iter().cloned())
+            .collect()
+    }
+
+    /// Every listener by name for an Envoy whose builders' listener binds `listener_addr`, its
+    /// services listeners `port_offset` ports from theirs.
+    pub fn listener_map(&self, listener_addr: SocketAddr, port_offset: i32) -> Resources {
+        let mut all = self.services.listeners(port_offset).by_name.clone();
+        if let Some(l) = self.named_listener(listener_addr) {
+            all.insert(l.name.clone(), l);
+        }
+        all
+    }
+
+    /// Every load assignment (EDS), by service name, for state of the world.
+    pub fn endpoint_resources(&self) -> Arc<[Any]> {
+        self.services.endpoints.sotw()
+    }
+
+    /// Every load assignment by name.
+    pub fn endpoint_map(&self) -> Resources {
+        self.services.endpoints.by_name.clone()
+    }
+
+    /// Every route configuration (RDS), for state of the world.
+    pub fn route_resources(&self) -> Arc<[Any]> {
+        self.services.routes.sotw()
+    }
+
+    /// Every route configuration by name.
+    pub fn route_map(&self) -> Resources {
+        self.services.routes.by_name.clone()
+    }
+
+    /// How many of the services half's resources were encoded for this snapshot (none when its
+    /// desired state did not change).
+    pub fn services_serialised(&self) -> usize {
+        self.services_serialised
     }
 
     /// Every cluster, by builder id, with its name and version.
@@ -366,6 +438,10 @@ pub fn log_skips(prev: &Snapshot, next: &Snapshot) {
         );
     }
 }
+
+mod services;
+
+use services::ServiceResources;
 
 #[cfg(test)]
 mod tests;

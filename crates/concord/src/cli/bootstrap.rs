@@ -27,6 +27,15 @@ pub struct BootstrapArgs {
     /// several Envoys on one host).
     #[arg(long, value_name = "IP:PORT")]
     listener_address: Option<std::net::SocketAddr>,
+    /// Bind every services listener this many ports from the port `concord apply` gave it (for
+    /// several Envoys on one host; each needs its own offset).
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    port_offset: i32,
     /// CA (PEM) that signs the replicas' xDS certificates: the ADS cluster (and its gRPC health
     /// checks) then uses TLS. Without it, plaintext (replicas run with --insecure).
     #[arg(long, value_name = "FILE")]
@@ -82,6 +91,7 @@ impl BootstrapArgs {
             prefer_first: self.prefer_first,
             admin: self.admin_addr,
             listener_address: self.listener_address,
+            port_offset: self.port_offset,
             protocol: self.xds_protocol,
         };
         match concord_xds::bootstrap::render(&config) {

@@ -240,3 +240,111 @@ fn versions_are_content_hashes() {
     );
     assert_eq!(content_version(b""), "cbf29ce484222325");
 }
+
+fn shop(timeout: &str) -> concord_registry::services::Desired {
+    serde_json::from_value(serde_json::json!({
+        "services": {
+            "echo": {"protocol": "grpc", "endpoints": [{"addr": "127.0.0.1:50051"}]},
+            "other": {"protocol": "http"}
+        },
+        "route_tables": {"main": {"virtual_hosts": [{"name": "echo", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "service": "echo", "timeout": timeout}]}]}},
+        "listeners": {"public": {"address": "0.0.0.0:8080", "route_table": "main"}}
+    }))
+    .unwrap()
+}
+
+fn with_services(
+    r: &Registry,
+    index: u64,
+    d: concord_registry::services::Desired,
+) -> Arc<Registry> {
+    let mut r = r.clone();
+    if r.format() < 2 {
+        r.apply(index, &Command::raise_format(2));
+    }
+    r.apply(index, &Command::apply_services(d));
+    Arc::new(r)
+}
+
+/// Services add their clusters beside the builders', their load assignments, route
+/// configurations and listeners; a change of one route re-encodes only what it must, and a
+/// builder change re-encodes none of the services' resources.
+#[test]
+fn services_resources_sit_beside_the_builders() {
+    let builders = registry(3);
+    let first = Snapshot::build(builders.clone(), ResourceConfig::default());
+    let r1 = with_services(&builders, 8, shop("15s"));
+    let s1 = first.next(r1.clone());
+    let names: Vec<String> = s1.cluster_map().keys().cloned().collect();
+    assert_eq!(
+        names,
+        [
+            "builder_b0",
+            "builder_b1",
+            "builder_b2",
+            "service_echo",
+            "service_other"
+        ]
+    );
+    assert_eq!(s1.cluster_resources().len(), 5);
+    assert_eq!(s1.endpoint_map().len(), 2);
+    assert_eq!(s1.route_map().keys().collect::<Vec<_>>(), ["routes_main"]);
+    let addr = s1.default_listener_addr();
+    let listeners: Vec<String> = s1.listener_map(addr, 0).keys().cloned().collect();
+    assert_eq!(listeners, ["builders", "http_public"]);
+    assert_eq!(s1.listener_resources(addr, 0).len(), 2);
+    // An Envoy 3 ports off gets the services listener 3 ports up.
+    let l = &s1.listener_map(addr, 3)["http_public"];
+    let decoded = Listener::decode(l.resource.value.as_slice()).unwrap();
+    assert_eq!(
+        decoded.address,
+        Some(socket_address("0.0.0.0:8083".parse().unwrap()))
+    );
+
+    // A route change: the route configuration changes; clusters and endpoints are the same Arcs.
+    let r2 = with_services(&r1, 9, shop("5s"));
+    let s2 = s1.next(r2.clone());
+    assert!(Arc::ptr_eq(
+        &s1.cluster_map()["service_echo"],
+        &s2.cluster_map()["service_echo"]
+    ));
+    assert!(Arc::ptr_eq(
+        &s1.endpoint_map()["service_echo"],
+        &s2.endpoint_map()["service_echo"]
+    ));
+    assert_ne!(
+        s1.route_map()["routes_main"].version,
+        s2.route_map()["routes_main"].version
+    );
+
+    // A builder change leaves the services' resources alone.
+    let mut r3 = Registry::clone(&r2);
+    apply(
+        &mut r3,
+        10,
+        vec![builder(9, "builders.example.com")],
+        vec![],
+    );
+    let s3 = s2.next(Arc::new(r3));
+    assert_eq!(s3.services_serialised(), 0);
+    assert!(Arc::ptr_eq(
+        &s2.route_map()["routes_main"],
+        &s3.route_map()["routes_main"]
+    ));
+
+    // Removing the services removes their clusters, not the builders'.
+    let r4 = with_services(&r2, 11, concord_registry::services::Desired::default());
+    let s4 = s3.next(r4);
+    assert!(
+        s4.cluster_map().keys().all(|k| k.starts_with("builder_")),
+        "{:?}",
+        s4.cluster_map().keys().collect::<Vec<_>>()
+    );
+    assert!(s4.endpoint_map().is_empty() && s4.route_map().is_empty());
+    assert_eq!(
+        s4.listener_map(addr, 0).keys().collect::<Vec<_>>(),
+        ["builders"]
+    );
+    let _ = Cluster::default();
+}

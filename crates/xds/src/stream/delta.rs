@@ -20,16 +20,16 @@ use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
 use crate::protocol::delta::{DeltaState, MAX_NAMES_PER_TYPE, Request as DeltaRequest};
 use crate::push::Pushes;
 use crate::resource_type;
+use crate::resource_type::Placement;
 use crate::snapshot::{Resources, Snapshot};
 use crate::wire::{self, Out};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 /// The current resources of `type_url` for a listener at `addr` (a cheap, shared copy).
-fn current(snap: &Snapshot, addr: SocketAddr, type_url: &str) -> Resources {
+fn current(snap: &Snapshot, addr: Placement, type_url: &str) -> Resources {
     resource_type::delta(snap, type_url, addr)
 }
 
@@ -43,7 +43,7 @@ pub(crate) struct DeltaStream {
     node: Option<String>,
     /// What was sent, ACKed and NACKed, for status and metrics.
     pushes: Pushes,
-    listener_addr: SocketAddr,
+    placement: Placement,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A request for a type this replica does not serve was logged.
     warned_unknown: bool,
@@ -54,9 +54,9 @@ pub(crate) struct DeltaStream {
 impl DeltaStream {
     /// A stream of `peer` that sends its responses into `tx`.
     pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: mpsc::Sender<Out>) -> DeltaStream {
-        let listener_addr = xds.snapshots.borrow().default_listener_addr();
+        let placement = Placement::from(xds.snapshots.borrow().default_listener_addr());
         DeltaStream {
-            listener_addr,
+            placement,
             snapshots: xds.snapshots.clone(),
             xds,
             peer,
@@ -94,8 +94,14 @@ impl DeltaStream {
 
     async fn on_request(&mut self, mut req: DeltaDiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let (id, addr) = hello(&self.xds, &self.peer, req.node.take(), "delta")?;
-            self.listener_addr = addr.unwrap_or(self.listener_addr);
+            let (id, placement) = hello(
+                &self.xds,
+                &self.peer,
+                req.node.take(),
+                "delta",
+                self.placement,
+            )?;
+            self.placement = placement;
             self.node = Some(id);
         }
         let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
@@ -147,7 +153,7 @@ impl DeltaStream {
     /// catching up with the cluster on the stream's first (the Envoy may hold a newer revision
     /// than this replica, whatever it reports).
     async fn first_request(&mut self, type_url: &str) -> Result<(), End> {
-        let addr = self.listener_addr;
+        let addr = self.placement;
         let held_any = self
             .state
             .types()
@@ -227,7 +233,7 @@ impl DeltaStream {
     async fn send(&mut self, type_url: &str, always: bool) -> Result<(), End> {
         let snap = self.snapshots.borrow().clone();
         let revision = snap.revision();
-        let cur = current(&snap, self.listener_addr, type_url);
+        let cur = current(&snap, self.placement, type_url);
         let changes = self.state.changes(type_url, &cur);
         if changes.is_empty() && !always {
             return Ok(());

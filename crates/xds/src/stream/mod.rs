@@ -13,7 +13,8 @@ pub(crate) mod sotw;
 
 use crate::config::{ReadBarrierFn, RevisionTimesFn, XdsConfig};
 use crate::envoys::Envoys;
-use crate::resources::LISTENER_ADDRESS_KEY;
+use crate::resource_type::Placement;
+use crate::resources::{LISTENER_ADDRESS_KEY, PORT_OFFSET_KEY};
 use crate::snapshot::Snapshot;
 use crate::wire::Out;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -79,16 +80,28 @@ pub(crate) fn listener_addr(node: &Node) -> Option<SocketAddr> {
     }
 }
 
+/// The services listeners' port offset an Envoy asks for in its node metadata (a number, or a
+/// string of one), if any.
+pub(crate) fn port_offset(node: &Node) -> Option<i32> {
+    let fields = &node.metadata.as_ref()?.fields;
+    match fields.get(PORT_OFFSET_KEY)?.kind.as_ref()? {
+        Kind::StringValue(s) => s.parse().ok(),
+        Kind::NumberValue(n) if n.fract() == 0.0 && n.abs() < 65536.0 => Some(*n as i32),
+        _ => None,
+    }
+}
+
 /// A stream's first request names its Envoy: with Envoy ids bound to certificates, a `node.id`
 /// that is not the id the client certificate names ends the stream; else the Envoy is listed
 /// as connected. Returns the node id (only the id is kept: a real Envoy's node lists its
-/// extensions, kilobytes) and the listener address it asks for, if any.
+/// extensions, kilobytes) and where its listeners go (`default` unless it asks otherwise).
 pub(crate) fn hello(
     xds: &Shared,
     peer: &Peer,
     node: Option<Node>,
     kind: &str,
-) -> Result<(String, Option<SocketAddr>), End> {
+    default: Placement,
+) -> Result<(String, Placement), End> {
     let node = node.unwrap_or_default();
     let (stream, addr) = (peer.id, peer.addr);
     if let Some(bound) = peer.bound_id.as_deref().filter(|b| *b != node.id) {
@@ -101,8 +114,11 @@ pub(crate) fn hello(
     }
     tracing::info!(stream, node = %node.id, peer = ?addr, "Envoy connected ({kind})");
     xds.envoys.connected(stream, &node, addr);
-    let listener = listener_addr(&node);
-    Ok((node.id, listener))
+    let placement = Placement {
+        listener: listener_addr(&node).unwrap_or(default.listener),
+        port_offset: port_offset(&node).unwrap_or(default.port_offset),
+    };
+    Ok((node.id, placement))
 }
 
 /// Whether this replica serves `type_url` (it is in the type table). A request for any other

@@ -12,10 +12,10 @@ use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
 use crate::protocol::sotw::{Decision, StreamState, parse_version};
 use crate::push::Pushes;
 use crate::resource_type;
+use crate::resource_type::Placement;
 use crate::snapshot::Snapshot;
 use crate::wire::{self, Out};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
@@ -30,7 +30,7 @@ pub(crate) struct SotwStream {
     node: Option<String>,
     /// What was sent, ACKed and NACKed, for status and metrics.
     pushes: Pushes,
-    listener_addr: SocketAddr,
+    placement: Placement,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A request for a type this replica does not serve was logged.
     warned_unknown: bool,
@@ -39,9 +39,9 @@ pub(crate) struct SotwStream {
 impl SotwStream {
     /// A stream of `peer` that sends its responses into `tx`.
     pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: mpsc::Sender<Out>) -> SotwStream {
-        let listener_addr = xds.snapshots.borrow().default_listener_addr();
+        let placement = Placement::from(xds.snapshots.borrow().default_listener_addr());
         SotwStream {
-            listener_addr,
+            placement,
             snapshots: xds.snapshots.clone(),
             xds,
             peer,
@@ -78,8 +78,14 @@ impl SotwStream {
 
     async fn on_request(&mut self, mut req: DiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let (id, addr) = hello(&self.xds, &self.peer, req.node.take(), "SotW")?;
-            self.listener_addr = addr.unwrap_or(self.listener_addr);
+            let (id, placement) = hello(
+                &self.xds,
+                &self.peer,
+                req.node.take(),
+                "SotW",
+                self.placement,
+            )?;
+            self.placement = placement;
             self.node = Some(id);
         }
         let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
@@ -155,7 +161,7 @@ impl SotwStream {
 
     async fn send(&mut self, type_url: &str) -> Result<(), End> {
         let snapshot = self.snapshots.borrow().clone();
-        let resources = resource_type::sotw(&snapshot, type_url, self.listener_addr);
+        let resources = resource_type::sotw(&snapshot, type_url, self.placement);
         let nonce = self.state.record_sent(type_url, snapshot.revision());
         let counts = (resources.len(), 0);
         let node = self.node.as_deref().unwrap_or("");

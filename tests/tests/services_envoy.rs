@@ -1,0 +1,393 @@
+//! Services through a real Envoy 1.40 (issue 14): gRPC backends written with tonic (crates/harness
+//! grpc.rs) behind a services listener that concord sends by LDS/RDS/CDS/EDS over ADS: routing by
+//! `:authority` and gRPC method, round-robin spread, a 90/10 weighted split, a retry, a route
+//! timeout, circuit-breaker overflow, outlier ejection, and an instance leaving the rotation
+//! through gRPC health checks.
+
+use anyhow::{Context, Result, bail, ensure};
+use concord_harness::envoy::{Envoy, Protocol};
+use concord_harness::grpc::proto::SayRequest;
+use concord_harness::grpc::{ECHO_SERVICE, GrpcBackend, echo_client};
+use concord_harness::{Cluster, Options, eventually, free_port};
+use concord_registry::services::Desired;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A cluster holding `desired` (with `listener` as its services listener) and an Envoy on it.
+struct World {
+    c: Cluster,
+    envoy: Envoy,
+    listener: SocketAddr,
+}
+
+async fn world(desired: Value, listener: SocketAddr, protocol: Option<Protocol>) -> Result<World> {
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.leader().await?;
+    eventually(T, "entry format 2", || async {
+        let f = c.status(leader).await?.entry_format.map(|f| f.cluster);
+        ensure!(f == Some(2), "{f:?}");
+        Ok(())
+    })
+    .await?;
+    let d: Desired = serde_json::from_value(desired).context("a desired state")?;
+    c.api(leader).apply_config(&d).await.context("apply")?;
+    let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
+    let servers: Vec<&str> = x.iter().map(String::as_str).collect();
+    let envoy = Envoy::start_with(&c, "envoy-1", &servers, true, protocol).await?;
+    Ok(World { c, envoy, listener })
+}
+
+fn listener(port: u16) -> Value {
+    json!({"address": format!("127.0.0.1:{port}"), "route_table": "main"})
+}
+
+fn endpoints(backends: &[&GrpcBackend]) -> Value {
+    Value::Array(
+        backends
+            .iter()
+            .map(|b| json!({"addr": b.addr.to_string()}))
+            .collect(),
+    )
+}
+
+/// One Say through Envoy with `:authority` `authority`: the instance that answered.
+async fn say(w: &World, authority: &str, delay_ms: u32) -> Result<String, tonic::Status> {
+    let mut client = echo_client(w.listener, authority)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let r = client
+        .say(SayRequest {
+            message: "hi".into(),
+            delay_ms,
+        })
+        .await?;
+    Ok(r.into_inner().instance)
+}
+
+/// Waits until Envoy routes `authority` (the first call that succeeds).
+async fn routed(w: &World, authority: &str) -> Result<()> {
+    eventually(T, &format!("Envoy routes {authority}"), || async {
+        say(w, authority, 0)
+            .await
+            .map(|_| ())
+            .map_err(|s| anyhow::anyhow!("{s}\n{}", w.envoy.log_tail()))
+    })
+    .await
+}
+
+/// Which instance answered each of `n` calls.
+async fn spread(w: &World, authority: &str, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut client = echo_client(w.listener, authority).await?;
+    let mut count = BTreeMap::new();
+    for _ in 0..n {
+        let r = client
+            .say(SayRequest {
+                message: "x".into(),
+                delay_ms: 0,
+            })
+            .await
+            .context("a call through Envoy")?;
+        *count.entry(r.into_inner().instance).or_insert(0) += 1;
+    }
+    Ok(count)
+}
+
+async fn stat(w: &World, name: &str) -> Result<u64> {
+    let v = w.envoy.stat(name).await?;
+    v.trim()
+        .parse()
+        .with_context(|| format!("stat {name} = {v:?}"))
+}
+
+macro_rules! both {
+    ($f:ident, $sotw:ident, $delta:ident) => {
+        #[tokio::test]
+        async fn $sotw() -> Result<()> {
+            $f(Protocol::Sotw).await
+        }
+        #[tokio::test]
+        async fn $delta() -> Result<()> {
+            $f(Protocol::Delta).await
+        }
+    };
+}
+
+both!(
+    routes_by_authority_and_grpc_method,
+    routes_by_authority_and_grpc_method_sotw,
+    routes_by_authority_and_grpc_method_delta
+);
+
+/// `:authority` picks the virtual host, the gRPC method the route; round robin spreads calls
+/// evenly over a service's two instances.
+async fn routes_by_authority_and_grpc_method(p: Protocol) -> Result<()> {
+    let (a1, a2, b1) = (
+        GrpcBackend::start("a1").await?,
+        GrpcBackend::start("a2").await?,
+        GrpcBackend::start("b1").await?,
+    );
+    let port = free_port();
+    let w = world(
+        json!({
+            "services": {
+                "svc-a": {"protocol": "grpc", "endpoints": endpoints(&[&a1, &a2])},
+                "svc-b": {"protocol": "grpc", "endpoints": endpoints(&[&b1])}
+            },
+            "route_tables": {"main": {"virtual_hosts": [
+                {"name": "a", "domains": ["a.example.com"], "routes": [
+                    {"match": {"grpc": {"service": ECHO_SERVICE, "method": "Say"}}, "service": "svc-a"}]},
+                {"name": "b", "domains": ["b.example.com"], "routes": [
+                    {"match": {"prefix": "/"}, "service": "svc-b"}]}
+            ]}},
+            "listeners": {"main": listener(port)}
+        }),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Some(p),
+    )
+    .await?;
+    routed(&w, "a.example.com").await?;
+    routed(&w, "b.example.com").await?;
+    let a = spread(&w, "a.example.com", 100).await?;
+    ensure!(
+        a.keys().collect::<Vec<_>>() == ["a1", "a2"] && a.values().all(|n| *n >= 40),
+        "round robin over a1 and a2: {a:?}"
+    );
+    let b = spread(&w, "b.example.com", 10).await?;
+    ensure!(b == BTreeMap::from([("b1".to_string(), 10)]), "{b:?}");
+    // Another method of the service has no route on a.example.com; nor has another authority.
+    let mut client = echo_client(w.listener, "a.example.com").await?;
+    let stream = client
+        .stream(concord_harness::grpc::proto::StreamRequest {
+            count: 1,
+            interval_ms: 0,
+        })
+        .await;
+    ensure!(stream.is_err(), "Stream was routed on a.example.com");
+    let other = say(&w, "c.example.com", 0).await;
+    ensure!(other.is_err(), "an unknown authority was routed: {other:?}");
+    Ok(())
+}
+
+/// 1000 calls through a 90/10 split: the canary answers 10% ± 3% of them (more than three
+/// standard deviations of a fair split, sqrt(1000 × 0.1 × 0.9) ≈ 9.5 calls).
+#[tokio::test]
+async fn a_weighted_split_of_90_10() -> Result<()> {
+    let (stable, canary) = (
+        GrpcBackend::start("stable").await?,
+        GrpcBackend::start("canary").await?,
+    );
+    let port = free_port();
+    let w = world(
+        json!({
+            "services": {
+                "echo": {"protocol": "grpc", "endpoints": endpoints(&[&stable])},
+                "echo-canary": {"protocol": "grpc", "endpoints": endpoints(&[&canary])}
+            },
+            "route_tables": {"main": {"virtual_hosts": [
+                {"name": "echo", "domains": ["echo.example.com"], "routes": [
+                    {"match": {"grpc": {"service": ECHO_SERVICE}},
+                     "weighted": [{"service": "echo", "weight": 90}, {"service": "echo-canary", "weight": 10}]}]}
+            ]}},
+            "listeners": {"main": listener(port)}
+        }),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+    )
+    .await?;
+    routed(&w, "echo.example.com").await?;
+    // Both clusters are in use before counting (the canary's may arrive a moment later).
+    eventually(T, "both clusters answer", || async {
+        let s = spread(&w, "echo.example.com", 50).await?;
+        ensure!(s.len() == 2, "{s:?}");
+        Ok(())
+    })
+    .await?;
+    let s = spread(&w, "echo.example.com", 1000).await?;
+    let to_canary = s.get("canary").copied().unwrap_or(0);
+    ensure!(
+        (70..=130).contains(&to_canary)
+            && s.get("stable").copied().unwrap_or(0) == 1000 - to_canary,
+        "1000 calls: {s:?}"
+    );
+    Ok(())
+}
+
+/// A retry (the request succeeds, Envoy's retry counter moves), a route timeout (counted as one
+/// by Envoy), and circuit-breaker overflow (503 with `x-envoy-overloaded`).
+#[tokio::test]
+async fn retries_timeouts_and_circuit_breakers() -> Result<()> {
+    let (r1, t1, cb1) = (
+        GrpcBackend::start("r1").await?,
+        GrpcBackend::start("t1").await?,
+        GrpcBackend::start("cb1").await?,
+    );
+    let port = free_port();
+    let w = world(
+        json!({
+            "services": {
+                "retried": {"protocol": "grpc", "endpoints": endpoints(&[&r1])},
+                "timed": {"protocol": "grpc", "endpoints": endpoints(&[&t1])},
+                "limited": {"protocol": "grpc", "endpoints": endpoints(&[&cb1]),
+                            "circuit_breakers": {"max_requests": 1, "max_pending_requests": 1}}
+            },
+            "route_tables": {"main": {"virtual_hosts": [
+                {"name": "r", "domains": ["r.example.com"], "routes": [
+                    {"match": {"prefix": "/"}, "service": "retried",
+                     "retry": {"retry_on": ["unavailable"], "attempts": 2}}]},
+                {"name": "t", "domains": ["t.example.com"], "routes": [
+                    {"match": {"prefix": "/"}, "service": "timed", "timeout": "300ms"}]},
+                {"name": "cb", "domains": ["cb.example.com"], "routes": [
+                    {"match": {"prefix": "/"}, "service": "limited"}]}
+            ]}},
+            "listeners": {"main": listener(port)}
+        }),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+    )
+    .await?;
+    for a in ["r.example.com", "t.example.com", "cb.example.com"] {
+        routed(&w, a).await?;
+    }
+    // Retry: the first attempt fails, the retry succeeds.
+    let before = r1.served();
+    r1.fail_next(1);
+    let answer = say(&w, "r.example.com", 0).await;
+    ensure!(answer.as_deref().ok() == Some("r1"), "{answer:?}");
+    ensure!(
+        r1.served() == before + 2,
+        "{} attempts",
+        r1.served() - before
+    );
+    ensure!(
+        stat(&w, "cluster.service_retried.upstream_rq_retry").await? >= 1,
+        "no retry counted"
+    );
+
+    // Timeout: a 2 s answer on a 300 ms route.
+    let late = say(&w, "t.example.com", 2000).await;
+    ensure!(
+        late.is_err(),
+        "a call past the route timeout succeeded: {late:?}"
+    );
+    eventually(T, "Envoy counts the timeout", || async {
+        ensure!(
+            stat(&w, "cluster.service_timed.upstream_rq_timeout").await? >= 1,
+            "not yet"
+        );
+        Ok(())
+    })
+    .await?;
+
+    // Circuit breaker: one request at a time, one pending; eight at once overflow.
+    let calls = (0..8).map(|_| async {
+        let mut client = echo_client(w.listener, "cb.example.com").await?;
+        let r = client
+            .say(SayRequest {
+                message: "x".into(),
+                delay_ms: 1000,
+            })
+            .await;
+        anyhow::Ok(r)
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut overloaded = 0;
+    let mut ok = 0;
+    for r in results {
+        match r? {
+            Ok(_) => ok += 1,
+            Err(s) if s.metadata().get("x-envoy-overloaded").is_some() => overloaded += 1,
+            Err(s) => bail!("a call failed otherwise: {s:?}"),
+        }
+    }
+    ensure!(
+        overloaded >= 1 && ok >= 1,
+        "{ok} answered, {overloaded} overloaded"
+    );
+    Ok(())
+}
+
+/// An instance that keeps failing is ejected by outlier detection; an instance whose health
+/// service says NOT_SERVING leaves the rotation through Envoy's active gRPC health checks.
+#[tokio::test]
+async fn outlier_ejection_and_health_checks() -> Result<()> {
+    let (o1, o2, h1, h2) = (
+        GrpcBackend::start("o1").await?,
+        GrpcBackend::start("o2").await?,
+        GrpcBackend::start("h1").await?,
+        GrpcBackend::start("h2").await?,
+    );
+    let port = free_port();
+    let w = world(
+        json!({
+            "services": {
+                "ejecting": {"protocol": "grpc", "endpoints": endpoints(&[&o1, &o2]),
+                             "outlier_detection": {"consecutive_5xx": 2, "interval": "100ms",
+                                                   "base_ejection_time": "30s", "max_ejection_percent": 50}},
+                "checked": {"protocol": "grpc", "endpoints": endpoints(&[&h1, &h2]),
+                            "health_check": {"kind": "grpc", "interval": "200ms", "timeout": "100ms",
+                                             "unhealthy_threshold": 1, "healthy_threshold": 1}}
+            },
+            "route_tables": {"main": {"virtual_hosts": [
+                {"name": "o", "domains": ["o.example.com"], "routes": [{"match": {"prefix": "/"}, "service": "ejecting"}]},
+                {"name": "h", "domains": ["h.example.com"], "routes": [{"match": {"prefix": "/"}, "service": "checked"}]}
+            ]}},
+            "listeners": {"main": listener(port)}
+        }),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+    )
+    .await?;
+    routed(&w, "o.example.com").await?;
+    routed(&w, "h.example.com").await?;
+
+    // Outlier ejection: o1 fails every call until Envoy ejects it; then only o2 answers.
+    o1.fail_always(true);
+    eventually(T, "o1 is ejected", || async {
+        let _ = say(&w, "o.example.com", 0).await;
+        let n = stat(
+            &w,
+            "cluster.service_ejecting.outlier_detection.ejections_enforced_total",
+        )
+        .await?;
+        ensure!(n >= 1, "no ejection yet");
+        Ok(())
+    })
+    .await?;
+    let s = spread(&w, "o.example.com", 20).await?;
+    ensure!(
+        s == BTreeMap::from([("o2".to_string(), 20)]),
+        "after the ejection: {s:?}"
+    );
+
+    // Health checks: both healthy, then h1 says NOT_SERVING and leaves the rotation.
+    eventually(T, "both instances healthy", || async {
+        let n = stat(&w, "cluster.service_checked.membership_healthy").await?;
+        ensure!(n == 2, "{n} healthy");
+        Ok(())
+    })
+    .await?;
+    let s = spread(&w, "h.example.com", 20).await?;
+    ensure!(s.len() == 2, "{s:?}");
+    h1.set_serving(false).await;
+    eventually(T, "h1 leaves the rotation", || async {
+        let n = stat(&w, "cluster.service_checked.membership_healthy").await?;
+        let checks = w
+            .envoy
+            .get("/stats?filter=service_checked.health_check")
+            .await?;
+        ensure!(n == 1, "{n} healthy; {checks}");
+        Ok(())
+    })
+    .await?;
+    let s = spread(&w, "h.example.com", 20).await?;
+    ensure!(
+        s == BTreeMap::from([("h2".to_string(), 20)]),
+        "after NOT_SERVING: {s:?}"
+    );
+    let _ = &w.c;
+    Ok(())
+}
