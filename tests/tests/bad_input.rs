@@ -292,3 +292,43 @@ async fn data_dir_of_another_node_or_cluster_is_refused() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A batch that names one builder twice, or puts and removes it at once, is refused with 409 on
+/// every replica alike, and the cluster goes on: the refusal is remembered with its request id
+/// (issue 16) and travels back to a forwarding replica, so it must encode (it did not: the
+/// replicas stopped applying, issue 14).
+#[tokio::test]
+async fn contradictory_batches_are_refused_and_the_cluster_goes_on() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.leader().await?;
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    let b = json!({ "id": "b1", "addr": "127.0.0.1:9001", "sni": "b1.example.com" });
+    for (via, body) in [
+        (leader, json!({ "upserts": [b.clone(), b.clone()] })),
+        (follower, json!({ "upserts": [b.clone(), b.clone()] })),
+        (
+            follower,
+            json!({ "upserts": [b.clone()], "removes": ["b1"] }),
+        ),
+    ] {
+        let (s, v) = c
+            .send(via, Method::POST, "/v1/builders", Some(body.clone()))
+            .await?;
+        ensure!(s == 409, "{body} via node {via}: {s} {v}");
+    }
+    // Every replica still applies writes.
+    let rev = c.put(follower, "b2", 9002).await?;
+    for id in c.up() {
+        eventually(
+            Duration::from_secs(10),
+            "the write applies everywhere",
+            || async {
+                let (r, ids) = c.builders(id, false).await?;
+                ensure!(r >= rev && ids == ["b2"], "node {id}: {r} {ids:?}");
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

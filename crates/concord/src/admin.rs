@@ -145,10 +145,10 @@ impl From<ClientError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::LeaderUnreachable,
             ),
-            ClientError::Rejected(Rejection::InvalidBuilder(_)) => {
+            ClientError::Rejected(Rejection::InvalidBuilder { .. }) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidBuilder)
             }
-            ClientError::Rejected(Rejection::InvalidServices(_)) => {
+            ClientError::Rejected(Rejection::InvalidServices { .. }) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidServices)
             }
             ClientError::Rejected(_) => (StatusCode::CONFLICT, ErrorCode::Rejected),
@@ -209,7 +209,7 @@ async fn put_config(
 ) -> Result<Json<Written>, ApiError> {
     let Json(desired) = body.map_err(bad_json)?;
     if let Err(errors) = concord_registry::services::validate(&desired) {
-        return Err(ClientError::Rejected(Rejection::InvalidServices(errors)).into());
+        return Err(ClientError::Rejected(Rejection::InvalidServices { problems: errors }).into());
     }
     let cluster = node.registry().borrow().format();
     if cluster < 2 {

@@ -81,6 +81,9 @@ pub struct Command {
     /// Replaces the whole desired state of the services half (`concord apply`); format 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<Box<crate::services::Desired>>,
+    /// Registers, drains and removes endpoints of services; format 2.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<crate::services::EndpointChange>,
 }
 
 impl Command {
@@ -110,6 +113,16 @@ impl Command {
             format: FORMAT_BUILDERS,
             raise_format: None,
             desired: None,
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// The command that makes `changes` to registered endpoints.
+    pub fn endpoints(changes: Vec<crate::services::EndpointChange>) -> Self {
+        Command {
+            format: 2,
+            endpoints: changes,
+            ..Command::new(Source::Api, Batch::default())
         }
     }
 
@@ -170,18 +183,31 @@ pub enum Outcome {
 }
 
 /// Why a command was refused. Deterministic: it depends only on the command and the state.
+///
+/// Every variant has named fields: an internally tagged variant holding a bare string or list
+/// cannot be serialised, and a rejection is stored with the state (a remembered request's
+/// outcome) and sent back to a forwarding replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case", tag = "reason")]
 pub enum Rejection {
     /// A builder in the batch failed validation.
-    #[error("{0}")]
-    InvalidBuilder(String),
+    #[error("{message}")]
+    InvalidBuilder {
+        /// What is wrong with it.
+        message: String,
+    },
     /// Two upserts in one batch have the same id.
-    #[error("builder {0:?} appears twice in one batch")]
-    DuplicateId(String),
+    #[error("builder {id:?} appears twice in one batch")]
+    DuplicateId {
+        /// The builder.
+        id: String,
+    },
     /// One batch both upserts and removes the same id.
-    #[error("builder {0:?} is both put and removed in one batch")]
-    UpsertAndRemove(String),
+    #[error("builder {id:?} is both put and removed in one batch")]
+    UpsertAndRemove {
+        /// The builder.
+        id: String,
+    },
     /// The SNI name would belong to two builders.
     #[error("SNI name {sni:?} is already used by builder {:?} (wanted by {:?})", ids.0, ids.1)]
     DuplicateSni {
@@ -222,8 +248,37 @@ pub enum Rejection {
         cluster: u32,
     },
     /// The desired state of the services half is invalid; every problem, by field.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    InvalidServices(Vec<crate::services::FieldError>),
+    #[error("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidServices {
+        /// Every problem, by field path.
+        problems: Vec<crate::services::FieldError>,
+    },
+    /// An endpoint change names a service the desired state does not have.
+    #[error(
+        "no service {service:?}: `concord apply` one first (`concord get services` lists them)"
+    )]
+    UnknownService {
+        /// The service named.
+        service: String,
+    },
+    /// A drain names an endpoint that is not registered.
+    #[error("no endpoint {id:?} of service {service:?} is registered")]
+    UnknownEndpoint {
+        /// The service.
+        service: String,
+        /// The endpoint id.
+        id: String,
+    },
+    /// A registration is invalid.
+    #[error("endpoint {id:?} of service {service:?}: {problem}")]
+    InvalidEndpoint {
+        /// The service.
+        service: String,
+        /// The endpoint id.
+        id: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// `if_revision` did not match: the registry moved since the command was computed.
     #[error("registry is at revision {actual}, the command expected {expected}")]
     StaleRevision {

@@ -62,7 +62,13 @@ pub struct Registry {
     format: u32,
     /// The services half's desired state, as last applied.
     desired: Arc<services::Desired>,
+    /// Registered endpoints by service, then id.
+    endpoints: EndpointMap,
 }
+
+/// Registered endpoints by service, then id; persistent, so a change of one service's endpoints
+/// copies O(log n) and a diff visits only the services that changed.
+pub type EndpointMap = imbl::OrdMap<String, imbl::OrdMap<String, Arc<services::Endpoint>>>;
 
 impl Default for Registry {
     fn default() -> Self {
@@ -74,6 +80,7 @@ impl Default for Registry {
             request_order: imbl::OrdMap::default(),
             format: FORMAT_BUILDERS,
             desired: Arc::default(),
+            endpoints: EndpointMap::default(),
         }
     }
 }
@@ -84,6 +91,7 @@ impl PartialEq for Registry {
             && self.format == other.format
             && self.builders == other.builders
             && self.desired == other.desired
+            && self.endpoints == other.endpoints
     }
 }
 
@@ -111,7 +119,7 @@ impl Registry {
         for b in builders {
             // One id twice would leave the first one's SNI name indexed for nobody.
             if reg.builders.contains_key(&b.id) {
-                return Err(Rejection::DuplicateId(b.id));
+                return Err(Rejection::DuplicateId { id: b.id });
             }
             if let Some(other) = reg.sni_index.insert(b.sni.clone(), b.id.clone()) {
                 return Err(Rejection::DuplicateSni {
@@ -148,6 +156,58 @@ impl Registry {
     /// The services half's desired state.
     pub fn desired(&self) -> &Arc<services::Desired> {
         &self.desired
+    }
+
+    /// Adds registered endpoints (from the store or a snapshot).
+    pub fn with_endpoints(
+        mut self,
+        endpoints: impl IntoIterator<Item = (String, services::Endpoint)>,
+    ) -> Self {
+        for (service, e) in endpoints {
+            let mut m = self.endpoints.get(&service).cloned().unwrap_or_default();
+            m.insert(e.id.clone(), Arc::new(e));
+            self.endpoints.insert(service, m);
+        }
+        self
+    }
+
+    /// Registered endpoints by service and id.
+    pub fn endpoint_map(&self) -> &EndpointMap {
+        &self.endpoints
+    }
+
+    /// The registered endpoints of `service`.
+    pub fn endpoints_of(&self, service: &str) -> impl Iterator<Item = &Arc<services::Endpoint>> {
+        self.endpoints
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// Every registered endpoint with its service.
+    pub fn all_endpoints(&self) -> impl Iterator<Item = (&str, &Arc<services::Endpoint>)> {
+        self.endpoints
+            .iter()
+            .flat_map(|(s, m)| m.values().map(move |e| (s.as_str(), e)))
+    }
+
+    /// The registered endpoint `id` of `service`.
+    pub fn endpoint(&self, service: &str, id: &str) -> Option<&Arc<services::Endpoint>> {
+        self.endpoints.get(service)?.get(id)
+    }
+
+    /// The services whose registered endpoints differ between `older` and this registry, in
+    /// O(change) for a registry `older` became by applying commands.
+    pub fn changed_services(&self, older: &Registry) -> Vec<String> {
+        older
+            .endpoints
+            .diff(&self.endpoints)
+            .map(|d| match d {
+                imbl::ordmap::DiffItem::Add(s, _)
+                | imbl::ordmap::DiffItem::Remove(s, _)
+                | imbl::ordmap::DiffItem::Update { new: (s, _), .. } => s.clone(),
+            })
+            .collect()
     }
 
     /// The cluster's entry format: a command of a higher one is refused.
@@ -275,7 +335,20 @@ impl Registry {
             && *self.desired != **desired
         {
             self.desired = Arc::new(Desired::clone(desired));
+            // Endpoints of services that no longer exist go with them.
+            let gone: Vec<String> = self
+                .endpoints
+                .keys()
+                .filter(|s| !self.desired.services.contains_key(*s))
+                .cloned()
+                .collect();
+            for s in gone {
+                self.endpoints.remove(&s);
+            }
             changed = true;
+        }
+        for change in &cmd.endpoints {
+            changed |= self.apply_endpoint(index, change);
         }
         for id in &cmd.batch.removes {
             if let Some(old) = self.builders.remove(id) {
@@ -324,13 +397,16 @@ impl Registry {
             });
         }
         if let Some(desired) = &cmd.desired {
-            services::validate(desired).map_err(Rejection::InvalidServices)?;
+            services::validate(desired)
+                .map_err(|problems| Rejection::InvalidServices { problems })?;
         }
+        self.check_endpoints(cmd)?;
         let removes: HashSet<&str> = cmd.batch.removes.iter().map(String::as_str).collect();
         let mut upsert_ids: HashMap<&str, &Builder> = HashMap::new();
         for b in &cmd.batch.upserts {
-            b.validate()
-                .map_err(|e| Rejection::InvalidBuilder(e.to_string()))?;
+            b.validate().map_err(|e| Rejection::InvalidBuilder {
+                message: e.to_string(),
+            })?;
             if b.source != cmd.source {
                 return Err(Rejection::SourceMismatch {
                     id: b.id.clone(),
@@ -339,10 +415,10 @@ impl Registry {
                 });
             }
             if upsert_ids.insert(&b.id, b).is_some() {
-                return Err(Rejection::DuplicateId(b.id.clone()));
+                return Err(Rejection::DuplicateId { id: b.id.clone() });
             }
             if removes.contains(b.id.as_str()) {
-                return Err(Rejection::UpsertAndRemove(b.id.clone()));
+                return Err(Rejection::UpsertAndRemove { id: b.id.clone() });
             }
         }
         // Ownership: a source changes only its own builders (the poller never touches `api` ones).
@@ -387,6 +463,114 @@ impl Registry {
             }
         }
         Ok(())
+    }
+}
+
+impl Registry {
+    /// Every rule an endpoint change must pass (against the desired state the command leaves).
+    fn check_endpoints(&self, cmd: &Command) -> Result<(), Rejection> {
+        use services::EndpointChange as C;
+        let desired = cmd.desired.as_deref().unwrap_or(&self.desired);
+        for change in &cmd.endpoints {
+            let (service, id) = change.key();
+            if !desired.services.contains_key(service) {
+                return Err(Rejection::UnknownService {
+                    service: service.to_string(),
+                });
+            }
+            let invalid = |problem: String| Rejection::InvalidEndpoint {
+                service: service.to_string(),
+                id: id.to_string(),
+                problem,
+            };
+            match change {
+                C::Register {
+                    addr, weight, ttl, ..
+                } => {
+                    let ok_id = !id.is_empty()
+                        && id.len() <= 128
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                    if !ok_id {
+                        return Err(invalid(
+                            "an id is 1-128 letters, digits, '-', '_', '.' or ':'".into(),
+                        ));
+                    }
+                    if addr.port() == 0 || addr.ip().is_unspecified() {
+                        return Err(invalid(format!("{addr} is not an address to send to")));
+                    }
+                    if !(1..=128).contains(weight) {
+                        return Err(invalid(format!("weight {weight} is outside 1-128")));
+                    }
+                    if let Some(t) = ttl
+                        && !(services::SHORTEST_TTL_MS..=services::LONGEST_TTL_MS)
+                            .contains(&t.as_millis())
+                    {
+                        return Err(invalid(format!("a lease of {t} is outside 1s-1h")));
+                    }
+                }
+                C::Drain { .. } if self.endpoint(service, id).is_none() => {
+                    return Err(Rejection::UnknownEndpoint {
+                        service: service.to_string(),
+                        id: id.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one checked endpoint change; whether it changed anything.
+    fn apply_endpoint(&mut self, index: u64, change: &services::EndpointChange) -> bool {
+        use services::EndpointChange as C;
+        let (service, id) = change.key();
+        let mut m = self.endpoints.get(service).cloned().unwrap_or_default();
+        let changed = match change {
+            C::Register {
+                addr,
+                weight,
+                labels,
+                ttl,
+                ..
+            } => {
+                m.insert(
+                    id.to_string(),
+                    Arc::new(services::Endpoint {
+                        id: id.to_string(),
+                        addr: *addr,
+                        weight: *weight,
+                        labels: labels.clone(),
+                        ttl: *ttl,
+                        draining: false,
+                        registered_at: index,
+                    }),
+                );
+                true
+            }
+            C::Deregister { .. } => m.remove(id).is_some(),
+            C::Drain { .. } => match m.get(id) {
+                Some(e) if !e.draining => {
+                    let mut e = services::Endpoint::clone(e);
+                    e.draining = true;
+                    m.insert(id.to_string(), Arc::new(e));
+                    true
+                }
+                _ => false,
+            },
+            C::Expire { registered_at, .. } => match m.get(id) {
+                Some(e) if e.registered_at == *registered_at => m.remove(id).is_some(),
+                _ => false,
+            },
+        };
+        if changed {
+            match m.is_empty() {
+                true => self.endpoints.remove(service),
+                false => self.endpoints.insert(service.to_string(), m),
+            };
+        }
+        changed
     }
 }
 

@@ -72,7 +72,7 @@ fn invalid_builders_reject_the_whole_batch() {
     let out = r.apply(1, &put(vec![b("ok", 2, Source::Api), bad]));
     assert!(matches!(
         out,
-        Outcome::Rejected(Rejection::InvalidBuilder(_))
+        Outcome::Rejected(Rejection::InvalidBuilder { .. })
     ));
     assert!(r.is_empty(), "nothing half-applied");
     assert_eq!(r.revision(), 0);
@@ -172,13 +172,13 @@ fn duplicate_and_contradictory_batches_are_rejected() {
             1,
             &put(vec![b("a", 1, Source::Api), b("a", 2, Source::Api)])
         ),
-        Outcome::Rejected(Rejection::DuplicateId(_))
+        Outcome::Rejected(Rejection::DuplicateId { .. })
     ));
     let mut cmd = put(vec![b("a", 1, Source::Api)]);
     cmd.batch.removes.push("a".into());
     assert!(matches!(
         r.apply(1, &cmd),
-        Outcome::Rejected(Rejection::UpsertAndRemove(_))
+        Outcome::Rejected(Rejection::UpsertAndRemove { .. })
     ));
 }
 

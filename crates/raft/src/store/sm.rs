@@ -558,8 +558,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Err(io_err(write, &e));
         }
         Registry::from_parts(snap.builders, snap.revision).map_err(|e| io_err(write, &e))?;
-        concord_registry::services::validate(&snap.desired)
-            .map_err(|e| io_err(write, &concord_registry::Rejection::InvalidServices(e)))?;
+        concord_registry::services::validate(&snap.desired).map_err(|problems| {
+            io_err(
+                write,
+                &concord_registry::Rejection::InvalidServices { problems },
+            )
+        })?;
         // openraft installs only a snapshot newer than anything committed here, so newer than
         // any snapshot built here: store it unconditionally.
         self.store_snapshot(meta, &data, false).await?;

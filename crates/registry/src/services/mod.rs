@@ -1,15 +1,18 @@
 //! The services half of the registry (issue 14): HTTP and gRPC services, the route tables that
 //! send requests to them, and the listeners that serve route tables, set as one desired state
 //! ([`Desired`]) by `concord apply`. [`validate`] checks a state as a whole before it is
-//! committed; [`diff`] says what applying one would change.
+//! committed; [`diff`] says what applying one would change. [`Endpoint`]s register
+//! themselves under leases, changed by [`EndpointChange`]s.
 
 mod diff;
 mod duration;
+mod endpoints;
 mod model;
 mod validate;
 
 pub use diff::{Change, diff};
 pub use duration::{BadDuration, Duration};
+pub use endpoints::{Endpoint, EndpointChange, LONGEST_TTL_MS, SHORTEST_TTL_MS};
 pub use model::*;
 pub use validate::{FieldError, validate};
 

@@ -229,7 +229,7 @@ fn applying_a_desired_state() {
     bad["listeners"]["public"]["route_table"] = json!("nope");
     let out = r.apply(5, &Command::apply_services(desired(bad)));
     assert!(
-        matches!(&out, Outcome::Rejected(Rejection::InvalidServices(e)) if e[0].path == "listeners.public.route_table"),
+        matches!(&out, Outcome::Rejected(Rejection::InvalidServices { problems }) if problems[0].path == "listeners.public.route_table"),
         "{out:?}"
     );
     assert_eq!(**r.desired(), desired(grpc_shop()));
@@ -242,4 +242,77 @@ fn applying_a_desired_state() {
         }
     );
     assert!(r.desired().services.is_empty());
+}
+
+/// Every rejection is stored with the state (remembered request outcomes) and travels to the
+/// forwarding replica: each must encode and decode. The match makes a new variant fail to
+/// compile until it is listed here.
+#[test]
+fn every_rejection_encodes() {
+    let all = vec![
+        Rejection::InvalidBuilder {
+            message: "x".into(),
+        },
+        Rejection::DuplicateId { id: "b1".into() },
+        Rejection::UpsertAndRemove { id: "b1".into() },
+        Rejection::DuplicateSni {
+            sni: "a".into(),
+            ids: ("b1".into(), "b2".into()),
+        },
+        Rejection::SourceMismatch {
+            id: "b1".into(),
+            builder: crate::Source::Dns,
+            command: crate::Source::Api,
+        },
+        Rejection::OwnedByOtherSource {
+            id: "b1".into(),
+            owner: crate::Source::Dns,
+        },
+        Rejection::FormatNotEnabled {
+            format: 2,
+            cluster: 1,
+        },
+        Rejection::InvalidServices {
+            problems: vec![crate::services::FieldError {
+                path: "a".into(),
+                message: "b".into(),
+            }],
+        },
+        Rejection::UnknownService {
+            service: "s".into(),
+        },
+        Rejection::UnknownEndpoint {
+            service: "s".into(),
+            id: "e".into(),
+        },
+        Rejection::InvalidEndpoint {
+            service: "s".into(),
+            id: "e".into(),
+            problem: "p".into(),
+        },
+        Rejection::StaleRevision {
+            expected: 1,
+            actual: 2,
+        },
+    ];
+    for r in all {
+        match &r {
+            Rejection::InvalidBuilder { .. }
+            | Rejection::DuplicateId { .. }
+            | Rejection::UpsertAndRemove { .. }
+            | Rejection::DuplicateSni { .. }
+            | Rejection::SourceMismatch { .. }
+            | Rejection::OwnedByOtherSource { .. }
+            | Rejection::FormatNotEnabled { .. }
+            | Rejection::InvalidServices { .. }
+            | Rejection::UnknownService { .. }
+            | Rejection::UnknownEndpoint { .. }
+            | Rejection::InvalidEndpoint { .. }
+            | Rejection::StaleRevision { .. } => {}
+        }
+        let out = Outcome::Rejected(r.clone());
+        let text = serde_json::to_string(&out).unwrap_or_else(|e| panic!("{r:?}: {e}"));
+        let back: Outcome = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, out, "{text}");
+    }
 }
