@@ -328,6 +328,44 @@ impl Client {
         self.call(Method::PUT, url, Some(desired)).await
     }
 
+    /// `PUT /v1/services/{service}/endpoints/{id}`: registers an endpoint (granting its lease),
+    /// answered once committed.
+    pub async fn register_endpoint(
+        &self,
+        service: &str,
+        id: &str,
+        body: &crate::RegisterEndpoint,
+    ) -> Result<Written, Error> {
+        let url = self.url(&["v1", "services", service, "endpoints", id], None);
+        self.call(Method::PUT, url, Some(body)).await
+    }
+
+    /// `POST /v1/services/{service}/endpoints/{id}/renew`: renews its lease (on the leader;
+    /// not a log entry). 404 when it is not registered (its lease lapsed): register it again.
+    pub async fn renew_endpoint(&self, service: &str, id: &str) -> Result<crate::Renewed, Error> {
+        let url = self.url(&["v1", "services", service, "endpoints", id, "renew"], None);
+        self.call(Method::POST, url, None::<&()>).await
+    }
+
+    /// `POST /v1/services/{service}/endpoints/{id}/drain`: no new requests; removed after the
+    /// service's drain timeout.
+    pub async fn drain_endpoint(&self, service: &str, id: &str) -> Result<Written, Error> {
+        let url = self.url(&["v1", "services", service, "endpoints", id, "drain"], None);
+        self.call(Method::POST, url, None::<&()>).await
+    }
+
+    /// `DELETE /v1/services/{service}/endpoints/{id}`: removes it at once.
+    pub async fn deregister_endpoint(&self, service: &str, id: &str) -> Result<Written, Error> {
+        let url = self.url(&["v1", "services", service, "endpoints", id], None);
+        self.call(Method::DELETE, url, None::<&()>).await
+    }
+
+    /// `GET /v1/services/{service}/endpoints`: its registered endpoints.
+    pub async fn endpoints(&self, service: &str) -> Result<crate::EndpointList, Error> {
+        let url = self.url(&["v1", "services", service, "endpoints"], None);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
     /// `POST /v1/builders`: puts and removes in one log entry, all or nothing.
     pub async fn batch(&self, body: &BatchBody) -> Result<Written, Error> {
         let url = self.url(&["v1", "builders"], None);

@@ -31,7 +31,7 @@ pub use request::{
     AddLearner, BatchBody, BatchBuilder, Endpoint, Isolate, Promote, PutBuilder, Request,
     RequestError, decode,
 };
-pub use services::{Config, MAX_CONFIG_BYTES};
+pub use services::{Config, EndpointList, MAX_CONFIG_BYTES, RegisterEndpoint, Renewed};
 pub use status::{EntryFormats, Isolated, Member, MemberFormat, Role, Status};
 pub use xds::XdsResources;
 

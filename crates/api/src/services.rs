@@ -17,3 +17,43 @@ pub struct Config {
 
 /// The largest body `PUT /v1/config` takes (and file `concord apply` reads).
 pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+/// `PUT /v1/services/{service}/endpoints/{id}`: an instance registers itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterEndpoint {
+    /// Where it serves.
+    pub addr: std::net::SocketAddr,
+    /// Its load-balancing weight (1-128).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Its lease: it leaves every Envoy unless renewed within this (`10s`); none: it stays
+    /// until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<concord_registry::services::Duration>,
+    /// Labels (`version: v2`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `GET /v1/services/{service}/endpoints`: the registered endpoints of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointList {
+    /// The registry revision it was read at.
+    pub revision: u64,
+    /// The service.
+    pub service: String,
+    /// Its registered endpoints, by id.
+    pub endpoints: Vec<concord_registry::services::Endpoint>,
+}
+
+/// `POST /v1/services/{service}/endpoints/{id}/renew`: the lease was renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewed {
+    /// It lapses this long from now unless renewed again (milliseconds).
+    pub ttl_ms: u64,
+}

@@ -14,6 +14,11 @@
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node |
 //! | GET | `/v1/config` | the services half's desired state: services, route tables, listeners |
 //! | PUT | `/v1/config` | set it as a whole (`concord apply`), validated first, in one entry |
+//! | GET | `/v1/services/{svc}/endpoints` | a service's registered endpoints |
+//! | PUT | `/v1/services/{svc}/endpoints/{id}` | `{"addr":…,"ttl":"10s"}`: register (grants the lease) |
+//! | POST | `/v1/services/{svc}/endpoints/{id}/renew` | renew the lease (on the leader; no log entry) |
+//! | POST | `/v1/services/{svc}/endpoints/{id}/drain` | no new requests; removed after the drain timeout |
+//! | DELETE | `/v1/services/{svc}/endpoints/{id}` | deregister |
 //! | GET | `/v1/discovery` | the DNS poller: who polls, last poll and result, last change, skips |
 //! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
@@ -90,6 +95,19 @@ pub fn router(
                     concord_api::MAX_CONFIG_BYTES,
                 )),
         )
+        .route("/v1/services/{service}/endpoints", get(list_endpoints))
+        .route(
+            "/v1/services/{service}/endpoints/{id}",
+            axum::routing::put(register_endpoint).delete(deregister_endpoint),
+        )
+        .route(
+            "/v1/services/{service}/endpoints/{id}/renew",
+            post(renew_endpoint),
+        )
+        .route(
+            "/v1/services/{service}/endpoints/{id}/drain",
+            post(drain_endpoint),
+        )
         .route("/v1/cluster/learners", post(add_learner))
         .route("/v1/cluster/voters", post(promote))
         .route(
@@ -151,6 +169,12 @@ impl From<ClientError> for ApiError {
             ClientError::Rejected(Rejection::InvalidServices { .. }) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidServices)
             }
+            ClientError::Rejected(
+                Rejection::UnknownEndpoint { .. } | Rejection::UnknownService { .. },
+            ) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ClientError::Rejected(Rejection::InvalidEndpoint { .. }) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+            }
             ClientError::Rejected(_) => (StatusCode::CONFLICT, ErrorCode::Rejected),
             ClientError::Membership(_) => (StatusCode::CONFLICT, ErrorCode::Membership),
             ClientError::NotLeader { .. } => {
@@ -159,6 +183,7 @@ impl From<ClientError> for ApiError {
             ClientError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
+            ClientError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -190,6 +215,92 @@ fn bad_json(e: JsonRejection) -> ApiError {
         ErrorCode::BadRequest,
         e.body_text(),
     )
+}
+
+async fn list_endpoints(
+    State(AppState { node, .. }): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Json<concord_api::EndpointList>, ApiError> {
+    let registry = node.registry().borrow().clone();
+    if !registry.desired().services.contains_key(&service) {
+        return Err(ClientError::Rejected(Rejection::UnknownService { service }).into());
+    }
+    Ok(Json(concord_api::EndpointList {
+        revision: registry.revision(),
+        endpoints: registry
+            .endpoints_of(&service)
+            .map(|e| concord_registry::services::Endpoint::clone(e))
+            .collect(),
+        service,
+    }))
+}
+
+async fn register_endpoint(
+    State(AppState { node, .. }): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    body: Result<Json<concord_api::RegisterEndpoint>, JsonRejection>,
+) -> Result<Json<Written>, ApiError> {
+    let Json(r) = body.map_err(bad_json)?;
+    let change = concord_registry::services::EndpointChange::Register {
+        service,
+        id,
+        addr: r.addr,
+        weight: r.weight,
+        labels: r.labels,
+        ttl: r.ttl,
+    };
+    write_endpoint(&node, change).await
+}
+
+async fn deregister_endpoint(
+    State(AppState { node, .. }): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Json<Written>, ApiError> {
+    write_endpoint(
+        &node,
+        concord_registry::services::EndpointChange::Deregister { service, id },
+    )
+    .await
+}
+
+async fn drain_endpoint(
+    State(AppState { node, .. }): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Json<Written>, ApiError> {
+    write_endpoint(
+        &node,
+        concord_registry::services::EndpointChange::Drain { service, id },
+    )
+    .await
+}
+
+/// An endpoint change needs the services half: refused at once while the cluster is below
+/// format 2, as `PUT /v1/config` is.
+async fn write_endpoint(
+    node: &Node,
+    change: concord_registry::services::EndpointChange,
+) -> Result<Json<Written>, ApiError> {
+    let cluster = node.registry().borrow().format();
+    if cluster < 2 {
+        return Err(
+            ClientError::Rejected(Rejection::FormatNotEnabled { format: 2, cluster }).into(),
+        );
+    }
+    write_command(node, Command::endpoints(vec![change])).await
+}
+
+async fn renew_endpoint(
+    State(AppState { node, .. }): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Json<concord_api::Renewed>, ApiError> {
+    match node.execute(ClientRequest::Renew { service, id }).await? {
+        ClientReply::Renewed { ttl_ms } => Ok(Json(concord_api::Renewed { ttl_ms })),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("unexpected answer to a renewal: {other:?}"),
+        )),
+    }
 }
 
 async fn get_config(State(AppState { node, .. }): State<AppState>) -> Json<concord_api::Config> {

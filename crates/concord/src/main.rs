@@ -69,6 +69,9 @@ enum Command {
     Diff(cli::DiffArgs),
     /// Print the services, route tables or listeners the cluster holds (`all`: a whole file).
     Get(cli::GetArgs),
+    /// Register, list, drain and remove a service's endpoints; `register` keeps an instance's
+    /// lease until it stops, then drains it.
+    Endpoints(cli::EndpointsCmd),
     /// Write the Envoy resources a desired-state file makes into a bootstrap for `envoy --mode
     /// validate` (offline: no replica is asked).
     Render(cli::RenderArgs),
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => runtime.block_on(args.run(&cli.target)),
         Command::Get(args) => runtime.block_on(args.run(&cli.target)),
         Command::Render(args) => args.run(),
+        Command::Endpoints(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),
     }

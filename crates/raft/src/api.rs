@@ -37,6 +37,14 @@ pub enum ClientRequest {
     /// Answered by the replica that receives it: the highest entry format it applies. Builds
     /// before entry formats do not know the request (they support format 1).
     EntryFormat,
+    /// Renew the lease of a registered endpoint (on the leader, which holds every lease; not a
+    /// log entry).
+    Renew {
+        /// The endpoint's service.
+        service: String,
+        /// The endpoint's id.
+        id: String,
+    },
 }
 
 /// The leader's answer to a [`ClientRequest`].
@@ -69,6 +77,11 @@ pub enum ClientReply {
     EntryFormat {
         /// The highest entry format the replica applies.
         supported: u32,
+    },
+    /// The lease was renewed: it lapses this long from now unless renewed again.
+    Renewed {
+        /// Its TTL in milliseconds.
+        ttl_ms: u64,
     },
 }
 
@@ -132,12 +145,19 @@ pub enum ClientError {
     /// The replica is shutting down or its Raft core stopped.
     #[error("replica unavailable: {0}")]
     Unavailable(String),
+    /// What the request names does not exist (a renewal of an endpoint that is not registered,
+    /// or whose lease lapsed).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl ClientError {
     /// True when the same request may succeed if retried on another replica or later.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, ClientError::Rejected(_) | ClientError::Membership(_))
+        !matches!(
+            self,
+            ClientError::Rejected(_) | ClientError::Membership(_) | ClientError::NotFound(_)
+        )
     }
 }
 

@@ -16,6 +16,7 @@ compile_error!("mutant features are for debug builds of the chaos mutation check
 pub mod api;
 pub mod contact;
 pub mod format;
+pub mod leases;
 pub mod network;
 pub mod node;
 pub mod service;

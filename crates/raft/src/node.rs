@@ -91,6 +91,8 @@ pub struct Node {
     local_status: std::sync::OnceLock<LocalStatusFn>,
     /// While this node leads: each member's entry format, as last asked (see [`crate::format`]).
     member_formats: std::sync::Mutex<BTreeMap<NodeId, MemberFormat>>,
+    /// While this node leads: every endpoint's lease and drain (see [`crate::leases`]).
+    leases: crate::leases::Leases,
 }
 
 /// Produces a replica's own status (the Envoys streaming from it) for cluster-wide views.
@@ -220,6 +222,7 @@ impl Node {
             contact,
             local_status: std::sync::OnceLock::new(),
             member_formats: std::sync::Mutex::default(),
+            leases: crate::leases::Leases::default(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -257,6 +260,7 @@ impl Node {
         node.follow_leadership(&tasks);
         node.catch_up_after_start(&tasks);
         node.raise_format_when_supported(&tasks);
+        node.keep_leases(&tasks);
         Ok((node, handle))
     }
 
@@ -332,6 +336,49 @@ impl Node {
                 node.check_formats().await;
             }
         });
+    }
+
+    /// While this node leads, keeps every endpoint's lease and drain and commits the expiries
+    /// that fall due (see [`crate::leases`]).
+    fn keep_leases(self: &Arc<Self>, tasks: &Tasks) {
+        let node = self.clone();
+        let shutdown = tasks.token().clone();
+        tasks.spawn("raft leases", async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(crate::leases::CHECK_EVERY) => {}
+                }
+                let Some(term) = node.leading_term() else {
+                    node.leases.clear();
+                    continue;
+                };
+                let now = Instant::now();
+                node.leases
+                    .sync(term, &node.sm.registry().borrow().clone(), now);
+                let due = node.leases.due(now);
+                if due.is_empty() {
+                    continue;
+                }
+                let n = due.len();
+                let cmd = concord_registry::Command::endpoints(due);
+                match node.write_local(cmd, node.config.request_timeout).await {
+                    Ok(_) => {
+                        tracing::info!(endpoints = n, "leases lapsed or drains ended; removed")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "committing lease expiries failed; retrying")
+                    }
+                }
+            }
+        });
+    }
+
+    /// The term this node leads in, if it leads.
+    fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
     }
 
     async fn check_formats(&self) {
@@ -741,6 +788,35 @@ impl Node {
             ClientRequest::EntryFormat => Ok(ClientReply::EntryFormat {
                 supported: concord_registry::FORMAT,
             }),
+            ClientRequest::Renew { service, id } => {
+                let Some(term) = self.leading_term() else {
+                    return Err(ClientError::NotLeader {
+                        node: self.config.node_id,
+                        leader: self.raft.metrics().borrow().current_leader,
+                    });
+                };
+                let now = Instant::now();
+                // A registration applied a moment ago is granted before it is renewed.
+                self.leases
+                    .sync(term, &self.sm.registry().borrow().clone(), now);
+                use crate::leases::RenewError;
+                match self.leases.renew(&service, &id, now) {
+                    Ok(ttl) => Ok(ClientReply::Renewed {
+                        ttl_ms: ttl.as_millis() as u64,
+                    }),
+                    Err(RenewError::NotLeading) => Err(ClientError::NotLeader {
+                        node: self.config.node_id,
+                        leader: None,
+                    }),
+                    Err(RenewError::Unknown) => Err(ClientError::NotFound(format!(
+                        "no endpoint {id:?} of service {service:?} is registered (its lease may \
+                         have lapsed): register it again"
+                    ))),
+                    Err(RenewError::NoLease) => Err(ClientError::NotFound(format!(
+                        "endpoint {id:?} of service {service:?} has no lease to renew"
+                    ))),
+                }
+            }
             ClientRequest::ReadIndex => {
                 let res = tokio::time::timeout(timeout, self.raft.ensure_linearizable())
                     .await

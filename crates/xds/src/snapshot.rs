@@ -206,19 +206,22 @@ impl Snapshot {
         concord_telemetry::metrics()
             .builders_encoded
             .add(serialised as u64);
-        let services = ServiceResources::of(registry.desired(), prev.map(|p| &p.services));
-        if let Some(p) = prev.filter(|p| !Arc::ptr_eq(&p.services, &services)) {
+        let services = ServiceResources::of(&registry, prev.map(|p| &p.services));
+        // The services' clusters change only with the desired state.
+        let clusters_changed =
+            prev.is_none_or(|p| !Arc::ptr_eq(&p.services.clusters, &services.clusters));
+        if let Some(p) = prev.filter(|_| clusters_changed) {
             for name in p.services.clusters.by_name.keys() {
                 by_name.remove(name);
             }
         }
-        let services_serialised = match prev.is_none_or(|p| !Arc::ptr_eq(&p.services, &services)) {
-            true => {
-                for (name, c) in &services.clusters.by_name {
-                    by_name.insert(name.clone(), c.clone());
-                }
-                services.serialised
+        if clusters_changed {
+            for (name, c) in &services.clusters.by_name {
+                by_name.insert(name.clone(), c.clone());
             }
+        }
+        let services_serialised = match prev.is_none_or(|p| !Arc::ptr_eq(&p.services, &services)) {
+            true => services.serialised,
             false => 0,
         };
         let listeners = match (&config.mode, prev) {

@@ -9,6 +9,7 @@ mod builders;
 mod cluster;
 mod config;
 mod discovery;
+mod endpoints;
 mod envoys;
 mod exit;
 
@@ -17,6 +18,7 @@ pub use builders::BuildersCmd;
 pub use cluster::ClusterCmd;
 pub use config::{ApplyArgs, DiffArgs, GetArgs, RenderArgs};
 pub use discovery::discovery;
+pub use endpoints::EndpointsCmd;
 pub use envoys::EnvoysArgs;
 pub use exit::Exit;
 

@@ -33,6 +33,19 @@ const REVISION: &[u8] = b"m/revision";
 const FORMAT: &[u8] = b"m/format";
 /// The services half's desired state ([`Registry::desired`]), replaced whole by each apply.
 const DESIRED: &[u8] = b"d/desired";
+/// Registered endpoints (`e/<service>/<id>` → [`StoredEndpoint`]).
+const ENDPOINT_PREFIX: &[u8] = b"e/";
+
+/// A registered endpoint with its service, as stored and in snapshots.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredEndpoint {
+    service: String,
+    endpoint: concord_registry::services::Endpoint,
+}
+
+fn endpoint_key(service: &str, id: &str) -> Vec<u8> {
+    [ENDPOINT_PREFIX, service.as_bytes(), b"/", id.as_bytes()].concat()
+}
 const BUILDER_PREFIX: &[u8] = b"b/";
 /// Remembered request ids (`q/<log index, big endian>` → [`RecentRequest`]), so a restarted
 /// replica answers retries as the others do.
@@ -54,6 +67,25 @@ pub(super) struct SnapshotData {
     /// The services half's desired state; absent in snapshots of earlier versions (none).
     #[serde(default)]
     desired: Desired,
+    /// Registered endpoints; absent in snapshots of earlier versions (none).
+    #[serde(default)]
+    endpoints: Vec<StoredEndpoint>,
+}
+
+impl SnapshotData {
+    fn registry(&self) -> Result<Registry, concord_registry::Rejection> {
+        Ok(
+            Registry::from_parts(self.builders.iter().cloned(), self.revision)?
+                .with_requests(self.requests.iter().cloned())
+                .with_format(self.format)
+                .with_desired(self.desired.clone())
+                .with_endpoints(
+                    self.endpoints
+                        .iter()
+                        .map(|e| (e.service.clone(), e.endpoint.clone())),
+                ),
+        )
+    }
 }
 
 fn builders_format() -> u32 {
@@ -170,6 +202,13 @@ impl StateMachine {
             let b: Builder = decode(&raw).map_err(decoded(&what))?;
             builders.push(b);
         }
+        let mut endpoints = Vec::new();
+        for kv in tree.scan_prefix(ENDPOINT_PREFIX) {
+            let (k, raw) = kv?;
+            let what = format!("endpoint {}", String::from_utf8_lossy(&k));
+            let e: StoredEndpoint = decode(&raw).map_err(decoded(&what))?;
+            endpoints.push((e.service, e.endpoint));
+        }
         let mut requests = Vec::new();
         for kv in tree.scan_prefix(REQUEST_PREFIX) {
             let (_, raw) = kv?;
@@ -179,7 +218,8 @@ impl StateMachine {
             .map_err(StateError::Registry)?
             .with_requests(requests)
             .with_format(format)
-            .with_desired(desired);
+            .with_desired(desired)
+            .with_endpoints(endpoints);
         let sm = StateMachine {
             inner: Arc::new(Inner {
                 db,
@@ -256,11 +296,7 @@ impl StateMachine {
     fn restore(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError<NodeId>> {
         let write = StorageIOError::<NodeId>::write_state_machine;
         let snap: SnapshotData = decode(data).map_err(|e| io_err(write, &e))?;
-        let registry = Registry::from_parts(snap.builders.iter().cloned(), snap.revision)
-            .map_err(|e| io_err(write, &e))?
-            .with_requests(snap.requests.iter().cloned())
-            .with_format(snap.format)
-            .with_desired(snap.desired.clone());
+        let registry = snap.registry().map_err(|e| io_err(write, &e))?;
         let mut applied = self.lock();
         // Clear first, then write everything with the applied id in one batch: a crash in between
         // leaves a tree whose applied id is older than the snapshot, which `open` restores again.
@@ -277,6 +313,9 @@ impl StateMachine {
         batch.insert(REVISION, encode(&snap.revision));
         batch.insert(FORMAT, encode(&snap.format));
         batch.insert(DESIRED, encode(&snap.desired));
+        for e in &snap.endpoints {
+            batch.insert(endpoint_key(&e.service, &e.endpoint.id), encode(e));
+        }
         self.inner
             .tree
             .apply_batch(batch)
@@ -367,6 +406,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             requests: registry.requests().collect(),
             format: registry.format(),
             desired: Desired::clone(registry.desired()),
+            endpoints: registry
+                .all_endpoints()
+                .map(|(service, e)| StoredEndpoint {
+                    service: service.to_string(),
+                    endpoint: concord_registry::services::Endpoint::clone(e),
+                })
+                .collect(),
         });
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -481,6 +527,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }
                             if cmd.desired.is_some() {
                                 batch.insert(DESIRED, encode(&**registry.desired()));
+                                // Endpoints of services that went with the new state.
+                                for (k, raw) in
+                                    self.inner.tree.scan_prefix(ENDPOINT_PREFIX).flatten()
+                                {
+                                    let gone = decode::<StoredEndpoint>(&raw).is_ok_and(|e| {
+                                        registry.endpoint(&e.service, &e.endpoint.id).is_none()
+                                    });
+                                    if gone {
+                                        batch.remove(k);
+                                    }
+                                }
+                            }
+                            for change in &cmd.endpoints {
+                                let (service, id) = change.key();
+                                match registry.endpoint(service, id) {
+                                    Some(e) => batch.insert(
+                                        endpoint_key(service, id),
+                                        encode(&StoredEndpoint {
+                                            service: service.to_string(),
+                                            endpoint: concord_registry::services::Endpoint::clone(
+                                                e,
+                                            ),
+                                        }),
+                                    ),
+                                    None => batch.remove(endpoint_key(service, id)),
+                                }
                             }
                         }
                         match &out {
@@ -557,7 +629,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::error!(error = %e, "refused a snapshot");
             return Err(io_err(write, &e));
         }
-        Registry::from_parts(snap.builders, snap.revision).map_err(|e| io_err(write, &e))?;
+        snap.registry().map_err(|e| io_err(write, &e))?;
         concord_registry::services::validate(&snap.desired).map_err(|problems| {
             io_err(
                 write,

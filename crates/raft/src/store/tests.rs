@@ -346,20 +346,40 @@ async fn format_and_desired_state_survive_reopen_and_snapshots() {
     let dir = TempDir::new().unwrap();
     {
         let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
+        let register = |id: &str| concord_registry::services::EndpointChange::Register {
+            service: "echo".into(),
+            id: id.into(),
+            addr: "127.0.0.1:50051".parse().unwrap(),
+            weight: 1,
+            labels: Default::default(),
+            ttl: Some(concord_registry::services::Duration::from_secs(10)),
+        };
         sm.apply(vec![
             normal(1, Command::raise_format(2)),
             normal(2, Command::apply_services(shop())),
+            normal(3, Command::endpoints(vec![register("e1"), register("e2")])),
+            normal(
+                4,
+                Command::endpoints(vec![
+                    concord_registry::services::EndpointChange::Deregister {
+                        service: "echo".into(),
+                        id: "e1".into(),
+                    },
+                ]),
+            ),
         ])
         .await
         .unwrap();
         let reg = sm.registry().borrow().clone();
-        assert_eq!((reg.format(), reg.revision()), (2, 2));
+        assert_eq!((reg.format(), reg.revision()), (2, 4));
         sm.flush().await.unwrap();
     }
     let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
     let reg = sm.registry().borrow().clone();
-    assert_eq!((reg.format(), reg.revision()), (2, 2));
+    assert_eq!((reg.format(), reg.revision()), (2, 4));
     assert_eq!(**reg.desired(), shop());
+    let ids: Vec<&str> = reg.endpoints_of("echo").map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e2"]);
     let snap = sm
         .get_snapshot_builder()
         .await
@@ -375,6 +395,7 @@ async fn format_and_desired_state_survive_reopen_and_snapshots() {
     let reg = other.registry().borrow().clone();
     assert_eq!(reg.format(), 2);
     assert_eq!(**reg.desired(), shop());
+    assert_eq!(reg.endpoint("echo", "e2").map(|e| e.registered_at), Some(3));
 }
 
 /// An entry of a format this build does not know stops the state machine before it, instead

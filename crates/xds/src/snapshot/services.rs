@@ -1,16 +1,19 @@
-//! The services half's encoded resources in a snapshot: rebuilt only when the desired state
-//! changed (a new `Arc` in the registry), and even then each resource whose encoding is the same
-//! as before is kept (the same `Arc`), so delta streams diff only what changed. Listeners are
-//! encoded per port offset on first use (Envoys sharing a host; see
-//! [`Snapshot::service_listeners`](super::Snapshot::service_listeners)).
+//! The services half's encoded resources in a snapshot: clusters, route configurations and
+//! listeners are rebuilt only when the desired state changed (a new `Arc` in the registry), and
+//! even then each resource whose encoding is the same as before is kept (the same `Arc`), so
+//! delta streams diff only what changed. A change of registered endpoints re-encodes the load
+//! assignments of the services it touched, and nothing else: one endpoint, one
+//! ClusterLoadAssignment, whatever the registry's size. Listeners are encoded per port offset on
+//! first use (several Envoys on one host).
 
 use super::{Named, Resources, content_version};
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE, any};
 use crate::services::{
-    ENDPOINT_TYPE, ROUTE_TYPE, cluster, cluster_name, http_listener, listener_name,
+    ENDPOINT_TYPE, EndpointSpec, ROUTE_TYPE, cluster, cluster_name, http_listener, listener_name,
     load_assignment, route_config_name, route_configuration, static_endpoints,
 };
 use concord_registry::services::Desired;
+use concord_registry::{EndpointMap, Registry};
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,13 +45,44 @@ impl Typed {
 pub(super) struct ServiceResources {
     /// The desired state they were built from (compared by pointer).
     desired: Arc<Desired>,
-    pub(super) clusters: Typed,
+    /// The registered endpoints they were built from.
+    registered: EndpointMap,
+    pub(super) clusters: Arc<Typed>,
     pub(super) endpoints: Typed,
-    pub(super) routes: Typed,
+    pub(super) routes: Arc<Typed>,
     /// Listeners by port offset.
-    listeners: Mutex<HashMap<i32, Arc<Typed>>>,
+    listeners: Arc<Mutex<HashMap<i32, Arc<Typed>>>>,
     /// How many resources were encoded anew for this state.
     pub(super) serialised: usize,
+}
+
+/// The endpoints of service `name` Envoy gets: those in the file, then the registered ones.
+fn endpoints_of(registry: &Registry, name: &str) -> Vec<EndpointSpec> {
+    let mut all = registry
+        .desired()
+        .services
+        .get(name)
+        .map(static_endpoints)
+        .unwrap_or_default();
+    all.extend(registry.endpoints_of(name).map(|e| EndpointSpec {
+        addr: e.addr,
+        weight: e.weight,
+        draining: e.draining,
+    }));
+    all
+}
+
+fn encode_endpoints(
+    registry: &Registry,
+    name: &str,
+    prev: &Resources,
+    serialised: &mut usize,
+) -> Arc<Named> {
+    let e = any(
+        ENDPOINT_TYPE,
+        &load_assignment(name, &endpoints_of(registry, name)),
+    );
+    named(prev, cluster_name(name), e, serialised)
 }
 
 /// `(name, resource)` as a [`Named`], reusing `prev`'s when the encoding is the same.
@@ -66,12 +100,42 @@ fn named(prev: &Resources, name: String, resource: Any, serialised: &mut usize) 
 }
 
 impl ServiceResources {
-    /// The resources of `desired`: `prev`'s when it is the same state, else encoded anew.
-    pub(super) fn of(desired: &Arc<Desired>, prev: Option<&Arc<ServiceResources>>) -> Arc<Self> {
+    /// The resources of `registry`'s services: `prev`'s when neither the desired state nor the
+    /// registered endpoints changed; only the touched load assignments when only endpoints did;
+    /// else encoded anew (sharing what encodes the same).
+    pub(super) fn of(registry: &Registry, prev: Option<&Arc<ServiceResources>>) -> Arc<Self> {
+        let desired = registry.desired();
+        let registered = registry.endpoint_map();
         if let Some(p) = prev
             && Arc::ptr_eq(&p.desired, desired)
         {
-            return p.clone();
+            if p.registered.ptr_eq(registered) {
+                return p.clone();
+            }
+            // Only endpoints changed: the services whose registered endpoints differ.
+            let mut serialised = 0;
+            let mut endpoints = p.endpoints.by_name.clone();
+            let changed = p.registered.diff(registered).map(|d| match d {
+                imbl::ordmap::DiffItem::Add(s, _)
+                | imbl::ordmap::DiffItem::Remove(s, _)
+                | imbl::ordmap::DiffItem::Update { new: (s, _), .. } => s.clone(),
+            });
+            for name in changed {
+                if desired.services.contains_key(&name) {
+                    let e =
+                        encode_endpoints(registry, &name, &p.endpoints.by_name, &mut serialised);
+                    endpoints.insert(cluster_name(&name), e);
+                }
+            }
+            return Arc::new(ServiceResources {
+                desired: desired.clone(),
+                registered: registered.clone(),
+                clusters: p.clusters.clone(),
+                endpoints: Typed::new(endpoints),
+                routes: p.routes.clone(),
+                listeners: p.listeners.clone(),
+                serialised,
+            });
         }
         let empty = ServiceResources::default();
         let p = prev.map_or(&empty, |p| &**p);
@@ -85,11 +149,8 @@ impl ServiceResources {
                 name.clone(),
                 named(&p.clusters.by_name, name.clone(), c, &mut serialised),
             );
-            let e = any(ENDPOINT_TYPE, &load_assignment(n, &static_endpoints(s)));
-            endpoints.insert(
-                name.clone(),
-                named(&p.endpoints.by_name, name, e, &mut serialised),
-            );
+            let e = encode_endpoints(registry, n, &p.endpoints.by_name, &mut serialised);
+            endpoints.insert(name, e);
         }
         let mut routes = Resources::new();
         for (n, t) in &desired.route_tables {
@@ -102,10 +163,11 @@ impl ServiceResources {
         }
         Arc::new(ServiceResources {
             desired: desired.clone(),
-            clusters: Typed::new(clusters),
+            registered: registered.clone(),
+            clusters: Arc::new(Typed::new(clusters)),
             endpoints: Typed::new(endpoints),
-            routes: Typed::new(routes),
-            listeners: Mutex::default(),
+            routes: Arc::new(Typed::new(routes)),
+            listeners: Arc::default(),
             serialised,
         })
     }

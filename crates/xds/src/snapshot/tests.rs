@@ -348,3 +348,41 @@ fn services_resources_sit_beside_the_builders() {
     );
     let _ = Cluster::default();
 }
+
+/// A registered endpoint re-encodes its service's load assignment alone: one resource, whatever
+/// the number of services.
+#[test]
+fn one_endpoint_change_re_encodes_one_load_assignment() {
+    let mut v = serde_json::json!({"services": {}});
+    for i in 0..100 {
+        v["services"][format!("svc-{i}")] = serde_json::json!({"protocol": "grpc"});
+    }
+    let desired: concord_registry::services::Desired = serde_json::from_value(v).unwrap();
+    let r1 = with_services(&Registry::new(), 1, desired);
+    let s1 = Snapshot::build(r1.clone(), ResourceConfig::default());
+    assert_eq!(s1.services_serialised(), 200);
+    let mut r2 = Registry::clone(&r1);
+    r2.apply(
+        2,
+        &Command::endpoints(vec![concord_registry::services::EndpointChange::Register {
+            service: "svc-7".into(),
+            id: "e1".into(),
+            addr: "127.0.0.1:50051".parse().unwrap(),
+            weight: 1,
+            labels: Default::default(),
+            ttl: None,
+        }]),
+    );
+    let s2 = s1.next(Arc::new(r2));
+    assert_eq!(s2.services_serialised(), 1);
+    let (a, b) = (s1.endpoint_map(), s2.endpoint_map());
+    assert_ne!(a["service_svc-7"].version, b["service_svc-7"].version);
+    assert!(Arc::ptr_eq(&a["service_svc-8"], &b["service_svc-8"]));
+    assert!(Arc::ptr_eq(
+        &s1.cluster_map()["service_svc-7"],
+        &s2.cluster_map()["service_svc-7"]
+    ));
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let cla = ClusterLoadAssignment::decode(b["service_svc-7"].resource.value.as_slice()).unwrap();
+    assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+}
