@@ -323,7 +323,8 @@ async fn the_register_command_renews_then_drains_on_sigterm() -> Result<()> {
 #[tokio::test]
 async fn bad_registrations_and_renewals_are_refused() -> Result<()> {
     let c = cluster_with(echo_service(free_port(), "1s")).await?;
-    let before = c.status(1).await?.revision;
+    // A linearizable read: node 1 has applied the configuration.
+    let (before, _) = c.builders(1, true).await?;
     let http = admin_client(None)?;
     let base = &c.nodes[&1].admin;
     for (method, path, body, status) in [

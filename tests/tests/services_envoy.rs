@@ -391,3 +391,125 @@ async fn outlier_ejection_and_health_checks() -> Result<()> {
     let _ = &w.c;
     Ok(())
 }
+
+/// TLS terminated at Envoy with a certificate concord holds and sends by SDS, ALPN h2, gRPC over
+/// it; a certificate whose key is another's is refused; a rotation reaches Envoy without a
+/// listener change; no read shows the key.
+#[tokio::test]
+async fn tls_termination_with_a_certificate_by_sds() -> Result<()> {
+    use concord_harness::grpc::{tls_echo_client, tls_handshake};
+    use concord_harness::tls::TestCa;
+    let ca = TestCa::new()?;
+    let (cert, key) = ca.leaf_pem(&["localhost", "echo.example.com"])?;
+    let (_, other_key) = ca.leaf_pem(&["localhost"])?;
+    let b1 = GrpcBackend::start("b1").await?;
+    let port = free_port();
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.leader().await?;
+    eventually(T, "entry format 2", || async {
+        let f = c.status(leader).await?.entry_format.map(|f| f.cluster);
+        ensure!(f == Some(2), "{f:?}");
+        Ok(())
+    })
+    .await?;
+    let api = c.api(2);
+    let mismatch = api
+        .put_certificate(
+            "wildcard",
+            &concord_api::PutCertificate {
+                cert_pem: cert.clone(),
+                key_pem: other_key,
+            },
+        )
+        .await;
+    ensure!(
+        format!("{mismatch:?}").contains("does not match"),
+        "a certificate with another's key: {mismatch:?}"
+    );
+    let desired = json!({
+        "services": {"echo": {"protocol": "grpc", "endpoints": endpoints(&[&b1])}},
+        "route_tables": {"main": {"virtual_hosts": [{"name": "echo", "domains": ["echo.example.com"],
+            "routes": [{"match": {"grpc": {"service": ECHO_SERVICE}}, "service": "echo", "timeout": "15s"}]}]}},
+        "listeners": {"main": {"address": format!("127.0.0.1:{port}"), "route_table": "main",
+                               "tls": {"certificate": "wildcard", "alpn": ["h2"]}}}
+    });
+    let d: Desired = serde_json::from_value(desired)?;
+    let refused = api.apply_config(&d).await;
+    ensure!(
+        format!("{refused:?}").contains("concord certificates put wildcard"),
+        "a listener naming a certificate concord does not hold: {refused:?}"
+    );
+    api.put_certificate(
+        "wildcard",
+        &concord_api::PutCertificate {
+            cert_pem: cert.clone(),
+            key_pem: key.clone(),
+        },
+    )
+    .await?;
+    api.apply_config(&d).await?;
+    let listed = serde_json::to_string(&api.certificates().await?)?;
+    ensure!(
+        listed.contains("echo.example.com") && !listed.contains("PRIVATE KEY"),
+        "{listed}"
+    );
+    let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
+    let servers: Vec<&str> = x.iter().map(String::as_str).collect();
+    let envoy = Envoy::start_with(&c, "envoy-1", &servers, true, None).await?;
+    let config = ca.client_config(&["h2"])?;
+    let der = |pem: &str| -> Result<Vec<u8>> {
+        use rustls::pki_types::pem::PemObject;
+        Ok(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())?.to_vec())
+    };
+    eventually(T, "Envoy terminates TLS with the certificate", || async {
+        let (served, alpn) = tls_handshake(port, config.clone()).await?;
+        ensure!(served == der(&cert)?, "another certificate");
+        ensure!(alpn.as_deref() == Some(b"h2".as_slice()), "ALPN {alpn:?}");
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.context(envoy.log_tail()))?;
+    let mut client = tls_echo_client(port, "echo.example.com", config.clone()).await?;
+    let r = client
+        .say(SayRequest {
+            message: "over tls".into(),
+            delay_ms: 0,
+        })
+        .await?;
+    ensure!(r.into_inner().instance == "b1", "answered by another");
+
+    // Rotation: a new certificate under the same name; the listener is not modified.
+    let modified = stat_of(&envoy, "listener_manager.listener_modified").await?;
+    let (cert2, key2) = ca.leaf_pem(&["localhost", "echo.example.com"])?;
+    api.put_certificate(
+        "wildcard",
+        &concord_api::PutCertificate {
+            cert_pem: cert2.clone(),
+            key_pem: key2,
+        },
+    )
+    .await?;
+    eventually(T, "Envoy serves the rotated certificate", || async {
+        let (served, _) = tls_handshake(port, config.clone()).await?;
+        ensure!(served == der(&cert2)?, "still the old certificate");
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        stat_of(&envoy, "listener_manager.listener_modified").await? == modified,
+        "the rotation modified the listener"
+    );
+    let removed = api.remove_certificate("wildcard").await;
+    ensure!(
+        format!("{removed:?}").contains("used by listener"),
+        "{removed:?}"
+    );
+    Ok(())
+}
+
+async fn stat_of(envoy: &Envoy, name: &str) -> Result<u64> {
+    let v = envoy.stat(name).await?;
+    v.trim()
+        .parse()
+        .with_context(|| format!("stat {name} = {v:?}"))
+}

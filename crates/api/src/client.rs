@@ -366,6 +366,29 @@ impl Client {
         self.call(Method::GET, url, None::<&()>).await
     }
 
+    /// `PUT /v1/certificates/{name}`: adds or rotates a certificate (checked: the key must be
+    /// the certificate's), answered once committed.
+    pub async fn put_certificate(
+        &self,
+        name: &str,
+        body: &crate::PutCertificate,
+    ) -> Result<Written, Error> {
+        let url = self.url(&["v1", "certificates", name], None);
+        self.call(Method::PUT, url, Some(body)).await
+    }
+
+    /// `GET /v1/certificates`: names, DNS names and expiry; never a key.
+    pub async fn certificates(&self) -> Result<crate::CertificateList, Error> {
+        let url = self.url(&["v1", "certificates"], None);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// `DELETE /v1/certificates/{name}` (refused while a listener uses it).
+    pub async fn remove_certificate(&self, name: &str) -> Result<Written, Error> {
+        let url = self.url(&["v1", "certificates", name], None);
+        self.call(Method::DELETE, url, None::<&()>).await
+    }
+
     /// `POST /v1/builders`: puts and removes in one log entry, all or nothing.
     pub async fn batch(&self, body: &BatchBody) -> Result<Written, Error> {
         let url = self.url(&["v1", "builders"], None);

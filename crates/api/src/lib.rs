@@ -31,7 +31,10 @@ pub use request::{
     AddLearner, BatchBody, BatchBuilder, Endpoint, Isolate, Promote, PutBuilder, Request,
     RequestError, decode,
 };
-pub use services::{Config, EndpointList, MAX_CONFIG_BYTES, RegisterEndpoint, Renewed};
+pub use services::{
+    CertificateList, CertificateSummary, Config, EndpointList, MAX_CONFIG_BYTES, PutCertificate,
+    RegisterEndpoint, Renewed,
+};
 pub use status::{EntryFormats, Isolated, Member, MemberFormat, Role, Status};
 pub use xds::XdsResources;
 

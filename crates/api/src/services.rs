@@ -57,3 +57,42 @@ pub struct Renewed {
     /// It lapses this long from now unless renewed again (milliseconds).
     pub ttl_ms: u64,
 }
+
+/// `PUT /v1/certificates/{name}`: a certificate for TLS termination (write-only key).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutCertificate {
+    /// The chain, leaf first (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM); never returned.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PutCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutCertificate")
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One certificate as `GET /v1/certificates` shows it: never its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateSummary {
+    /// Its name.
+    pub name: String,
+    /// Its DNS names.
+    pub names: Vec<String>,
+    /// When it stops being valid (Unix seconds).
+    pub not_after: i64,
+}
+
+/// `GET /v1/certificates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateList {
+    /// The registry revision it was read at.
+    pub revision: u64,
+    /// Every certificate, by name.
+    pub certificates: Vec<CertificateSummary>,
+}

@@ -19,6 +19,9 @@
 //! | POST | `/v1/services/{svc}/endpoints/{id}/renew` | renew the lease (on the leader; no log entry) |
 //! | POST | `/v1/services/{svc}/endpoints/{id}/drain` | no new requests; removed after the drain timeout |
 //! | DELETE | `/v1/services/{svc}/endpoints/{id}` | deregister |
+//! | GET | `/v1/certificates` | certificates for TLS termination: names, DNS names, expiry (never a key) |
+//! | PUT | `/v1/certificates/{name}` | `{"cert_pem":…,"key_pem":…}`: add or rotate (the key must match) |
+//! | DELETE | `/v1/certificates/{name}` | remove (refused while a listener uses it) |
 //! | GET | `/v1/discovery` | the DNS poller: who polls, last poll and result, last change, skips |
 //! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
@@ -108,6 +111,11 @@ pub fn router(
             "/v1/services/{service}/endpoints/{id}/drain",
             post(drain_endpoint),
         )
+        .route("/v1/certificates", get(list_certificates))
+        .route(
+            "/v1/certificates/{name}",
+            axum::routing::put(put_certificate).delete(remove_certificate),
+        )
         .route("/v1/cluster/learners", post(add_learner))
         .route("/v1/cluster/voters", post(promote))
         .route(
@@ -172,9 +180,9 @@ impl From<ClientError> for ApiError {
             ClientError::Rejected(
                 Rejection::UnknownEndpoint { .. } | Rejection::UnknownService { .. },
             ) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            ClientError::Rejected(Rejection::InvalidEndpoint { .. }) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
-            }
+            ClientError::Rejected(
+                Rejection::InvalidEndpoint { .. } | Rejection::InvalidCertificateName { .. },
+            ) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ClientError::Rejected(_) => (StatusCode::CONFLICT, ErrorCode::Rejected),
             ClientError::Membership(_) => (StatusCode::CONFLICT, ErrorCode::Membership),
             ClientError::NotLeader { .. } => {
@@ -274,19 +282,76 @@ async fn drain_endpoint(
     .await
 }
 
-/// An endpoint change needs the services half: refused at once while the cluster is below
-/// format 2, as `PUT /v1/config` is.
+/// An endpoint change needs the services half.
 async fn write_endpoint(
     node: &Node,
     change: concord_registry::services::EndpointChange,
 ) -> Result<Json<Written>, ApiError> {
+    write_services(node, Command::endpoints(vec![change])).await
+}
+
+/// A change of the services half: refused at once while the cluster is below format 2, as
+/// `PUT /v1/config` is.
+async fn write_services(node: &Node, cmd: Command) -> Result<Json<Written>, ApiError> {
     let cluster = node.registry().borrow().format();
     if cluster < 2 {
         return Err(
             ClientError::Rejected(Rejection::FormatNotEnabled { format: 2, cluster }).into(),
         );
     }
-    write_command(node, Command::endpoints(vec![change])).await
+    write_command(node, cmd).await
+}
+
+async fn list_certificates(
+    State(AppState { node, .. }): State<AppState>,
+) -> Json<concord_api::CertificateList> {
+    let registry = node.registry().borrow().clone();
+    Json(concord_api::CertificateList {
+        revision: registry.revision(),
+        certificates: registry
+            .certificates()
+            .iter()
+            .map(|(name, c)| concord_api::CertificateSummary {
+                name: name.clone(),
+                names: c.names.clone(),
+                not_after: c.not_after,
+            })
+            .collect(),
+    })
+}
+
+/// Checked here, before anything is proposed: the PEM parses and the key is the certificate's.
+async fn put_certificate(
+    State(AppState { node, .. }): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<concord_api::PutCertificate>, JsonRejection>,
+) -> Result<Json<Written>, ApiError> {
+    let Json(p) = body.map_err(bad_json)?;
+    let info = concord_tls::served::check(&p.cert_pem, &p.key_pem).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("certificate {name:?}: {e}"),
+        )
+    })?;
+    let change = concord_registry::services::CertificateChange::Put {
+        name,
+        certificate: concord_registry::services::Certificate {
+            cert_pem: p.cert_pem,
+            key_pem: concord_registry::services::Secret::new(p.key_pem),
+            names: info.names,
+            not_after: info.not_after,
+        },
+    };
+    write_services(&node, Command::certificates(vec![change])).await
+}
+
+async fn remove_certificate(
+    State(AppState { node, .. }): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Written>, ApiError> {
+    let change = concord_registry::services::CertificateChange::Remove { name };
+    write_services(&node, Command::certificates(vec![change])).await
 }
 
 async fn renew_endpoint(

@@ -72,6 +72,9 @@ enum Command {
     /// Register, list, drain and remove a service's endpoints; `register` keeps an instance's
     /// lease until it stops, then drains it.
     Endpoints(cli::EndpointsCmd),
+    /// Add, rotate, list and remove the certificates listeners terminate TLS with (keys are
+    /// write-only).
+    Certificates(cli::CertificatesCmd),
     /// Write the Envoy resources a desired-state file makes into a bootstrap for `envoy --mode
     /// validate` (offline: no replica is asked).
     Render(cli::RenderArgs),
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
         Command::Get(args) => runtime.block_on(args.run(&cli.target)),
         Command::Render(args) => args.run(),
         Command::Endpoints(cmd) => runtime.block_on(cmd.run(&cli.target)),
+        Command::Certificates(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),
     }

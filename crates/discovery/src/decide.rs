@@ -16,8 +16,8 @@ pub enum Decision {
     Unchanged,
     /// The answer differs only by removals the guard holds back.
     Hold(Held),
-    /// Propose this change.
-    Propose(Proposal),
+    /// Propose this change (boxed: a command is large beside the other answers).
+    Propose(Box<Proposal>),
 }
 
 /// A change to propose, and what it does.
@@ -84,13 +84,13 @@ pub fn decide(
         if_revision: Some(registry.revision()),
         ..Command::new(Source::Dns, batch)
     };
-    Decision::Propose(Proposal {
+    Decision::Propose(Box::new(Proposal {
         command,
         added,
         updated,
         removed,
         held,
-    })
+    }))
 }
 
 /// Moves the builders of `parsed` whose id or SNI name belongs to an `api` builder to its
@@ -161,7 +161,7 @@ mod tests {
 
     fn proposal(d: Decision) -> Proposal {
         match d {
-            Decision::Propose(p) => p,
+            Decision::Propose(p) => *p,
             other => panic!("expected a proposal, got {other:?}"),
         }
     }

@@ -319,7 +319,7 @@ impl<R: Replica, D: Discover> Poller<R, D> {
                 Next::Interval
             }
             Decision::Hold(_) => Next::Interval,
-            Decision::Propose(p) => self.propose(p, &registry, started, at, seen_at_us).await,
+            Decision::Propose(p) => self.propose(*p, &registry, started, at, seen_at_us).await,
         }
     }
 

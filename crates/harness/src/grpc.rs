@@ -213,6 +213,41 @@ impl Drop for GrpcBackend {
     }
 }
 
+/// An echo client over TLS: dials `localhost:port` (the server's certificate must name
+/// `localhost`), offers ALPN h2, and sends `:authority` `authority`.
+pub async fn tls_echo_client(
+    port: u16,
+    authority: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<proto::echo_client::EchoClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://localhost:{port}"))?
+        .origin(format!("https://{authority}").parse()?)
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector(concord_tls::net::connector(move || config.clone()))
+        .await
+        .with_context(|| format!("connect to localhost:{port} over TLS"))?;
+    Ok(proto::echo_client::EchoClient::new(channel))
+}
+
+/// The certificate (DER) and ALPN protocol a TLS server on `localhost:port` answers with.
+pub async fn tls_handshake(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let (_, conn) = tls.get_ref();
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("no server certificate")?
+        .to_vec();
+    Ok((cert, conn.alpn_protocol().map(<[u8]>::to_vec)))
+}
+
 /// An echo client that sends every call to `addr` (an Envoy listener) with `:authority`
 /// `authority`, over plaintext HTTP/2.
 pub async fn echo_client(

@@ -48,6 +48,26 @@ impl TestCa {
         Ok((cert.der().clone(), key))
     }
 
+    /// A leaf certificate and key for `names`, in PEM.
+    pub fn leaf_pem(&self, names: &[&str]) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)?.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A client config that trusts this CA and offers ALPN `alpn`.
+    pub fn client_config(&self, alpn: &[&str]) -> Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone())?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
     fn client(&self) -> Result<TlsConnector> {
         connector(self.issuer.der().clone())
     }

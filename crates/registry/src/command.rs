@@ -84,6 +84,9 @@ pub struct Command {
     /// Registers, drains and removes endpoints of services; format 2.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<crate::services::EndpointChange>,
+    /// Puts and removes certificates; format 2.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<crate::services::CertificateChange>,
 }
 
 impl Command {
@@ -114,6 +117,16 @@ impl Command {
             raise_format: None,
             desired: None,
             endpoints: Vec::new(),
+            certificates: Vec::new(),
+        }
+    }
+
+    /// The command that makes `changes` to the certificates.
+    pub fn certificates(changes: Vec<crate::services::CertificateChange>) -> Self {
+        Command {
+            format: 2,
+            certificates: changes,
+            ..Command::new(Source::Api, Batch::default())
         }
     }
 
@@ -278,6 +291,33 @@ pub enum Rejection {
         id: String,
         /// What is wrong.
         problem: String,
+    },
+    /// A listener names a certificate that is not held.
+    #[error(
+        "listener {listener:?} uses certificate {certificate:?}, which concord does not hold: \
+         `concord certificates put {certificate} --cert FILE --key FILE` first"
+    )]
+    UnknownCertificate {
+        /// The listener.
+        listener: String,
+        /// The certificate it names.
+        certificate: String,
+    },
+    /// A certificate still used by a listener cannot be removed.
+    #[error(
+        "certificate {certificate:?} is used by listener {listener:?}; change the listener first"
+    )]
+    CertificateInUse {
+        /// The certificate.
+        certificate: String,
+        /// A listener that uses it.
+        listener: String,
+    },
+    /// A certificate's name is not acceptable.
+    #[error("certificate name {name:?} must be 1-63 lower-case letters, digits and '-'")]
+    InvalidCertificateName {
+        /// The name.
+        name: String,
     },
     /// `if_revision` did not match: the registry moved since the command was computed.
     #[error("registry is at revision {actual}, the command expected {expected}")]

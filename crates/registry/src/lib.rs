@@ -64,7 +64,12 @@ pub struct Registry {
     desired: Arc<services::Desired>,
     /// Registered endpoints by service, then id.
     endpoints: EndpointMap,
+    /// Certificates for TLS termination, by name.
+    certificates: CertificateMap,
 }
+
+/// Certificates by name.
+pub type CertificateMap = imbl::OrdMap<String, Arc<services::Certificate>>;
 
 /// Registered endpoints by service, then id; persistent, so a change of one service's endpoints
 /// copies O(log n) and a diff visits only the services that changed.
@@ -81,6 +86,7 @@ impl Default for Registry {
             format: FORMAT_BUILDERS,
             desired: Arc::default(),
             endpoints: EndpointMap::default(),
+            certificates: CertificateMap::default(),
         }
     }
 }
@@ -92,6 +98,7 @@ impl PartialEq for Registry {
             && self.builders == other.builders
             && self.desired == other.desired
             && self.endpoints == other.endpoints
+            && self.certificates == other.certificates
     }
 }
 
@@ -169,6 +176,22 @@ impl Registry {
             self.endpoints.insert(service, m);
         }
         self
+    }
+
+    /// Adds certificates (from the store or a snapshot).
+    pub fn with_certificates(
+        mut self,
+        certificates: impl IntoIterator<Item = (String, services::Certificate)>,
+    ) -> Self {
+        for (name, c) in certificates {
+            self.certificates.insert(name, Arc::new(c));
+        }
+        self
+    }
+
+    /// The certificates, by name.
+    pub fn certificates(&self) -> &CertificateMap {
+        &self.certificates
     }
 
     /// Registered endpoints by service and id.
@@ -350,6 +373,24 @@ impl Registry {
         for change in &cmd.endpoints {
             changed |= self.apply_endpoint(index, change);
         }
+        for change in &cmd.certificates {
+            changed |= match change {
+                services::CertificateChange::Put { name, certificate } => {
+                    let same = self
+                        .certificates
+                        .get(name)
+                        .is_some_and(|c| **c == *certificate);
+                    if !same {
+                        self.certificates
+                            .insert(name.clone(), Arc::new(certificate.clone()));
+                    }
+                    !same
+                }
+                services::CertificateChange::Remove { name } => {
+                    self.certificates.remove(name).is_some()
+                }
+            };
+        }
         for id in &cmd.batch.removes {
             if let Some(old) = self.builders.remove(id) {
                 self.sni_index.remove(&old.sni);
@@ -401,6 +442,7 @@ impl Registry {
                 .map_err(|problems| Rejection::InvalidServices { problems })?;
         }
         self.check_endpoints(cmd)?;
+        self.check_certificates(cmd)?;
         let removes: HashSet<&str> = cmd.batch.removes.iter().map(String::as_str).collect();
         let mut upsert_ids: HashMap<&str, &Builder> = HashMap::new();
         for b in &cmd.batch.upserts {
@@ -467,6 +509,57 @@ impl Registry {
 }
 
 impl Registry {
+    /// Certificate names are valid, every listener of the resulting desired state names a
+    /// certificate that is held after the command, and none in use is removed.
+    fn check_certificates(&self, cmd: &Command) -> Result<(), Rejection> {
+        use services::CertificateChange as C;
+        if cmd.desired.is_none() && cmd.certificates.is_empty() {
+            return Ok(());
+        }
+        let mut held: std::collections::BTreeSet<&str> =
+            self.certificates.keys().map(String::as_str).collect();
+        for change in &cmd.certificates {
+            match change {
+                C::Put { name, .. } => {
+                    let ok = !name.is_empty()
+                        && name.len() <= 63
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                    if !ok {
+                        return Err(Rejection::InvalidCertificateName { name: name.clone() });
+                    }
+                    held.insert(name);
+                }
+                C::Remove { name } => {
+                    held.remove(name.as_str());
+                }
+            }
+        }
+        let desired = cmd.desired.as_deref().unwrap_or(&self.desired);
+        for (listener, l) in &desired.listeners {
+            if let Some(tls) = &l.tls
+                && !held.contains(tls.certificate.as_str())
+            {
+                let removed = cmd
+                    .certificates
+                    .iter()
+                    .any(|c| matches!(c, C::Remove { name } if *name == tls.certificate));
+                return Err(match removed {
+                    true => Rejection::CertificateInUse {
+                        certificate: tls.certificate.clone(),
+                        listener: listener.clone(),
+                    },
+                    false => Rejection::UnknownCertificate {
+                        listener: listener.clone(),
+                        certificate: tls.certificate.clone(),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Every rule an endpoint change must pass (against the desired state the command leaves).
     fn check_endpoints(&self, cmd: &Command) -> Result<(), Rejection> {
         use services::EndpointChange as C;

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod net;
 pub mod peer;
 pub mod reload;
+pub mod served;
 pub mod xds;
 
 use std::path::PathBuf;

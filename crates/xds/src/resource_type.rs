@@ -7,7 +7,7 @@
 //! Reads snapshots; used by the stream drivers, `push` and [`crate::envoys`].
 
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
-use crate::services::{ENDPOINT_TYPE, ROUTE_TYPE};
+use crate::services::{ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE};
 use crate::snapshot::{Resources, Snapshot};
 use envoy_types::pb::google::protobuf::Any;
 use std::net::SocketAddr;
@@ -77,6 +77,16 @@ pub static ENDPOINTS: ResourceType = ResourceType {
     carries_changes: false,
 };
 
+/// Secrets (SDS): one certificate and key per certificate held, for the listeners that
+/// terminate TLS.
+pub static SECRETS: ResourceType = ResourceType {
+    type_url: SECRET_TYPE,
+    name: "secrets",
+    sotw: |s, _| s.secret_resources(),
+    delta: |s, _| s.secret_map(),
+    carries_changes: false,
+};
+
 /// Routes (RDS): one route configuration per route table.
 pub static ROUTES: ResourceType = ResourceType {
     type_url: ROUTE_TYPE,
@@ -88,8 +98,8 @@ pub static ROUTES: ResourceType = ResourceType {
 
 /// Every type served, in the order ADS pushes a revision's changes: a resource's dependencies
 /// before it, as the xDS protocol asks (clusters, their endpoints, the listeners, the routes
-/// they take by RDS).
-pub static TYPES: [&ResourceType; 4] = [&CLUSTERS, &ENDPOINTS, &LISTENERS, &ROUTES];
+/// they take by RDS), the secrets before the listeners that use them.
+pub static TYPES: [&ResourceType; 5] = [&CLUSTERS, &ENDPOINTS, &SECRETS, &LISTENERS, &ROUTES];
 
 /// The served type of `type_url`, if it is one.
 pub fn find(type_url: &str) -> Option<&'static ResourceType> {

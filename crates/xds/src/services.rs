@@ -50,6 +50,9 @@ use crate::resources::any;
 /// Type URL of endpoints (EDS).
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Type URL of secrets (SDS).
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 /// Type URL of route configurations (RDS).
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -122,6 +125,27 @@ fn http2_options() -> Any {
         ..Default::default()
     };
     any(HTTP_OPTIONS_TYPE, &options)
+}
+
+/// The SDS secret of certificate `name`: its chain and key, inline.
+pub fn secret(
+    name: &str,
+    c: &concord_registry::services::Certificate,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{TlsCertificate, secret};
+    let inline = |s: &str| DataSource {
+        specifier: Some(data_source::Specifier::InlineString(s.to_string())),
+        ..Default::default()
+    };
+    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+        name: secret_name(name),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(&c.cert_pem)),
+            private_key: Some(inline(c.key_pem.expose())),
+            ..Default::default()
+        })),
+    }
 }
 
 /// The EDS cluster of service `name`.

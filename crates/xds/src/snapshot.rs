@@ -335,6 +335,16 @@ impl Snapshot {
         self.services.endpoints.by_name.clone()
     }
 
+    /// Every secret (SDS), for state of the world.
+    pub fn secret_resources(&self) -> Arc<[Any]> {
+        self.services.secrets.sotw()
+    }
+
+    /// Every secret by name.
+    pub fn secret_map(&self) -> Resources {
+        self.services.secrets.by_name.clone()
+    }
+
     /// Every route configuration (RDS), for state of the world.
     pub fn route_resources(&self) -> Arc<[Any]> {
         self.services.routes.sotw()

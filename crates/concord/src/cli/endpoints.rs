@@ -2,7 +2,8 @@
 //! instance runs to declare itself: it registers, renews the lease until it is stopped, and on
 //! SIGTERM or Ctrl-C drains the endpoint (no new requests, in-flight ones finish), waits until
 //! the leader has removed it after the service's drain timeout, and exits; a second signal
-//! deregisters at once.
+//! deregisters at once. While draining it never registers again (a lapsed lease during the
+//! drain is the removal it waits for).
 
 use super::{Failure, Target};
 use clap::{Args, Subcommand};
@@ -170,12 +171,11 @@ async fn register(
             _ = int.recv() => break,
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
-        match c.endpoints(service).await {
-            Ok(l) if !l.endpoints.iter().any(|e| e.id == id) => {
-                return Ok(format!("{id} drained and removed\n"));
-            }
-            Ok(_) => renew(c, service, id, body).await,
-            Err(e) => eprintln!("concord: {e}"),
+        // Renewed while it drains, but never registered again: a 404 is the leader's removal.
+        match c.renew_endpoint(service, id).await {
+            Err(e) if e.is_not_found() => return Ok(format!("{id} drained and removed\n")),
+            Err(e) => eprintln!("concord: renewing {id} failed: {e}"),
+            Ok(_) => {}
         }
     }
     c.deregister_endpoint(service, id).await.map_err(fail)?;

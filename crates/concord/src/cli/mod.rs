@@ -6,6 +6,7 @@
 
 mod bootstrap;
 mod builders;
+mod certificates;
 mod cluster;
 mod config;
 mod discovery;
@@ -15,6 +16,7 @@ mod exit;
 
 pub use bootstrap::BootstrapArgs;
 pub use builders::BuildersCmd;
+pub use certificates::CertificatesCmd;
 pub use cluster::ClusterCmd;
 pub use config::{ApplyArgs, DiffArgs, GetArgs, RenderArgs};
 pub use discovery::discovery;

@@ -35,6 +35,19 @@ const FORMAT: &[u8] = b"m/format";
 const DESIRED: &[u8] = b"d/desired";
 /// Registered endpoints (`e/<service>/<id>` → [`StoredEndpoint`]).
 const ENDPOINT_PREFIX: &[u8] = b"e/";
+/// Certificates for TLS termination (`c/<name>` → [`StoredCertificate`]).
+const CERTIFICATE_PREFIX: &[u8] = b"c/";
+
+/// A certificate with its name, as stored and in snapshots.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredCertificate {
+    name: String,
+    certificate: concord_registry::services::Certificate,
+}
+
+fn certificate_key(name: &str) -> Vec<u8> {
+    [CERTIFICATE_PREFIX, name.as_bytes()].concat()
+}
 
 /// A registered endpoint with its service, as stored and in snapshots.
 #[derive(Serialize, Deserialize)]
@@ -70,6 +83,9 @@ pub(super) struct SnapshotData {
     /// Registered endpoints; absent in snapshots of earlier versions (none).
     #[serde(default)]
     endpoints: Vec<StoredEndpoint>,
+    /// Certificates; absent in snapshots of earlier versions (none).
+    #[serde(default)]
+    certificates: Vec<StoredCertificate>,
 }
 
 impl SnapshotData {
@@ -83,6 +99,11 @@ impl SnapshotData {
                     self.endpoints
                         .iter()
                         .map(|e| (e.service.clone(), e.endpoint.clone())),
+                )
+                .with_certificates(
+                    self.certificates
+                        .iter()
+                        .map(|c| (c.name.clone(), c.certificate.clone())),
                 ),
         )
     }
@@ -209,6 +230,13 @@ impl StateMachine {
             let e: StoredEndpoint = decode(&raw).map_err(decoded(&what))?;
             endpoints.push((e.service, e.endpoint));
         }
+        let mut certificates = Vec::new();
+        for kv in tree.scan_prefix(CERTIFICATE_PREFIX) {
+            let (k, raw) = kv?;
+            let what = format!("certificate {}", String::from_utf8_lossy(&k));
+            let c: StoredCertificate = decode(&raw).map_err(decoded(&what))?;
+            certificates.push((c.name, c.certificate));
+        }
         let mut requests = Vec::new();
         for kv in tree.scan_prefix(REQUEST_PREFIX) {
             let (_, raw) = kv?;
@@ -219,7 +247,8 @@ impl StateMachine {
             .with_requests(requests)
             .with_format(format)
             .with_desired(desired)
-            .with_endpoints(endpoints);
+            .with_endpoints(endpoints)
+            .with_certificates(certificates);
         let sm = StateMachine {
             inner: Arc::new(Inner {
                 db,
@@ -316,6 +345,9 @@ impl StateMachine {
         for e in &snap.endpoints {
             batch.insert(endpoint_key(&e.service, &e.endpoint.id), encode(e));
         }
+        for c in &snap.certificates {
+            batch.insert(certificate_key(&c.name), encode(c));
+        }
         self.inner
             .tree
             .apply_batch(batch)
@@ -411,6 +443,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 .map(|(service, e)| StoredEndpoint {
                     service: service.to_string(),
                     endpoint: concord_registry::services::Endpoint::clone(e),
+                })
+                .collect(),
+            certificates: registry
+                .certificates()
+                .iter()
+                .map(|(name, c)| StoredCertificate {
+                    name: name.clone(),
+                    certificate: concord_registry::services::Certificate::clone(c),
                 })
                 .collect(),
         });
@@ -537,6 +577,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     if gone {
                                         batch.remove(k);
                                     }
+                                }
+                            }
+                            for change in &cmd.certificates {
+                                let name = match change {
+                                    concord_registry::services::CertificateChange::Put {
+                                        name,
+                                        ..
+                                    }
+                                    | concord_registry::services::CertificateChange::Remove {
+                                        name,
+                                    } => name,
+                                };
+                                match registry.certificates().get(name) {
+                                    Some(c) => batch.insert(
+                                        certificate_key(name),
+                                        encode(&StoredCertificate {
+                                            name: name.clone(),
+                                            certificate:
+                                                concord_registry::services::Certificate::clone(c),
+                                        }),
+                                    ),
+                                    None => batch.remove(certificate_key(name)),
                                 }
                             }
                             for change in &cmd.endpoints {

@@ -367,19 +367,32 @@ async fn format_and_desired_state_survive_reopen_and_snapshots() {
                     },
                 ]),
             ),
+            normal(
+                5,
+                Command::certificates(vec![concord_registry::services::CertificateChange::Put {
+                    name: "wild".into(),
+                    certificate: concord_registry::services::Certificate {
+                        cert_pem: "C".into(),
+                        key_pem: concord_registry::services::Secret::new("K".into()),
+                        names: vec![],
+                        not_after: 1,
+                    },
+                }]),
+            ),
         ])
         .await
         .unwrap();
         let reg = sm.registry().borrow().clone();
-        assert_eq!((reg.format(), reg.revision()), (2, 4));
+        assert_eq!((reg.format(), reg.revision()), (2, 5));
         sm.flush().await.unwrap();
     }
     let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
     let reg = sm.registry().borrow().clone();
-    assert_eq!((reg.format(), reg.revision()), (2, 4));
+    assert_eq!((reg.format(), reg.revision()), (2, 5));
     assert_eq!(**reg.desired(), shop());
     let ids: Vec<&str> = reg.endpoints_of("echo").map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["e2"]);
+    assert_eq!(reg.certificates().len(), 1);
     let snap = sm
         .get_snapshot_builder()
         .await
@@ -396,6 +409,7 @@ async fn format_and_desired_state_survive_reopen_and_snapshots() {
     assert_eq!(reg.format(), 2);
     assert_eq!(**reg.desired(), shop());
     assert_eq!(reg.endpoint("echo", "e2").map(|e| e.registered_at), Some(3));
+    assert_eq!(reg.certificates()["wild"].key_pem.expose(), "K");
 }
 
 /// An entry of a format this build does not know stops the state machine before it, instead

@@ -4,12 +4,14 @@
 //! committed; [`diff`] says what applying one would change. [`Endpoint`]s register
 //! themselves under leases, changed by [`EndpointChange`]s.
 
+mod certificates;
 mod diff;
 mod duration;
 mod endpoints;
 mod model;
 mod validate;
 
+pub use certificates::{Certificate, CertificateChange, Secret};
 pub use diff::{Change, diff};
 pub use duration::{BadDuration, Duration};
 pub use endpoints::{Endpoint, EndpointChange, LONGEST_TTL_MS, SHORTEST_TTL_MS};

@@ -210,6 +210,21 @@ fn applying_a_desired_state() {
         Outcome::Rejected(Rejection::FormatNotEnabled { .. })
     ));
     r.apply(2, &Command::raise_format(2));
+    let wildcard = CertificateChange::Put {
+        name: "wildcard".into(),
+        certificate: Certificate {
+            cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: Secret::new("-----BEGIN PRIVATE KEY-----".into()),
+            names: vec!["*.example.com".into()],
+            not_after: 0,
+        },
+    };
+    // The listener's certificate must be held first.
+    assert!(matches!(
+        r.apply(3, &cmd),
+        Outcome::Rejected(Rejection::UnknownCertificate { .. })
+    ));
+    r.apply(3, &Command::certificates(vec![wildcard.clone()]));
     assert_eq!(
         r.apply(3, &cmd),
         Outcome::Applied {
@@ -233,6 +248,15 @@ fn applying_a_desired_state() {
         "{out:?}"
     );
     assert_eq!(**r.desired(), desired(grpc_shop()));
+    // A certificate in use stays; the key never shows in Debug.
+    let rm = Command::certificates(vec![CertificateChange::Remove {
+        name: "wildcard".into(),
+    }]);
+    assert!(matches!(
+        r.apply(5, &rm),
+        Outcome::Rejected(Rejection::CertificateInUse { .. })
+    ));
+    assert!(!format!("{:?}", Command::certificates(vec![wildcard])).contains("PRIVATE"));
     // An empty state removes everything.
     assert_eq!(
         r.apply(6, &Command::apply_services(Desired::default())),
@@ -294,6 +318,15 @@ fn every_rejection_encodes() {
             expected: 1,
             actual: 2,
         },
+        Rejection::UnknownCertificate {
+            listener: "l".into(),
+            certificate: "c".into(),
+        },
+        Rejection::CertificateInUse {
+            certificate: "c".into(),
+            listener: "l".into(),
+        },
+        Rejection::InvalidCertificateName { name: "C".into() },
     ];
     for r in all {
         match &r {
@@ -308,7 +341,10 @@ fn every_rejection_encodes() {
             | Rejection::UnknownService { .. }
             | Rejection::UnknownEndpoint { .. }
             | Rejection::InvalidEndpoint { .. }
-            | Rejection::StaleRevision { .. } => {}
+            | Rejection::StaleRevision { .. }
+            | Rejection::UnknownCertificate { .. }
+            | Rejection::CertificateInUse { .. }
+            | Rejection::InvalidCertificateName { .. } => {}
         }
         let out = Outcome::Rejected(r.clone());
         let text = serde_json::to_string(&out).unwrap_or_else(|e| panic!("{r:?}: {e}"));

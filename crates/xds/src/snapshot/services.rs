@@ -9,11 +9,12 @@
 use super::{Named, Resources, content_version};
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE, any};
 use crate::services::{
-    ENDPOINT_TYPE, EndpointSpec, ROUTE_TYPE, cluster, cluster_name, http_listener, listener_name,
-    load_assignment, route_config_name, route_configuration, static_endpoints,
+    ENDPOINT_TYPE, EndpointSpec, ROUTE_TYPE, SECRET_TYPE, cluster, cluster_name, http_listener,
+    listener_name, load_assignment, route_config_name, route_configuration, secret, secret_name,
+    static_endpoints,
 };
 use concord_registry::services::Desired;
-use concord_registry::{EndpointMap, Registry};
+use concord_registry::{CertificateMap, EndpointMap, Registry};
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -47,6 +48,9 @@ pub(super) struct ServiceResources {
     desired: Arc<Desired>,
     /// The registered endpoints they were built from.
     registered: EndpointMap,
+    /// The certificates they were built from.
+    certificates: CertificateMap,
+    pub(super) secrets: Arc<Typed>,
     pub(super) clusters: Arc<Typed>,
     pub(super) endpoints: Typed,
     pub(super) routes: Arc<Typed>,
@@ -106,11 +110,42 @@ impl ServiceResources {
     pub(super) fn of(registry: &Registry, prev: Option<&Arc<ServiceResources>>) -> Arc<Self> {
         let desired = registry.desired();
         let registered = registry.endpoint_map();
+        let certificates = registry.certificates();
+        let mut secrets_serialised = 0;
+        let secrets = match prev {
+            Some(p) if p.certificates.ptr_eq(certificates) => p.secrets.clone(),
+            _ => {
+                let mut by_name = Resources::new();
+                let before = prev.map(|p| p.secrets.by_name.clone()).unwrap_or_default();
+                for (n, c) in certificates {
+                    let name = secret_name(n);
+                    let r = any(SECRET_TYPE, &secret(n, c));
+                    by_name.insert(
+                        name.clone(),
+                        named(&before, name, r, &mut secrets_serialised),
+                    );
+                }
+                Arc::new(Typed::new(by_name))
+            }
+        };
         if let Some(p) = prev
             && Arc::ptr_eq(&p.desired, desired)
         {
-            if p.registered.ptr_eq(registered) {
+            if p.registered.ptr_eq(registered) && Arc::ptr_eq(&p.secrets, &secrets) {
                 return p.clone();
+            }
+            if p.registered.ptr_eq(registered) {
+                return Arc::new(ServiceResources {
+                    desired: desired.clone(),
+                    registered: registered.clone(),
+                    certificates: certificates.clone(),
+                    secrets,
+                    clusters: p.clusters.clone(),
+                    endpoints: Typed::new(p.endpoints.by_name.clone()),
+                    routes: p.routes.clone(),
+                    listeners: p.listeners.clone(),
+                    serialised: secrets_serialised,
+                });
             }
             // Only endpoints changed: the services whose registered endpoints differ.
             let mut serialised = 0;
@@ -130,11 +165,13 @@ impl ServiceResources {
             return Arc::new(ServiceResources {
                 desired: desired.clone(),
                 registered: registered.clone(),
+                certificates: certificates.clone(),
+                secrets,
                 clusters: p.clusters.clone(),
                 endpoints: Typed::new(endpoints),
                 routes: p.routes.clone(),
                 listeners: p.listeners.clone(),
-                serialised,
+                serialised: serialised + secrets_serialised,
             });
         }
         let empty = ServiceResources::default();
@@ -164,11 +201,13 @@ impl ServiceResources {
         Arc::new(ServiceResources {
             desired: desired.clone(),
             registered: registered.clone(),
+            certificates: certificates.clone(),
+            secrets,
             clusters: Arc::new(Typed::new(clusters)),
             endpoints: Typed::new(endpoints),
             routes: Arc::new(Typed::new(routes)),
             listeners: Arc::default(),
-            serialised,
+            serialised: serialised + secrets_serialised,
         })
     }
 
