@@ -182,8 +182,8 @@ async fn up_route_kill_leader_dns_add_and_down() -> Result<()> {
     );
     let pids = local.pids();
     ensure!(
-        pids.len() == 1 + 3 + 1 + 1,
-        "named, 3 nodes, 1 Envoy, 1 builder: {pids:?}"
+        pids.len() == 1 + 3 + 1 + 1 + 2 * 2,
+        "named, 3 nodes, 1 Envoy, 1 builder, 2 gRPC instances and their registrars: {pids:?}"
     );
 
     let leader = leader_of(&local, &[1, 2, 3]).await?;
@@ -221,6 +221,8 @@ async fn up_route_kill_leader_dns_add_and_down() -> Result<()> {
         "== node 1: running",
         "== envoy-1: running",
         "== builder b2: running",
+        "== grpc g1: pid",
+        "== grpc g2: pid",
     ] {
         ensure!(
             out.stderr.contains(want),
@@ -228,6 +230,20 @@ async fn up_route_kill_leader_dns_add_and_down() -> Result<()> {
             out.stderr
         );
     }
+
+    // A gRPC instance drains and leaves; the other still answers.
+    let out = local.ok(&["grpc-drain", "1"]).await?;
+    ensure!(
+        out.stderr.contains("g1 drained and removed"),
+        "{}",
+        out.stderr
+    );
+    let out = local.ok(&["status"]).await?;
+    ensure!(
+        out.stderr.contains("== grpc g1: not running") && out.stderr.contains("== grpc g2: pid"),
+        "{}",
+        out.stderr
+    );
 
     // Bad input: a node the cluster does not have; a setting the saved world does not have.
     let out = local.run(&["kill", "7"]).await?;

@@ -146,9 +146,14 @@ pub struct GrpcBackend {
 impl GrpcBackend {
     /// Starts instance `name` on a free loopback port, SERVING.
     pub async fn start(name: &str) -> Result<GrpcBackend> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        Self::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts instance `name` on `addr`, SERVING.
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Result<GrpcBackend> {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .context("bind a backend port")?;
+            .with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_string(),

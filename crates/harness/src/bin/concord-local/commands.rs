@@ -29,6 +29,8 @@ pub async fn run(w: &World, waits: &Waits, cmd: Cmd) -> Result<()> {
         Cmd::Rotate { n } => rotate(w, n),
         Cmd::Logs { what } => logs(w, &what),
         Cmd::Reset => reset(w, waits),
+        Cmd::GrpcDrain { n } => grpc_drain(w, waits, n).await,
+        Cmd::GrpcStart { n } => grpc_start(w, waits, n).await,
     }
 }
 
@@ -165,6 +167,7 @@ async fn up(w: &World, waits: &Waits) -> Result<()> {
         .next()
         .map(|r| r.admin.clone())
         .unwrap_or_default();
+    grpc_up(w, waits, &cluster, &admin).await?;
     println!();
     cli(w, &admin, &["cluster", "status"]);
     if w.s.dns {
@@ -177,6 +180,127 @@ async fn up(w: &World, waits: &Waits) -> Result<()> {
         cli(w, leader.as_deref().unwrap_or(&admin), &["discovery"]);
     }
     examples(w, &envoys);
+    Ok(())
+}
+
+/// Applies the demo gRPC service's desired state, starts its instances and their registrars,
+/// and waits until every Envoy routes calls to each instance.
+async fn grpc_up(w: &World, waits: &Waits, cluster: &Cluster, admin: &str) -> Result<()> {
+    use crate::world::{GRPC_INSTANCES, GRPC_SERVICE};
+    let leader = within(waits.up_timeout, "a leader", cluster.leader()).await?;
+    within(waits.up_timeout, "entry format 2 (services)", async {
+        eventually(
+            Duration::from_secs(waits.up_timeout),
+            "entry format 2",
+            || async {
+                let f = cluster
+                    .status(leader)
+                    .await?
+                    .entry_format
+                    .map(|f| f.cluster);
+                ensure!(f == Some(2), "the cluster is at entry format {f:?}");
+                Ok(())
+            },
+        )
+        .await
+    })
+    .await?;
+    let written = cluster.api(leader).apply_config(&w.grpc_desired()?).await?;
+    say(format!(
+        "services: service {GRPC_SERVICE} (gRPC, health-checked), routed by :authority {} (revision {})",
+        crate::world::GRPC_AUTHORITY,
+        written.revision
+    ));
+    for n in 1..=GRPC_INSTANCES {
+        let g = w.start_grpc(n, admin)?;
+        say(format!(
+            "grpc g{n}: running (pid {}), {}, registered by `concord endpoints register` (pid {})",
+            g.server.as_ref().map(Proc::pid).unwrap_or_default(),
+            w.grpc_addr(n),
+            g.registrar.as_ref().map(Proc::pid).unwrap_or_default()
+        ));
+    }
+    for e in 1..=w.s.envoys {
+        grpc_routed(w, waits, e, GRPC_INSTANCES).await?;
+    }
+    if w.s.envoys > 0 {
+        say("every Envoy routes gRPC calls to every instance");
+    }
+    Ok(())
+}
+
+/// Waits until envoy-E's calls reach `instances` distinct instances.
+async fn grpc_routed(w: &World, waits: &Waits, e: u64, instances: u64) -> Result<()> {
+    let listener = w.grpc_listener(e);
+    eventually(
+        Duration::from_secs(waits.route_timeout),
+        &format!("envoy-{e} routes {}", crate::world::GRPC_AUTHORITY),
+        || async {
+            let mut client =
+                concord_harness::grpc::echo_client(listener, crate::world::GRPC_AUTHORITY).await?;
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..(4 * instances) {
+                let r = client
+                    .say(concord_harness::grpc::proto::SayRequest {
+                        message: "up".into(),
+                        delay_ms: 0,
+                    })
+                    .await?;
+                seen.insert(r.into_inner().instance);
+            }
+            ensure!(seen.len() as u64 >= instances, "answered by {seen:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// `grpc-drain N`: stops instance gN the way its supervisor would: SIGTERM to its registrar,
+/// which drains the endpoint (no new calls; calls in flight finish) and exits once the leader
+/// removed it after the drain timeout; then the instance itself stops.
+async fn grpc_drain(w: &World, waits: &Waits, n: u64) -> Result<()> {
+    let g = w.grpc(n);
+    let Some(registrar) = g.registrar else {
+        bail!("g{n}: its registrar is not running (`grpc-start {n}` starts it)");
+    };
+    say(format!(
+        "g{n}: SIGTERM to its registrar (pid {}): draining, then removed after the 5 s drain timeout",
+        registrar.pid()
+    ));
+    let grace = Duration::from_secs(waits.stop_timeout.max(15));
+    report(
+        stop_all(vec![(format!("registrar of g{n}"), registrar)], grace),
+        "",
+    );
+    if let Some(server) = g.server {
+        report(stop_all(vec![(format!("grpc g{n}"), server)], grace), "");
+    }
+    let log =
+        std::fs::read_to_string(w.dir.join(format!("grpc-{n}.register.log"))).unwrap_or_default();
+    if let Some(last) = log.lines().last() {
+        say(format!("g{n}'s registrar said: {last}"));
+    }
+    Ok(())
+}
+
+/// `grpc-start N`: starts instance gN and its registrar again.
+async fn grpc_start(w: &World, waits: &Waits, n: u64) -> Result<()> {
+    let cluster = w.cluster()?;
+    let admin = cluster
+        .nodes
+        .values()
+        .next()
+        .map(|r| r.admin.clone())
+        .unwrap_or_default();
+    let g = w.start_grpc(n, &admin)?;
+    say(format!(
+        "grpc g{n}: running (pid {}), {}",
+        g.server.as_ref().map(Proc::pid).unwrap_or_default(),
+        w.grpc_addr(n)
+    ));
+    for e in 1..=w.s.envoys {
+        grpc_routed(w, waits, e, 1).await?;
+    }
     Ok(())
 }
 
@@ -329,6 +453,20 @@ fn examples(w: &World, envoys: &[Envoy]) {
         println!("  deploy/local/concord-local dns-add 4       # routed within a poll or two");
         println!("  deploy/local/concord-local dns-rm 1");
     }
+    if !envoys.is_empty() {
+        let call = concord_harness::sibling_bin("demo-grpc");
+        println!(
+            "  {} call {} -n 20          # gRPC through envoy-1: g1 and g2 answer",
+            call.display(),
+            w.grpc_listener(1)
+        );
+        println!(
+            "  deploy/local/concord-local grpc-drain 1    # g1 drains: no new calls, then it leaves; call again"
+        );
+        println!(
+            "  {bin} endpoints list echo   # g1 draining, then gone; grpc-start 1 brings it back"
+        );
+    }
     println!("  deploy/local/concord-local down            # data kept; reset deletes it");
 }
 
@@ -397,12 +535,35 @@ async fn status(w: &World) -> Result<()> {
             None => say(format!("== builder b{}: not running ({where_})", b.n)),
         }
     }
+    for n in 1..=crate::world::GRPC_INSTANCES {
+        let g = w.grpc(n);
+        let pid = |p: &Option<Proc>| {
+            p.as_ref()
+                .map_or("not running".to_string(), |p| format!("pid {}", p.pid()))
+        };
+        say(format!(
+            "== grpc g{n}: {} on {}; its registrar: {}",
+            pid(&g.server),
+            w.grpc_addr(n),
+            pid(&g.registrar)
+        ));
+    }
     Ok(())
 }
 
 fn down(w: &World, waits: &Waits) -> Result<()> {
     let grace = Duration::from_secs(waits.stop_timeout);
-    // The Envoys and builders first, so the Envoys do not log the nodes going away; named last,
+    // The gRPC registrars first (each drains its endpoint and waits for its removal), then the
+    // instances.
+    let (mut registrars, mut servers) = (Vec::new(), Vec::new());
+    for n in 1..=crate::world::GRPC_INSTANCES {
+        let g = w.grpc(n);
+        registrars.extend(g.registrar.map(|p| (format!("registrar of g{n}"), p)));
+        servers.extend(g.server.map(|p| (format!("grpc g{n}"), p)));
+    }
+    report(stop_all(registrars, grace.max(Duration::from_secs(15))), "");
+    report(stop_all(servers, grace), "");
+    // The Envoys and builders next, so the Envoys do not log the nodes going away; named last,
     // so the leader's poller does not log failed polls.
     let mut first = Vec::new();
     for n in 1..=w.s.envoys {

@@ -40,8 +40,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start what is not running — named, the nodes (waits for a leader), the demo builders in
-    /// the DNS list (b1..bB on the first `up`) and any api builder, the Envoys — publish the DNS
-    /// list, wait until every Envoy routes every builder, and show the cluster.
+    /// the DNS list (b1..bB on the first `up`) and any api builder, the Envoys, the demo gRPC
+    /// service — publish the DNS list, wait until every Envoy routes every builder and the gRPC
+    /// service, and show the cluster.
+    ///
+    /// The demo gRPC service `echo` (concord.echo.v1.Echo) runs two instances, g1 and g2, on
+    /// 127.0.0.1:<envoy-listener-base+200+N>, each declared by its own `concord endpoints
+    /// register` process (a 5 s lease); envoy-N routes it by `:authority` echo.local on
+    /// 127.0.0.1:<envoy-listener-base+80+N>, with gRPC health checks. To watch one instance
+    /// drain: `demo-grpc call 127.0.0.1:10081 -n 20` (g1 and g2 answer), `grpc-drain 1`
+    /// (g1's registrar gets SIGTERM: the endpoint drains, no new calls reach g1 while calls in
+    /// flight finish, and it is removed after the 5 s drain timeout), the same call again (g2
+    /// only), `grpc-start 1` to bring it back.
     Up,
     /// Whether named, each node, Envoy and builder runs, and what each node says.
     Status,
@@ -93,6 +103,17 @@ enum Cmd {
     },
     /// `down`, then delete the run directory's data, logs, certificates, tokens and DNS zone.
     Reset,
+    /// Stop gRPC instance gN as its supervisor would: SIGTERM to its registrar, which drains
+    /// the endpoint and exits once it is removed; then the instance.
+    GrpcDrain {
+        /// Instance number (1 or 2).
+        n: u64,
+    },
+    /// Start gRPC instance gN and its registrar again.
+    GrpcStart {
+        /// Instance number (1 or 2).
+        n: u64,
+    },
 }
 
 #[tokio::main]

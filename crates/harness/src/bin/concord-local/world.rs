@@ -1,4 +1,5 @@
-//! The local world in a run directory: the cluster, named, the Envoys and the demo builders,
+//! The local world in a run directory: the cluster, named, the Envoys, the demo builders and the
+//! demo gRPC service (instances g1 and g2, each declared by `concord endpoints register`),
 //! described by the settings and adopted from their pid files when they run. Every part is the
 //! test harness's own ([`concord_harness`]), with fixed ports, kept state and detached processes.
 
@@ -20,6 +21,21 @@ pub struct World {
     pub s: Settings,
     /// The run directory.
     pub dir: PathBuf,
+}
+
+/// The demo gRPC service's name, and how many instances `up` runs.
+pub const GRPC_SERVICE: &str = "echo";
+/// Instances of the demo gRPC service.
+pub const GRPC_INSTANCES: u64 = 2;
+/// The `:authority` the demo gRPC service answers.
+pub const GRPC_AUTHORITY: &str = "echo.local";
+
+/// One instance of the demo gRPC service: the server and the registrar that declares it.
+pub struct GrpcInstance {
+    /// The `demo-grpc serve` process, if it runs.
+    pub server: Option<Proc>,
+    /// The `concord endpoints register` process, if it runs.
+    pub registrar: Option<Proc>,
 }
 
 /// A demo builder process.
@@ -131,6 +147,7 @@ impl World {
             admin: Some(admin),
             listener: Some(listener),
             detach: true,
+            port_offset: n as i32,
             ..EnvoyOptions::default()
         };
         Envoy::launch(&self.dir, &id, &servers, &opts).await
@@ -209,6 +226,90 @@ impl World {
             kind,
             proc: Some(proc),
         })
+    }
+
+    fn grpc_file(&self, n: u64, what: &str) -> PathBuf {
+        self.dir.join(format!("grpc-{n}.{what}"))
+    }
+
+    /// Where instance gN serves.
+    pub fn grpc_addr(&self, n: u64) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.s.envoy_listener_base + 200 + n as u16))
+    }
+
+    /// The port envoy-N serves the demo gRPC service on (the services listener, moved by the
+    /// Envoy's `--port-offset N`).
+    pub fn grpc_listener(&self, n: u64) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.s.envoy_listener_base + 80 + n as u16))
+    }
+
+    /// The desired state `up` applies: the demo gRPC service, routed by `:authority` with gRPC
+    /// health checks, a 15 s timeout and retries, on a plaintext services listener.
+    pub fn grpc_desired(&self) -> Result<concord_registry::services::Desired> {
+        let listener = format!("127.0.0.1:{}", self.s.envoy_listener_base + 80);
+        Ok(serde_json::from_value(serde_json::json!({
+            "services": {GRPC_SERVICE: {
+                "protocol": "grpc",
+                "health_check": {"kind": "grpc", "interval": "1s", "timeout": "500ms"},
+                "circuit_breakers": {"max_requests": 1000},
+                "drain_timeout": "5s"
+            }},
+            "route_tables": {"local": {"virtual_hosts": [{
+                "name": GRPC_SERVICE, "domains": [GRPC_AUTHORITY],
+                "routes": [{"match": {"grpc": {"service": concord_harness::grpc::ECHO_SERVICE}},
+                            "service": GRPC_SERVICE, "timeout": "15s",
+                            "retry": {"retry_on": ["unavailable", "connect-failure"], "attempts": 2}}]
+            }]}},
+            "listeners": {"grpc": {"address": listener, "route_table": "local"}}
+        }))?)
+    }
+
+    /// Instance gN, adopted if its processes run.
+    pub fn grpc(&self, n: u64) -> GrpcInstance {
+        let addr = self.grpc_addr(n).to_string();
+        GrpcInstance {
+            server: Proc::adopt(&self.grpc_file(n, "pid"), &format!("serve g{n} {addr}")),
+            registrar: Proc::adopt(&self.grpc_file(n, "register.pid"), &format!("--id g{n}")),
+        }
+    }
+
+    /// Starts instance gN and its registrar (whichever does not run), registering through the
+    /// replica at `admin`.
+    pub fn start_grpc(&self, n: u64, admin: &str) -> Result<GrpcInstance> {
+        let mut g = self.grpc(n);
+        let addr = self.grpc_addr(n).to_string();
+        if g.server.is_none() {
+            let mut cmd = Command::new(concord_harness::sibling_bin("demo-grpc"));
+            cmd.args(["serve", &format!("g{n}"), &addr]);
+            g.server = Some(Proc::spawn(
+                cmd,
+                &self.grpc_file(n, "log"),
+                &format!("serve g{n} {addr}"),
+                &Launch::detached(self.grpc_file(n, "pid")),
+            )?);
+        }
+        if g.registrar.is_none() {
+            let mut cmd = Command::new(concord_harness::concord_bin());
+            cmd.args(["--admin", admin])
+                .arg("--token-file")
+                .arg(self.token_file());
+            cmd.args([
+                "endpoints",
+                "register",
+                "--service",
+                GRPC_SERVICE,
+                "--addr",
+                &addr,
+            ])
+            .args(["--ttl", "5s", "--id", &format!("g{n}")]);
+            g.registrar = Some(Proc::spawn(
+                cmd,
+                &self.grpc_file(n, "register.log"),
+                &format!("--id g{n}"),
+                &Launch::detached(self.grpc_file(n, "register.pid")),
+            )?);
+        }
+        Ok(g)
     }
 
     /// The DNS list: the builder numbers whose entries the TXT record should hold.
