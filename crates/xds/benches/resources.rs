@@ -1,7 +1,9 @@
 //! Criterion micro-benchmarks of resource building: the resources of one revision (all clusters
 //! and the listener) built and serialised from scratch for 100, 1000 and 10000 builders, and
-//! incrementally after a change of one builder, in both listener modes — what every replica
-//! does per committed change: `cargo bench -p concord-xds --bench resources`.
+//! incrementally after a change of one builder, in both listener modes, and after a change of
+//! one registered endpoint among 100, 1000 and 10000 services of 10 endpoints each (issue 14:
+//! the cost grows with the change, not the registry) — what every replica does per committed
+//! change: `cargo bench -p concord-xds --bench resources`.
 
 use concord_registry::{Batch, Builder, Command, Registry, Source};
 use concord_xds::{CLUSTER_TYPE, LISTENER_TYPE, ListenerMode, ResourceConfig, Snapshot};
@@ -112,5 +114,82 @@ fn one_changed(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, from_scratch, one_changed);
+/// A registry of `n` gRPC services with 10 registered endpoints each.
+fn services(n: usize) -> Arc<Registry> {
+    use concord_registry::services::{Desired, EndpointChange};
+    let mut v = serde_json::json!({"services": {}});
+    for i in 0..n {
+        v["services"][format!("svc-{i}")] = serde_json::json!({"protocol": "grpc"});
+    }
+    let desired: Desired = serde_json::from_value(v).expect("a desired state");
+    let mut r = Registry::new();
+    r.apply(1, &Command::raise_format(2));
+    r.apply(2, &Command::apply_services(desired));
+    let changes = (0..n)
+        .flat_map(|i| {
+            (0..10).map(move |e| EndpointChange::Register {
+                service: format!("svc-{i}"),
+                id: format!("e{e}"),
+                addr: format!(
+                    "10.{}.{}.{}:{}",
+                    i / 65536,
+                    (i / 256) % 256,
+                    i % 256,
+                    8000 + e
+                )
+                .parse()
+                .expect("valid address"),
+                weight: 1,
+                labels: Default::default(),
+                ttl: None,
+            })
+        })
+        .collect();
+    r.apply(3, &Command::endpoints(changes));
+    Arc::new(r)
+}
+
+fn one_endpoint_changed(c: &mut Criterion) {
+    use concord_registry::services::EndpointChange;
+    let mut g = c.benchmark_group("incremental, one endpoint changed, services x 10 endpoints");
+    for n in [100, 1000, 10000] {
+        let reg = services(n);
+        let base = Snapshot::build(reg.clone(), ResourceConfig::default());
+        let mut weight = 1u32;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_batched(
+                || {
+                    weight = weight % 100 + 2;
+                    let mut r = Registry::clone(&reg);
+                    r.apply(
+                        4,
+                        &Command::endpoints(vec![EndpointChange::Register {
+                            service: "svc-7".into(),
+                            id: "e0".into(),
+                            addr: "10.0.0.7:8000".parse().expect("valid address"),
+                            weight,
+                            labels: Default::default(),
+                            ttl: None,
+                        }]),
+                    );
+                    Arc::new(r)
+                },
+                |r| {
+                    let snap = base.next(r);
+                    black_box(snap.endpoint_map());
+                    black_box(snap.cluster_map());
+                    assert_eq!(
+                        snap.services_serialised(),
+                        1,
+                        "only the changed service's load assignment is encoded"
+                    );
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, from_scratch, one_changed, one_endpoint_changed);
 criterion_main!(benches);
