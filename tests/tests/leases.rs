@@ -20,13 +20,7 @@ const T: Duration = Duration::from_secs(30);
 
 async fn cluster_with(desired: serde_json::Value) -> Result<Cluster> {
     let c = Cluster::start(Options::default()).await?;
-    let leader = c.leader().await?;
-    eventually(T, "entry format 2", || async {
-        let f = c.status(leader).await?.entry_format.map(|f| f.cluster);
-        ensure!(f == Some(2), "{f:?}");
-        Ok(())
-    })
-    .await?;
+    let leader = c.services_enabled().await?;
     let d: Desired = serde_json::from_value(desired)?;
     c.api(leader).apply_config(&d).await?;
     Ok(c)

@@ -31,23 +31,10 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Waits until every replica's format allows services (a new cluster raises it at once).
-async fn services_enabled(c: &Cluster) -> Result<()> {
-    for id in c.up() {
-        eventually(T, "the cluster at entry format 2", || async {
-            let f = c.status(id).await?.entry_format.map(|f| f.cluster);
-            ensure!(f == Some(2), "node {id}: {f:?}");
-            Ok(())
-        })
-        .await?;
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn apply_diff_and_get_through_the_cli() -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
-    services_enabled(&c).await?;
+    c.services_enabled().await?;
     // The example's listener terminates TLS with this certificate: uploaded first, through the
     // CLI (a listener naming one concord does not hold is refused).
     let ca = concord_harness::tls::TestCa::new()?;
@@ -175,7 +162,7 @@ async fn apply_diff_and_get_through_the_cli() -> Result<()> {
 #[tokio::test]
 async fn bad_files_and_bodies_commit_nothing() -> Result<()> {
     let c = Cluster::start(Options::default()).await?;
-    services_enabled(&c).await?;
+    c.services_enabled().await?;
     let (before, _) = c.builders(1, true).await?;
     let dir = tempfile::tempdir()?;
     let cases = [

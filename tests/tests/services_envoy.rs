@@ -26,13 +26,7 @@ struct World {
 
 async fn world(desired: Value, listener: SocketAddr, protocol: Option<Protocol>) -> Result<World> {
     let c = Cluster::start(Options::default()).await?;
-    let leader = c.leader().await?;
-    eventually(T, "entry format 2", || async {
-        let f = c.status(leader).await?.entry_format.map(|f| f.cluster);
-        ensure!(f == Some(2), "{f:?}");
-        Ok(())
-    })
-    .await?;
+    let leader = c.services_enabled().await?;
     let d: Desired = serde_json::from_value(desired).context("a desired state")?;
     c.api(leader).apply_config(&d).await.context("apply")?;
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
@@ -405,13 +399,7 @@ async fn tls_termination_with_a_certificate_by_sds() -> Result<()> {
     let b1 = GrpcBackend::start("b1").await?;
     let port = free_port();
     let c = Cluster::start(Options::default()).await?;
-    let leader = c.leader().await?;
-    eventually(T, "entry format 2", || async {
-        let f = c.status(leader).await?.entry_format.map(|f| f.cluster);
-        ensure!(f == Some(2), "{f:?}");
-        Ok(())
-    })
-    .await?;
+    c.services_enabled().await?;
     let api = c.api(2);
     let mismatch = api
         .put_certificate(

@@ -15,7 +15,7 @@ use clap::Parser;
 use concord_api::RegisterEndpoint;
 use concord_bench::XdsProtocol;
 use concord_harness::envoy::{Envoy, Protocol};
-use concord_harness::{Cluster, Options, eventually, percentiles};
+use concord_harness::{Cluster, Options, percentiles};
 use concord_registry::services::Desired;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,13 +112,7 @@ async fn all_acked_endpoints(c: &Cluster, envoys: usize, revision: u64) -> Resul
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let c = Cluster::start(Options::measured()).await?;
-    let leader = c.leader().await?;
-    eventually(Duration::from_secs(20), "entry format 2", || async {
-        let f = c.status(leader).await?.entry_format.map(|f| f.cluster);
-        ensure!(f == Some(2), "{f:?}");
-        Ok(())
-    })
-    .await?;
+    let leader = c.services_enabled().await?;
     let api = c.api(leader);
     api.apply_config(&desired(cli.services)?).await?;
     println!(

@@ -772,6 +772,22 @@ impl Cluster {
         .await
     }
 
+    /// Waits for a leader and until every replica that is up is at entry format 2 (a new
+    /// cluster raises it within a second of its election): the services half is usable. The
+    /// leader's id.
+    pub async fn services_enabled(&self) -> Result<u64> {
+        let leader = self.leader().await?;
+        for id in self.up() {
+            eventually(Duration::from_secs(20), "entry format 2", || async {
+                let f = self.status(id).await?.entry_format.map(|f| f.cluster);
+                ensure!(f == Some(2), "node {id} is at entry format {f:?}");
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(leader)
+    }
+
     /// [`Cluster::leader`] without waiting: an error unless that holds right now.
     pub async fn leader_now(&self) -> Result<u64> {
         let mut seen = None;

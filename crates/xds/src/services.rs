@@ -439,6 +439,18 @@ fn route_of(r: &Route) -> envoy_types::pb::envoy::config::route::v3::Route {
     }
 }
 
+/// The router: the last (and only) HTTP filter of every services listener.
+fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            ROUTER_TYPE,
+            &Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
 /// The Listener of listener `name`, its port moved by `port_offset` (several Envoys on one
 /// host: see [`crate::snapshot::Snapshot::service_listeners`]).
 pub fn http_listener(name: &str, l: &ListenerSpec, port_offset: i32) -> Listener {
@@ -451,14 +463,7 @@ pub fn http_listener(name: &str, l: &ListenerSpec, port_offset: i32) -> Listener
             config_source: Some(ads()),
             route_config_name: route_config_name(&l.route_table),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                ROUTER_TYPE,
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     };
     let transport_socket = l.tls.as_ref().map(|tls| {
@@ -619,14 +624,7 @@ pub fn validation_bootstrap(
             route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
                 route_configuration(n, t),
             )),
-            http_filters: vec![HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                    ROUTER_TYPE,
-                    &Router::default(),
-                ))),
-                ..Default::default()
-            }],
+            http_filters: vec![router_filter()],
             ..Default::default()
         };
         l.filter_chains[0].filters[0].config_type =

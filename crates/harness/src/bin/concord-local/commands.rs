@@ -187,23 +187,11 @@ async fn up(w: &World, waits: &Waits) -> Result<()> {
 /// and waits until every Envoy routes calls to each instance.
 async fn grpc_up(w: &World, waits: &Waits, cluster: &Cluster, admin: &str) -> Result<()> {
     use crate::world::{GRPC_INSTANCES, GRPC_SERVICE};
-    let leader = within(waits.up_timeout, "a leader", cluster.leader()).await?;
-    within(waits.up_timeout, "entry format 2 (services)", async {
-        eventually(
-            Duration::from_secs(waits.up_timeout),
-            "entry format 2",
-            || async {
-                let f = cluster
-                    .status(leader)
-                    .await?
-                    .entry_format
-                    .map(|f| f.cluster);
-                ensure!(f == Some(2), "the cluster is at entry format {f:?}");
-                Ok(())
-            },
-        )
-        .await
-    })
+    let leader = within(
+        waits.up_timeout,
+        "entry format 2 (services)",
+        cluster.services_enabled(),
+    )
     .await?;
     let written = cluster.api(leader).apply_config(&w.grpc_desired()?).await?;
     say(format!(
