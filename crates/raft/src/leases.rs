@@ -8,7 +8,10 @@
 //! is lost in a failover (the registration is in the log), and none expires early: a lease
 //! expires only after a leader has heard no renewal for a whole TTL, and every renewal an
 //! instance saw acknowledged reached the leader that was leading then, whose successor grants a
-//! whole TTL again. The price: a failover can extend a lease by up to one TTL.
+//! whole TTL again. A deposed leader that has not noticed yet answers renewals only while it has
+//! heard from a quorum within the quorum timeout (as it answers writes), so the new leader adds
+//! that timeout to every lease it takes over. The price: a failover can extend a lease by up to
+//! one TTL and the quorum timeout.
 //!
 //! An expiry names the registration it is about (its log index), so an expiry decided for an
 //! earlier registration never removes a newer one of the same id.
@@ -66,11 +69,19 @@ pub enum RenewError {
 
 impl Leases {
     /// Brings the table up to date with `registry` while this node leads in `term`: a new term
-    /// starts every lease and drain afresh from `now`; after that only the services whose
-    /// endpoints changed are looked at, and a new registration is granted from `now`.
-    pub fn sync(&self, term: u64, registry: &Arc<Registry>, now: Instant) {
+    /// starts every lease afresh, one TTL plus `grace` from `now` (`grace` covers the renewals
+    /// a deposed leader may still have acknowledged: see [`Leases`]), and every drain; after that
+    /// only the services whose endpoints changed are looked at, and a new registration is
+    /// granted from `now`.
+    pub fn sync(&self, term: u64, registry: &Arc<Registry>, now: Instant, grace: Duration) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = inner.term != Some(term);
+        // Leases found on taking over get the grace too; registrations seen later do not.
+        let grace = if fresh || inner.registry.is_none() {
+            grace
+        } else {
+            Duration::ZERO
+        };
         if fresh {
             inner.leases.clear();
             inner.term = Some(term);
@@ -96,7 +107,7 @@ impl Leases {
                 let granted = || Lease {
                     registered_at: e.registered_at,
                     ttl: e.ttl.map(|t| t.std()),
-                    deadline: e.ttl.map(|t| now + t.std()),
+                    deadline: e.ttl.map(|t| now + t.std() + grace),
                     drained_at: None,
                 };
                 let lease = inner.leases.entry(key).or_insert_with(granted);
@@ -223,7 +234,7 @@ mod tests {
         let l = Leases::default();
         let t0 = Instant::now();
         assert_eq!(l.renew("echo", "e1", t0), Err(RenewError::NotLeading));
-        l.sync(5, &r, t0);
+        l.sync(5, &r, t0, Duration::ZERO);
         assert_eq!(l.len(), 2);
         assert!(l.due(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(
@@ -238,9 +249,10 @@ mod tests {
         assert_eq!(l.renew("echo", "e2", t0), Err(RenewError::NoLease));
         // A new leader (term) starts every lease from its own clock.
         let t1 = t0 + Duration::from_secs(100);
-        l.sync(6, &r, t1);
-        assert!(l.due(t1 + Duration::from_millis(9_999)).is_empty());
-        assert_eq!(l.due(t1 + Duration::from_secs(10)), [expire("e1", 3)]);
+        l.sync(6, &r, t1, Duration::from_secs(1));
+        // One TTL and the grace: a deposed leader may have acknowledged a renewal meanwhile.
+        assert!(l.due(t1 + Duration::from_millis(10_999)).is_empty());
+        assert_eq!(l.due(t1 + Duration::from_secs(11)), [expire("e1", 3)]);
     }
 
     /// A drain ends one drain timeout after the leader saw it; a re-registration is a new
@@ -252,7 +264,7 @@ mod tests {
         let l = Leases::default();
         let t0 = Instant::now();
         let r3 = Arc::new(r.clone());
-        l.sync(1, &r3, t0);
+        l.sync(1, &r3, t0, Duration::ZERO);
         r.apply(
             4,
             &Command::endpoints(vec![EndpointChange::Drain {
@@ -261,16 +273,16 @@ mod tests {
             }]),
         );
         let t1 = t0 + Duration::from_secs(1);
-        l.sync(1, &Arc::new(r.clone()), t1);
+        l.sync(1, &Arc::new(r.clone()), t1, Duration::ZERO);
         assert!(l.due(t1 + Duration::from_millis(4_999)).is_empty());
         assert_eq!(l.due(t1 + Duration::from_secs(5)), [expire("e1", 3)]);
         r.apply(7, &Command::endpoints(vec![register("e1", Some(10))]));
         let t2 = t0 + Duration::from_secs(7);
-        l.sync(1, &Arc::new(r.clone()), t2);
+        l.sync(1, &Arc::new(r.clone()), t2, Duration::ZERO);
         assert_eq!(l.due(t2 + Duration::from_secs(10)), [expire("e1", 7)]);
         // Gone from the registry: gone from the table.
         r.apply(8, &Command::endpoints(vec![expire("e1", 7)]));
-        l.sync(1, &Arc::new(r), t2);
+        l.sync(1, &Arc::new(r), t2, Duration::ZERO);
         assert!(l.is_empty());
     }
 }

@@ -354,8 +354,9 @@ impl Node {
                     continue;
                 };
                 let now = Instant::now();
+                let registry = node.sm.registry().borrow().clone();
                 node.leases
-                    .sync(term, &node.sm.registry().borrow().clone(), now);
+                    .sync(term, &registry, now, node.config.quorum_timeout);
                 let due = node.leases.due(now);
                 if due.is_empty() {
                     continue;
@@ -609,6 +610,7 @@ impl Node {
                 (leader, addr)
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let forwarded = leader.is_some_and(|l| l != self.config.node_id);
             let result = match (leader, addr) {
                 (Some(l), _) if l == self.config.node_id => self.execute_local(req.clone()).await,
                 // One attempt may take half the budget: a leader that is removed or dies with
@@ -620,6 +622,12 @@ impl Node {
                 _ => Err(ClientError::NoLeader { waited_ms: 0 }),
             };
             match result {
+                // A leader that is shutting down answers a forwarded request "unavailable": the
+                // request (with its id) goes to the next leader, as a rolling restart needs.
+                Err(ClientError::Unavailable(_)) if forwarded && Instant::now() < deadline => {
+                    let pause = remaining.min(Duration::from_millis(50));
+                    let _ = tokio::time::timeout(pause, metrics.changed()).await;
+                }
                 Err(
                     ClientError::NotLeader { .. }
                     | ClientError::NoLeader { .. }
@@ -795,10 +803,14 @@ impl Node {
                         leader: self.raft.metrics().borrow().current_leader,
                     });
                 };
+                // As for writes: a leader that has not heard from a quorum lately may be deposed
+                // and must not acknowledge a renewal its successor does not know of.
+                self.check_quorum()?;
                 let now = Instant::now();
                 // A registration applied a moment ago is granted before it is renewed.
+                let registry = self.sm.registry().borrow().clone();
                 self.leases
-                    .sync(term, &self.sm.registry().borrow().clone(), now);
+                    .sync(term, &registry, now, self.config.quorum_timeout);
                 use crate::leases::RenewError;
                 match self.leases.renew(&service, &id, now) {
                     Ok(ttl) => Ok(ClientReply::Renewed {
