@@ -19,7 +19,8 @@ const T: Duration = Duration::from_secs(30);
 
 /// A cluster holding `desired` (with `listener` as its services listener) and an Envoy on it.
 struct World {
-    c: Cluster,
+    /// Held so that the replicas run as long as the world (they stop on drop).
+    _cluster: Cluster,
     envoy: Envoy,
     listener: SocketAddr,
 }
@@ -32,7 +33,11 @@ async fn world(desired: Value, listener: SocketAddr, protocol: Option<Protocol>)
     let x: Vec<String> = c.nodes.values().map(|r| r.xds.clone()).collect();
     let servers: Vec<&str> = x.iter().map(String::as_str).collect();
     let envoy = Envoy::start_with(&c, "envoy-1", &servers, true, protocol).await?;
-    Ok(World { c, envoy, listener })
+    Ok(World {
+        _cluster: c,
+        envoy,
+        listener,
+    })
 }
 
 fn listener(port: u16) -> Value {
@@ -382,7 +387,6 @@ async fn outlier_ejection_and_health_checks() -> Result<()> {
         s == BTreeMap::from([("h2".to_string(), 20)]),
         "after NOT_SERVING: {s:?}"
     );
-    let _ = &w.c;
     Ok(())
 }
 

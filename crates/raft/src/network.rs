@@ -172,6 +172,31 @@ impl Network {
         req
     }
 
+    /// Sends `req` to replica `to` at `addr`: its answer, or the gRPC status that refused it
+    /// (the channel's own failures are that replica being unreachable).
+    async fn call(
+        &self,
+        to: NodeId,
+        addr: &str,
+        req: &ClientRequest,
+        timeout: Duration,
+    ) -> Result<Result<Result<ClientReply, ClientError>, tonic::Status>, ClientError> {
+        let mut client = self
+            .client(to, addr)
+            .map_err(|e| unreachable(to, addr, e.to_string()))?;
+        let msg = Message {
+            payload: serde_json::to_vec(req).expect("client requests serialise"),
+            data: Vec::new(),
+        };
+        let reply = match client.forward(self.request(to, msg, timeout)).await {
+            Ok(reply) => reply,
+            Err(status) => return Ok(Err(status)),
+        };
+        serde_json::from_slice::<Result<ClientReply, ClientError>>(&reply.into_inner().payload)
+            .map(Ok)
+            .map_err(|e| unreachable(to, addr, format!("undecodable reply: {e}")))
+    }
+
     /// Sends a client request to the leader `to` at `addr` and waits for its answer.
     pub async fn forward(
         &self,
@@ -180,24 +205,14 @@ impl Network {
         req: &ClientRequest,
         timeout: Duration,
     ) -> Result<ClientReply, ClientError> {
-        let unreachable = |error: String| ClientError::LeaderUnreachable {
-            leader: to,
-            addr: addr.to_string(),
-            error,
-        };
-        let mut client = self
-            .client(to, addr)
-            .map_err(|e| unreachable(e.to_string()))?;
-        let msg = Message {
-            payload: serde_json::to_vec(req).expect("client requests serialise"),
-            data: Vec::new(),
-        };
-        let reply = client
-            .forward(self.request(to, msg, timeout))
-            .await
-            .map_err(|s| unreachable(format!("{}: {}", s.code(), s.message())))?;
-        serde_json::from_slice::<Result<ClientReply, ClientError>>(&reply.into_inner().payload)
-            .map_err(|e| unreachable(format!("undecodable reply: {e}")))?
+        match self.call(to, addr, req, timeout).await? {
+            Ok(answer) => answer,
+            Err(s) => Err(unreachable(
+                to,
+                addr,
+                format!("{}: {}", s.code(), s.message()),
+            )),
+        }
     }
 
     /// The highest entry format replica `to` applies. A build from before entry formats refuses
@@ -210,37 +225,34 @@ impl Network {
         addr: &str,
         timeout: Duration,
     ) -> Result<u32, ClientError> {
-        let unreachable = |error: String| ClientError::LeaderUnreachable {
-            leader: to,
-            addr: addr.to_string(),
-            error,
-        };
-        let mut client = self
-            .client(to, addr)
-            .map_err(|e| unreachable(e.to_string()))?;
-        let msg = Message {
-            payload: serde_json::to_vec(&ClientRequest::EntryFormat)
-                .expect("client requests serialise"),
-            data: Vec::new(),
-        };
-        let reply = match client.forward(self.request(to, msg, timeout)).await {
-            Ok(reply) => reply,
+        match self
+            .call(to, addr, &ClientRequest::EntryFormat, timeout)
+            .await?
+        {
+            Ok(Ok(ClientReply::EntryFormat { supported })) => Ok(supported),
+            Ok(Ok(other)) => Err(unreachable(to, addr, format!("unexpected reply {other:?}"))),
+            Ok(Err(e)) => Err(e),
             Err(s)
                 if s.code() == tonic::Code::InvalidArgument
                     && s.message().starts_with("undecodable request") =>
             {
-                return Ok(concord_registry::FORMAT_BUILDERS);
+                Ok(concord_registry::FORMAT_BUILDERS)
             }
-            Err(s) => return Err(unreachable(format!("{}: {}", s.code(), s.message()))),
-        };
-        match serde_json::from_slice::<Result<ClientReply, ClientError>>(
-            &reply.into_inner().payload,
-        )
-        .map_err(|e| unreachable(format!("undecodable reply: {e}")))??
-        {
-            ClientReply::EntryFormat { supported } => Ok(supported),
-            other => Err(unreachable(format!("unexpected reply {other:?}"))),
+            Err(s) => Err(unreachable(
+                to,
+                addr,
+                format!("{}: {}", s.code(), s.message()),
+            )),
         }
+    }
+}
+
+/// Replica `to` at `addr` could not be reached, or answered nothing usable.
+fn unreachable(to: NodeId, addr: &str, error: String) -> ClientError {
+    ClientError::LeaderUnreachable {
+        leader: to,
+        addr: addr.to_string(),
+        error,
     }
 }
 

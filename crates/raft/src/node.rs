@@ -929,15 +929,21 @@ impl Node {
     /// A leader cut off from the majority would accept a write that can never commit; refuse it
     /// up front instead, with nothing proposed.
     fn check_quorum(&self) -> Result<(), ClientError> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.state != ServerState::Leader {
+        // Two fields, read under the borrow: every write and every lease renewal asks, and a
+        // clone of the metrics copies the membership.
+        let (state, leader, age) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_leader, m.millis_since_quorum_ack)
+        };
+        if state != ServerState::Leader {
             return Err(ClientError::NotLeader {
                 node: self.config.node_id,
-                leader: m.current_leader,
+                leader,
             });
         }
         let limit = self.config.quorum_timeout.as_millis() as u64;
-        match m.millis_since_quorum_ack {
+        match age {
             Some(age) if age > limit => Err(ClientError::NoQuorum {
                 leader: self.config.node_id,
                 since_ms: age,

@@ -504,6 +504,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.lock();
         // Request ids remembered by this batch of entries, by log index.
         let mut remembered = Vec::new();
+        // Endpoint keys this batch writes: not in the tree until it is applied, so a later
+        // entry of the same batch that drops their service must find them here.
+        let mut batched_endpoints: std::collections::BTreeSet<Vec<u8>> = Default::default();
         let mut unknown = None;
         self.inner.registry.send_if_modified(|registry| {
             let before = registry.revision();
@@ -525,6 +528,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(cmd) => {
                         // The apply continues the change's trace from the context in the entry.
                         let mut span = Span::remote_child(&cmd.trace, "registry.apply");
+                        // A new desired state drops the endpoints of the services it removes:
+                        // which services had endpoints before, to delete theirs from the tree.
+                        let had_endpoints: Vec<String> = match cmd.desired {
+                            Some(_) => registry.endpoint_map().keys().cloned().collect(),
+                            None => Vec::new(),
+                        };
                         let out = Arc::make_mut(registry).apply(entry.log_id.index, &cmd);
                         if let Some(id) = &cmd.request_id
                             && registry
@@ -568,14 +577,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             if cmd.desired.is_some() {
                                 batch.insert(DESIRED, encode(&**registry.desired()));
                                 // Endpoints of services that went with the new state.
-                                for (k, raw) in
-                                    self.inner.tree.scan_prefix(ENDPOINT_PREFIX).flatten()
-                                {
-                                    let gone = decode::<StoredEndpoint>(&raw).is_ok_and(|e| {
-                                        registry.endpoint(&e.service, &e.endpoint.id).is_none()
-                                    });
-                                    if gone {
+                                let gone = had_endpoints
+                                    .iter()
+                                    .filter(|s| !registry.endpoint_map().contains_key(*s));
+                                for service in gone {
+                                    let prefix = endpoint_key(service, "");
+                                    for k in self.inner.tree.scan_prefix(&prefix).keys().flatten() {
                                         batch.remove(k);
+                                    }
+                                    for k in
+                                        batched_endpoints.iter().filter(|k| k.starts_with(&prefix))
+                                    {
+                                        batch.remove(k.clone());
                                     }
                                 }
                             }
@@ -603,6 +616,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }
                             for change in &cmd.endpoints {
                                 let (service, id) = change.key();
+                                batched_endpoints.insert(endpoint_key(service, id));
                                 match registry.endpoint(service, id) {
                                     Some(e) => batch.insert(
                                         endpoint_key(service, id),

@@ -433,3 +433,33 @@ async fn an_entry_of_an_unknown_format_is_not_applied() {
         (1, concord_registry::FORMAT_BUILDERS)
     );
 }
+
+/// A desired state without a service drops its registered endpoints from the tree too: a
+/// restart does not bring them back.
+#[tokio::test]
+async fn endpoints_of_a_removed_service_are_gone_after_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_, mut sm) = open(dir.path(), &identity(1)).await.unwrap();
+        let register = concord_registry::services::EndpointChange::Register {
+            service: "echo".into(),
+            id: "e1".into(),
+            addr: "127.0.0.1:50051".parse().unwrap(),
+            weight: 1,
+            labels: Default::default(),
+            ttl: None,
+        };
+        sm.apply(vec![
+            normal(1, Command::raise_format(2)),
+            normal(2, Command::apply_services(shop())),
+            normal(3, Command::endpoints(vec![register])),
+            normal(4, Command::apply_services(Default::default())),
+        ])
+        .await
+        .unwrap();
+        assert!(sm.registry().borrow().endpoint("echo", "e1").is_none());
+        sm.flush().await.unwrap();
+    }
+    let (_, sm) = open(dir.path(), &identity(1)).await.unwrap();
+    assert_eq!(sm.registry().borrow().all_endpoints().count(), 0);
+}

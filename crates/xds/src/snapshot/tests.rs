@@ -346,7 +346,6 @@ fn services_resources_sit_beside_the_builders() {
         s4.listener_map(addr, 0).keys().collect::<Vec<_>>(),
         ["builders"]
     );
-    let _ = Cluster::default();
 }
 
 /// A registered endpoint re-encodes its service's load assignment alone: one resource, whatever

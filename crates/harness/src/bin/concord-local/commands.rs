@@ -161,12 +161,7 @@ async fn up(w: &World, waits: &Waits) -> Result<()> {
             t0.elapsed()
         ));
     }
-    let admin = cluster
-        .nodes
-        .values()
-        .next()
-        .map(|r| r.admin.clone())
-        .unwrap_or_default();
+    let admin = first_admin(&cluster);
     grpc_up(w, waits, &cluster, &admin).await?;
     println!();
     cli(w, &admin, &["cluster", "status"]);
@@ -274,12 +269,7 @@ async fn grpc_drain(w: &World, waits: &Waits, n: u64) -> Result<()> {
 /// `grpc-start N`: starts instance gN and its registrar again.
 async fn grpc_start(w: &World, waits: &Waits, n: u64) -> Result<()> {
     let cluster = w.cluster()?;
-    let admin = cluster
-        .nodes
-        .values()
-        .next()
-        .map(|r| r.admin.clone())
-        .unwrap_or_default();
+    let admin = first_admin(&cluster);
     let g = w.start_grpc(n, &admin)?;
     say(format!(
         "grpc g{n}: running (pid {}), {}",
@@ -290,6 +280,16 @@ async fn grpc_start(w: &World, waits: &Waits, n: u64) -> Result<()> {
         grpc_routed(w, waits, e, 1).await?;
     }
     Ok(())
+}
+
+/// The admin address of the cluster's first node (the CLI's default target).
+fn first_admin(cluster: &Cluster) -> String {
+    cluster
+        .nodes
+        .values()
+        .next()
+        .map(|r| r.admin.clone())
+        .unwrap_or_default()
 }
 
 /// The builders `up` runs: the DNS list (DNS on) and every api builder started before; without
