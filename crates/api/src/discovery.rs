@@ -58,6 +58,10 @@ pub struct PollerStatus {
     pub held: u64,
     /// Proposals refused because the registry moved meanwhile (retried at once).
     pub stale: u64,
+    /// Services taking endpoints from DNS: each one's name and last result (`3 endpoints`,
+    /// `held: …`, `error: …`). Absent from replicas older than services.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub services: std::collections::BTreeMap<String, String>,
 }
 
 /// The last change the poller made.
@@ -73,6 +77,15 @@ pub struct Change {
     pub updated: u64,
     /// Builders removed.
     pub removed: u64,
+    /// Services' endpoints added, changed and removed (absent from older replicas).
+    #[serde(default)]
+    pub endpoints_added: u64,
+    /// See `endpoints_added`.
+    #[serde(default)]
+    pub endpoints_updated: u64,
+    /// See `endpoints_added`.
+    #[serde(default)]
+    pub endpoints_removed: u64,
 }
 
 /// Something in a DNS answer that did not make a builder.

@@ -533,6 +533,9 @@ fn poller_body(p: PollerStatus) -> concord_api::PollerStatus {
             added: c.added as u64,
             updated: c.updated as u64,
             removed: c.removed as u64,
+            endpoints_added: c.endpoints.0 as u64,
+            endpoints_updated: c.endpoints.1 as u64,
+            endpoints_removed: c.endpoints.2 as u64,
         }),
         discovered: p.discovered as u64,
         skipped: p
@@ -548,6 +551,7 @@ fn poller_body(p: PollerStatus) -> concord_api::PollerStatus {
         changes: p.changes,
         held: p.held,
         stale: p.stale,
+        services: p.services,
     }
 }
 

@@ -110,7 +110,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             let task = front.spawn("dns poller", poller.run(front.token().clone()));
             (Some(status), Some(task))
         }
-        None => (None, None),
+        None => {
+            warn_of_unresolved_services(node.clone(), &front);
+            (None, None)
+        }
     };
 
     let auth = match config.admin_tokens {
@@ -267,6 +270,37 @@ async fn wait_for_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
     }
+}
+
+/// Without `--dns-server` nothing resolves the names services take endpoints from: says so
+/// once per desired state that has such a service, instead of leaving them silently empty.
+fn warn_of_unresolved_services(node: Arc<Node>, front: &Tasks) {
+    let mut registry = node.registry();
+    let shutdown = front.token().clone();
+    front.spawn("dns-less services warning", async move {
+        let mut warned = None;
+        loop {
+            let desired = registry.borrow_and_update().desired().clone();
+            let names: Vec<&String> = desired
+                .services
+                .iter()
+                .filter(|(_, s)| s.dns.is_some())
+                .map(|(n, _)| n)
+                .collect();
+            if !names.is_empty() && warned.as_ref() != Some(&desired) {
+                tracing::warn!(
+                    services = ?names,
+                    "services take endpoints from DNS but this replica has no --dns-server: \
+                     while it leads, nothing resolves their names"
+                );
+                warned = Some(desired.clone());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = registry.changed() => if r.is_err() { return },
+            }
+        }
+    });
 }
 
 /// The replica as the DNS poller sees it.

@@ -8,7 +8,6 @@
 //! removes neither, and a fleet that drains one builder at a time loses each one `hold` after
 //! it left. Pure: the poller feeds it each successful poll's answer and the time.
 
-use concord_registry::Builder;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -76,10 +75,11 @@ impl Guard {
     }
 
     /// Judges an answer, seen at `now`, that would turn `current` into `proposed`.
-    pub fn judge(
+    /// Only the ids count: builders, or the endpoints of one service.
+    pub fn judge<C, P>(
         &mut self,
-        current: &BTreeMap<String, Builder>,
-        proposed: &BTreeMap<String, Builder>,
+        current: &BTreeMap<String, C>,
+        proposed: &BTreeMap<String, P>,
         now: Instant,
     ) -> Verdict {
         let gone = |id: &String| current.contains_key(id) && !proposed.contains_key(id);
@@ -121,7 +121,7 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_registry::Source;
+    use concord_registry::{Builder, Source};
     use proptest::prelude::*;
 
     const MS: Duration = Duration::from_millis(1);

@@ -198,6 +198,8 @@ pub struct SrvTarget {
     pub target: String,
     /// Port.
     pub port: u16,
+    /// The record's weight (services' endpoints take it; builders have none).
+    pub weight: u16,
     /// The target's A/AAAA addresses.
     pub addrs: Vec<IpAddr>,
 }

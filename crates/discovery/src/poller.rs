@@ -7,14 +7,16 @@
 //! succeeds. This file is the I/O around the decision: status, metrics, traces, the schedule.
 
 use crate::decide::{Decision, Proposal, decide, skip_api_clashes};
+use crate::endpoints::{EndpointsDecision, ServiceAnswer, decide_endpoints};
 use crate::guard::{Guard, GuardConfig, Held};
 use crate::parse::{Parsed, Skipped};
 use crate::resolve::{NxDomain, PollError, Resolver, ResolverError, SourceSpec};
 use crate::template::SniTemplate;
-use concord_registry::{Command, Outcome, Registry, Rejection, Source};
+use concord_registry::services::DnsEndpoints;
+use concord_registry::{Batch, Command, Outcome, Registry, Rejection, Source};
 use concord_telemetry::trace::Span;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,11 @@ pub trait Discover: Send + Sync + 'static {
     /// Asks every source once. One failing source fails the whole poll: its builders must not
     /// look removed.
     fn discover(&self) -> impl Future<Output = Result<Parsed, PollError>> + Send;
+    /// Asks the name a service takes its endpoints from.
+    fn service(
+        &self,
+        dns: &DnsEndpoints,
+    ) -> impl Future<Output = Result<ServiceAnswer, PollError>> + Send;
 }
 
 /// The configured sources, asked through the configured nameserver.
@@ -99,6 +106,10 @@ impl Discover for DnsSources {
         }
         Ok(all)
     }
+
+    async fn service(&self, dns: &DnsEndpoints) -> Result<ServiceAnswer, PollError> {
+        self.resolver.service(dns).await
+    }
 }
 
 /// The last change the poller made.
@@ -114,6 +125,8 @@ pub struct Change {
     pub updated: usize,
     /// Builders removed.
     pub removed: usize,
+    /// Services' endpoints added, changed and removed.
+    pub endpoints: (usize, usize, usize),
 }
 
 /// What the poller is doing, for the status endpoint and the CLI.
@@ -155,6 +168,8 @@ pub struct PollerStatus {
     pub held: u64,
     /// Proposals refused because the registry moved meanwhile (retried at once).
     pub stale: u64,
+    /// Services taking endpoints from DNS, and each one's last result.
+    pub services: BTreeMap<String, String>,
 }
 
 fn now_ms() -> u64 {
@@ -178,6 +193,10 @@ pub struct Poller<R: Replica, D: Discover = DnsSources> {
     guard: Guard,
     /// True while the guard holds a removal, so that its start is logged once.
     holding: bool,
+    /// The guard of each service taking endpoints from DNS.
+    service_guards: BTreeMap<String, Guard>,
+    /// Services whose guard holds a removal, so that its start is logged once.
+    holding_services: BTreeSet<String>,
     last_skipped: BTreeSet<Skipped>,
 }
 
@@ -207,6 +226,8 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             status: Arc::new(Mutex::new(status)),
             discover,
             holding: false,
+            service_guards: BTreeMap::new(),
+            holding_services: BTreeSet::new(),
             last_skipped: BTreeSet::new(),
         }
     }
@@ -243,6 +264,8 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             self.update(|s| s.polling = true);
             self.guard.reset();
             self.holding = false;
+            self.service_guards.clear();
+            self.holding_services.clear();
             let mut lost = leadership.clone();
             let stepped_down = async move {
                 let _ = lost.wait_for(|l| !*l).await;
@@ -289,14 +312,20 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             Ok(p) => p,
             Err(e) => return self.failed(at, e),
         };
-        if self.status.lock().is_ok_and(|s| s.consecutive_errors > 0) {
+        let (answers, mut results, service_error) = self.ask_services(&registry).await;
+        parsed
+            .skipped
+            .extend(answers.values().flat_map(|a| a.skipped.iter().cloned()));
+        if service_error.is_none() && self.status.lock().is_ok_and(|s| s.consecutive_errors > 0) {
             tracing::info!("DNS polls succeed again");
         }
         skip_api_clashes(&registry, &mut parsed);
         self.note_skipped(&parsed.skipped);
         m.skipped_records.add(parsed.skipped.len() as u64);
         self.update(|s| {
-            s.consecutive_errors = 0;
+            if service_error.is_none() {
+                s.consecutive_errors = 0;
+            }
             s.discovered = parsed.builders.len();
             s.skipped_total += parsed.skipped.len() as u64;
             s.skipped = parsed.skipped.clone();
@@ -309,18 +338,115 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             Decision::Propose(p) => p.held.as_ref(),
             Decision::Unchanged => None,
         };
+        let holds = held.is_some();
         match held {
             Some(h) => self.note_held(h, &registry),
             None => self.holding = false,
         }
-        match decision {
-            Decision::Unchanged => {
-                self.update(|s| s.last_result = "unchanged".into());
+        let endpoints = decide_endpoints(
+            &registry,
+            &answers,
+            &mut self.service_guards,
+            self.config.guard,
+            now,
+        );
+        self.note_service_holds(&endpoints, &mut results);
+        self.update(|s| s.services = results);
+        let proposal = match decision {
+            Decision::Propose(p) => Some(*p),
+            Decision::Unchanged | Decision::Hold(_) => None,
+        };
+        let next = match (proposal, endpoints.changes.is_empty()) {
+            (None, true) => {
+                if !holds {
+                    self.update(|s| s.last_result = "unchanged".into());
+                }
                 Next::Interval
             }
-            Decision::Hold(_) => Next::Interval,
-            Decision::Propose(p) => self.propose(*p, &registry, started, at, seen_at_us).await,
+            (p, _) => {
+                // Endpoints alone changed: a command with no builder changes, fenced the same.
+                let p = p.unwrap_or_else(|| Proposal {
+                    command: Command {
+                        if_revision: Some(registry.revision()),
+                        ..Command::new(Source::Dns, Batch::default())
+                    },
+                    added: 0,
+                    updated: 0,
+                    removed: 0,
+                    held: None,
+                });
+                let when = (started, at, seen_at_us);
+                self.propose(p, endpoints, &registry, when).await
+            }
+        };
+        // A service whose name failed kept its endpoints; the rest of the poll went through,
+        // and the poller backs off as after any failed poll.
+        match (next, service_error) {
+            (Next::Interval, Some(e)) => self.failed(at, e),
+            (next, _) => next,
         }
+    }
+
+    /// Asks the name of every service that takes endpoints from DNS: the answers of those that
+    /// answered, each one's result for the status, and the first error.
+    async fn ask_services(
+        &self,
+        registry: &Registry,
+    ) -> (
+        BTreeMap<String, ServiceAnswer>,
+        BTreeMap<String, String>,
+        Option<PollError>,
+    ) {
+        let mut answers = BTreeMap::new();
+        let mut results = BTreeMap::new();
+        let mut first_error = None;
+        for (name, s) in &registry.desired().services {
+            let Some(dns) = &s.dns else { continue };
+            match self.discover.service(dns).await {
+                Ok(a) => {
+                    results.insert(name.clone(), format!("{} endpoints", a.endpoints.len()));
+                    answers.insert(name.clone(), a);
+                }
+                Err(e) => {
+                    results.insert(name.clone(), format!("error: {e}"));
+                    first_error.get_or_insert(PollError {
+                        name: e.name,
+                        reason: format!("{} (service {name})", e.reason),
+                    });
+                }
+            }
+        }
+        (answers, results, first_error)
+    }
+
+    /// Reports services whose large endpoint removal the guard holds: logged when the hold
+    /// starts, shown on every poll.
+    fn note_service_holds(
+        &mut self,
+        d: &EndpointsDecision,
+        results: &mut BTreeMap<String, String>,
+    ) {
+        let now: BTreeSet<String> = d.held.iter().map(|(n, _)| n.clone()).collect();
+        for (name, h) in &d.held {
+            if !self.holding_services.contains(name) {
+                tracing::warn!(
+                    service = %name,
+                    removals = h.removals,
+                    hold_ms = h.needed.as_millis() as u64,
+                    "DNS answer would remove a large share of a service's endpoints; holding the removals until they persist"
+                );
+            }
+            results.insert(
+                name.clone(),
+                format!(
+                    "held: would remove {} (missing for {} of {} ms)",
+                    h.removals,
+                    h.missing_for.as_millis(),
+                    h.needed.as_millis()
+                ),
+            );
+        }
+        self.holding_services = now;
     }
 
     /// A failed poll changes nothing: it is counted, logged once per outage, and backs off.
@@ -373,10 +499,9 @@ impl<R: Replica, D: Discover> Poller<R, D> {
     async fn propose(
         &mut self,
         p: Proposal,
+        endpoints: EndpointsDecision,
         registry: &Registry,
-        started: std::time::SystemTime,
-        at: u64,
-        seen_at_us: u64,
+        (started, at, seen_at_us): (std::time::SystemTime, u64, u64),
     ) -> Next {
         let Proposal {
             mut command,
@@ -385,6 +510,16 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             removed,
             held,
         } = p;
+        let eps = (endpoints.added, endpoints.updated, endpoints.removed);
+        if !endpoints.changes.is_empty() {
+            // Endpoints need the services entry format.
+            command = Command {
+                source: Source::Dns,
+                batch: std::mem::take(&mut command.batch),
+                if_revision: command.if_revision,
+                ..Command::endpoints(endpoints.changes)
+            };
+        }
         command.set_seen_at_us(seen_at_us);
         // The poll that found a change starts its trace; polls that find none leave no trace.
         let mut poll_span = Span::root("discovery.poll", started);
@@ -394,6 +529,9 @@ impl<R: Replica, D: Discover> Poller<R, D> {
             poll_span.set("builders.added", added as i64);
             poll_span.set("builders.updated", updated as i64);
             poll_span.set("builders.removed", removed as i64);
+            poll_span.set("endpoints.added", eps.0 as i64);
+            poll_span.set("endpoints.updated", eps.1 as i64);
+            poll_span.set("endpoints.removed", eps.2 as i64);
             poll_span.set("registry.base_revision", registry.revision() as i64);
         }
         let mut span = poll_span.child("raft.propose");
@@ -411,7 +549,17 @@ impl<R: Replica, D: Discover> Poller<R, D> {
         }
         match outcome {
             Ok(Outcome::Applied { revision, .. }) => {
-                tracing::info!(added, updated, removed, revision, "DNS change committed");
+                let (endpoints_added, endpoints_updated, endpoints_removed) = eps;
+                tracing::info!(
+                    added,
+                    updated,
+                    removed,
+                    endpoints_added,
+                    endpoints_updated,
+                    endpoints_removed,
+                    revision,
+                    "DNS change committed"
+                );
                 concord_telemetry::metrics().changes_proposed.inc();
                 self.update(|s| {
                     s.changes += 1;
@@ -425,6 +573,7 @@ impl<R: Replica, D: Discover> Poller<R, D> {
                         added,
                         updated,
                         removed,
+                        endpoints: eps,
                     });
                 });
                 Next::Interval

@@ -7,8 +7,10 @@
 //! (unless NXDOMAIN is configured to count as an error); anything else (SERVFAIL, REFUSED,
 //! timeout, connection failure, a malformed message) → an error that changes nothing.
 
+use crate::endpoints::{self, ServiceAnswer};
 use crate::parse::{self, Parsed, SrvTarget};
 use crate::template::SniTemplate;
+use concord_registry::services::{DnsEndpoints, DnsKind};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
@@ -250,6 +252,53 @@ impl Resolver {
         Ok(out)
     }
 
+    /// The targets of the SRV records at `name`, with their addresses.
+    async fn srv_targets(&self, name: &str) -> Result<Vec<SrvTarget>, PollError> {
+        let (records, extra) = match self.lookup(name, RecordType::SRV).await? {
+            Answer::Records(r) => r,
+            Answer::Nothing => Default::default(),
+        };
+        let mut targets = Vec::new();
+        for r in records {
+            if let RData::SRV(srv) = r {
+                let target = srv.target.to_ascii();
+                // The server usually sends the targets' addresses along; ask only for the ones
+                // it did not.
+                let mut addrs: Vec<IpAddr> = extra
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(&target))
+                    .filter_map(|(_, d)| ip_of(d))
+                    .collect();
+                if addrs.is_empty() {
+                    addrs = self.addresses(&target).await?;
+                }
+                targets.push(SrvTarget {
+                    target: target.trim_end_matches('.').to_string(),
+                    port: srv.port,
+                    weight: srv.weight,
+                    addrs,
+                });
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Resolves the DNS name of a service's endpoints.
+    pub async fn service(&self, dns: &DnsEndpoints) -> Result<ServiceAnswer, PollError> {
+        let name = match dns.name.ends_with('.') {
+            true => dns.name.clone(),
+            false => format!("{}.", dns.name),
+        };
+        let label = name.trim_end_matches('.');
+        Ok(match (dns.kind, dns.port) {
+            (DnsKind::Srv, _) => endpoints::from_srv(label, &self.srv_targets(&name).await?),
+            (DnsKind::A, port) => {
+                let port = port.unwrap_or(0);
+                endpoints::from_addresses(label, &self.addresses(&name).await?, port)
+            }
+        })
+    }
+
     /// Polls one source.
     pub async fn poll(&self, s: &SourceSpec, template: &SniTemplate) -> Result<Parsed, PollError> {
         let label = s.name.trim_end_matches('.');
@@ -269,34 +318,11 @@ impl Resolver {
                 };
                 Ok(parse::fly_txt(label, &records, s.port, template))
             }
-            Kind::Srv => {
-                let (records, extra) = match self.lookup(&s.name, RecordType::SRV).await? {
-                    Answer::Records(r) => r,
-                    Answer::Nothing => Default::default(),
-                };
-                let mut targets = Vec::new();
-                for r in records {
-                    if let RData::SRV(srv) = r {
-                        let target = srv.target.to_ascii();
-                        // The server usually sends the targets' addresses along; ask only
-                        // for the ones it did not.
-                        let mut addrs: Vec<IpAddr> = extra
-                            .iter()
-                            .filter(|(n, _)| n.eq_ignore_ascii_case(&target))
-                            .filter_map(|(_, d)| ip_of(d))
-                            .collect();
-                        if addrs.is_empty() {
-                            addrs = self.addresses(&target).await?;
-                        }
-                        targets.push(SrvTarget {
-                            target: target.trim_end_matches('.').to_string(),
-                            port: srv.port,
-                            addrs,
-                        });
-                    }
-                }
-                Ok(parse::srv(label, &targets, template))
-            }
+            Kind::Srv => Ok(parse::srv(
+                label,
+                &self.srv_targets(&s.name).await?,
+                template,
+            )),
             Kind::Addr => {
                 let addrs = self.addresses(&s.name).await?;
                 Ok(parse::addresses(label, &addrs, s.port, template))

@@ -247,6 +247,17 @@ pub enum Rejection {
         /// Who manages it.
         owner: Source,
     },
+    /// The endpoint is managed by another source: the DNS poller owns the endpoints it
+    /// discovered (ids starting `dns@`), the API every other one.
+    #[error("endpoint {id:?} of service {service:?} is managed by {owner}; change it there")]
+    EndpointOwnedByOtherSource {
+        /// Its service.
+        service: String,
+        /// The endpoint.
+        id: String,
+        /// Who manages it.
+        owner: Source,
+    },
     /// The command is of an entry format the cluster has not reached yet: some member may not
     /// apply it as the others would.
     #[error(

@@ -571,6 +571,14 @@ impl Registry {
                     service: service.to_string(),
                 });
             }
+            let owner = services::endpoint_source(id);
+            if owner != cmd.source {
+                return Err(Rejection::EndpointOwnedByOtherSource {
+                    service: service.to_string(),
+                    id: id.to_string(),
+                    owner,
+                });
+            }
             let invalid = |problem: String| Rejection::InvalidEndpoint {
                 service: service.to_string(),
                 id: id.to_string(),
@@ -580,11 +588,14 @@ impl Registry {
                 C::Register {
                     addr, weight, ttl, ..
                 } => {
-                    let ok_id = !id.is_empty()
+                    // The poller's ids are `dns@` and an address; the API's have no `@`.
+                    let bare = id.strip_prefix(services::DNS_ENDPOINT_PREFIX).unwrap_or(id);
+                    let ok_id = !bare.is_empty()
                         && id.len() <= 128
-                        && id
+                        && bare
                             .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.:[]".contains(&b))
+                        && (owner == Source::Dns || !bare.contains(['[', ']']));
                     if !ok_id {
                         return Err(invalid(
                             "an id is 1-128 letters, digits, '-', '_', '.' or ':'".into(),

@@ -26,9 +26,17 @@ fn render(v: &DiscoveryStatus) -> String {
         );
         if let Some(c) = &p.last_change {
             out += &format!(
-                "last change: revision {} (+{} ~{} -{})\n",
+                "last change: revision {} (+{} ~{} -{})",
                 c.revision, c.added, c.updated, c.removed
             );
+            let e = (c.endpoints_added, c.endpoints_updated, c.endpoints_removed);
+            if e != (0, 0, 0) {
+                out += &format!("  endpoints (+{} ~{} -{})", e.0, e.1, e.2);
+            }
+            out += "\n";
+        }
+        for (service, result) in &p.services {
+            out += &format!("  service {service}: {result}\n");
         }
         for s in &p.skipped {
             out += &format!("  skipped {}: {:?}: {}\n", s.name, s.entry, s.reason);

@@ -10,11 +10,13 @@ use std::time::Duration;
 /// The SNI template of discovered builders unless one is given.
 pub const DEFAULT_SNI_TEMPLATE: &str = "{id}.builders.local";
 
-/// DNS discovery; off without --dns-server.
+/// DNS discovery; off without --dns-server. With it and no --dns-source, only services' `dns:`
+/// names are polled.
 #[derive(Debug, Clone, PartialEq, Args)]
 #[command(next_help_heading = "DNS discovery")]
 pub struct DnsArgs {
-    /// Nameserver to poll for builders; turns DNS discovery on (the leader polls).
+    /// Nameserver to poll for builders and for services' `dns:` endpoints; turns DNS discovery
+    /// on (the leader polls). Without it, services' `dns:` names are not resolved.
     #[arg(long, env = "CONCORD_DNS_SERVER", value_name = "IP:PORT")]
     pub dns_server: Option<SocketAddr>,
 
@@ -132,11 +134,8 @@ impl DnsArgs {
             .iter()
             .map(|s| s.trim().parse::<SourceSpec>().map_err(anyhow::Error::from))
             .collect::<Result<Vec<_>>>()?;
-        if sources.is_empty() {
-            bail!(
-                "--dns-server needs at least one --dns-source (e.g. txt:_instances.internal:8372)"
-            );
-        }
+        // No sources is allowed: the poller then resolves only the names services take their
+        // endpoints from (`dns:` in the desired state).
         let template = SniTemplate::parse(&self.dns_sni_template)?;
         let interval = self.dns_interval_ms;
         if interval == 0 {

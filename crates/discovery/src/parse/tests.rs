@@ -90,16 +90,19 @@ fn srv_targets_become_builders() {
         SrvTarget {
             target: "b1.builders.test".into(),
             port: 1234,
+            weight: 1,
             addrs: vec!["10.0.0.1".parse().unwrap()],
         },
         SrvTarget {
             target: "multi.builders.test".into(),
             port: 99,
+            weight: 1,
             addrs: vec!["10.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
         },
         SrvTarget {
             target: "gone.builders.test".into(),
             port: 1,
+            weight: 1,
             addrs: vec![],
         },
     ];
@@ -167,7 +170,7 @@ proptest! {
     #[test]
     fn srv_never_panics(target in ".{0,80}", port in any::<u16>(), n in 0usize..4) {
         let addrs = (0..n).map(|i| IpAddr::from([10, 0, 0, i as u8])).collect();
-        let p = srv("n", &[SrvTarget { target, port, addrs }], &t());
+        let p = srv("n", &[SrvTarget { target, port, weight: 1, addrs }], &t());
         for b in p.builders.values() {
             prop_assert!(b.validate().is_ok());
         }
@@ -253,7 +256,7 @@ proptest! {
         addrs in proptest::collection::vec(any::<IpAddr>(), 0..8),
         port in any::<u16>(), template in arb_template()) {
         let records: Vec<SrvTarget> = targets.into_iter()
-            .map(|(target, port, addrs)| SrvTarget { target, port, addrs })
+            .map(|(target, port, addrs)| SrvTarget { target, port, weight: 1, addrs })
             .collect();
         let mut p = srv("_buildkit._tcp.example.com", &records, &template);
         all_valid(&p)?;

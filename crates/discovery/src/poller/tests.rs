@@ -117,6 +117,8 @@ impl Replica for FakeReplica {
 struct Script {
     t0: VInstant,
     answer: Arc<Mutex<Result<Parsed, PollError>>>,
+    /// What every service's name answers.
+    service: Arc<Mutex<Result<ServiceAnswer, PollError>>>,
     polls: Arc<Mutex<Vec<Duration>>>,
 }
 
@@ -124,6 +126,10 @@ impl Discover for Script {
     async fn discover(&self) -> Result<Parsed, PollError> {
         self.polls.lock().unwrap().push(self.t0.elapsed());
         self.answer.lock().unwrap().clone()
+    }
+
+    async fn service(&self, _: &DnsEndpoints) -> Result<ServiceAnswer, PollError> {
+        self.service.lock().unwrap().clone()
     }
 }
 
@@ -155,6 +161,7 @@ impl Harness {
         let dns = Script {
             t0,
             answer: Arc::new(Mutex::new(answer(ids))),
+            service: Arc::new(Mutex::new(Ok(ServiceAnswer::default()))),
             polls: Arc::default(),
         };
         let poller = Poller::with_discover(config(guard), replica.clone(), dns.clone());
@@ -179,6 +186,26 @@ impl Harness {
 
     fn set(&self, a: Result<Parsed, PollError>) {
         *self.dns.answer.lock().unwrap() = a;
+    }
+
+    fn set_service(&self, a: Result<ServiceAnswer, PollError>) {
+        *self.dns.service.lock().unwrap() = a;
+    }
+
+    /// Commits service `echo`, taking its endpoints from an A name.
+    fn add_dns_service(&self) {
+        self.replica.commit(&Command::raise_format(2));
+        let d = serde_json::from_value(serde_json::json!({"services": {"echo": {
+            "protocol": "grpc", "dns": {"name": "echo.test", "kind": "a", "port": 8080}}}}))
+        .unwrap();
+        let out = self.replica.commit(&Command::apply_services(d));
+        assert!(matches!(out, Outcome::Applied { .. }), "{out:?}");
+    }
+
+    /// The ids of service `echo`'s endpoints.
+    fn endpoints(&self) -> Vec<String> {
+        let r = self.replica.registry.borrow();
+        r.endpoints_of("echo").map(|e| e.id.clone()).collect()
     }
 
     /// When each poll happened, in milliseconds from the start.
@@ -465,5 +492,55 @@ async fn a_dns_error_neither_applies_nor_restarts_the_hold() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].at, Duration::from_millis(1600));
     assert_eq!(h.registry().1, ids(&["a"]));
+    h.stop().await;
+}
+
+fn service_answer(ips: &[&str]) -> Result<ServiceAnswer, PollError> {
+    let ips: Vec<std::net::IpAddr> = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+    Ok(crate::endpoints::from_addresses("echo.test", &ips, 8080))
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_endpoints_join_the_polls_command_and_a_failing_name_keeps_its_own() {
+    let h = Harness::start(&["a"], GuardConfig::default());
+    h.add_dns_service();
+    let revision = h.registry().0;
+    h.at(50).await;
+    h.set_service(service_answer(&["10.0.0.1", "10.0.0.2"]));
+    h.at(150).await;
+    let p = h.proposals();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].cmd.source, p[0].cmd.if_revision, p[0].cmd.format),
+        (Source::Dns, Some(revision), 2)
+    );
+    assert!(p[0].cmd.batch.upserts.is_empty() && p[0].cmd.batch.removes.is_empty());
+    assert_eq!(h.endpoints(), ["dns@10.0.0.1:8080", "dns@10.0.0.2:8080"]);
+    let s = h.status();
+    assert_eq!(s.services["echo"], "2 endpoints");
+    assert_eq!(s.last_change.expect("a change").endpoints, (2, 0, 0));
+    // The service's name fails while the builders change: the builder goes through, the
+    // endpoints stay, and the poller backs off.
+    h.set_service(Err(PollError {
+        name: "echo.test.".into(),
+        reason: "SERVFAIL for A".into(),
+    }));
+    h.set(answer(&["a", "b"]));
+    h.at(250).await;
+    let p = h.proposals();
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(p[1].cmd.batch.upserts, vec![builder("b")]);
+    assert!(p[1].cmd.endpoints.is_empty(), "{:?}", p[1].cmd.endpoints);
+    assert_eq!(h.endpoints(), ["dns@10.0.0.1:8080", "dns@10.0.0.2:8080"]);
+    let s = h.status();
+    assert!(s.services["echo"].starts_with("error: "), "{s:?}");
+    assert_eq!(s.consecutive_errors, 1);
+    h.set_service(service_answer(&["10.0.0.2"]));
+    h.at(1150).await;
+    assert_eq!(h.polls(), [0, 100, 200], "backed off after the error");
+    h.at(1250).await;
+    assert_eq!(h.polls(), [0, 100, 200, 1200]);
+    assert_eq!(h.endpoints(), ["dns@10.0.0.2:8080"]);
+    assert_eq!(h.status().consecutive_errors, 0);
     h.stop().await;
 }

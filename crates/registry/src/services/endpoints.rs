@@ -91,6 +91,23 @@ impl EndpointChange {
     }
 }
 
+/// How the ids of endpoints the DNS poller discovered begin (`dns@10.0.0.7:8080`). No id the
+/// API accepts has an `@`, so the id alone says who owns an endpoint.
+pub const DNS_ENDPOINT_PREFIX: &str = "dns@";
+
+/// The id of the endpoint DNS discovered at `addr`.
+pub fn dns_endpoint_id(addr: SocketAddr) -> String {
+    format!("{DNS_ENDPOINT_PREFIX}{addr}")
+}
+
+/// Who manages endpoint `id`: the DNS poller or the API.
+pub fn endpoint_source(id: &str) -> crate::Source {
+    match id.starts_with(DNS_ENDPOINT_PREFIX) {
+        true => crate::Source::Dns,
+        false => crate::Source::Api,
+    }
+}
+
 /// The longest lease accepted.
 pub const LONGEST_TTL_MS: u64 = 3_600_000;
 /// The shortest lease accepted: renewals more often than every ~300 ms are load, not safety.

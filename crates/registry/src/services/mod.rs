@@ -14,7 +14,10 @@ mod validate;
 pub use certificates::{Certificate, CertificateChange, Secret};
 pub use diff::{Change, diff};
 pub use duration::{BadDuration, Duration};
-pub use endpoints::{Endpoint, EndpointChange, LONGEST_TTL_MS, SHORTEST_TTL_MS};
+pub use endpoints::{
+    DNS_ENDPOINT_PREFIX, Endpoint, EndpointChange, LONGEST_TTL_MS, SHORTEST_TTL_MS,
+    dns_endpoint_id, endpoint_source,
+};
 pub use model::*;
 pub use validate::{FieldError, validate};
 

@@ -292,6 +292,11 @@ fn every_rejection_encodes() {
             id: "b1".into(),
             owner: crate::Source::Dns,
         },
+        Rejection::EndpointOwnedByOtherSource {
+            service: "s".into(),
+            id: "dns@10.0.0.1:80".into(),
+            owner: crate::Source::Dns,
+        },
         Rejection::FormatNotEnabled {
             format: 2,
             cluster: 1,
@@ -336,6 +341,7 @@ fn every_rejection_encodes() {
             | Rejection::DuplicateSni { .. }
             | Rejection::SourceMismatch { .. }
             | Rejection::OwnedByOtherSource { .. }
+            | Rejection::EndpointOwnedByOtherSource { .. }
             | Rejection::FormatNotEnabled { .. }
             | Rejection::InvalidServices { .. }
             | Rejection::UnknownService { .. }
@@ -351,4 +357,94 @@ fn every_rejection_encodes() {
         let back: Outcome = serde_json::from_str(&text).unwrap();
         assert_eq!(back, out, "{text}");
     }
+}
+
+/// The DNS poller owns the endpoints it discovered (`dns@…`), the API the others: neither
+/// changes the other's, so an operator's `endpoints rm` cannot fight the poller and a poll
+/// cannot remove a registered instance.
+#[test]
+fn dns_and_api_endpoints_have_one_owner_each() {
+    let mut r = Registry::new();
+    r.apply(1, &Command::raise_format(2));
+    let d = desired(json!({"services": {"echo": {"protocol": "grpc"}}}));
+    assert!(matches!(
+        r.apply(2, &Command::apply_services(d)),
+        Outcome::Applied { changed: true, .. }
+    ));
+    let addr: std::net::SocketAddr = "10.0.0.7:8080".parse().unwrap();
+    let register = |id: &str| EndpointChange::Register {
+        service: "echo".into(),
+        id: id.into(),
+        addr,
+        weight: 1,
+        labels: Default::default(),
+        ttl: None,
+    };
+    let dns_id = dns_endpoint_id(addr);
+    assert_eq!(dns_id, "dns@10.0.0.7:8080");
+    let by_dns = |changes| Command {
+        source: crate::Source::Dns,
+        ..Command::endpoints(changes)
+    };
+    // The API may neither register, drain nor remove a `dns@` id.
+    for change in [
+        register(&dns_id),
+        EndpointChange::Drain {
+            service: "echo".into(),
+            id: dns_id.clone(),
+        },
+        EndpointChange::Deregister {
+            service: "echo".into(),
+            id: dns_id.clone(),
+        },
+    ] {
+        let out = r.apply(3, &Command::endpoints(vec![change]));
+        assert!(
+            matches!(
+                &out,
+                Outcome::Rejected(Rejection::EndpointOwnedByOtherSource {
+                    owner: crate::Source::Dns,
+                    ..
+                })
+            ),
+            "{out:?}"
+        );
+    }
+    assert!(matches!(
+        r.apply(3, &by_dns(vec![register(&dns_id)])),
+        Outcome::Applied { changed: true, .. }
+    ));
+    let v6 = dns_endpoint_id("[fd00::7]:8080".parse().unwrap());
+    assert!(matches!(
+        r.apply(4, &by_dns(vec![register(&v6)])),
+        Outcome::Applied { changed: true, .. }
+    ));
+    // The poller may not touch a registered instance, nor make an id without `dns@`.
+    r.apply(5, &Command::endpoints(vec![register("i1")]));
+    for change in [
+        register("i1"),
+        EndpointChange::Deregister {
+            service: "echo".into(),
+            id: "i1".into(),
+        },
+    ] {
+        let out = r.apply(6, &by_dns(vec![change]));
+        assert!(
+            matches!(
+                &out,
+                Outcome::Rejected(Rejection::EndpointOwnedByOtherSource {
+                    owner: crate::Source::Api,
+                    ..
+                })
+            ),
+            "{out:?}"
+        );
+    }
+    // Brackets are for the poller's IPv6 ids only.
+    let out = r.apply(6, &Command::endpoints(vec![register("[x]")]));
+    assert!(
+        matches!(&out, Outcome::Rejected(Rejection::InvalidEndpoint { .. })),
+        "{out:?}"
+    );
+    assert_eq!(r.endpoints_of("echo").count(), 3);
 }
