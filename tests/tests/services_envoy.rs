@@ -1,8 +1,8 @@
 //! Services through a real Envoy 1.40 (issue 14): gRPC backends written with tonic (crates/harness
 //! grpc.rs) behind a services listener that concord sends by LDS/RDS/CDS/EDS over ADS: routing by
 //! `:authority` and gRPC method, round-robin spread, a 90/10 weighted split, a retry, a route
-//! timeout, circuit-breaker overflow, outlier ejection, and an instance leaving the rotation
-//! through gRPC health checks.
+//! timeout, circuit-breaker overflow, outlier ejection, an instance leaving the rotation
+//! through gRPC health checks, and routes moved to new services with no call lost.
 
 use anyhow::{Context, Result, bail, ensure};
 use concord_harness::envoy::{Envoy, Protocol};
@@ -19,8 +19,8 @@ const T: Duration = Duration::from_secs(30);
 
 /// A cluster holding `desired` (with `listener` as its services listener) and an Envoy on it.
 struct World {
-    /// Held so that the replicas run as long as the world (they stop on drop).
-    _cluster: Cluster,
+    /// The replicas (they stop on drop).
+    cluster: Cluster,
     envoy: Envoy,
     listener: SocketAddr,
 }
@@ -34,7 +34,7 @@ async fn world(desired: Value, listener: SocketAddr, protocol: Option<Protocol>)
     let servers: Vec<&str> = x.iter().map(String::as_str).collect();
     let envoy = Envoy::start_with(&c, "envoy-1", &servers, true, protocol).await?;
     Ok(World {
-        _cluster: c,
+        cluster: c,
         envoy,
         listener,
     })
@@ -504,4 +504,83 @@ async fn stat_of(envoy: &Envoy, name: &str) -> Result<u64> {
     v.trim()
         .parse()
         .with_context(|| format!("stat {name} = {v:?}"))
+}
+
+both!(
+    moving_a_route_to_a_new_service_loses_no_call,
+    moving_a_route_to_a_new_service_loses_no_call_sotw,
+    moving_a_route_to_a_new_service_loses_no_call_delta
+);
+
+/// Make before break (DESIGN rule 10): each apply moves the route to a service that did not
+/// exist and removes the one it pointed at, while calls flow one after another. None fails:
+/// the new cluster reaches Envoy and warms before the route that points at it, and the old one
+/// leaves only once no route Envoy holds references it.
+async fn moving_a_route_to_a_new_service_loses_no_call(p: Protocol) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let backends = [
+        GrpcBackend::start("blue").await?,
+        GrpcBackend::start("green").await?,
+    ];
+    let port = free_port();
+    let state = |round: usize| {
+        json!({
+            "services": {
+                format!("shop-v{round}"): {"protocol": "grpc", "endpoints": endpoints(&[&backends[round % 2]])}
+            },
+            "route_tables": {"main": {"virtual_hosts": [
+                {"name": "shop", "domains": ["shop.example.com"], "routes": [
+                    {"match": {"prefix": "/"}, "service": format!("shop-v{round}")}]}
+            ]}},
+            "listeners": {"main": listener(port)}
+        })
+    };
+    let w = world(state(0), SocketAddr::from(([127, 0, 0, 1], port)), Some(p)).await?;
+    routed(&w, "shop.example.com").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = {
+        let (stop, listener) = (stop.clone(), w.listener);
+        tokio::spawn(async move {
+            let mut client = echo_client(listener, "shop.example.com").await?;
+            let (mut answered, mut failed) = (BTreeMap::<String, usize>::new(), Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let call = client.say(SayRequest {
+                    message: "x".into(),
+                    delay_ms: 0,
+                });
+                match call.await {
+                    Ok(r) => *answered.entry(r.into_inner().instance).or_insert(0) += 1,
+                    Err(s) => failed.push(format!("{:?}: {}", s.code(), s.message())),
+                }
+            }
+            anyhow::Ok((answered, failed))
+        })
+    };
+    let leader = w.cluster.leader().await?;
+    for round in 1..=6 {
+        let d: Desired = serde_json::from_value(state(round))?;
+        w.cluster.api(leader).apply_config(&d).await?;
+        let want = ["blue", "green"][round % 2];
+        eventually(T, &format!("round {round}: {want} answers"), || async {
+            ensure!(say(&w, "shop.example.com", 0).await.ok().as_deref() == Some(want));
+            Ok(())
+        })
+        .await?;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (answered, failed) = calls.await??;
+    ensure!(
+        answered.len() == 2 && answered.values().all(|n| *n > 0),
+        "calls flowed to both: {answered:?}"
+    );
+    ensure!(
+        failed.is_empty(),
+        "{} of {} calls failed while routes moved: {:?}\n{}",
+        failed.len(),
+        failed.len() + answered.values().sum::<usize>(),
+        &failed[..failed.len().min(5)],
+        w.envoy.log_tail()
+    );
+    Ok(())
 }

@@ -16,11 +16,12 @@
 //! Reads requests from any [`Inbound`] stream and writes framed responses into a channel; the
 //! service feeds it from HTTP/2, the tests from a channel.
 
+use super::order::{Order, TypeInfo};
 use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
 use crate::protocol::delta::{DeltaState, MAX_NAMES_PER_TYPE, Request as DeltaRequest};
 use crate::push::Pushes;
 use crate::resource_type;
-use crate::resource_type::Placement;
+use crate::resource_type::{ENDPOINTS, Placement, ROUTES};
 use crate::snapshot::{Resources, Snapshot};
 use crate::wire::{self, Out};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -49,6 +50,8 @@ pub(crate) struct DeltaStream {
     warned_unknown: bool,
     /// This stream has caught up with the cluster (before its first response).
     caught_up: bool,
+    /// Make before break: clusters kept for the routes, routes held for new clusters.
+    order: Order,
 }
 
 impl DeltaStream {
@@ -66,6 +69,7 @@ impl DeltaStream {
             pushes: Pushes::default(),
             warned_unknown: false,
             caught_up: false,
+            order: Order::default(),
         }
     }
 
@@ -90,6 +94,21 @@ impl DeltaStream {
 
     fn node_id(&self) -> &str {
         self.node.as_deref().unwrap_or("")
+    }
+
+    /// What the stream knows of `type_url`, for [`Order`].
+    fn info(&self, type_url: &str) -> Option<TypeInfo> {
+        self.state.types().get(type_url).map(TypeInfo::from)
+    }
+
+    /// Whether routes may be pushed: the clusters new to this Envoy are warm.
+    fn routes_may_go(&mut self) -> bool {
+        let types = self.state.types();
+        let eds = types.get(ENDPOINTS.type_url);
+        self.order.routes_may_go(
+            |t| types.get(t).map(TypeInfo::from),
+            |name| eds.is_some_and(|e| e.held.contains_key(name)),
+        )
     }
 
     async fn on_request(&mut self, mut req: DeltaDiscoveryRequest) -> Result<(), End> {
@@ -134,6 +153,9 @@ impl DeltaStream {
         if let Some(revision) = outcome.acked {
             self.pushes
                 .acked(&x.envoys, &x.times, self.peer.id, type_url, revision);
+            if type_url == ROUTES.type_url {
+                self.order.routes_acked(revision);
+            }
         }
         if let Some((revision, message)) = &outcome.nacked {
             let node = self.node.as_deref().unwrap_or("");
@@ -224,7 +246,18 @@ impl DeltaStream {
             .collect();
         resource_type::push_order(&mut stale);
         for type_url in stale {
+            // Decided after the clusters of this revision went out: they may be new.
+            if type_url == ROUTES.type_url && !self.routes_may_go() {
+                continue;
+            }
             self.send(&type_url, true).await?;
+        }
+        // Clusters kept for routes the Envoy has since replaced: removed now.
+        let resend = self
+            .order
+            .take_resend(|t| self.state.types().get(t).is_some_and(|t| t.pending()));
+        for type_url in resend {
+            self.send(&type_url, false).await?;
         }
         Ok(())
     }
@@ -233,7 +266,13 @@ impl DeltaStream {
     async fn send(&mut self, type_url: &str, always: bool) -> Result<(), End> {
         let snap = self.snapshots.borrow().clone();
         let revision = snap.revision();
-        let cur = current(&snap, self.placement, type_url);
+        let routes = self.info(ROUTES.type_url);
+        let cur = self.order.view(
+            type_url,
+            current(&snap, self.placement, type_url),
+            revision,
+            routes,
+        );
         let changes = self.state.changes(type_url, &cur);
         if changes.is_empty() && !always {
             return Ok(());

@@ -1,6 +1,7 @@
 //! The stream drivers, one per protocol ([`sotw`], [`delta`]), and the loop both share: what a
 //! stream's lifetime is ([`Lifetime`], [`Event`], [`End`]), how its first request names the
-//! Envoy ([`hello`]) and how it ends ([`finish`]).
+//! Envoy ([`hello`]) and how it ends ([`finish`]); and the make-before-break [`order`] of
+//! services' clusters and routes they both keep.
 //!
 //! A driver reads requests from any [`Inbound`] stream and writes framed responses
 //! ([`crate::wire::Out`]) into a channel, so the transport feeds it from HTTP/2 and tests feed
@@ -9,6 +10,7 @@
 //! to [`crate::push`]; it knows nothing of gRPC framing or of the server above it.
 
 pub(crate) mod delta;
+pub(crate) mod order;
 pub(crate) mod sotw;
 
 use crate::config::{ReadBarrierFn, RevisionTimesFn, XdsConfig};

@@ -8,11 +8,12 @@
 //! Reads requests from any [`Inbound`] stream and writes framed responses into a channel; the
 //! service feeds it from HTTP/2, the tests from a channel.
 
+use super::order::{self, Order, TypeInfo};
 use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
 use crate::protocol::sotw::{Decision, StreamState, parse_version};
 use crate::push::Pushes;
 use crate::resource_type;
-use crate::resource_type::Placement;
+use crate::resource_type::{Placement, ROUTES};
 use crate::snapshot::Snapshot;
 use crate::wire::{self, Out};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -34,6 +35,8 @@ pub(crate) struct SotwStream {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A request for a type this replica does not serve was logged.
     warned_unknown: bool,
+    /// Make before break: clusters kept for the routes, routes held for new clusters.
+    order: Order,
 }
 
 impl SotwStream {
@@ -50,6 +53,7 @@ impl SotwStream {
             node: None,
             pushes: Pushes::default(),
             warned_unknown: false,
+            order: Order::default(),
         }
     }
 
@@ -74,6 +78,19 @@ impl SotwStream {
 
     fn node_id(&self) -> &str {
         self.node.as_deref().unwrap_or("")
+    }
+
+    /// What the stream knows of `type_url`, for [`Order`].
+    fn info(&self, type_url: &str) -> Option<TypeInfo> {
+        self.state.types().get(type_url).map(TypeInfo::from)
+    }
+
+    /// Whether routes may be pushed: the clusters new to this Envoy are warm (a
+    /// state-of-the-world Envoy is sent every load assignment, so it holds each one).
+    fn routes_may_go(&mut self) -> bool {
+        let types = self.state.types();
+        self.order
+            .routes_may_go(|t| types.get(t).map(TypeInfo::from), |_| true)
     }
 
     async fn on_request(&mut self, mut req: DiscoveryRequest) -> Result<(), End> {
@@ -131,6 +148,9 @@ impl SotwStream {
                 let x = &self.xds;
                 self.pushes
                     .acked(&x.envoys, &x.times, self.peer.id, &req.type_url, version);
+                if req.type_url == ROUTES.type_url {
+                    self.order.routes_acked(version);
+                }
             }
             Decision::Nacked { version, message } => {
                 let node = self.node.as_deref().unwrap_or("");
@@ -152,8 +172,20 @@ impl SotwStream {
     async fn push_stale(&mut self) -> Result<(), End> {
         let current = self.snapshots.borrow_and_update().revision();
         let mut stale = self.state.stale_types(current);
+        // A state-of-the-world Envoy is sent every load assignment, so it holds each one.
         resource_type::push_order(&mut stale);
         for type_url in stale {
+            // Decided after the clusters of this revision went out: they may be new.
+            if type_url == ROUTES.type_url && !self.routes_may_go() {
+                continue;
+            }
+            self.send(&type_url).await?;
+        }
+        // Clusters kept for routes the Envoy has since replaced: removed now.
+        let resend = self
+            .order
+            .take_resend(|t| self.state.types().get(t).is_some_and(|t| t.pending()));
+        for type_url in resend {
             self.send(&type_url).await?;
         }
         Ok(())
@@ -161,7 +193,17 @@ impl SotwStream {
 
     async fn send(&mut self, type_url: &str) -> Result<(), End> {
         let snapshot = self.snapshots.borrow().clone();
-        let resources = resource_type::sotw(&snapshot, type_url, self.placement);
+        let mut resources = resource_type::sotw(&snapshot, type_url, self.placement);
+        if order::keeps(type_url) {
+            let by_name = resource_type::delta(&snapshot, type_url, self.placement);
+            let routes = self.info(ROUTES.type_url);
+            self.order
+                .view(type_url, by_name, snapshot.revision(), routes);
+            let kept = self.order.kept_resources(type_url);
+            if !kept.is_empty() {
+                resources = resources.iter().cloned().chain(kept).collect();
+            }
+        }
         let nonce = self.state.record_sent(type_url, snapshot.revision());
         let counts = (resources.len(), 0);
         let node = self.node.as_deref().unwrap_or("");
