@@ -2,12 +2,14 @@
 //! grpc.rs) behind a services listener that concord sends by LDS/RDS/CDS/EDS over ADS: routing by
 //! `:authority` and gRPC method, round-robin spread, a 90/10 weighted split, a retry, a route
 //! timeout, circuit-breaker overflow, outlier ejection, an instance leaving the rotation
-//! through gRPC health checks, and routes moved to new services with no call lost.
+//! through gRPC health checks, routes moved to new services with no call lost, and HTTP
+//! services (axum backends) routed by `Host` and path with rewrites and HTTP health checks.
 
 use anyhow::{Context, Result, bail, ensure};
 use concord_harness::envoy::{Envoy, Protocol};
 use concord_harness::grpc::proto::SayRequest;
 use concord_harness::grpc::{ECHO_SERVICE, GrpcBackend, echo_client};
+use concord_harness::http::{HttpBackend, Seen};
 use concord_harness::{Cluster, Options, eventually, free_port};
 use concord_registry::services::Desired;
 use serde_json::{Value, json};
@@ -582,5 +584,106 @@ async fn moving_a_route_to_a_new_service_loses_no_call(p: Protocol) -> Result<()
         &failed[..failed.len().min(5)],
         w.envoy.log_tail()
     );
+    Ok(())
+}
+
+/// One HTTP request through Envoy's listener with `Host` `host`: what the backend saw, or the
+/// status Envoy answered with.
+async fn get(listener: SocketAddr, host: &str, path: &str) -> Result<Result<Seen, u16>> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{listener}{path}"))
+        .header("host", host)
+        .header("x-secret", "s3cret")
+        .send()
+        .await
+        .context("an HTTP request through Envoy")?;
+    if !r.status().is_success() {
+        return Ok(Err(r.status().as_u16()));
+    }
+    Ok(Ok(r.json().await.context("a backend's answer")?))
+}
+
+/// [`get`], answered by a backend.
+async fn answer(listener: SocketAddr, host: &str, path: &str) -> Result<Seen> {
+    get(listener, host, path)
+        .await?
+        .map_err(|status| anyhow::anyhow!("Envoy answered {status} for {host}{path}"))
+}
+
+/// HTTP services (HTTP/1.1 from the client, real axum backends): `Host` and path prefix pick
+/// the route, the route rewrites the prefix and the `Host` and adds and removes headers, round
+/// robin spreads calls over two instances, and an instance whose `/healthz` fails leaves the
+/// rotation through Envoy's HTTP health checks.
+#[tokio::test]
+async fn http_services_route_by_host_and_path_with_rewrites_and_health_checks() -> Result<()> {
+    let (w1, w2, a1) = (
+        HttpBackend::start("web1").await?,
+        HttpBackend::start("web2").await?,
+        HttpBackend::start("api1").await?,
+    );
+    let addr = |b: &HttpBackend| json!({"addr": b.addr.to_string()});
+    let port = free_port();
+    let w = world(
+        json!({
+            "services": {
+                "web": {"protocol": "http", "endpoints": [addr(&w1), addr(&w2)],
+                        "health_check": {"kind": "http", "path": "/healthz", "interval": "200ms",
+                                         "timeout": "100ms", "unhealthy_threshold": 1}},
+                "api": {"protocol": "http", "endpoints": [addr(&a1)]}
+            },
+            "route_tables": {"main": {"virtual_hosts": [
+                {"name": "web", "domains": ["www.example.com"], "routes": [
+                    {"match": {"prefix": "/api/"}, "service": "api", "prefix_rewrite": "/v1/",
+                     "host_rewrite": "api.internal",
+                     "request_headers_to_add": {"x-routed-by": "concord"},
+                     "request_headers_to_remove": ["x-secret"]},
+                    {"match": {"prefix": "/"}, "service": "web"}]}
+            ]}},
+            "listeners": {"main": listener(port)}
+        }),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+    )
+    .await?;
+    let l = w.listener;
+    eventually(T, "Envoy routes www.example.com/api/", || async {
+        let seen = get(l, "www.example.com", "/api/items").await?;
+        let seen = seen.map_err(|s| anyhow::anyhow!("status {s}\n{}", w.envoy.log_tail()))?;
+        ensure!(seen.instance == "api1", "{seen:?}");
+        Ok(())
+    })
+    .await?;
+    let seen = answer(l, "www.example.com", "/api/items").await?;
+    ensure!(seen.path == "/v1/items", "prefix rewritten: {seen:?}");
+    ensure!(seen.host == "api.internal", "host rewritten: {seen:?}");
+    ensure!(
+        seen.headers.get("x-routed-by").map(String::as_str) == Some("concord"),
+        "header added: {seen:?}"
+    );
+    ensure!(
+        !seen.headers.contains_key("x-secret"),
+        "header removed: {seen:?}"
+    );
+    let mut spread = BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        let seen = answer(l, "www.example.com", "/index.html").await?;
+        ensure!(seen.path == "/index.html" && seen.headers.contains_key("x-secret"));
+        *spread.entry(seen.instance).or_insert(0) += 1;
+    }
+    ensure!(
+        spread == BTreeMap::from([("web1".into(), 10), ("web2".into(), 10)]),
+        "round robin: {spread:?}"
+    );
+    let other = get(l, "other.example.com", "/").await?;
+    ensure!(other == Err(404), "an unknown Host: {other:?}");
+    w2.set_healthy(false);
+    eventually(T, "web2 leaves the rotation", || async {
+        for _ in 0..10 {
+            let seen = answer(l, "www.example.com", "/").await?;
+            ensure!(seen.instance == "web1", "{seen:?}");
+        }
+        Ok(())
+    })
+    .await?;
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod ads;
 pub mod dns;
 pub mod envoy;
 pub mod grpc;
+pub mod http;
 pub mod otlp;
 pub mod pki;
 pub mod process;
