@@ -77,15 +77,20 @@ pub struct Change {
     pub updated: u64,
     /// Builders removed.
     pub removed: u64,
-    /// Services' endpoints added, changed and removed (absent from older replicas).
-    #[serde(default)]
+    /// Services' endpoints added, changed and removed (absent when none, and from older
+    /// replicas).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub endpoints_added: u64,
     /// See `endpoints_added`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub endpoints_updated: u64,
     /// See `endpoints_added`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub endpoints_removed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Something in a DNS answer that did not make a builder.
