@@ -191,5 +191,50 @@ fn one_endpoint_changed(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, from_scratch, one_changed, one_endpoint_changed);
+/// One `concord apply` that changes one service's settings (its connect timeout) among `n`:
+/// only that service's cluster and load assignment are encoded.
+fn one_service_changed(c: &mut Criterion) {
+    use concord_registry::services::{Desired, Duration};
+    let mut g =
+        c.benchmark_group("incremental, one service changed by apply, services x 10 endpoints");
+    for n in [100, 1000, 10000] {
+        let reg = services(n);
+        let base = Snapshot::build(reg.clone(), ResourceConfig::default());
+        let mut ms = 100u64;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_batched(
+                || {
+                    ms = ms % 900 + 101;
+                    let mut d = Desired::clone(reg.desired());
+                    if let Some(s) = d.services.get_mut("svc-7") {
+                        s.connect_timeout = Duration::from_millis(ms);
+                    }
+                    let mut r = Registry::clone(&reg);
+                    r.apply(4, &Command::apply_services(d));
+                    Arc::new(r)
+                },
+                |r| {
+                    let snap = base.next(r);
+                    black_box(snap.cluster_map());
+                    black_box(snap.endpoint_map());
+                    assert_eq!(
+                        snap.services_serialised(),
+                        2,
+                        "only the changed service's cluster and load assignment are encoded"
+                    );
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    from_scratch,
+    one_changed,
+    one_endpoint_changed,
+    one_service_changed
+);
 criterion_main!(benches);

@@ -106,7 +106,7 @@ fn named(prev: &Resources, name: String, resource: Any, serialised: &mut usize) 
 impl ServiceResources {
     /// The resources of `registry`'s services: `prev`'s when neither the desired state nor the
     /// registered endpoints changed; only the touched load assignments when only endpoints did;
-    /// else encoded anew (sharing what encodes the same).
+    /// else the services, route tables and listeners whose settings changed.
     pub(super) fn of(registry: &Registry, prev: Option<&Arc<ServiceResources>>) -> Arc<Self> {
         let desired = registry.desired();
         let registered = registry.endpoint_map();
@@ -174,30 +174,53 @@ impl ServiceResources {
                 serialised: serialised + secrets_serialised,
             });
         }
+        // The desired state changed: encode what differs from `prev`'s, share the rest, so an
+        // apply that changes one service encodes that service's cluster and load assignment
+        // (comparing the others' settings is cheap beside encoding them).
         let empty = ServiceResources::default();
         let p = prev.map_or(&empty, |p| &**p);
+        let same_endpoints = |n: &str| match (p.registered.get(n), registered.get(n)) {
+            (Some(a), Some(b)) => a.ptr_eq(b),
+            (None, None) => true,
+            _ => false,
+        };
         let mut serialised = 0;
         let mut clusters = Resources::new();
         let mut endpoints = Resources::new();
         for (n, s) in &desired.services {
             let name = cluster_name(n);
-            let c = any(CLUSTER_TYPE, &cluster(n, s));
-            clusters.insert(
-                name.clone(),
-                named(&p.clusters.by_name, name.clone(), c, &mut serialised),
-            );
-            let e = encode_endpoints(registry, n, &p.endpoints.by_name, &mut serialised);
+            let unchanged = p.desired.services.get(n) == Some(s);
+            let c = match p.clusters.by_name.get(&name) {
+                Some(c) if unchanged => c.clone(),
+                _ => {
+                    let c = any(CLUSTER_TYPE, &cluster(n, s));
+                    named(&p.clusters.by_name, name.clone(), c, &mut serialised)
+                }
+            };
+            clusters.insert(name.clone(), c);
+            let e = match p.endpoints.by_name.get(&name) {
+                Some(e) if unchanged && same_endpoints(n) => e.clone(),
+                _ => encode_endpoints(registry, n, &p.endpoints.by_name, &mut serialised),
+            };
             endpoints.insert(name, e);
         }
         let mut routes = Resources::new();
         for (n, t) in &desired.route_tables {
             let name = route_config_name(n);
-            let r = any(ROUTE_TYPE, &route_configuration(n, t));
-            routes.insert(
-                name.clone(),
-                named(&p.routes.by_name, name, r, &mut serialised),
-            );
+            let r = match p.routes.by_name.get(&name) {
+                Some(r) if p.desired.route_tables.get(n) == Some(t) => r.clone(),
+                _ => {
+                    let r = any(ROUTE_TYPE, &route_configuration(n, t));
+                    named(&p.routes.by_name, name.clone(), r, &mut serialised)
+                }
+            };
+            routes.insert(name, r);
         }
+        // Listeners are encoded per port offset on first use; the cache holds while they stay.
+        let listeners = match p.desired.listeners == desired.listeners {
+            true => p.listeners.clone(),
+            false => Arc::default(),
+        };
         Arc::new(ServiceResources {
             desired: desired.clone(),
             registered: registered.clone(),
@@ -206,7 +229,7 @@ impl ServiceResources {
             clusters: Arc::new(Typed::new(clusters)),
             endpoints: Typed::new(endpoints),
             routes: Arc::new(Typed::new(routes)),
-            listeners: Arc::default(),
+            listeners,
             serialised: serialised + secrets_serialised,
         })
     }
