@@ -210,14 +210,26 @@ impl Snapshot {
         // The services' clusters change only with the desired state.
         let clusters_changed =
             prev.is_none_or(|p| !Arc::ptr_eq(&p.services.clusters, &services.clusters));
-        if let Some(p) = prev.filter(|_| clusters_changed) {
-            for name in p.services.clusters.by_name.keys() {
-                by_name.remove(name);
+        match prev {
+            // The two share all but what changed: the diff visits only that.
+            Some(p) if clusters_changed => {
+                for d in p.services.clusters.by_name.diff(&services.clusters.by_name) {
+                    match d {
+                        imbl::ordmap::DiffItem::Add(name, c)
+                        | imbl::ordmap::DiffItem::Update { new: (name, c), .. } => {
+                            by_name.insert(name.clone(), c.clone());
+                        }
+                        imbl::ordmap::DiffItem::Remove(name, _) => {
+                            by_name.remove(name);
+                        }
+                    }
+                }
             }
-        }
-        if clusters_changed {
-            for (name, c) in &services.clusters.by_name {
-                by_name.insert(name.clone(), c.clone());
+            Some(_) => {}
+            None => {
+                for (name, c) in &services.clusters.by_name {
+                    by_name.insert(name.clone(), c.clone());
+                }
             }
         }
         let services_serialised = match prev.is_none_or(|p| !Arc::ptr_eq(&p.services, &services)) {

@@ -179,42 +179,59 @@ impl ServiceResources {
         // (comparing the others' settings is cheap beside encoding them).
         let empty = ServiceResources::default();
         let p = prev.map_or(&empty, |p| &**p);
-        let same_endpoints = |n: &str| match (p.registered.get(n), registered.get(n)) {
-            (Some(a), Some(b)) => a.ptr_eq(b),
-            (None, None) => true,
-            _ => false,
-        };
+        // The services whose registered endpoints changed: a diff of two persistent maps
+        // visits only what differs.
+        let moved: std::collections::BTreeSet<&String> = p
+            .registered
+            .diff(registered)
+            .map(|d| match d {
+                imbl::ordmap::DiffItem::Add(s, _)
+                | imbl::ordmap::DiffItem::Remove(s, _)
+                | imbl::ordmap::DiffItem::Update { new: (s, _), .. } => s,
+            })
+            .collect();
+        // Start from `prev`'s maps (persistent: the untouched part stays shared, so the
+        // snapshot diffs them in O(change)) and touch only what differs. Both desired states
+        // are sorted by name: one pass over the two side by side finds what differs.
         let mut serialised = 0;
-        let mut clusters = Resources::new();
-        let mut endpoints = Resources::new();
+        let mut clusters = p.clusters.by_name.clone();
+        let mut endpoints = p.endpoints.by_name.clone();
+        let mut old = p.desired.services.iter().peekable();
         for (n, s) in &desired.services {
+            while let Some((gone, _)) = old.next_if(|(o, _)| *o < n) {
+                clusters.remove(&cluster_name(gone));
+                endpoints.remove(&cluster_name(gone));
+            }
+            let unchanged = old.next_if(|(o, _)| *o == n).is_some_and(|(_, o)| o == s);
+            if unchanged && !moved.contains(n) {
+                continue;
+            }
             let name = cluster_name(n);
-            let unchanged = p.desired.services.get(n) == Some(s);
-            let c = match p.clusters.by_name.get(&name) {
-                Some(c) if unchanged => c.clone(),
-                _ => {
-                    let c = any(CLUSTER_TYPE, &cluster(n, s));
-                    named(&p.clusters.by_name, name.clone(), c, &mut serialised)
-                }
-            };
-            clusters.insert(name.clone(), c);
-            let e = match p.endpoints.by_name.get(&name) {
-                Some(e) if unchanged && same_endpoints(n) => e.clone(),
-                _ => encode_endpoints(registry, n, &p.endpoints.by_name, &mut serialised),
-            };
+            if !unchanged {
+                let c = any(CLUSTER_TYPE, &cluster(n, s));
+                let c = named(&p.clusters.by_name, name.clone(), c, &mut serialised);
+                clusters.insert(name.clone(), c);
+            }
+            let e = encode_endpoints(registry, n, &p.endpoints.by_name, &mut serialised);
             endpoints.insert(name, e);
         }
-        let mut routes = Resources::new();
+        for (gone, _) in old {
+            clusters.remove(&cluster_name(gone));
+            endpoints.remove(&cluster_name(gone));
+        }
+        let mut routes = p.routes.by_name.clone();
+        for n in p.desired.route_tables.keys() {
+            if !desired.route_tables.contains_key(n) {
+                routes.remove(&route_config_name(n));
+            }
+        }
         for (n, t) in &desired.route_tables {
-            let name = route_config_name(n);
-            let r = match p.routes.by_name.get(&name) {
-                Some(r) if p.desired.route_tables.get(n) == Some(t) => r.clone(),
-                _ => {
-                    let r = any(ROUTE_TYPE, &route_configuration(n, t));
-                    named(&p.routes.by_name, name.clone(), r, &mut serialised)
-                }
-            };
-            routes.insert(name, r);
+            if p.desired.route_tables.get(n) != Some(t) {
+                let name = route_config_name(n);
+                let r = any(ROUTE_TYPE, &route_configuration(n, t));
+                let r = named(&p.routes.by_name, name.clone(), r, &mut serialised);
+                routes.insert(name, r);
+            }
         }
         // Listeners are encoded per port offset on first use; the cache holds while they stay.
         let listeners = match p.desired.listeners == desired.listeners {

@@ -317,7 +317,11 @@ fn services_resources_sit_beside_the_builders() {
         s1.route_map()["routes_main"].version,
         s2.route_map()["routes_main"].version
     );
-    assert_eq!(s2.services_serialised(), 1, "only the route table is encoded");
+    assert_eq!(
+        s2.services_serialised(),
+        1,
+        "only the route table is encoded"
+    );
     assert!(Arc::ptr_eq(
         &s1.listener_map(addr, 0)["http_public"],
         &s2.listener_map(addr, 0)["http_public"]
