@@ -66,6 +66,15 @@ async fn replica_behind_the_envoy_holds_or_turns_it_away() -> Result<()> {
     Ok(())
 }
 
+/// `GET /readyz` of replica `id`: its status and body (no token needed, as for a probe).
+async fn readyz(c: &Cluster, id: u64) -> Result<(u16, String)> {
+    let r = reqwest::get(format!("{}/readyz", c.nodes[&id].admin)).await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// A replica out of contact with the quorum turns its Envoys away (gRPC health NOT_SERVING,
+/// streams ended, new ones refused) and is not ready for load balancers (`/readyz` 503 with the
+/// reason); with the quorum back it serves and is ready again.
 #[tokio::test]
 async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
     let mut c = Cluster::start(Options {
@@ -80,6 +89,12 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
         health(&c, &xds).await? == ServingStatus::Serving as i32,
         "serving at first"
     );
+    eventually(T, "ready at first", || async {
+        let r = readyz(&c, lone).await?;
+        ensure!(r == (200, "ready\n".into()), "{r:?}");
+        Ok(())
+    })
+    .await?;
     let mut ads = Ads::open(&c, &xds).await?;
     ads.request("", "", None).await?;
     ads.next().await?;
@@ -93,6 +108,11 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
         Ok(())
     })
     .await?;
+    let (status, body) = readyz(&c, lone).await?;
+    ensure!(
+        status == 503 && body.starts_with("not ready: ") && body.contains("quorum"),
+        "{status} {body:?}"
+    );
     match ads.next().await {
         Ok(r) => bail!("unexpected response {}", r.version_info),
         Err(s) => ensure!(
@@ -111,6 +131,7 @@ async fn replica_cut_off_from_the_quorum_steps_aside() -> Result<()> {
     eventually(T, "serving again", || async {
         let s = health(&c, &xds).await?;
         ensure!(s == ServingStatus::Serving as i32, "health {s}");
+        ensure!(readyz(&c, lone).await?.0 == 200, "not ready");
         Ok(())
     })
     .await?;

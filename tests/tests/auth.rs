@@ -69,9 +69,11 @@ async fn tokens_separate_reading_from_writing() -> Result<()> {
     let c = start(&tokens).await?;
     let base = c.nodes[&1].admin.clone();
 
-    // Liveness stays open.
+    // The probes stay open: liveness, and readiness (200 or 503, never 401).
     let (s, _, _) = call(&base, None, Method::GET, "/healthz", None).await?;
     ensure!(s == 200, "/healthz without a token: {s}");
+    let (s, _, _) = call(&base, None, Method::GET, "/readyz", None).await?;
+    ensure!(s == 200 || s == 503, "/readyz without a token: {s}");
 
     // No token, or an unknown one: 401 with a Bearer challenge, for reads and writes alike.
     for token in [None, Some("not-a-token-0123456789abcdef"), Some("")] {

@@ -3,6 +3,7 @@
 //! | method | path | what |
 //! | --- | --- | --- |
 //! | GET | `/healthz` | liveness |
+//! | GET | `/readyz` | readiness: 200 while this replica serves Envoys (in contact with the quorum, caught up), else 503 and why |
 //! | GET | `/v1/status` | node id, role, term, leader, log and applied index, revision, members |
 //! | GET | `/v1/builders[?consistent=true]` | the registry (linearizable when asked) |
 //! | POST | `/v1/builders` | `{"upserts":[{"id":…,"addr":…,"sni":…}],"removes":[…]}` in one entry |
@@ -29,7 +30,7 @@
 //! | GET | `/v1/cluster/envoys` | every member's Envoys, asked over the peer channel (`proxy-status`) |
 //! | POST | `/v1/debug/isolate` | `{"isolated":true}`: fault injection, with `--enable-fault-injection` only |
 //!
-//! With an admin token file every request but `/healthz` needs a bearer token, read (GET) or
+//! With an admin token file every request but `/healthz` and `/readyz` needs a bearer token, read (GET) or
 //! write (everything else): see [`crate::auth`].
 //!
 //! Writes are accepted on any replica and forwarded to the leader. Errors are
@@ -66,6 +67,16 @@ pub struct AppState {
     node: Arc<Node>,
     xds: XdsServer,
     discovery: Option<Arc<Mutex<PollerStatus>>>,
+    stale_after: Duration,
+}
+
+/// The admin API's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Serve `POST /v1/debug/isolate`.
+    pub fault_injection: bool,
+    /// How long out of contact with the quorum makes the replica stale (`/readyz` says why).
+    pub stale_after: Duration,
 }
 
 /// Builds the admin router for `node` and its ADS server, behind `auth`.
@@ -73,10 +84,10 @@ pub fn router(
     node: Arc<Node>,
     xds: XdsServer,
     discovery: Option<Arc<Mutex<PollerStatus>>>,
-    fault_injection: bool,
+    options: Options,
     auth: Auth,
 ) -> Router {
-    let debug = if fault_injection {
+    let debug = if options.fault_injection {
         Router::new().route("/v1/debug/isolate", post(isolate))
     } else {
         Router::new()
@@ -84,6 +95,7 @@ pub fn router(
     Router::new()
         .merge(debug)
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/v1/builders", get(list_builders).post(batch))
         .route(
@@ -131,6 +143,7 @@ pub fn router(
             node,
             xds,
             discovery,
+            stale_after: options.stale_after,
         })
         .layer(axum::middleware::from_fn_with_state(
             auth,
@@ -456,6 +469,22 @@ async fn xds_resources(State(AppState { node, xds, .. }): State<AppState>) -> Js
         node_id: node.id(),
         resources: resources_body(xds.snapshot().dump()),
     })
+}
+
+/// Readiness for load balancers and Kubernetes: ready exactly while the ADS server serves
+/// Envoys. Not ready: 503 with the reason (out of contact with the quorum, not caught up since
+/// start), so a probe's log says why. Liveness stays `/healthz`.
+async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    if state.xds.serving() {
+        return "ready\n".into_response();
+    }
+    let f = state.node.freshness(state.stale_after);
+    let why = f.reason.unwrap_or("not serving Envoys");
+    let body = format!(
+        "not ready: {why} (out of contact with the quorum for {} ms)\n",
+        f.out_of_contact.as_millis()
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 /// Prometheus text exposition: the counters and histograms, and gauges read now.

@@ -13,7 +13,7 @@
 //! read  9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a
 //! ```
 //!
-//! With tokens configured, every request but `GET /healthz` needs `Authorization: Bearer
+//! With tokens configured, every request but the probes (`GET /healthz`, `/readyz`) needs `Authorization: Bearer
 //! <token>`: no token or an unknown one is 401, a read token on anything but GET/HEAD is 403.
 //! `/metrics` needs a read token too (Prometheus: `authorization: { credentials_file: … }`).
 
@@ -239,7 +239,7 @@ impl Auth {
 
 /// What a request needs: nothing for the liveness probe, read for GET/HEAD, write for the rest.
 fn needed(method: &Method, path: &str) -> Option<Permission> {
-    if path == "/healthz" {
+    if path == "/healthz" || path == "/readyz" {
         None
     } else if method == Method::GET || method == Method::HEAD {
         Some(Permission::Read)
@@ -355,6 +355,7 @@ mod tests {
     #[test]
     fn permission_per_request() {
         assert_eq!(needed(&Method::GET, "/healthz"), None);
+        assert_eq!(needed(&Method::GET, "/readyz"), None);
         assert_eq!(needed(&Method::GET, "/metrics"), Some(Permission::Read));
         assert_eq!(needed(&Method::GET, "/v1/builders"), Some(Permission::Read));
         for m in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {

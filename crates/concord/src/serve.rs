@@ -145,7 +145,16 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     };
     let admin = axum::serve(
         admin_listener,
-        admin::router(node.clone(), xds, discovery, config.fault_injection, auth),
+        admin::router(
+            node.clone(),
+            xds,
+            discovery,
+            admin::Options {
+                fault_injection: config.fault_injection,
+                stale_after: config.stale_after,
+            },
+            auth,
+        ),
     )
     .with_graceful_shutdown(front.token().clone().cancelled_owned());
     let admin = front.spawn("admin server", async move {

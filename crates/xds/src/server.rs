@@ -67,6 +67,12 @@ impl XdsServer {
         self
     }
 
+    /// Whether this replica serves Envoys now: in contact with the quorum and caught up (the
+    /// judgement that ends streams and turns gRPC health NOT_SERVING).
+    pub fn serving(&self) -> bool {
+        *self.inner.serving.borrow()
+    }
+
     /// The Envoys streaming from this replica now.
     pub fn envoys(&self) -> Vec<EnvoyStatus> {
         self.inner.envoys.list()
