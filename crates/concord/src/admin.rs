@@ -494,6 +494,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .discovery
         .as_ref()
         .is_some_and(|d| d.lock().unwrap_or_else(|e| e.into_inner()).polling);
+    let envoys = state.xds.envoys();
+    let revision = state.xds.snapshot().revision();
+    let in_state = |want: concord_api::envoys::SyncState| {
+        envoys
+            .iter()
+            .filter(|e| e.sync_state(revision) == want)
+            .count() as f64
+    };
     let gauges = [
         (
             "concord_raft_is_leader",
@@ -519,7 +527,22 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         (
             "concord_xds_connected_envoys",
             "Envoys streaming from this replica.",
-            state.xds.envoys().len() as f64,
+            envoys.len() as f64,
+        ),
+        (
+            "concord_xds_envoys_nacked",
+            "Envoys streaming from this replica whose newest config was rejected (NACKED).",
+            in_state(concord_api::envoys::SyncState::Nacked),
+        ),
+        (
+            "concord_xds_envoys_stale",
+            "Envoys streaming from this replica behind its revision with nothing under way (STALE).",
+            in_state(concord_api::envoys::SyncState::Stale),
+        ),
+        (
+            "concord_xds_serving",
+            "1 while this replica serves Envoys (in contact with the quorum, caught up).",
+            f64::from(u8::from(state.xds.serving())),
         ),
         (
             "concord_xds_skipped_builders",
