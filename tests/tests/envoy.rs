@@ -431,6 +431,32 @@ fn generated_bootstraps_pass_envoy_validate() -> Result<()> {
             s(&key),
             "--any-server-identity".into(),
         ],
+        // Envoy's own telemetry, each option alone and all of them together.
+        vec![
+            "--servers=127.0.0.1:18001".into(),
+            "--statsd=127.0.0.1:8125".into(),
+        ],
+        vec![
+            "--servers=127.0.0.1:18001".into(),
+            "--metrics-service=127.0.0.1:9000".into(),
+            "--stats-flush-interval-ms=1500".into(),
+        ],
+        vec![
+            "--servers=127.0.0.1:18001".into(),
+            "--prometheus-addr=0.0.0.0:9102".into(),
+        ],
+        vec![
+            "--servers=127.0.0.1:18001".into(),
+            r"--stats-exclude=^cluster\.builder_[^.]*\.upstream_cx_".into(),
+            r"--stats-exclude=.*\.(zone|canary)\..*".into(),
+        ],
+        vec![
+            "--servers=127.0.0.1:18001".into(),
+            "--statsd=127.0.0.1:8125".into(),
+            "--metrics-service=127.0.0.1:9000".into(),
+            "--prometheus-addr=127.0.0.1:9102".into(),
+            r"--stats-exclude=^cluster\.builder_".into(),
+        ],
     ];
     for (i, args) in cases.iter().enumerate() {
         let out = std::process::Command::new(concord_harness::concord_bin())

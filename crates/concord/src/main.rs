@@ -81,7 +81,7 @@ enum Command {
     /// Show DNS discovery: who polls, the last poll and its result, the last change, skips.
     Discovery,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
-    EnvoyBootstrap(cli::BootstrapArgs),
+    EnvoyBootstrap(Box<cli::BootstrapArgs>),
     /// Write a development CA and node (and Envoy) certificates for a local cluster.
     ///
     /// Files in DIR: ca.pem and ca-key.pem (the CA; reused when present, created otherwise),

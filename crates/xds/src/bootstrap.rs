@@ -1,7 +1,9 @@
 //! The Envoy bootstrap that connects an Envoy to every replica (DESIGN "How Envoys reach the
 //! cluster"): ADS over a static cluster of all replicas with HTTP/2 keepalives, gRPC health
 //! checks and a short reconnect backoff, so that when a replica dies or steps aside the Envoy is
-//! streaming from another within about a second.
+//! streaming from another within about a second. Envoy's own telemetry goes where the
+//! operator says ([`Telemetry`]): stats sinks (statsd, a gRPC metrics service), a listener that
+//! serves only its Prometheus stats, and stats left out by regex.
 
 use crate::resources::{LISTENER_ADDRESS_KEY, PORT_OFFSET_KEY};
 use std::fmt::Write;
@@ -30,6 +32,39 @@ pub struct BootstrapConfig {
     pub tls: Option<BootstrapTls>,
     /// Which ADS protocol the Envoy speaks.
     pub protocol: XdsProtocol,
+    /// Envoy's own stats: sinks, a Prometheus listener, exclusions.
+    pub telemetry: Telemetry,
+}
+
+/// Where Envoy's own stats go.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Send every stat to this statsd server (UDP) each flush.
+    pub statsd: Option<SocketAddr>,
+    /// Stream every stat to this gRPC `envoy.service.metrics.v3.MetricsService` each flush.
+    pub metrics_service: Option<SocketAddr>,
+    /// Serve the stats in the Prometheus text format on this address (`/metrics` and
+    /// `/stats/prometheus`), and nothing else of the admin API.
+    pub prometheus: Option<SocketAddr>,
+    /// Keep no stats whose whole name matches any of these regular expressions (RE2, matched
+    /// against the entire name as Envoy does): series nobody reads cost memory in Envoy and
+    /// money in the metrics backend.
+    pub stats_exclude: Vec<String>,
+    /// How often the sinks get stats (only with a sink: without one, stats are computed only
+    /// when the admin API is asked).
+    pub flush_interval: std::time::Duration,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            statsd: None,
+            metrics_service: None,
+            prometheus: None,
+            stats_exclude: Vec::new(),
+            flush_interval: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 /// The ADS protocol variant an Envoy uses.
@@ -86,6 +121,121 @@ pub enum BootstrapError {
     /// A file path that would break the YAML.
     #[error("invalid path {0:?}: no quotes, backslashes or control characters")]
     BadPath(String),
+    /// A stats exclusion that is not a regular expression.
+    #[error("invalid --stats-exclude {0:?}: {1}")]
+    BadRegex(String, String),
+    /// A flush interval Envoy refuses.
+    #[error("invalid --stats-flush-interval-ms {0}: give 1 to 300000 ms")]
+    BadFlushInterval(u128),
+}
+
+/// `regex` as a YAML single-quoted string, if it is a regular expression.
+fn regex_yaml(regex: &str) -> Result<String, BootstrapError> {
+    let bad = |why: String| BootstrapError::BadRegex(regex.to_string(), why);
+    if regex.is_empty() || regex.chars().any(char::is_control) {
+        return Err(bad("empty, or a control character".into()));
+    }
+    regex::Regex::new(regex).map_err(|e| bad(e.to_string()))?;
+    Ok(format!("'{}'", regex.replace('\'', "''")))
+}
+
+/// A static cluster `name` of one address; HTTP/2 for gRPC.
+fn static_cluster(w: &mut String, name: &str, addr: SocketAddr, http2: bool) {
+    let _ = writeln!(
+        w,
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s"
+    );
+    if http2 {
+        w.push_str(
+            "    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+",
+        );
+    }
+    let _ = writeln!(
+        w,
+        "    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }}",
+        addr.ip(),
+        addr.port()
+    );
+}
+
+/// Stats sinks, the flush, and exclusions.
+fn stats(w: &mut String, t: &Telemetry) -> Result<(), BootstrapError> {
+    if t.statsd.is_some() || t.metrics_service.is_some() {
+        let ms = t.flush_interval.as_millis();
+        if !(1..=300_000).contains(&ms) {
+            return Err(BootstrapError::BadFlushInterval(ms));
+        }
+        w.push_str("stats_sinks:\n");
+        if let Some(a) = t.statsd {
+            let _ = writeln!(
+                w,
+                "- name: envoy.stat_sinks.statsd
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.config.metrics.v3.StatsdSink
+    address: {{ socket_address: {{ address: \"{}\", port_value: {}, protocol: UDP }} }}",
+                a.ip(),
+                a.port()
+            );
+        }
+        if t.metrics_service.is_some() {
+            w.push_str(
+                "- name: envoy.stat_sinks.metrics_service
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig
+    transport_api_version: V3
+    grpc_service: { envoy_grpc: { cluster_name: concord_metrics_service } }
+",
+            );
+        }
+        let _ = writeln!(w, "stats_flush_interval: {}s", ms as f64 / 1000.0);
+    } else {
+        // Envoy's periodic stats flush (every 5 s) builds a snapshot of every counter and gauge
+        // on the main thread, which also applies xDS: at 10,000 clusters it held up a change's
+        // ACK by 90-140 ms now and then (issue 17). With no sink the flush serves no one; the
+        // admin API (`/stats`, `/stats/prometheus`) flushes when it is asked.
+        w.push_str("stats_flush_on_admin: true\n");
+    }
+    if !t.stats_exclude.is_empty() {
+        w.push_str("stats_config:\n  stats_matcher:\n    exclusion_list:\n      patterns:\n");
+        for r in &t.stats_exclude {
+            let _ = writeln!(w, "      - safe_regex: {{ regex: {} }}", regex_yaml(r)?);
+        }
+    }
+    Ok(())
+}
+
+/// A listener serving only the admin API's Prometheus stats.
+fn prometheus_listener(w: &mut String, addr: SocketAddr) {
+    let _ = writeln!(
+        w,
+        "  listeners:
+  - name: concord_prometheus
+    address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: concord_prometheus
+          route_config:
+            virtual_hosts:
+            - name: stats
+              domains: [\"*\"]
+              routes:
+              - match: {{ path: /stats/prometheus }}
+                route: {{ cluster: concord_envoy_admin }}
+              - match: {{ path: /metrics }}
+                route: {{ cluster: concord_envoy_admin, regex_rewrite: {{ pattern: {{ regex: '.*' }}, substitution: /stats/prometheus }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}",
+        addr.ip(),
+        addr.port()
+    );
 }
 
 fn path(s: &str) -> Result<&str, BootstrapError> {
@@ -160,11 +310,7 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
         c.admin.ip(),
         c.admin.port()
     );
-    // Envoy's periodic stats flush (every 5 s) builds a snapshot of every counter and gauge on
-    // the main thread, which also applies xDS: at 10,000 clusters it held up a change's ACK by
-    // 90-140 ms now and then (issue 17). No stats sink is configured, so the flush serves no one;
-    // the admin API (`/stats`, `/stats/prometheus`) flushes when it is asked.
-    w.push_str("stats_flush_on_admin: true\n");
+    stats(w, &c.telemetry)?;
     let api_type = match c.protocol {
         XdsProtocol::Delta => "DELTA_GRPC",
         XdsProtocol::Sotw => "GRPC",
@@ -188,10 +334,12 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
   cds_config: { ads: {}, resource_api_version: V3 }
   lds_config: { ads: {}, resource_api_version: V3 }
 static_resources:
-  clusters:
-  - name: concord_xds
 ",
     );
+    if let Some(addr) = c.telemetry.prometheus {
+        prometheus_listener(w, addr);
+    }
+    w.push_str("  clusters:\n  - name: concord_xds\n");
     let _ = writeln!(
         w,
         "    type: {}",
@@ -275,6 +423,12 @@ static_resources:
             "      - priority: {priority}\n        lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: \"{host}\", port_value: {port} }} }} }}"
         );
     }
+    if let Some(addr) = c.telemetry.metrics_service {
+        static_cluster(w, "concord_metrics_service", addr, true);
+    }
+    if c.telemetry.prometheus.is_some() {
+        static_cluster(w, "concord_envoy_admin", c.admin, false);
+    }
     Ok(y)
 }
 
@@ -293,7 +447,58 @@ mod tests {
             port_offset: 100,
             tls: None,
             protocol: XdsProtocol::Delta,
+            telemetry: Telemetry::default(),
         }
+    }
+
+    #[test]
+    fn telemetry_adds_sinks_a_prometheus_listener_and_exclusions() {
+        let y = render(&BootstrapConfig {
+            telemetry: Telemetry {
+                statsd: Some("127.0.0.1:8125".parse().unwrap()),
+                metrics_service: Some("127.0.0.1:9000".parse().unwrap()),
+                prometheus: Some("0.0.0.0:9102".parse().unwrap()),
+                stats_exclude: vec![
+                    r"^cluster\.builder_.*\.upstream_cx_.*".into(),
+                    "it's".into(),
+                ],
+                flush_interval: std::time::Duration::from_millis(2500),
+            },
+            ..config()
+        })
+        .unwrap();
+        assert!(y.contains("envoy.stat_sinks.statsd"), "{y}");
+        assert!(y.contains("cluster_name: concord_metrics_service"));
+        assert!(y.contains("stats_flush_interval: 2.5s\n"));
+        assert!(
+            !y.contains("stats_flush_on_admin"),
+            "a sink needs the periodic flush"
+        );
+        assert!(y.contains(r"regex: '^cluster\.builder_.*\.upstream_cx_.*'"));
+        assert!(y.contains("regex: 'it''s'"));
+        assert!(y.contains("name: concord_prometheus"));
+        assert!(y.contains("- name: concord_envoy_admin"));
+        let bad = |t: Telemetry| {
+            render(&BootstrapConfig {
+                telemetry: t,
+                ..config()
+            })
+        };
+        assert!(matches!(
+            bad(Telemetry {
+                stats_exclude: vec!["(unclosed".into()],
+                ..Telemetry::default()
+            }),
+            Err(BootstrapError::BadRegex(..))
+        ));
+        assert!(matches!(
+            bad(Telemetry {
+                statsd: Some("127.0.0.1:8125".parse().unwrap()),
+                flush_interval: std::time::Duration::ZERO,
+                ..Telemetry::default()
+            }),
+            Err(BootstrapError::BadFlushInterval(0))
+        ));
     }
 
     #[test]

@@ -58,6 +58,29 @@ pub struct BootstrapArgs {
     /// only what differs) or `sotw` (state of the world: every resource in every response).
     #[arg(long, value_name = "delta|sotw", default_value = "delta")]
     xds_protocol: concord_xds::bootstrap::XdsProtocol,
+    /// Send Envoy's stats to this statsd server (UDP) every --stats-flush-interval-ms.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Envoy's own telemetry")]
+    statsd: Option<std::net::SocketAddr>,
+    /// Stream Envoy's stats to this gRPC metrics service (envoy.service.metrics.v3) every
+    /// --stats-flush-interval-ms.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Envoy's own telemetry")]
+    metrics_service: Option<std::net::SocketAddr>,
+    /// Serve Envoy's stats for Prometheus on this address (GET /metrics or /stats/prometheus),
+    /// and nothing else of its admin API.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Envoy's own telemetry")]
+    prometheus_addr: Option<std::net::SocketAddr>,
+    /// Keep no stats whose whole name matches this regular expression (RE2; repeat for more),
+    /// e.g. 'cluster\.builder_.*\.upstream_cx_.*' to drop per-builder connection series.
+    #[arg(long, value_name = "REGEX", help_heading = "Envoy's own telemetry")]
+    stats_exclude: Vec<String>,
+    /// How often the stats sinks get stats (with --statsd or --metrics-service).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 5000,
+        help_heading = "Envoy's own telemetry"
+    )]
+    stats_flush_interval_ms: u64,
 }
 
 impl BootstrapArgs {
@@ -93,6 +116,13 @@ impl BootstrapArgs {
             listener_address: self.listener_address,
             port_offset: self.port_offset,
             protocol: self.xds_protocol,
+            telemetry: concord_xds::bootstrap::Telemetry {
+                statsd: self.statsd,
+                metrics_service: self.metrics_service,
+                prometheus: self.prometheus_addr,
+                stats_exclude: self.stats_exclude,
+                flush_interval: std::time::Duration::from_millis(self.stats_flush_interval_ms),
+            },
         };
         match concord_xds::bootstrap::render(&config) {
             Ok(yaml) => {
