@@ -1,11 +1,16 @@
 //! Envoy's own telemetry as `concord envoy-bootstrap` writes it (issue 18), in a real Envoy: a
 //! statsd sink that really sends datagrams, a listener that serves the Prometheus stats and
-//! nothing else of the admin API, and a stats exclusion that really drops its series. (Every
-//! option also passes `envoy --mode validate`: tests/tests/envoy.rs.)
+//! nothing else of the admin API, a stats exclusion that really drops its series, and JSON
+//! access logs on the listeners the replicas send. (Every option also passes
+//! `envoy --mode validate`: tests/tests/envoy.rs.)
 
 use anyhow::{Context, Result, ensure};
 use concord_harness::envoy::{Envoy, EnvoyOptions};
-use concord_harness::{Cluster, Options, eventually, free_port};
+use concord_harness::http::HttpBackend;
+use concord_harness::tls::{TestCa, TlsBuilder};
+use concord_harness::{Cluster, Options, eventually, free_port, sni};
+use concord_registry::services::Desired;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
@@ -77,5 +82,76 @@ async fn statsd_prometheus_and_exclusions_work_in_a_real_envoy() -> Result<()> {
         let r = reqwest::get(format!("http://{prometheus}{path}")).await?;
         ensure!(r.status() == 404, "{path}: {}", r.status());
     }
+    Ok(())
+}
+
+/// `--access-log stdout`: the replicas send this Envoy its listeners with a JSON access log, and
+/// a TLS connection through the builders' listener and an HTTP request through a services
+/// listener each leave a line on Envoy's stdout naming what it did; an Envoy that did not ask
+/// gets no access log (the same revision, its own listeners).
+#[tokio::test]
+async fn access_logs_are_json_lines_for_builder_connections_and_service_requests() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.services_enabled().await?;
+    let ca = TestCa::new()?;
+    let b = TlsBuilder::start(&ca, "logged", &sni("logged")).await?;
+    c.put_at(leader, "logged", b.addr, &sni("logged")).await?;
+    let web = HttpBackend::start("web1").await?;
+    let port = free_port();
+    let d: Desired = serde_json::from_value(json!({
+        "services": {"web": {"protocol": "http", "endpoints": [{"addr": web.addr.to_string()}]}},
+        "route_tables": {"main": {"virtual_hosts": [{"name": "web", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "service": "web"}]}]}},
+        "listeners": {"main": {"address": format!("127.0.0.1:{port}"), "route_table": "main"}}
+    }))?;
+    c.api(leader).apply_config(&d).await?;
+    let xds = c.nodes[&1].xds.clone();
+    let mut bootstrap = c.bootstrap_args("envoy-log")?;
+    bootstrap.push("--access-log=stdout".into());
+    let opts = EnvoyOptions {
+        bootstrap,
+        ..EnvoyOptions::default()
+    };
+    let envoy = Envoy::launch(c.dir(), "envoy-log", &[&xds], &opts).await?;
+    envoy.routes(&ca, "logged").await?;
+    let url = format!("http://127.0.0.1:{port}/hello");
+    eventually(T, "Envoy routes the service", || async {
+        let r = reqwest::get(&url).await?;
+        ensure!(r.status() == 200, "{}", r.status());
+        Ok(())
+    })
+    .await?;
+
+    let lines = eventually(T, "both lines are logged", || async {
+        let log = std::fs::read_to_string(envoy.log_path())?;
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        let tls = lines.iter().any(|l| {
+            l["sni"] == sni("logged").as_str() && l["upstream_cluster"] == "builder_logged"
+        });
+        let http = lines.iter().any(|l| {
+            l["path"] == "/hello" && l["status"] == 200 && l["upstream_cluster"] == "service_web"
+        });
+        ensure!(tls && http, "tls {tls}, http {http}: {lines:?}");
+        Ok(lines)
+    })
+    .await?;
+    ensure!(
+        lines.iter().all(|l| l["start_time"].is_string()),
+        "{lines:?}"
+    );
+
+    // An Envoy that did not ask: no access log in what it is sent.
+    let plain = Envoy::start(&c, "envoy-plain", &[&xds], false).await?;
+    plain.routes(&ca, "logged").await?;
+    let dump = plain.get("/config_dump?resource=dynamic_listeners").await?;
+    ensure!(
+        !dump.contains("access_loggers"),
+        "an access log nobody asked for"
+    );
+    let dump = envoy.get("/config_dump?resource=dynamic_listeners").await?;
+    ensure!(dump.contains("envoy.access_loggers.stdout"), "{dump}");
     Ok(())
 }

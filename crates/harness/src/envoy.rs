@@ -371,6 +371,11 @@ impl Envoy {
         .map_err(|e| e.context(self.log_tail()))
     }
 
+    /// Envoy's log file (its stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The tail of Envoy's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

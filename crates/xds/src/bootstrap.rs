@@ -5,6 +5,7 @@
 //! operator says ([`Telemetry`]): stats sinks (statsd, a gRPC metrics service), a listener that
 //! serves only its Prometheus stats, and stats left out by regex.
 
+use crate::access_log::{ACCESS_LOG_KEY, AccessLog};
 use crate::resources::{LISTENER_ADDRESS_KEY, PORT_OFFSET_KEY};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,8 @@ pub struct BootstrapConfig {
     pub protocol: XdsProtocol,
     /// Envoy's own stats: sinks, a Prometheus listener, exclusions.
     pub telemetry: Telemetry,
+    /// Ask the replicas for JSON access logs on every listener, to Envoy's stdout or stderr.
+    pub access_log: AccessLog,
 }
 
 /// Where Envoy's own stats go.
@@ -295,7 +298,7 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
         "node:\n  id: {}\n  cluster: {}",
         c.node_id, c.node_cluster
     );
-    if c.listener_address.is_some() || c.port_offset != 0 {
+    if c.listener_address.is_some() || c.port_offset != 0 || c.access_log != AccessLog::Off {
         let _ = writeln!(w, "  metadata:");
     }
     if let Some(addr) = c.listener_address {
@@ -303,6 +306,9 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
     }
     if c.port_offset != 0 {
         let _ = writeln!(w, "    {PORT_OFFSET_KEY}: \"{}\"", c.port_offset);
+    }
+    if c.access_log != AccessLog::Off {
+        let _ = writeln!(w, "    {ACCESS_LOG_KEY}: \"{}\"", c.access_log.as_str());
     }
     let _ = writeln!(
         w,
@@ -448,7 +454,24 @@ mod tests {
             tls: None,
             protocol: XdsProtocol::Delta,
             telemetry: Telemetry::default(),
+            access_log: AccessLog::Off,
         }
+    }
+
+    #[test]
+    fn an_access_log_is_asked_for_in_node_metadata() {
+        let y = render(&BootstrapConfig {
+            access_log: AccessLog::Stderr,
+            listener_address: None,
+            port_offset: 0,
+            ..config()
+        })
+        .unwrap();
+        assert!(
+            y.contains("  metadata:\n    concord.access_log: \"stderr\"\n"),
+            "{y}"
+        );
+        assert!(!render(&config()).unwrap().contains("access_log"));
     }
 
     #[test]

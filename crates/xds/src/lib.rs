@@ -21,6 +21,7 @@
 //! - [`resource_type`]: the table of served types the drivers iterate;
 //! - [`snapshot`], [`dump`], [`resources`], [`config`], [`bootstrap`]: resources and settings.
 
+pub mod access_log;
 mod barrier;
 pub mod bootstrap;
 pub mod config;

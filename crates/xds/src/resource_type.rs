@@ -13,15 +13,18 @@ use envoy_types::pb::google::protobuf::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Where one Envoy's listeners go: the address of its builders' listener, and how many ports
-/// its services listeners move from theirs (several Envoys on one host; node metadata
-/// [`PORT_OFFSET_KEY`](crate::resources::PORT_OFFSET_KEY)).
+/// Where one Envoy's listeners go: the address of its builders' listener, how many ports its
+/// services listeners move from theirs (several Envoys on one host; node metadata
+/// [`PORT_OFFSET_KEY`](crate::resources::PORT_OFFSET_KEY)), and where their access logs go
+/// ([`ACCESS_LOG_KEY`](crate::access_log::ACCESS_LOG_KEY)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     /// The builders' listener address.
     pub listener: SocketAddr,
     /// Added to every services listener's port.
     pub port_offset: i32,
+    /// The listeners' access logs.
+    pub access_log: crate::access_log::AccessLog,
 }
 
 impl From<SocketAddr> for Placement {
@@ -29,6 +32,7 @@ impl From<SocketAddr> for Placement {
         Placement {
             listener,
             port_offset: 0,
+            access_log: crate::access_log::AccessLog::Off,
         }
     }
 }
@@ -63,8 +67,8 @@ pub static CLUSTERS: ResourceType = ResourceType {
 pub static LISTENERS: ResourceType = ResourceType {
     type_url: LISTENER_TYPE,
     name: "listeners",
-    sotw: |s, p| s.listener_resources(p.listener, p.port_offset),
-    delta: |s, p| s.listener_map(p.listener, p.port_offset),
+    sotw: |s, p| s.listener_resources(p),
+    delta: |s, p| s.listener_map(p),
     carries_changes: false,
 };
 

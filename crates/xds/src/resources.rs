@@ -14,6 +14,7 @@
 //! [`crate::snapshot`] encodes these once per change and keeps them per revision; nothing here
 //! knows of snapshots or streams.
 
+use crate::access_log::{AccessLog, access_logs};
 use concord_registry::Builder;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
@@ -168,10 +169,11 @@ pub fn cluster(name: &str, b: &Builder, cfg: &ResourceConfig) -> Cluster {
     }
 }
 
-fn tcp_proxy_filter(cluster: &str) -> Filter {
+fn tcp_proxy_filter(cluster: &str, log: AccessLog) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: cluster.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        access_log: access_logs(log, false),
         ..Default::default()
     };
     Filter {
@@ -181,8 +183,8 @@ fn tcp_proxy_filter(cluster: &str) -> Filter {
 }
 
 /// The filter chain that passes TLS connections for `b`'s SNI name through to its cluster
-/// (filter-chains mode).
-pub fn filter_chain(b: &Builder) -> FilterChain {
+/// (filter-chains mode), logging each connection to `log`.
+pub fn filter_chain(b: &Builder, log: AccessLog) -> FilterChain {
     let cluster = cluster_name(&b.id);
     FilterChain {
         filter_chain_match: Some(FilterChainMatch {
@@ -190,15 +192,15 @@ pub fn filter_chain(b: &Builder) -> FilterChain {
             transport_protocol: "tls".into(),
             ..Default::default()
         }),
-        filters: vec![tcp_proxy_filter(&cluster)],
+        filters: vec![tcp_proxy_filter(&cluster, log)],
         name: cluster,
         ..Default::default()
     }
 }
 
 /// The one filter chain of sni-cluster mode: TLS with an SNI under `*.<suffix>` → `sni_cluster`
-/// (the SNI names the cluster) → `tcp_proxy`.
-pub fn sni_cluster_chain(suffix: &str) -> FilterChain {
+/// (the SNI names the cluster) → `tcp_proxy`, logging each connection to `log`.
+pub fn sni_cluster_chain(suffix: &str, log: AccessLog) -> FilterChain {
     FilterChain {
         name: SNI_CLUSTER_CHAIN.into(),
         filter_chain_match: Some(FilterChainMatch {
@@ -216,7 +218,7 @@ pub fn sni_cluster_chain(suffix: &str) -> FilterChain {
             },
             // `sni_cluster` overrides this cluster with the SNI name on every connection that
             // reaches the chain (the match requires an SNI); the fallback names no real cluster.
-            tcp_proxy_filter(SNI_CLUSTER_CHAIN),
+            tcp_proxy_filter(SNI_CLUSTER_CHAIN, log),
         ],
         ..Default::default()
     }

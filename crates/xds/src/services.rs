@@ -10,6 +10,7 @@
 //! The names cannot meet a builder's cluster (`builder_<id>`, or an SNI name with dots): service
 //! names hold no `_`. [`crate::snapshot`] encodes these once per change and shares them.
 
+use crate::access_log::AccessLog;
 use concord_registry::services::{
     Desired, HealthCheck, HealthCheckKind, LbPolicy, Listener as ListenerSpec, Protocol, Route,
     RouteTable, Service,
@@ -453,7 +454,7 @@ fn router_filter() -> HttpFilter {
 
 /// The Listener of listener `name`, its port moved by `port_offset` (several Envoys on one
 /// host: see [`crate::snapshot::Snapshot::service_listeners`]).
-pub fn http_listener(name: &str, l: &ListenerSpec, port_offset: i32) -> Listener {
+pub fn http_listener(name: &str, l: &ListenerSpec, port_offset: i32, log: AccessLog) -> Listener {
     let mut addr = l.address;
     addr.set_port((i32::from(addr.port()) + port_offset).clamp(1, 65535) as u16);
     let hcm = HttpConnectionManager {
@@ -464,6 +465,7 @@ pub fn http_listener(name: &str, l: &ListenerSpec, port_offset: i32) -> Listener
             route_config_name: route_config_name(&l.route_table),
         })),
         http_filters: vec![router_filter()],
+        access_log: crate::access_log::access_logs(log, true),
         ..Default::default()
     };
     let transport_socket = l.tls.as_ref().map(|tls| {
@@ -548,7 +550,10 @@ pub fn encode(d: &Desired, port_offset: i32) -> Encoded {
             .map(|(n, l)| {
                 (
                     listener_name(n),
-                    any(LISTENER_TYPE, &http_listener(n, l, port_offset)),
+                    any(
+                        LISTENER_TYPE,
+                        &http_listener(n, l, port_offset, AccessLog::Off),
+                    ),
                 )
             })
             .collect(),
@@ -605,7 +610,8 @@ pub fn validation_bootstrap(
     let mut listeners: Vec<Listener> = d
         .listeners
         .iter()
-        .map(|(n, l)| http_listener(n, l, 0))
+        // With access logs: Envoy checks their shape too.
+        .map(|(n, l)| http_listener(n, l, 0, AccessLog::Stdout))
         .collect();
     for (i, (n, t)) in d.route_tables.iter().enumerate() {
         let mut l = http_listener(
@@ -617,6 +623,7 @@ pub fn validation_bootstrap(
                 internal: false,
             },
             0,
+            AccessLog::Off,
         );
         // The route configuration inline instead of by RDS.
         let hcm = HttpConnectionManager {

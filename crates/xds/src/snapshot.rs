@@ -26,6 +26,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::access_log::AccessLog;
+use crate::resource_type::Placement;
+
 /// The version of an encoded resource: FNV-1a (64 bit) over its bytes, in hex. A fixed
 /// function, so every replica (and every build of concord that encodes alike) agrees.
 pub fn content_version(bytes: &[u8]) -> String {
@@ -88,7 +91,7 @@ impl Entry {
                     let mut buf = Vec::new();
                     prost::encoding::message::encode(
                         LISTENER_FILTER_CHAINS_FIELD,
-                        &filter_chain(b),
+                        &filter_chain(b, AccessLog::Off),
                         &mut buf,
                     );
                     buf
@@ -116,7 +119,8 @@ struct ListenerRes {
     named: Option<Arc<Named>>,
 }
 
-type ListenerCache = Arc<Mutex<HashMap<SocketAddr, ListenerRes>>>;
+/// Builders' listeners by address and access log.
+type ListenerCache = Arc<Mutex<HashMap<(SocketAddr, AccessLog), ListenerRes>>>;
 
 /// The resources of one registry revision, encoded once and shared by every stream.
 #[derive(Debug)]
@@ -311,12 +315,12 @@ impl Snapshot {
             .clone()
     }
 
-    /// The listeners for an Envoy whose builders' listener binds `listener_addr`, as a
-    /// state-of-the-world response carries them: the builders' (none in filter-chains mode with
-    /// no builders) and every services listener, its port moved by `port_offset`.
-    pub fn listener_resources(&self, listener_addr: SocketAddr, port_offset: i32) -> Arc<[Any]> {
-        let builders = self.listener(listener_addr).any;
-        let services = self.services.listeners(port_offset);
+    /// The listeners for an Envoy placed at `p`, as a state-of-the-world response carries them:
+    /// the builders' at `p.listener` (none in filter-chains mode with no builders) and every
+    /// services listener, its port moved by `p.port_offset`, with `p.access_log`.
+    pub fn listener_resources(&self, p: Placement) -> Arc<[Any]> {
+        let builders = self.listener(p.listener, p.access_log).any;
+        let services = self.services.listeners(p.port_offset, p.access_log);
         if services.by_name.is_empty() {
             return builders;
         }
@@ -327,11 +331,14 @@ impl Snapshot {
             .collect()
     }
 
-    /// Every listener by name for an Envoy whose builders' listener binds `listener_addr`, its
-    /// services listeners `port_offset` ports from theirs.
-    pub fn listener_map(&self, listener_addr: SocketAddr, port_offset: i32) -> Resources {
-        let mut all = self.services.listeners(port_offset).by_name.clone();
-        if let Some(l) = self.named_listener(listener_addr) {
+    /// Every listener by name for an Envoy placed at `p`.
+    pub fn listener_map(&self, p: Placement) -> Resources {
+        let mut all = self
+            .services
+            .listeners(p.port_offset, p.access_log)
+            .by_name
+            .clone();
+        if let Some(l) = self.listener(p.listener, p.access_log).named {
             all.insert(l.name.clone(), l);
         }
         all
@@ -388,22 +395,22 @@ impl Snapshot {
     /// The listener for an Envoy whose listener binds `listener_addr`, with its name and
     /// version; `None` when there is none (filter-chains mode with no builders).
     pub fn named_listener(&self, listener_addr: SocketAddr) -> Option<Arc<Named>> {
-        self.listener(listener_addr).named
+        self.listener(listener_addr, AccessLog::Off).named
     }
 
-    fn listener(&self, addr: SocketAddr) -> ListenerRes {
+    fn listener(&self, addr: SocketAddr, log: AccessLog) -> ListenerRes {
         let mut cache = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .entry(addr)
-            .or_insert_with(|| self.encode_listener(addr))
+            .entry((addr, log))
+            .or_insert_with(|| self.encode_listener(addr, log))
             .clone()
     }
 
-    fn encode_listener(&self, addr: SocketAddr) -> ListenerRes {
+    fn encode_listener(&self, addr: SocketAddr, log: AccessLog) -> ListenerRes {
         let name = &self.config.listener_name;
         let value = match &self.config.mode {
             ListenerMode::SniCluster { suffix } => {
-                listener(vec![sni_cluster_chain(suffix)], name, addr).encode_to_vec()
+                listener(vec![sni_cluster_chain(suffix, log)], name, addr).encode_to_vec()
             }
             // Envoy refuses a listener without filter chains; with no builders there is no
             // listener, and connections are refused.
@@ -412,6 +419,18 @@ impl Snapshot {
                     any: Arc::from([]),
                     named: None,
                 };
+            }
+            // With access logs, every chain is encoded again for this listener: once per
+            // revision and shared by every Envoy that asked for the same log.
+            ListenerMode::FilterChains if log != AccessLog::Off => {
+                let chains = self
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.encoded.is_some())
+                    .filter_map(|(id, _)| self.registry.get(id))
+                    .map(|b| filter_chain(b, log))
+                    .collect();
+                listener(chains, name, addr).encode_to_vec()
             }
             ListenerMode::FilterChains => {
                 let chains = || self.entries.values().filter_map(|e| e.encoded.as_ref());

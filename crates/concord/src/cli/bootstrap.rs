@@ -81,6 +81,15 @@ pub struct BootstrapArgs {
         help_heading = "Envoy's own telemetry"
     )]
     stats_flush_interval_ms: u64,
+    /// Ask the replicas for a JSON access log on every listener they send this Envoy: a line per
+    /// builder connection and per service request, on Envoy's stdout or stderr.
+    #[arg(
+        long,
+        value_name = "stdout|stderr|off",
+        default_value = "off",
+        help_heading = "Envoy's own telemetry"
+    )]
+    access_log: concord_xds::access_log::AccessLog,
 }
 
 impl BootstrapArgs {
@@ -116,6 +125,7 @@ impl BootstrapArgs {
             listener_address: self.listener_address,
             port_offset: self.port_offset,
             protocol: self.xds_protocol,
+            access_log: self.access_log,
             telemetry: concord_xds::bootstrap::Telemetry {
                 statsd: self.statsd,
                 metrics_service: self.metrics_service,

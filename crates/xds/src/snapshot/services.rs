@@ -4,9 +4,10 @@
 //! delta streams diff only what changed. A change of registered endpoints re-encodes the load
 //! assignments of the services it touched, and nothing else: one endpoint, one
 //! ClusterLoadAssignment, whatever the registry's size. Listeners are encoded per port offset on
-//! first use (several Envoys on one host).
+//! first use (several Envoys on one host), and per access log.
 
 use super::{Named, Resources, content_version};
+use crate::access_log::AccessLog;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE, any};
 use crate::services::{
     ENDPOINT_TYPE, EndpointSpec, ROUTE_TYPE, SECRET_TYPE, cluster, cluster_name, http_listener,
@@ -41,6 +42,9 @@ impl Typed {
     }
 }
 
+/// Services listeners by port offset and access log, encoded on first use.
+type ListenerCache = Arc<Mutex<HashMap<(i32, AccessLog), Arc<Typed>>>>;
+
 /// Every resource of one desired state.
 #[derive(Debug, Default)]
 pub(super) struct ServiceResources {
@@ -55,7 +59,7 @@ pub(super) struct ServiceResources {
     pub(super) endpoints: Typed,
     pub(super) routes: Arc<Typed>,
     /// Listeners by port offset.
-    listeners: Arc<Mutex<HashMap<i32, Arc<Typed>>>>,
+    listeners: ListenerCache,
     /// How many resources were encoded anew for this state.
     pub(super) serialised: usize,
 }
@@ -251,15 +255,15 @@ impl ServiceResources {
         })
     }
 
-    /// The listeners at `port_offset`, encoded on first use.
-    pub(super) fn listeners(&self, port_offset: i32) -> Arc<Typed> {
+    /// The listeners at `port_offset` with access logs `log`, encoded on first use.
+    pub(super) fn listeners(&self, port_offset: i32, log: AccessLog) -> Arc<Typed> {
         let mut cache = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .entry(port_offset)
+            .entry((port_offset, log))
             .or_insert_with(|| {
                 let mut by_name = Resources::new();
                 for (n, l) in &self.desired.listeners {
-                    let resource = any(LISTENER_TYPE, &http_listener(n, l, port_offset));
+                    let resource = any(LISTENER_TYPE, &http_listener(n, l, port_offset, log));
                     let name = listener_name(n);
                     by_name.insert(
                         name.clone(),

@@ -1,4 +1,6 @@
 use super::*;
+use crate::access_log::AccessLog;
+use crate::resource_type::Placement;
 use crate::resources::{SNI_CLUSTER_CHAIN, socket_address_for_tests as socket_address};
 use concord_registry::{Batch, Command, Source};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -67,7 +69,9 @@ fn assembled_listener_equals_the_one_built_whole() {
     let addr = snap.default_listener_addr();
     let got = Listener::decode(snap.resources(LISTENER_TYPE, addr)[0].value.as_slice()).unwrap();
     let want = listener(
-        reg.iter().map(|b| filter_chain(b)).collect(),
+        reg.iter()
+            .map(|b| filter_chain(b, AccessLog::Off))
+            .collect(),
         "builders",
         addr,
     );
@@ -291,11 +295,14 @@ fn services_resources_sit_beside_the_builders() {
     assert_eq!(s1.endpoint_map().len(), 2);
     assert_eq!(s1.route_map().keys().collect::<Vec<_>>(), ["routes_main"]);
     let addr = s1.default_listener_addr();
-    let listeners: Vec<String> = s1.listener_map(addr, 0).keys().cloned().collect();
+    let listeners: Vec<String> = s1.listener_map(addr.into()).keys().cloned().collect();
     assert_eq!(listeners, ["builders", "http_public"]);
-    assert_eq!(s1.listener_resources(addr, 0).len(), 2);
+    assert_eq!(s1.listener_resources(addr.into()).len(), 2);
     // An Envoy 3 ports off gets the services listener 3 ports up.
-    let l = &s1.listener_map(addr, 3)["http_public"];
+    let l = &s1.listener_map(Placement {
+        port_offset: 3,
+        ..addr.into()
+    })["http_public"];
     let decoded = Listener::decode(l.resource.value.as_slice()).unwrap();
     assert_eq!(
         decoded.address,
@@ -323,8 +330,8 @@ fn services_resources_sit_beside_the_builders() {
         "only the route table is encoded"
     );
     assert!(Arc::ptr_eq(
-        &s1.listener_map(addr, 0)["http_public"],
-        &s2.listener_map(addr, 0)["http_public"]
+        &s1.listener_map(addr.into())["http_public"],
+        &s2.listener_map(addr.into())["http_public"]
     ));
 
     // A builder change leaves the services' resources alone.
@@ -352,7 +359,7 @@ fn services_resources_sit_beside_the_builders() {
     );
     assert!(s4.endpoint_map().is_empty() && s4.route_map().is_empty());
     assert_eq!(
-        s4.listener_map(addr, 0).keys().collect::<Vec<_>>(),
+        s4.listener_map(addr.into()).keys().collect::<Vec<_>>(),
         ["builders"]
     );
 }

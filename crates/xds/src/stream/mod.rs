@@ -13,6 +13,7 @@ pub(crate) mod delta;
 pub(crate) mod order;
 pub(crate) mod sotw;
 
+use crate::access_log::{ACCESS_LOG_KEY, AccessLog};
 use crate::config::{ReadBarrierFn, RevisionTimesFn, XdsConfig};
 use crate::envoys::Envoys;
 use crate::resource_type::Placement;
@@ -119,8 +120,25 @@ pub(crate) fn hello(
     let placement = Placement {
         listener: listener_addr(&node).unwrap_or(default.listener),
         port_offset: port_offset(&node).unwrap_or(default.port_offset),
+        access_log: access_log(&node, stream).unwrap_or(default.access_log),
     };
     Ok((node.id, placement))
+}
+
+/// Where an Envoy asks for its listeners' access logs in its node metadata, if it does; an
+/// unknown value is logged and means none.
+pub(crate) fn access_log(node: &Node, stream: u64) -> Option<AccessLog> {
+    let fields = &node.metadata.as_ref()?.fields;
+    let Kind::StringValue(s) = fields.get(ACCESS_LOG_KEY)?.kind.as_ref()? else {
+        return None;
+    };
+    match s.parse() {
+        Ok(log) => Some(log),
+        Err(error) => {
+            tracing::warn!(stream, node = %node.id, %error, "ignoring the Envoy's {ACCESS_LOG_KEY}");
+            None
+        }
+    }
 }
 
 /// Whether this replica serves `type_url` (it is in the type table). A request for any other
