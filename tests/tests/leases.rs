@@ -135,9 +135,10 @@ async fn a_leader_killed_mid_lease_neither_loses_nor_early_expires_it() -> Resul
         .await?;
     let ttl = Duration::from_secs(3);
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let renewer = {
         let apis: Vec<concord_api::Client> = others.iter().map(|&id| c.api(id)).collect();
-        let stop = stop.clone();
+        let (stop, acked) = (stop.clone(), acked.clone());
         tokio::spawn(async move {
             let mut last_ack = Instant::now();
             let mut i = 0;
@@ -148,6 +149,7 @@ async fn a_leader_killed_mid_lease_neither_loses_nor_early_expires_it() -> Resul
                     .is_ok()
                 {
                     last_ack = Instant::now();
+                    acked.fetch_add(1, Ordering::SeqCst);
                 }
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -155,7 +157,13 @@ async fn a_leader_killed_mid_lease_neither_loses_nor_early_expires_it() -> Resul
             last_ack
         })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The leader has acknowledged renewals through both followers before it dies.
+    eventually(T, "renewals acknowledged before the kill", || async {
+        let n = acked.load(Ordering::SeqCst);
+        ensure!(n >= 2, "{n} renewals acknowledged");
+        Ok(())
+    })
+    .await?;
     c.node(leader).kill();
     // Renewed for two TTLs after the kill: present on the survivors throughout.
     let until = Instant::now() + 2 * ttl;
