@@ -63,6 +63,19 @@ async fn any_replica_shows_every_envoy_of_the_cluster() -> Result<()> {
         "{e1:?}"
     );
     ensure!(v.replicas.len() == 3, "{v:?}");
+    // Each replica says whether it serves Envoys.
+    for r in &v.replicas {
+        ensure!(
+            matches!(
+                r.answer,
+                ReplicaAnswer::Answered {
+                    serving: Some(true),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
     // The CLI's states come from the same rule the types carry.
     ensure!(
         envoy(&v, "scripted")?.sync_state() == SyncState::Nacked,
@@ -96,5 +109,24 @@ async fn any_replica_shows_every_envoy_of_the_cluster() -> Result<()> {
     envoy(&v, "envoy-p1")?;
     ensure!(envoy(&v, "envoy-p3").is_err(), "{v:?}");
     ensure!(cli(&c, 2)?.contains("replica 3: NOT ANSWERING"), "CLI");
+
+    // Node 2 alone: it says it does not serve Envoys, and why.
+    c.node(1).kill();
+    eventually(T, "node 2 reports itself NOT_SERVING", || async {
+        let v = c.api(2).cluster_envoys().await?;
+        let r2 = v.replica(2).context("node 2 missing")?;
+        match &r2.answer {
+            ReplicaAnswer::Answered {
+                serving: Some(false),
+                not_serving: Some(why),
+                ..
+            } => ensure!(why.contains("quorum"), "{why}"),
+            other => anyhow::bail!("{other:?}"),
+        }
+        ensure!(cli(&c, 2)?.contains("replica 2: revision"), "CLI");
+        ensure!(cli(&c, 2)?.contains("NOT_SERVING: "), "CLI");
+        Ok(())
+    })
+    .await?;
     Ok(())
 }

@@ -97,6 +97,13 @@ pub struct LocalEnvoys {
     pub nacks_total: u64,
     /// Its Envoys, by stream id.
     pub envoys: Vec<EnvoyStatus>,
+    /// Whether it serves Envoys now (in contact with the quorum, caught up); absent from
+    /// replicas older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    /// Why it does not, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_serving: Option<String>,
 }
 
 impl LocalEnvoys {
@@ -154,6 +161,12 @@ pub enum ReplicaAnswer {
         nacks_total: u64,
         /// How many Envoys stream from it.
         envoys: u64,
+        /// Whether it serves Envoys (SERVING), if it says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serving: Option<bool>,
+        /// Why it does not (NOT_SERVING), when it does not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_serving: Option<String>,
     },
     /// It did not.
     Failed {
@@ -212,6 +225,8 @@ impl ClusterEnvoys {
                             revision: local.revision,
                             nacks_total: local.nacks_total,
                             envoys: local.envoys.len() as u64,
+                            serving: local.serving,
+                            not_serving: local.not_serving.clone(),
                         },
                     });
                     envoys.extend(local.envoys.into_iter().map(|envoy| ClusterEnvoy {

@@ -478,11 +478,9 @@ async fn readyz(State(state): State<AppState>) -> axum::response::Response {
     if state.xds.serving() {
         return "ready\n".into_response();
     }
-    let f = state.node.freshness(state.stale_after);
-    let why = f.reason.unwrap_or("not serving Envoys");
     let body = format!(
-        "not ready: {why} (out of contact with the quorum for {} ms)\n",
-        f.out_of_contact.as_millis()
+        "not ready: {}\n",
+        not_serving(&state.node, state.stale_after)
     );
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
@@ -645,18 +643,39 @@ async fn isolate(
 }
 
 /// The Envoys streaming from this replica: the body of `/v1/envoys`, and what this replica
-/// answers when another asks for cluster-wide status.
-pub fn local_envoys(node_id: NodeId, xds: &XdsServer) -> LocalEnvoys {
+/// answers when another asks for cluster-wide status; with `judge` (the node and its
+/// `--stale-after`), also whether it serves Envoys and why not.
+pub fn local_envoys(
+    node_id: NodeId,
+    xds: &XdsServer,
+    judge: Option<(&Node, Duration)>,
+) -> LocalEnvoys {
+    let serving = xds.serving();
     LocalEnvoys {
         node_id,
         revision: xds.snapshot().revision(),
         nacks_total: xds.nacks_total(),
         envoys: xds.envoys(),
+        serving: judge.map(|_| serving),
+        not_serving: judge
+            .filter(|_| !serving)
+            .map(|(node, stale_after)| not_serving(node, stale_after)),
     }
 }
 
-async fn envoys(State(AppState { node, xds, .. }): State<AppState>) -> Json<LocalEnvoys> {
-    Json(local_envoys(node.id(), &xds))
+/// Why a replica does not serve Envoys, in a sentence.
+fn not_serving(node: &Node, stale_after: Duration) -> String {
+    let f = node.freshness(stale_after);
+    format!(
+        "{} (out of contact with the quorum for {} ms)",
+        f.reason.unwrap_or("not serving Envoys"),
+        f.out_of_contact.as_millis()
+    )
+}
+
+async fn envoys(State(state): State<AppState>) -> Json<LocalEnvoys> {
+    let judge = Some((&*state.node, state.stale_after));
+    Json(local_envoys(state.node.id(), &state.xds, judge))
 }
 
 /// Every Envoy on every member, each with the replica it streams from, like Istio's

@@ -89,8 +89,14 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             })
         });
     {
-        let xds = xds.clone();
-        node.set_local_status(Box::new(move || crate::admin::local_envoys(node_id, &xds)));
+        // Weak: the function is kept by the node itself.
+        let (xds, weak, stale_after) = (xds.clone(), Arc::downgrade(&node), config.stale_after);
+        node.set_local_status(Box::new(move || {
+            // Gone only while shutting down: then without the node's judgement.
+            let node = weak.upgrade();
+            let judge = node.as_deref().map(|n| (n, stale_after));
+            crate::admin::local_envoys(node_id, &xds, judge)
+        }));
     }
     count_leader_changes(node.clone(), &core);
     let xds_server = {

@@ -75,9 +75,17 @@ fn cluster(v: &ClusterEnvoys) -> String {
                 revision,
                 nacks_total,
                 envoys,
+                serving,
+                not_serving,
             } => {
+                let health = match (serving, not_serving) {
+                    (Some(true), _) => ", SERVING".to_string(),
+                    (Some(false), Some(why)) => format!(", NOT_SERVING: {why}"),
+                    (Some(false), None) => ", NOT_SERVING".to_string(),
+                    (None, _) => String::new(),
+                };
                 out += &format!(
-                    "replica {}: revision {revision}, {envoys} Envoys, {nacks_total} NACKs since start\n",
+                    "replica {}: revision {revision}, {envoys} Envoys, {nacks_total} NACKs since start{health}\n",
                     r.node_id
                 )
             }
@@ -151,6 +159,8 @@ mod tests {
             revision: 7,
             nacks_total: 1,
             envoys: vec![envoy()],
+            serving: Some(true),
+            not_serving: None,
         };
         let text = local(&l);
         assert!(text.starts_with("replica node 1 at revision 7 (1 NACKs since start)\n"));
@@ -168,6 +178,18 @@ mod tests {
                         revision: 7,
                         nacks_total: 1,
                         envoys: 1,
+                        serving: Some(true),
+                        not_serving: None,
+                    },
+                },
+                ReplicaEnvoys {
+                    node_id: 2,
+                    answer: ReplicaAnswer::Answered {
+                        revision: 5,
+                        nacks_total: 0,
+                        envoys: 0,
+                        serving: Some(false),
+                        not_serving: Some("no quorum".into()),
                     },
                 },
                 ReplicaEnvoys {
@@ -185,7 +207,9 @@ mod tests {
         };
         let text = cluster(&c);
         assert!(text.starts_with(
-            "replica 1: revision 7, 1 Envoys, 1 NACKs since start\nreplica 3: NOT ANSWERING: down\n"
+            "replica 1: revision 7, 1 Envoys, 1 NACKs since start, SERVING\n\
+             replica 2: revision 5, 0 Envoys, 0 NACKs since start, NOT_SERVING: no quorum\n\
+             replica 3: NOT ANSWERING: down\n"
         ));
         assert!(text.contains(&format!("{:<20} {:<8} {:<8} ", "envoy-1", "1", "PENDING")));
     }
