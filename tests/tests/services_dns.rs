@@ -6,8 +6,7 @@
 use anyhow::{Context, Result, ensure};
 use concord_harness::dns::Bind;
 use concord_harness::envoy::Envoy;
-use concord_harness::grpc::proto::SayRequest;
-use concord_harness::grpc::{GrpcBackend, echo_client};
+use concord_harness::grpc::{GrpcBackend, spread};
 use concord_harness::{Cluster, Options, eventually, free_port};
 use concord_registry::services::Desired;
 use serde_json::json;
@@ -30,23 +29,6 @@ async fn endpoints(c: &Cluster, id: u64, service: &str) -> Result<BTreeMap<Strin
         .into_iter()
         .map(|e| (e.id, e.weight))
         .collect())
-}
-
-/// Which instance answered each of `n` calls through Envoy's listener.
-async fn spread(listener: SocketAddr, n: usize) -> Result<BTreeMap<String, usize>> {
-    let mut client = echo_client(listener, "echo.shop.test").await?;
-    let mut count = BTreeMap::new();
-    for _ in 0..n {
-        let r = client
-            .say(SayRequest {
-                message: "x".into(),
-                delay_ms: 0,
-            })
-            .await
-            .context("a call through Envoy")?;
-        *count.entry(r.into_inner().instance).or_insert(0) += 1;
-    }
-    Ok(count)
 }
 
 #[tokio::test]
@@ -119,7 +101,7 @@ async fn a_services_endpoints_come_from_srv_records_and_leave_with_them() -> Res
     let envoy = Envoy::start_with(&c, "envoy-1", &servers, true, None).await?;
     let listener: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     eventually(T, "Envoy spreads calls over g1 and g2", || async {
-        let s = spread(listener, 20)
+        let s = spread(listener, "echo.shop.test", 20)
             .await
             .map_err(|e| anyhow::anyhow!("{e:#}\n{}", envoy.log_tail()))?;
         ensure!(s.len() == 2, "{s:?}");
@@ -144,7 +126,7 @@ async fn a_services_endpoints_come_from_srv_records_and_leave_with_them() -> Res
         .await?;
     }
     eventually(T, "Envoy sends every call to g1", || async {
-        let s = spread(listener, 20).await?;
+        let s = spread(listener, "echo.shop.test", 20).await?;
         ensure!(s.keys().collect::<Vec<_>>() == ["g1"], "{s:?}");
         Ok(())
     })

@@ -80,21 +80,9 @@ async fn routed(w: &World, authority: &str) -> Result<()> {
     .await
 }
 
-/// Which instance answered each of `n` calls.
+/// Which instance answered each of `n` calls through the world's Envoy.
 async fn spread(w: &World, authority: &str, n: usize) -> Result<BTreeMap<String, usize>> {
-    let mut client = echo_client(w.listener, authority).await?;
-    let mut count = BTreeMap::new();
-    for _ in 0..n {
-        let r = client
-            .say(SayRequest {
-                message: "x".into(),
-                delay_ms: 0,
-            })
-            .await
-            .context("a call through Envoy")?;
-        *count.entry(r.into_inner().instance).or_insert(0) += 1;
-    }
-    Ok(count)
+    concord_harness::grpc::spread(w.listener, authority, n).await
 }
 
 async fn stat(w: &World, name: &str) -> Result<u64> {

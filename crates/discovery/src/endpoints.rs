@@ -7,8 +7,8 @@
 
 use crate::guard::{Guard, GuardConfig, Held, Verdict};
 use crate::parse::{Skipped, SrvTarget};
-use concord_registry::services::{EndpointChange, dns_endpoint_id, endpoint_source};
-use concord_registry::{Registry, Source};
+use concord_registry::Registry;
+use concord_registry::services::{EndpointChange, dns_endpoint_id};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -121,9 +121,9 @@ pub fn decide_endpoints(
     let services = &registry.desired().services;
     guards.retain(|name, _| services.get(name).is_some_and(|s| s.dns.is_some()));
     for (name, s) in services {
+        // Runs every poll on the leader: only the poller's own endpoints are visited.
         let current: BTreeMap<String, u32> = registry
-            .endpoints_of(name)
-            .filter(|e| endpoint_source(&e.id) == Source::Dns)
+            .dns_endpoints_of(name)
             .map(|e| (e.id.clone(), e.weight))
             .collect();
         let deregister = |id: &String| EndpointChange::Deregister {
@@ -177,8 +177,8 @@ pub fn decide_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_registry::Command;
     use concord_registry::services::Desired;
+    use concord_registry::{Command, Source};
     use std::time::Duration;
 
     fn registry(services: serde_json::Value) -> Registry {

@@ -234,6 +234,28 @@ pub async fn tls_echo_client(
     Ok(proto::echo_client::EchoClient::new(channel))
 }
 
+/// Which instance answered each of `n` calls of `Say` to `addr` with `:authority` `authority`
+/// (one channel), by instance.
+pub async fn spread(
+    addr: SocketAddr,
+    authority: &str,
+    n: usize,
+) -> Result<std::collections::BTreeMap<String, usize>> {
+    let mut client = echo_client(addr, authority).await?;
+    let mut count = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let r = client
+            .say(proto::SayRequest {
+                message: "x".into(),
+                delay_ms: 0,
+            })
+            .await
+            .context("a call through Envoy")?;
+        *count.entry(r.into_inner().instance).or_insert(0) += 1;
+    }
+    Ok(count)
+}
+
 /// The certificate (DER) and ALPN protocol a TLS server on `localhost:port` answers with.
 pub async fn tls_handshake(
     port: u16,

@@ -207,6 +207,21 @@ impl Registry {
             .flat_map(|m| m.values())
     }
 
+    /// The endpoints of `service` the DNS poller owns (`dns@…` ids), without visiting the
+    /// others: ids are sorted, so they are one range.
+    pub fn dns_endpoints_of(
+        &self,
+        service: &str,
+    ) -> impl Iterator<Item = &Arc<services::Endpoint>> {
+        use std::ops::Bound;
+        let prefix = services::DNS_ENDPOINT_PREFIX;
+        self.endpoints.get(service).into_iter().flat_map(move |m| {
+            m.range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
+                .take_while(move |(id, _)| id.starts_with(prefix))
+                .map(|(_, e)| e)
+        })
+    }
+
     /// Every registered endpoint with its service.
     pub fn all_endpoints(&self) -> impl Iterator<Item = (&str, &Arc<services::Endpoint>)> {
         self.endpoints

@@ -447,4 +447,6 @@ fn dns_and_api_endpoints_have_one_owner_each() {
         "{out:?}"
     );
     assert_eq!(r.endpoints_of("echo").count(), 3);
+    let dns: Vec<&str> = r.dns_endpoints_of("echo").map(|e| e.id.as_str()).collect();
+    assert_eq!(dns, ["dns@10.0.0.7:8080", "dns@[fd00::7]:8080"]);
 }
