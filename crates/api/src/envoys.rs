@@ -104,6 +104,10 @@ pub struct LocalEnvoys {
     /// Why it does not, when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_serving: Option<String>,
+    /// Over the peer channel: its Raft state, poller and recent changes, for the status page
+    /// ([`crate::view`]); absent from `GET /v1/envoys` and from replicas older than the page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Box<crate::view::ReplicaReport>>,
 }
 
 impl LocalEnvoys {

@@ -1,6 +1,6 @@
 //! The admin API's contract, apart from HTTP: the request bodies and how they are checked
 //! ([`request`]), every response body ([`status`], [`builders`], [`envoys`], [`discovery`],
-//! [`xds`]) and the error body ([`error`]). The daemon (`crates/concord`, `admin.rs`) builds its
+//! [`xds`], the status page's [`view`]) and the error body ([`error`]). The daemon (`crates/concord`, `admin.rs`) builds its
 //! answers from these types, the peer channel (`crates/raft`) carries [`envoys::LocalEnvoys`]
 //! between replicas, and with the `client` feature [`Client`] is the one typed client that the
 //! CLI, the end-to-end tests, the chaos runner and the benchmarks use. The JSON on the wire is
@@ -17,6 +17,7 @@ pub mod error;
 pub mod request;
 pub mod services;
 pub mod status;
+pub mod view;
 pub mod xds;
 
 pub use builders::{BuilderList, MembershipChanged, OneBuilder, Written};
@@ -36,6 +37,7 @@ pub use services::{
     RegisterEndpoint, Renewed,
 };
 pub use status::{EntryFormats, Isolated, Member, MemberFormat, Role, Status};
+pub use view::{ClusterView, ReplicaReport};
 pub use xds::XdsResources;
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ use concord_api::{
     Isolate, Isolated, LocalEnvoys, MembershipChanged, OneBuilder, Promote, PutBuilder,
     RequestError, Written, XdsResources,
 };
+use concord_api::view::{ChangeAcks, MAX_CHANGES, ReplicaReport};
 use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Command, Outcome, Rejection, Source};
@@ -660,7 +661,58 @@ pub fn local_envoys(
         not_serving: judge
             .filter(|_| !serving)
             .map(|(node, stale_after)| not_serving(node, stale_after)),
+        report: None,
     }
+}
+
+/// What this replica answers over the peer channel: its Envoys (as `GET /v1/envoys`) and, for
+/// the status page, its Raft state, its DNS poller and the changes of the last hour with their
+/// ACKs ([`concord_api::view`]).
+pub fn peer_report(
+    node: &Node,
+    xds: &XdsServer,
+    discovery: Option<&Mutex<PollerStatus>>,
+    stale_after: Duration,
+) -> LocalEnvoys {
+    let mut local = local_envoys(node.id(), xds, Some((node, stale_after)));
+    let poller = discovery.map(|d| poller_body(d.lock().unwrap_or_else(|e| e.into_inner()).clone()));
+    local.report = Some(Box::new(ReplicaReport {
+        raft: status_body(node.status()),
+        poller,
+        changes: recent_changes(node, xds),
+    }));
+    local
+}
+
+/// The changes this replica applied in the last hour (the newest [`MAX_CHANGES`]), oldest
+/// first, with how many of its Envoys ACKed each and the slowest of them.
+fn recent_changes(node: &Node, xds: &XdsServer) -> Vec<ChangeAcks> {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let times = node.revision_times(0, u64::MAX);
+    let start = times
+        .len()
+        .saturating_sub(MAX_CHANGES)
+        .max(times.partition_point(|t| t.applied_at.elapsed() > HOUR));
+    let recent = &times[start..];
+    let Some(first) = recent.first() else {
+        return Vec::new();
+    };
+    let acks: std::collections::BTreeMap<u64, concord_xds::acks::Acks> =
+        xds.change_acks(first.revision).into_iter().collect();
+    let now_ms = concord_telemetry::unix_micros() / 1000;
+    recent
+        .iter()
+        .map(|t| {
+            let a = acks.get(&t.revision).copied().unwrap_or_default();
+            ChangeAcks {
+                revision: t.revision,
+                at_ms: now_ms.saturating_sub(t.applied_at.elapsed().as_millis() as u64),
+                what: t.what.to_string(),
+                acked: a.envoys,
+                slowest_ack_us: (a.envoys > 0).then_some(a.slowest_us),
+            }
+        })
+        .collect()
 }
 
 /// Why a replica does not serve Envoys, in a sentence.

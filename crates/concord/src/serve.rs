@@ -88,16 +88,6 @@ pub async fn run(config: ServeConfig) -> Result<()> {
                 })
             })
         });
-    {
-        // Weak: the function is kept by the node itself.
-        let (xds, weak, stale_after) = (xds.clone(), Arc::downgrade(&node), config.stale_after);
-        node.set_local_status(Box::new(move || {
-            // Gone only while shutting down: then without the node's judgement.
-            let node = weak.upgrade();
-            let judge = node.as_deref().map(|n| (n, stale_after));
-            crate::admin::local_envoys(node_id, &xds, judge)
-        }));
-    }
     count_leader_changes(node.clone(), &core);
     let xds_server = {
         let serve = xds.clone().serve(xds_listener, config.xds_tls.clone());
@@ -122,6 +112,18 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         }
     };
 
+    {
+        // Weak: the function is kept by the node itself.
+        let (xds, weak, stale_after) = (xds.clone(), Arc::downgrade(&node), config.stale_after);
+        let discovery = discovery.clone();
+        node.set_local_status(Box::new(move || match weak.upgrade() {
+            Some(node) => {
+                crate::admin::peer_report(&node, &xds, discovery.as_deref(), stale_after)
+            }
+            // Gone only while shutting down: then without the node's judgement.
+            None => crate::admin::local_envoys(node_id, &xds, None),
+        }));
+    }
     let auth = match config.admin_tokens {
         Some((path, tokens)) => {
             warn_if_readable_by_others(&path);

@@ -157,6 +157,64 @@ impl Command {
         }
     }
 
+    /// What the command changes, in a few words for people (the status page's list of
+    /// changes): its source, then each part, e.g. `dns: put builder b1, removed 2 builders`.
+    pub fn summary(&self) -> String {
+        use crate::services::{CertificateChange, EndpointChange};
+        fn counted(n: usize, one: String, many: &str) -> Option<String> {
+            match n {
+                0 => None,
+                1 => Some(one),
+                n => Some(many.replace("{n}", &n.to_string())),
+            }
+        }
+        let b = &self.batch;
+        let first = |v: &[crate::Builder]| v.first().map_or_else(String::new, |b| b.id.clone());
+        let endpoint = |c: &EndpointChange| {
+            let (service, id) = c.key();
+            let verb = match c {
+                EndpointChange::Register { .. } => "registered",
+                EndpointChange::Deregister { .. } => "deregistered",
+                EndpointChange::Drain { .. } => "draining",
+                EndpointChange::Expire { .. } => "expired",
+            };
+            format!("{verb} endpoint {service}/{id}")
+        };
+        let certificate = |c: &CertificateChange| match c {
+            CertificateChange::Put { name, .. } => format!("put certificate {name}"),
+            CertificateChange::Remove { name } => format!("removed certificate {name}"),
+        };
+        let parts: Vec<String> = [
+            counted(b.upserts.len(), format!("put builder {}", first(&b.upserts)), "put {n} builders"),
+            counted(
+                b.removes.len(),
+                format!("removed builder {}", b.removes.first().cloned().unwrap_or_default()),
+                "removed {n} builders",
+            ),
+            self.desired
+                .as_ref()
+                .map(|d| format!("config of {} services", d.services.len())),
+            counted(
+                self.endpoints.len(),
+                self.endpoints.first().map(endpoint).unwrap_or_default(),
+                "{n} endpoint changes",
+            ),
+            counted(
+                self.certificates.len(),
+                self.certificates.first().map(certificate).unwrap_or_default(),
+                "{n} certificate changes",
+            ),
+            self.raise_format.map(|f| format!("entry format raised to {f}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if parts.is_empty() {
+            return format!("{}: no change", self.source);
+        }
+        format!("{}: {}", self.source, parts.join(", "))
+    }
+
     /// Refuses a command this build cannot apply as the builds that proposed it do.
     pub fn check_format(&self) -> Result<(), UnknownFormat> {
         let format = self.format.max(self.raise_format.unwrap_or(0));

@@ -557,3 +557,28 @@ fn entry_formats_on_the_wire() {
         Err(UnknownFormat { format: FORMAT + 1 })
     );
 }
+
+#[test]
+fn a_command_says_what_it_changes() {
+    let one = Command::new(
+        Source::Dns,
+        Batch {
+            upserts: vec![b("b1", 9001, Source::Dns)],
+            removes: vec!["b2".into(), "b3".into()],
+        },
+    );
+    assert_eq!(one.summary(), "dns: put builder b1, removed 2 builders");
+    assert_eq!(
+        Command::raise_format(2).summary(),
+        "api: entry format raised to 2"
+    );
+    let drain = Command::endpoints(vec![crate::services::EndpointChange::Drain {
+        service: "api".into(),
+        id: "e1".into(),
+    }]);
+    assert_eq!(drain.summary(), "api: draining endpoint api/e1");
+    assert_eq!(
+        Command::new(Source::Api, Batch::default()).summary(),
+        "api: no change"
+    );
+}

@@ -32,6 +32,9 @@ pub struct AppliedRevision {
     pub seen_at_us: Option<u64>,
     /// This replica's apply span of the change, if traced.
     pub trace: Option<trace::SpanRef>,
+    /// What the change was, in a few words (the status page lists recent changes); shared, as
+    /// these times are cloned for every Envoy that ACKs.
+    pub what: std::sync::Arc<str>,
 }
 
 /// A monotonically increasing count.

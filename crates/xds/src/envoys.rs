@@ -41,6 +41,8 @@ fn now_ms() -> u64 {
 #[derive(Default)]
 pub struct Envoys {
     inner: Mutex<Inner>,
+    /// Which changes they ACKed, and how fast.
+    pub(crate) changes: crate::acks::ChangeAcks,
 }
 
 #[derive(Default)]

@@ -15,13 +15,15 @@
 //! - `transport`: gRPC framing, our own tower service, request decoder and response body;
 //! - `service`: stream accept, the certificate-bound node id, dispatch to a driver;
 //! - `stream`: the SotW and delta drivers and the loop they share, over any request stream;
-//! - `push` and [`envoys`]: push bookkeeping, the Envoys' status, metrics and traces;
+//! - `push`, [`envoys`] and [`acks`]: push bookkeeping, the Envoys' status, which changes they
+//!   ACKed and how fast, metrics and traces;
 //! - [`protocol`]: each protocol's state, pure; `wire`: responses encoded into gRPC frames;
 //! - `barrier`: the read barrier streams catch up with, one at a time for all of them;
 //! - [`resource_type`]: the table of served types the drivers iterate;
 //! - [`snapshot`], [`dump`], [`resources`], [`config`], [`bootstrap`]: resources and settings.
 
 pub mod access_log;
+pub mod acks;
 mod barrier;
 pub mod bootstrap;
 pub mod config;

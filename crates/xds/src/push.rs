@@ -12,8 +12,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// The pushes of one stream.
-#[derive(Default)]
 pub(crate) struct Pushes {
+    /// When the stream opened: an Envoy new to the cluster counts towards the ACKs of a change
+    /// only if it was streaming when this replica applied it (not the old changes its first
+    /// config happens to include).
+    opened: Instant,
     /// When the last response of each type went out.
     sent_at: HashMap<String, Instant>,
     /// The newest revision of each type the Envoy is known to hold.
@@ -29,6 +32,17 @@ struct PushSpan {
     /// Types sent at `revision` and not yet ACKed.
     pending: Vec<String>,
     span: Span,
+}
+
+impl Default for Pushes {
+    fn default() -> Self {
+        Pushes {
+            opened: Instant::now(),
+            sent_at: HashMap::new(),
+            known: HashMap::new(),
+            span: None,
+        }
+    }
 }
 
 impl Drop for Pushes {
@@ -161,10 +175,17 @@ impl Pushes {
         }
         let now = concord_telemetry::unix_micros();
         for t in times(had, revision) {
-            m.commit_to_ack.observe(t.applied_at.elapsed());
-            if let Some(seen) = t.seen_at_us {
-                m.discovery_to_ack
-                    .observe(Duration::from_micros(now.saturating_sub(seen)));
+            let applied = t.applied_at.elapsed();
+            m.commit_to_ack.observe(applied);
+            let seen = t.seen_at_us.map(|s| Duration::from_micros(now.saturating_sub(s)));
+            if let Some(seen) = seen {
+                m.discovery_to_ack.observe(seen);
+            }
+            // An Envoy that reported a version (a reconnect, a failover) counts for every change
+            // it newly accepts; a new one only for changes applied since its stream opened.
+            if had > 0 || t.applied_at >= self.opened {
+                let latency = seen.unwrap_or(applied);
+                envoys.changes.acked(t.revision, latency.as_micros() as u64);
             }
         }
     }

@@ -83,6 +83,12 @@ impl XdsServer {
         self.inner.envoys.nacks_total()
     }
 
+    /// How many of this replica's Envoys ACKed each change from revision `from` on, and the
+    /// slowest of them: see [`crate::acks`].
+    pub fn change_acks(&self, from: u64) -> Vec<(u64, crate::acks::Acks)> {
+        self.inner.envoys.changes.since(from)
+    }
+
     /// The resources served now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.snapshots.borrow().clone()

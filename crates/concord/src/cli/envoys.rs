@@ -161,6 +161,7 @@ mod tests {
             envoys: vec![envoy()],
             serving: Some(true),
             not_serving: None,
+            report: None,
         };
         let text = local(&l);
         assert!(text.starts_with("replica node 1 at revision 7 (1 NACKs since start)\n"));

@@ -567,6 +567,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 applied_at: std::time::Instant::now(),
                                 seen_at_us: cmd.seen_at_us(),
                                 trace: span.reference(),
+                                what: cmd.summary().into(),
                             });
                             for id in &cmd.batch.removes {
                                 batch.remove(builder_key(id));
