@@ -300,7 +300,9 @@ mod tests {
         let v = ClusterView::assemble(&status(3, Role::Follower, Some(1)), 5000, answers);
         assert_eq!((v.asked, v.leader, v.term), (3, Some(1), 4));
         assert_eq!(v.replicas.len(), 3, "the unanswering member is listed");
-        assert!(matches!(&v.replicas[1].answer, ReplicaState::Failed { error } if error.contains("unreachable")));
+        assert!(
+            matches!(&v.replicas[1].answer, ReplicaState::Failed { error } if error.contains("unreachable"))
+        );
         let ReplicaState::Answered { raft: Some(r), .. } = &v.replicas[0].answer else {
             panic!("{:?}", v.replicas[0]);
         };
@@ -343,7 +345,11 @@ mod tests {
         );
         assert!(matches!(
             &v.replicas[0].answer,
-            ReplicaState::Answered { raft: None, revision: 9, .. }
+            ReplicaState::Answered {
+                raft: None,
+                revision: 9,
+                ..
+            }
         ));
         assert_eq!(v.poller, None);
         assert!(v.changes.is_empty());

@@ -29,6 +29,7 @@
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //! | GET | `/v1/cluster/envoys` | every member's Envoys, asked over the peer channel (`proxy-status`) |
 //! | POST | `/v1/debug/isolate` | `{"isolated":true}`: fault injection, with `--enable-fault-injection` only |
+//! | GET | `/ui`, `/ui/events`, `/ui/state` | the live status page: see [`crate::ui`] |
 //!
 //! With an admin token file every request but `/healthz` and `/readyz` needs a bearer token, read (GET) or
 //! write (everything else): see [`crate::auth`].
@@ -47,12 +48,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use concord_api::view::{ChangeAcks, MAX_CHANGES, ReplicaReport};
 use concord_api::{
     AddLearner, BatchBody, BuilderList, ClusterEnvoys, DiscoveryStatus, ErrorBody, ErrorCode,
     Isolate, Isolated, LocalEnvoys, MembershipChanged, OneBuilder, Promote, PutBuilder,
     RequestError, Written, XdsResources,
 };
-use concord_api::view::{ChangeAcks, MAX_CHANGES, ReplicaReport};
 use concord_discovery::PollerStatus;
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node, NodeId};
 use concord_registry::{Batch, Command, Outcome, Rejection, Source};
@@ -72,12 +73,14 @@ pub struct AppState {
 }
 
 /// The admin API's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Serve `POST /v1/debug/isolate`.
     pub fault_injection: bool,
     /// How long out of contact with the quorum makes the replica stale (`/readyz` says why).
     pub stale_after: Duration,
+    /// Cancelled when the replica shuts down: ends the status page's event streams.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Builds the admin router for `node` and its ADS server, behind `auth`.
@@ -93,6 +96,7 @@ pub fn router(
     } else {
         Router::new()
     };
+    let ui_node = node.clone();
     Router::new()
         .merge(debug)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -140,12 +144,14 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/v1/xds/resources", get(xds_resources))
         .route("/v1/discovery", get(discovery_status))
+        .fallback(unknown_path)
         .with_state(AppState {
             node,
             xds,
             discovery,
             stale_after: options.stale_after,
         })
+        .merge(crate::ui::router(ui_node, options.shutdown))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::require_token,
@@ -410,8 +416,21 @@ async fn put_config(
     write_command(&node, Command::apply_services(desired)).await
 }
 
+/// Any other path: 404 with the error body, naming it.
+async fn unknown_path(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!(
+            "no admin endpoint {method} {} (the endpoints are listed in the admin API's \
+             docs; the status page is /ui)",
+            uri.path()
+        ),
+    )
+}
+
 /// The wire form of a replica's status.
-fn status_body(s: concord_raft::Status) -> concord_api::Status {
+pub(crate) fn status_body(s: concord_raft::Status) -> concord_api::Status {
     concord_api::Status {
         cluster: s.cluster,
         node_id: s.node_id,
@@ -675,7 +694,8 @@ pub fn peer_report(
     stale_after: Duration,
 ) -> LocalEnvoys {
     let mut local = local_envoys(node.id(), xds, Some((node, stale_after)));
-    let poller = discovery.map(|d| poller_body(d.lock().unwrap_or_else(|e| e.into_inner()).clone()));
+    let poller =
+        discovery.map(|d| poller_body(d.lock().unwrap_or_else(|e| e.into_inner()).clone()));
     local.report = Some(Box::new(ReplicaReport {
         raft: status_body(node.status()),
         poller,

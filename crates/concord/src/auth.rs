@@ -16,6 +16,7 @@
 //! With tokens configured, every request but the probes (`GET /healthz`, `/readyz`) needs `Authorization: Bearer
 //! <token>`: no token or an unknown one is 401, a read token on anything but GET/HEAD is 403.
 //! `/metrics` needs a read token too (Prometheus: `authorization: { credentials_file: … }`).
+//! The status page (`/ui…`) also takes the token from a cookie, set by `GET /ui?token=…`.
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -268,7 +269,34 @@ fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     resp
 }
 
-/// Middleware: lets a request through if its bearer token allows it.
+/// The cookie the status page's token is kept in (`Path=/ui`): a browser's `EventSource` cannot
+/// send an `Authorization` header.
+const UI_COOKIE: &str = "concord_token";
+
+/// Whether `path` is the status page's.
+fn is_ui(path: &str) -> bool {
+    path == "/ui" || path.starts_with("/ui/")
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+fn cookie<'a>(value: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    value.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let rest = pair.strip_prefix(name.as_bytes())?;
+        rest.strip_prefix(b"=")
+    })
+}
+
+/// The `token` parameter of a query string (percent-decoded; `+` is a space, as in forms).
+fn query_token(query: &str) -> Option<String> {
+    let params: axum::extract::Query<std::collections::HashMap<String, String>> =
+        axum::extract::Query::try_from_uri(&format!("/?{query}").parse().ok()?).ok()?;
+    params.0.get("token").cloned()
+}
+
+/// Middleware: lets a request through if its bearer token allows it. The status page (`/ui…`)
+/// also takes the token from its cookie, and `GET /ui?token=…` (the URL `concord ui` prints)
+/// sets that cookie and redirects to `/ui`, so the token leaves the address bar.
 pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     let Some(tokens) = auth.current() else {
         return next.run(req).await;
@@ -276,18 +304,18 @@ pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -
     let Some(need) = needed(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| bearer(v.as_bytes()));
+    let ui = is_ui(req.uri().path());
+    let (presented, via_query) = presented_token(&req, ui);
     let Some(presented) = presented else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "this admin API needs `Authorization: Bearer <token>`",
-        );
+        let message = if ui {
+            "the status page needs a read token: open the URL `concord ui` prints (it carries \
+             one), or send `Authorization: Bearer <token>`"
+        } else {
+            "this admin API needs `Authorization: Bearer <token>`"
+        };
+        return refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
     };
-    match tokens.check(presented) {
+    match tokens.check(&presented) {
         None => {
             tracing::warn!(method = %req.method(), path = req.uri().path(), "admin request with an unknown token");
             refuse(
@@ -301,8 +329,55 @@ pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -
             ErrorCode::Forbidden,
             "this token may only read; this request needs a write token",
         ),
+        Some(_) if via_query => remember_ui_token(&presented),
         Some(_) => next.run(req).await,
     }
+}
+
+/// The token a request presents, and whether it came in the query (`/ui?token=…`): the query's
+/// on the status page, else the `Authorization` header's, else (status page only) the cookie's.
+fn presented_token(req: &Request, ui: bool) -> (Option<Vec<u8>>, bool) {
+    let from_query = req
+        .uri()
+        .query()
+        .filter(|_| ui)
+        .and_then(query_token)
+        .map(String::into_bytes);
+    if from_query.is_some() {
+        return (from_query, true);
+    }
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()));
+    let from_cookie = || {
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| cookie(v.as_bytes(), UI_COOKIE))
+    };
+    let token = from_header.or_else(|| if ui { from_cookie() } else { None });
+    (token.map(<[u8]>::to_vec), false)
+}
+
+/// `303 See Other` to `/ui`, setting the cookie that carries `token` on the page's requests.
+fn remember_ui_token(token: &[u8]) -> Response {
+    // Tokens hold only cookie-safe characters (A-Z a-z 0-9 - . _ ~ + / =): checked when parsed.
+    let value = format!(
+        "{UI_COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict",
+        String::from_utf8_lossy(token)
+    );
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::LOCATION, header::HeaderValue::from_static("/ui"));
+    if let Ok(v) = header::HeaderValue::from_str(&value) {
+        headers.insert(header::SET_COOKIE, v);
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 #[cfg(test)]
@@ -362,6 +437,23 @@ mod tests {
             assert_eq!(needed(&m, "/v1/builders/x"), Some(Permission::Write));
         }
         assert!(Permission::Write > Permission::Read);
+    }
+
+    #[test]
+    fn ui_token_sources() {
+        assert!(is_ui("/ui") && is_ui("/ui/events") && !is_ui("/uix") && !is_ui("/v1/ui"));
+        assert_eq!(
+            cookie(b"a=b; concord_token=tok123; c=d", UI_COOKIE),
+            Some(&b"tok123"[..])
+        );
+        assert_eq!(cookie(b"concord_tokenx=1", UI_COOKIE), None);
+        assert_eq!(cookie(b"", UI_COOKIE), None);
+        assert_eq!(
+            query_token("token=a%2Bb%2F%3D&x=1").as_deref(),
+            Some("a+b/=")
+        );
+        assert_eq!(query_token("x=1"), None);
+        assert_eq!(query_token("%zz"), None);
     }
 
     #[test]

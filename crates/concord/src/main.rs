@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod desired;
 mod serve;
+mod ui;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -80,6 +81,9 @@ enum Command {
     Render(cli::RenderArgs),
     /// Show DNS discovery: who polls, the last poll and its result, the last change, skips.
     Discovery,
+    /// Print the URL of the replica's live status page (with the token, when one is given):
+    /// members, Envoys, recent changes and their ACK times, the DNS poller.
+    Ui,
     /// Print an Envoy bootstrap (YAML) that streams from every replica.
     EnvoyBootstrap(Box<cli::BootstrapArgs>),
     /// Write a development CA and node (and Envoy) certificates for a local cluster.
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
         Command::Builders(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Envoys(args) => runtime.block_on(args.run(&cli.target)),
         Command::Discovery => runtime.block_on(cli::discovery(&cli.target)),
+        Command::Ui => runtime.block_on(cli::ui(&cli.target)),
         Command::Apply(args) => runtime.block_on(args.run(&cli.target)),
         Command::Diff(args) => runtime.block_on(args.run(&cli.target)),
         Command::Get(args) => runtime.block_on(args.run(&cli.target)),

@@ -117,9 +117,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         let (xds, weak, stale_after) = (xds.clone(), Arc::downgrade(&node), config.stale_after);
         let discovery = discovery.clone();
         node.set_local_status(Box::new(move || match weak.upgrade() {
-            Some(node) => {
-                crate::admin::peer_report(&node, &xds, discovery.as_deref(), stale_after)
-            }
+            Some(node) => crate::admin::peer_report(&node, &xds, discovery.as_deref(), stale_after),
             // Gone only while shutting down: then without the node's judgement.
             None => crate::admin::local_envoys(node_id, &xds, None),
         }));
@@ -160,6 +158,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             admin::Options {
                 fault_injection: config.fault_injection,
                 stale_after: config.stale_after,
+                shutdown: front.token().clone(),
             },
             auth,
         ),

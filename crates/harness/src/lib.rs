@@ -7,6 +7,7 @@
 //! first: `cargo build -p concord`).
 
 pub mod ads;
+pub mod browser;
 pub mod dns;
 pub mod envoy;
 pub mod grpc;

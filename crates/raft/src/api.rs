@@ -181,5 +181,24 @@ mod tests {
         };
         assert_eq!((s.node_id, s.revision), (3, 7));
         assert_eq!(serde_json::to_string(&r).expect("encodes"), up);
+        assert!(s.report.is_none(), "a replica older than the status page");
+        // A replica with the status page adds its report (older replicas ignore the field: no
+        // type on the peer channel denies unknown fields; the upgrade test runs both).
+        let with_report = up.replace(
+            r#""envoys":[]"#,
+            r#""envoys":[],"report":{"raft":{"cluster":"c","node_id":3,"role":"follower","term":2,
+               "leader":1,"last_log_index":7,"applied_index":7,"snapshot_index":null,
+               "purged_index":null,"revision":7,"builders":0,"members":[],
+               "millis_since_quorum_ack":null},"poller":null,
+               "changes":[{"revision":7,"at_ms":1,"what":"dns: put builder b1","acked":2,
+               "slowest_ack_us":900}]}"#,
+        );
+        let r: ClientReply = serde_json::from_str(&with_report).expect("decodes");
+        let ClientReply::LocalStatus { status: Some(s) } = &r else {
+            panic!("{r:?}")
+        };
+        let report = s.report.as_ref().expect("the report");
+        assert_eq!(report.raft.leader, Some(1));
+        assert_eq!(report.changes[0].what, "dns: put builder b1");
     }
 }

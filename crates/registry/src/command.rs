@@ -185,10 +185,17 @@ impl Command {
             CertificateChange::Remove { name } => format!("removed certificate {name}"),
         };
         let parts: Vec<String> = [
-            counted(b.upserts.len(), format!("put builder {}", first(&b.upserts)), "put {n} builders"),
+            counted(
+                b.upserts.len(),
+                format!("put builder {}", first(&b.upserts)),
+                "put {n} builders",
+            ),
             counted(
                 b.removes.len(),
-                format!("removed builder {}", b.removes.first().cloned().unwrap_or_default()),
+                format!(
+                    "removed builder {}",
+                    b.removes.first().cloned().unwrap_or_default()
+                ),
                 "removed {n} builders",
             ),
             self.desired
@@ -201,10 +208,14 @@ impl Command {
             ),
             counted(
                 self.certificates.len(),
-                self.certificates.first().map(certificate).unwrap_or_default(),
+                self.certificates
+                    .first()
+                    .map(certificate)
+                    .unwrap_or_default(),
                 "{n} certificate changes",
             ),
-            self.raise_format.map(|f| format!("entry format raised to {f}")),
+            self.raise_format
+                .map(|f| format!("entry format raised to {f}")),
         ]
         .into_iter()
         .flatten()

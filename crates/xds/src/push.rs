@@ -177,7 +177,9 @@ impl Pushes {
         for t in times(had, revision) {
             let applied = t.applied_at.elapsed();
             m.commit_to_ack.observe(applied);
-            let seen = t.seen_at_us.map(|s| Duration::from_micros(now.saturating_sub(s)));
+            let seen = t
+                .seen_at_us
+                .map(|s| Duration::from_micros(now.saturating_sub(s)));
             if let Some(seen) = seen {
                 m.discovery_to_ack.observe(seen);
             }

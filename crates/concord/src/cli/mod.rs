@@ -13,6 +13,7 @@ mod discovery;
 mod endpoints;
 mod envoys;
 mod exit;
+mod ui;
 
 pub use bootstrap::BootstrapArgs;
 pub use builders::BuildersCmd;
@@ -23,6 +24,7 @@ pub use discovery::discovery;
 pub use endpoints::EndpointsCmd;
 pub use envoys::EnvoysArgs;
 pub use exit::Exit;
+pub use ui::ui;
 
 use clap::Args;
 use concord_api::Client;

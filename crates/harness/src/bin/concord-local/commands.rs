@@ -435,7 +435,11 @@ fn examples(w: &World, envoys: &[Envoy]) {
         w.s.admin_base + 1
     );
     println!(
-        "  deploy/local/concord-local kill-leader     # and watch: deploy/local/concord-local status"
+        "  {bin} --admin 127.0.0.1:{} ui   # the live status page's URL: open it in a browser",
+        w.s.admin_base + 2
+    );
+    println!(
+        "  deploy/local/concord-local kill-leader     # and watch: deploy/local/concord-local status, or the page"
     );
     if w.s.dns {
         println!("  deploy/local/concord-local dns-add 4       # routed within a poll or two");
