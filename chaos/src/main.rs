@@ -8,7 +8,8 @@
 //! DNS change is reflected at the end and no removed builder reappears; (4) connections to
 //! builders that stayed in DNS all succeed, and removed builders stop being routed; (5) every
 //! replica restarts from its data dir and all agree at the end; (6) a replica cut off from its
-//! peers reports NOT_SERVING within `--stale-after-ms` + 200 ms, and its Envoys move away.
+//! peers, or on the minority side of a partition, reports NOT_SERVING within `--stale-after-ms`
+//! + 200 ms, and its Envoys move away.
 //!
 //! `concord-chaos kill-leader --faults 50`; exits non-zero on any violation.
 
@@ -39,6 +40,9 @@ enum Scenario {
     RollingRestart,
     /// Cut the leader off from its peers and its Envoys (in-process fault injection), heal.
     PartitionLeader,
+    /// Five replicas split into two sides: the leader and one follower (the minority) against
+    /// the other three; the minority turns its Envoys away, the majority elects a leader; heal.
+    PartitionMinority,
     /// All replicas down at once, then up; Envoys keep their config meanwhile.
     RestartAll,
     /// SIGKILL the same replica repeatedly under heavy write load.
@@ -108,6 +112,9 @@ impl Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.scenario == Scenario::PartitionMinority && args.replicas != 5 {
+        bail!("partition-minority splits five replicas 2 | 3: run it with --replicas 5");
+    }
     if args.scenario == Scenario::CrashDisk {
         return crash_disk::run(&args).await;
     }
@@ -211,6 +218,42 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
                 world.rec.event("heal", json!({ "node": victim }));
                 caught_up(world, victim).await?;
             }
+            Scenario::PartitionMinority => {
+                let old = leader(world).await?;
+                let up = world.cluster.lock().await.up();
+                let followers: Vec<u64> = up.iter().copied().filter(|id| *id != old).collect();
+                let other = followers[rng.random_range(0..followers.len())];
+                let minority = vec![old, other];
+                let majority: Vec<u64> =
+                    up.into_iter().filter(|id| !minority.contains(id)).collect();
+                for id in &minority {
+                    cut_off(world, *id, &majority).await?;
+                }
+                for id in &majority {
+                    cut_off(world, *id, &minority).await?;
+                }
+                let cut = Instant::now();
+                world.rec.event(
+                    "fault",
+                    json!({ "n": k, "kind": "partition", "minority": minority, "majority": majority }),
+                );
+                let new = wait_leader_among(world, &majority).await?;
+                world.rec.event(
+                    "election",
+                    json!({ "node": new, "ms": t0.elapsed().as_secs_f64() * 1e3 }),
+                );
+                for id in &minority {
+                    turns_envoys_away(world, *id, cut).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..1000))).await;
+                for id in minority.iter().chain(&majority) {
+                    cut_off(world, *id, &[]).await?;
+                }
+                world.rec.event("heal", json!({ "minority": minority }));
+                for id in &minority {
+                    caught_up(world, *id).await?;
+                }
+            }
             Scenario::CrashDisk => unreachable!("crash_disk::run"),
             Scenario::RestartAll => {
                 let ids: Vec<u64> = world.cluster.lock().await.up();
@@ -235,6 +278,15 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Cuts replica `node` off from `peers` only (both ways); none heals it.
+async fn cut_off(world: &World, node: u64, peers: &[u64]) -> Result<()> {
+    let api = world.cluster.lock().await.api(node);
+    api.cut_off(peers)
+        .await
+        .with_context(|| format!("cut {node} off from {peers:?}"))?;
     Ok(())
 }
 
@@ -295,6 +347,24 @@ async fn turns_envoys_away(world: &World, node: u64, cut: Instant) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// A leader among `side` (the majority of a partition).
+async fn wait_leader_among(world: &World, side: &[u64]) -> Result<u64> {
+    concord_harness::eventually(
+        Duration::from_secs(20),
+        "a leader on the majority side",
+        || async {
+            let c = world.cluster.lock().await;
+            for &id in side {
+                if c.status(id).await?.role == Role::Leader {
+                    return Ok(id);
+                }
+            }
+            bail!("none yet")
+        },
+    )
+    .await
 }
 
 async fn wait_leader_other_than(world: &World, old: u64) -> Result<u64> {

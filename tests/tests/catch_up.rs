@@ -168,6 +168,18 @@ async fn a_replica_back_in_contact_catches_up_before_answering() -> Result<()> {
         "a replica back in contact moved an Envoy that holds nothing backwards: revision \
          {revision} with {names:?}, the Envoy had accepted {removed} (no b1)"
     );
+    // A partition names other members only: anything else is refused, naming the node.
+    for bad in [9, lagging] {
+        let e = c.api(lagging).cut_off(&[bad]).await.unwrap_err();
+        ensure!(
+            e.status() == Some(400) && e.to_string().contains(&format!("node {bad}")),
+            "{e:?}"
+        );
+    }
+    let cut = c.api(lagging).cut_off(&[leader]).await?;
+    ensure!(cut.isolated && cut.from == [leader], "{cut:?}");
+    let healed = c.api(lagging).cut_off(&[]).await?;
+    ensure!(!healed.isolated && healed.from.is_empty(), "{healed:?}");
     Ok(())
 }
 

@@ -453,8 +453,22 @@ impl Client {
     /// `POST /v1/debug/isolate` (replicas run with `--enable-fault-injection` only).
     pub async fn isolate(&self, isolated: bool) -> Result<Isolated, Error> {
         let url = self.url(&["v1", "debug", "isolate"], None);
-        self.call(Method::POST, url, Some(&Isolate { isolated }))
-            .await
+        let body = Isolate {
+            isolated,
+            from: Vec::new(),
+        };
+        self.call(Method::POST, url, Some(&body)).await
+    }
+
+    /// `POST /v1/debug/isolate` with `from`: cuts the replica off from `peers` only, both ways
+    /// (one side of a partition); no peers heals it.
+    pub async fn cut_off(&self, peers: &[u64]) -> Result<Isolated, Error> {
+        let url = self.url(&["v1", "debug", "isolate"], None);
+        let body = Isolate {
+            isolated: !peers.is_empty(),
+            from: peers.to_vec(),
+        };
+        self.call(Method::POST, url, Some(&body)).await
     }
 }
 

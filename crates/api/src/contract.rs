@@ -76,7 +76,10 @@ fn requests() {
     assert_eq!(a.node_id, 4);
     let _: Promote = round_trip(r#"{"node_id":4}"#);
     let _: Isolate = round_trip(r#"{"isolated":true}"#);
+    let cut: Isolate = round_trip(r#"{"isolated":true,"from":[3,4,5]}"#);
+    assert_eq!(cut.from, [3, 4, 5]);
     let _: Isolated = round_trip(r#"{"isolated":false}"#);
+    let _: Isolated = round_trip(r#"{"isolated":true,"from":[1,2]}"#);
 }
 
 const ENVOY: &str = r#"{"node_id":"envoy-1","node_cluster":"builders","stream":3,

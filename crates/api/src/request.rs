@@ -174,6 +174,10 @@ pub struct Promote {
 pub struct Isolate {
     /// Cut off (true) or reconnect (false).
     pub isolated: bool,
+    /// With `isolated`: cut off from these peers only, both ways, as one side of a partition
+    /// (each side is told the other's members); empty: from every peer. Reconnecting heals both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<u64>,
 }
 
 /// The endpoints that take a body.

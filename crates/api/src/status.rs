@@ -134,8 +134,11 @@ impl Status {
 }
 
 /// `POST /v1/debug/isolate` (fault injection only): the state the replica is now in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Isolated {
     /// Cut off (true) or reconnected (false).
     pub isolated: bool,
+    /// The peers it is cut off from, when only from some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<u64>,
 }

@@ -28,7 +28,7 @@
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //! | GET | `/v1/cluster/envoys` | every member's Envoys, asked over the peer channel (`proxy-status`) |
-//! | POST | `/v1/debug/isolate` | `{"isolated":true}`: fault injection, with `--enable-fault-injection` only |
+//! | POST | `/v1/debug/isolate` | `{"isolated":true}` (from every peer, or `"from":[3,4]` only those): fault injection, with `--enable-fault-injection` only |
 //! | GET | `/ui`, `/ui/events`, `/ui/state` | the live status page: see [`crate::ui`] |
 //!
 //! With an admin token file every request but `/healthz` and `/readyz` needs a bearer token, read (GET) or
@@ -656,9 +656,31 @@ async fn isolate(
     body: Result<Json<Isolate>, JsonRejection>,
 ) -> Result<Json<Isolated>, ApiError> {
     let Json(b) = body.map_err(bad_json)?;
-    node.isolate(b.isolated);
+    let members: Vec<NodeId> = node.status().members.iter().map(|m| m.id).collect();
+    if let Some(bad) = b
+        .from
+        .iter()
+        .find(|id| !members.contains(id) || **id == node.id())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!(
+                "cannot cut this replica off from node {bad}: not another member ({members:?})"
+            ),
+        ));
+    }
+    // One of the two at a time: everything, some peers, or nothing.
+    let some = b.isolated && !b.from.is_empty();
+    node.isolate(b.isolated && !some);
+    node.cut_off(if some {
+        b.from.iter().copied().collect()
+    } else {
+        Default::default()
+    });
     Ok(Json(Isolated {
         isolated: b.isolated,
+        from: if some { b.from } else { Vec::new() },
     }))
 }
 

@@ -121,6 +121,11 @@ impl ContactClock {
     /// A leader's append-entries was accepted at `now`; it said its quorum acknowledged it
     /// `leader_quorum_age` ago (`None`: not yet).
     pub fn heard_from_leader(&self, leader_quorum_age: Option<Duration>, now: Instant) {
+        // The mutant believes every leader has a quorum, for partition-minority to catch.
+        #[cfg(feature = "mutant-trust-any-leader")]
+        let leader_quorum_age = leader_quorum_age
+            .or(Some(Duration::ZERO))
+            .map(|_| Duration::ZERO);
         if let Some(at) = leader_quorum_age.and_then(|age| now.checked_sub(age)) {
             Self::saw_quorum_at(&mut self.state(), at);
         }

@@ -8,7 +8,11 @@
 // The mutants are deliberately broken builds for the chaos runner's mutation checks
 // (chaos/mutants); a release build with one is refused.
 #[cfg(all(
-    any(feature = "mutant-no-append-flush", feature = "mutant-no-stale-check"),
+    any(
+        feature = "mutant-no-append-flush",
+        feature = "mutant-no-stale-check",
+        feature = "mutant-trust-any-leader"
+    ),
     not(debug_assertions)
 ))]
 compile_error!("mutant features are for debug builds of the chaos mutation checks only");
