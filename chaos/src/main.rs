@@ -607,6 +607,7 @@ fn report(world: &World, args: &Args, convergence: Option<f64>) -> Result<()> {
         "failover_resolution_ms": 100,
         "convergence_after_last_change_ms": convergence.map(f64::round),
         "traffic": { "sent": world.traffic.sent.load(Ordering::Relaxed), "failed": world.traffic.failed.load(Ordering::Relaxed) },
+        "version_samples": { "read": world.traffic.version_samples.load(Ordering::Relaxed), "failed": world.traffic.version_sample_errors.load(Ordering::Relaxed), "every_ms": 10 },
         "violations": violations.len(),
     });
     std::fs::create_dir_all(&args.out)?;

@@ -94,6 +94,28 @@ async fn metrics_parse_and_count_changes_to_ack() -> Result<()> {
         page.contains("concord_discovery_to_ack_seconds_bucket{le=\"+Inf\"}"),
         "histogram buckets"
     );
+    // An Envoy that starts now gets all those changes in its first config, but they were made
+    // before it existed: no observation of how long they took to reach it.
+    let before = value(&page, "concord_discovery_to_ack_seconds_count")?;
+    let _late = Envoy::start(&c, "envoy-late", &[&xds], false).await?;
+    eventually(T, "the late Envoy ACKs node 1's clusters", || async {
+        let local = c.api(1).envoys().await?;
+        let late = local.envoys.iter().find(|e| e.node_id == "envoy-late");
+        let acked = late.and_then(|e| e.acked("clusters"));
+        ensure!(acked == Some(local.revision), "envoy-late ACKed {acked:?}");
+        Ok(())
+    })
+    .await?;
+    let after = value(
+        &scrape(&c, 1).await?,
+        "concord_discovery_to_ack_seconds_count",
+    )?;
+    ensure!(
+        after == before,
+        "a new Envoy's first config counted as {} discovery-to-ACK observations of changes made \
+         before it started",
+        after - before
+    );
     // The leader polls; its counters say so.
     let leader = c.leader().await?;
     let lp = scrape(&c, leader).await?;

@@ -325,6 +325,27 @@ impl Envoy {
         Ok(v)
     }
 
+    /// CDS and LDS versions from Envoy's `version_text` readouts, in one cheap admin request:
+    /// the admin API runs on Envoy's main thread, which also applies xDS, so a sampler must not
+    /// load it (a plain `/stats?filter=` walks every stat of every cluster; `/config_dump`
+    /// encodes every resource). The version of the last update of each type Envoy accepted.
+    pub async fn readouts(&self) -> Result<Versions> {
+        let body = self
+            .get("/stats?type=TextReadouts&filter=version_text")
+            .await?;
+        let get = |name: &str| -> Option<u64> {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))?
+                .trim_matches('"')
+                .parse()
+                .ok()
+        };
+        Ok(Versions {
+            clusters: get("cluster_manager.cds.version_text"),
+            listeners: get("listener_manager.lds.version_text"),
+        })
+    }
+
     /// A stat's value from `/stats?filter=...` (exact name).
     pub async fn stat(&self, name: &str) -> Result<String> {
         let body = self

@@ -149,7 +149,7 @@ impl Pushes {
     /// The Envoy ACKed `revision`. Records push duration always; commit-to-ACK and
     /// discovery-to-ACK once for every change the Envoy newly accepts with it (its clusters;
     /// several changes may arrive in one push), and not when it re-ACKs a revision it already
-    /// had (a reconnect).
+    /// had (a reconnect), nor for changes made before a new Envoy's stream opened.
     pub(crate) fn acked(
         &mut self,
         envoys: &Envoys,
@@ -175,6 +175,15 @@ impl Pushes {
         }
         let now = concord_telemetry::unix_micros();
         for t in times(had, revision) {
+            // An Envoy that reported a version (a reconnect, a failover) counts for every change
+            // it newly accepts; a new one (nothing held: its first start, or a restart) only for
+            // changes applied since its stream opened. Its first config also carries the older
+            // changes, up to the few thousand whose times are kept, but how long they took to
+            // reach an Envoy that did not exist yet measures nothing: counted, one Envoy started
+            // on an hour-old cluster would add thousands of hour-long observations.
+            if had == 0 && t.applied_at < self.opened {
+                continue;
+            }
             let applied = t.applied_at.elapsed();
             m.commit_to_ack.observe(applied);
             let seen = t
@@ -183,12 +192,8 @@ impl Pushes {
             if let Some(seen) = seen {
                 m.discovery_to_ack.observe(seen);
             }
-            // An Envoy that reported a version (a reconnect, a failover) counts for every change
-            // it newly accepts; a new one only for changes applied since its stream opened.
-            if had > 0 || t.applied_at >= self.opened {
-                let latency = seen.unwrap_or(applied);
-                envoys.changes.acked(t.revision, latency.as_micros() as u64);
-            }
+            let latency = seen.unwrap_or(applied);
+            envoys.changes.acked(t.revision, latency.as_micros() as u64);
         }
     }
 
