@@ -26,16 +26,18 @@ pub struct ReplicaReport {
 /// Most changes one replica reports.
 pub const MAX_CHANGES: usize = 240;
 
-/// One change on one replica, and its Envoys' ACKs of it.
+/// One change and the Envoys' ACKs of it: on one replica, of its own Envoys; in the
+/// [`ClusterView`], summed over the replicas that answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeAcks {
     /// The registry revision it made.
     pub revision: u64,
-    /// When this replica applied it (Unix milliseconds).
+    /// When this replica (in the cluster view: the first replica) applied it (Unix
+    /// milliseconds).
     pub at_ms: u64,
     /// What it was (`dns: put builder b1`).
     pub what: String,
-    /// Envoys of this replica that ACKed it.
+    /// Envoys that ACKed it.
     pub acked: u64,
     /// The slowest of their times from when the change was seen to the ACK (microseconds).
     pub slowest_ack_us: Option<u64>,
@@ -59,7 +61,7 @@ pub struct ClusterView {
     /// Every Envoy, by node id, with the replica it streams from.
     pub envoys: Vec<ClusterEnvoy>,
     /// The changes of the last hour, oldest first, with their ACKs summed over the replicas.
-    pub changes: Vec<ClusterChange>,
+    pub changes: Vec<ChangeAcks>,
     /// The replica that polls DNS, and its poller.
     pub poller: Option<PollingReplica>,
 }
@@ -102,21 +104,6 @@ pub enum ReplicaState {
         /// Why.
         error: String,
     },
-}
-
-/// One change, over the whole cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterChange {
-    /// The revision it made.
-    pub revision: u64,
-    /// When the first replica applied it (Unix milliseconds).
-    pub at_ms: u64,
-    /// What it was.
-    pub what: String,
-    /// Envoys that ACKed it, summed over the replicas that answered.
-    pub acked: u64,
-    /// The slowest of their times from when it was seen to the ACK (microseconds).
-    pub slowest_ack_us: Option<u64>,
 }
 
 /// The replica that polls DNS.
@@ -180,9 +167,9 @@ impl ClusterView {
                 }
             })
             .collect();
-        let mut changes: BTreeMap<u64, ClusterChange> = BTreeMap::new();
+        let mut changes: BTreeMap<u64, ChangeAcks> = BTreeMap::new();
         for c in reports.values().flat_map(|r| &r.changes) {
-            let merged = changes.entry(c.revision).or_insert_with(|| ClusterChange {
+            let merged = changes.entry(c.revision).or_insert_with(|| ChangeAcks {
                 revision: c.revision,
                 at_ms: c.at_ms,
                 what: c.what.clone(),
@@ -312,14 +299,14 @@ mod tests {
         assert_eq!(
             v.changes,
             [
-                ClusterChange {
+                ChangeAcks {
                     revision: 8,
                     at_ms: 990,
                     what: "dns: change 8".into(),
                     acked: 3,
                     slowest_ack_us: Some(4000)
                 },
-                ClusterChange {
+                ChangeAcks {
                     revision: 9,
                     at_ms: 2000,
                     what: "dns: change 9".into(),

@@ -4,7 +4,7 @@
 //! that came from outside (Envoy node ids, NACK messages, DNS names, errors) is escaped.
 
 use concord_api::envoys::ClusterEnvoy;
-use concord_api::view::{ClusterChange, ClusterView, ReplicaState, ReplicaView};
+use concord_api::view::{ChangeAcks, ClusterView, ReplicaState, ReplicaView};
 use std::fmt::Write;
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -264,13 +264,13 @@ fn changes(v: &ClusterView) -> String {
 }
 
 /// The slowest ACK of each change of the last hour, as an SVG scatter chart (x: time, y: ms).
-fn chart(changes: &[ClusterChange], now_ms: u64) -> String {
+fn chart(changes: &[ChangeAcks], now_ms: u64) -> String {
     const W: f64 = 720.0;
     const H: f64 = 140.0;
     const LEFT: f64 = 56.0;
     const BOTTOM: f64 = 20.0;
     const HOUR_MS: f64 = 3_600_000.0;
-    let points: Vec<(f64, f64, &ClusterChange)> = changes
+    let points: Vec<(f64, f64, &ChangeAcks)> = changes
         .iter()
         .filter_map(|c| {
             let us = c.slowest_ack_us?;
@@ -485,7 +485,7 @@ mod tests {
                 replica: 1,
                 replica_revision: 19,
             }],
-            changes: vec![ClusterChange {
+            changes: vec![ChangeAcks {
                 revision: 19,
                 at_ms: 3_600_000 * 5 + 60_000,
                 what: "dns: put builder <b1>".into(),
