@@ -630,6 +630,15 @@ fn report(world: &World, args: &Args, convergence: Option<f64>) -> Result<()> {
     );
     println!("report: {}", path.display());
     if !violations.is_empty() {
+        // The replicas' logs go with a failed run's report: the cluster's directory is removed.
+        let logs = path.with_extension("logs");
+        if let Ok(c) = world.cluster.try_lock() {
+            std::fs::create_dir_all(&logs)?;
+            for r in c.nodes.values() {
+                let _ = std::fs::copy(r.log(), logs.join(format!("node-{}.log", r.id)));
+            }
+            println!("replica logs: {}", logs.display());
+        }
         bail!(
             "{} invariant violation(s); see the report",
             violations.len()

@@ -834,8 +834,17 @@ impl Node {
                     .await
                     .map_err(|_| timed_out())?;
                 match res {
+                    // openraft's read index is max(committed, the first entry of this leader's
+                    // term). A leader that restarts with its vote committed is restored at once,
+                    // in the same term, with no new first entry, and the committed index it
+                    // stored is not flushed: entries it had committed before a power loss can
+                    // sit above both, and a read at that index misses them (an Envoy served
+                    // the revision before one it had; crash-disk, issue 16). Everything in its
+                    // log now may have been committed: the read waits for all of it.
                     Ok(log_id) => Ok(ClientReply::ReadIndex {
-                        index: log_id.map_or(0, |l| l.index),
+                        index: log_id
+                            .map_or(0, |l| l.index)
+                            .max(self.raft.metrics().borrow().last_log_index.unwrap_or(0)),
                     }),
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                         Err(ClientError::NotLeader {
