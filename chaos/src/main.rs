@@ -351,28 +351,22 @@ async fn turns_envoys_away(world: &World, node: u64, cut: Instant) -> Result<()>
 
 /// A leader among `side` (the majority of a partition).
 async fn wait_leader_among(world: &World, side: &[u64]) -> Result<u64> {
-    concord_harness::eventually(
-        Duration::from_secs(20),
-        "a leader on the majority side",
-        || async {
-            let c = world.cluster.lock().await;
-            for &id in side {
-                if c.status(id).await?.role == Role::Leader {
-                    return Ok(id);
-                }
-            }
-            bail!("none yet")
-        },
-    )
+    wait_leader(world, "a leader on the majority side", |id| {
+        side.contains(&id)
+    })
     .await
 }
 
 async fn wait_leader_other_than(world: &World, old: u64) -> Result<u64> {
-    concord_harness::eventually(Duration::from_secs(20), "a new leader", || async {
+    wait_leader(world, "a new leader", |id| id != old).await
+}
+
+/// A running replica that `accept`s and reports itself leader.
+async fn wait_leader(world: &World, what: &str, accept: impl Fn(u64) -> bool) -> Result<u64> {
+    concord_harness::eventually(Duration::from_secs(20), what, || async {
         let c = world.cluster.lock().await;
-        for id in c.up().into_iter().filter(|&id| id != old) {
-            let s = c.status(id).await?;
-            if s.role == Role::Leader {
+        for id in c.up().into_iter().filter(|id| accept(*id)) {
+            if c.status(id).await?.role == Role::Leader {
                 return Ok(id);
             }
         }

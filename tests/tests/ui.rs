@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use concord_harness::browser::Browser;
 use concord_harness::dns::Bind;
 use concord_harness::envoy::Envoy;
-use concord_harness::{Cluster, Options, concord_bin};
+use concord_harness::{Cluster, Options, concord_bin, eventually};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -140,7 +140,7 @@ async fn bad_input(c: &Cluster, id: u64) -> Result<()> {
 }
 
 /// What the page shows, read from its DOM.
-async fn dom(b: &mut Browser) -> Result<Value> {
+async fn dom(b: &Browser) -> Result<Value> {
     b.eval(
         r##"(() => {
             const rows = (sel, f) => Array.from(document.querySelectorAll(sel)).map(f);
@@ -214,7 +214,7 @@ async fn the_status_page_follows_the_cluster_in_a_real_browser() -> Result<()> {
 
     bad_input(&c, page_on).await?;
     let url = page_url(&c, page_on, &read_token)?;
-    let mut b = Browser::start(&dir.path().join("chromium.log")).await?;
+    let b = Browser::start(&dir.path().join("chromium.log")).await?;
     b.navigate(&url).await?;
     let whole = |d: &Value| -> Result<()> {
         ensure!(
@@ -264,7 +264,7 @@ async fn the_status_page_follows_the_cluster_in_a_real_browser() -> Result<()> {
         ensure!(d["live"] == "live", "live {}", d["live"]);
         Ok(())
     };
-    let d = until(&mut b, "the page shows the whole cluster, live", whole).await?;
+    let d = until(&b, "the page shows the whole cluster, live", whole).await?;
     println!("page before the kill: {d}");
     let before = shots()?.join("status-page-before-kill.png");
     b.screenshot(&before).await?;
@@ -295,36 +295,27 @@ async fn the_status_page_follows_the_cluster_in_a_real_browser() -> Result<()> {
         ensure!(d["live"] == "live", "live {}", d["live"]);
         Ok(())
     };
-    let d = until(
-        &mut b,
-        "the page shows the new leader without a reload",
-        moved,
-    )
-    .await?;
+    let d = until(&b, "the page shows the new leader without a reload", moved).await?;
     println!(
         "the page showed the new leader {:?} after {} ms: {d}",
         d["leader"],
         killed_at.elapsed().as_millis()
     );
     // The Envoy that streamed from the killed leader is back, from the other replica.
-    until(
-        &mut b,
-        "envoy-a shows SYNCED on the surviving replica",
-        |d| {
-            let a = d["envoys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e[0] == "envoy-a")
-                .cloned()
-                .unwrap_or_default();
-            ensure!(
-                a[1] == "SYNCED" && a[2] == other.to_string().as_str(),
-                "{a}"
-            );
-            Ok(())
-        },
-    )
+    until(&b, "envoy-a shows SYNCED on the surviving replica", |d| {
+        let a = d["envoys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e[0] == "envoy-a")
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            a[1] == "SYNCED" && a[2] == other.to_string().as_str(),
+            "{a}"
+        );
+        Ok(())
+    })
     .await?;
     let after = shots()?.join("status-page-after-kill.png");
     b.screenshot(&after).await?;
@@ -333,16 +324,11 @@ async fn the_status_page_follows_the_cluster_in_a_real_browser() -> Result<()> {
 }
 
 /// Reads the page's DOM until `check` passes, for at most [`T`].
-async fn until(b: &mut Browser, what: &str, check: impl Fn(&Value) -> Result<()>) -> Result<Value> {
-    let deadline = Instant::now() + T;
-    loop {
+async fn until(b: &Browser, what: &str, check: impl Fn(&Value) -> Result<()>) -> Result<Value> {
+    eventually(T, what, || async {
         let d = dom(b).await?;
-        match check(&d) {
-            Ok(()) => return Ok(d),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("{what}: not true after {T:?}")));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+        check(&d)?;
+        Ok(d)
+    })
+    .await
 }

@@ -75,35 +75,12 @@ pub struct ReplicaView {
     pub addr: String,
     /// Voter, or learner.
     pub voter: bool,
-    /// What it said, or why it did not.
+    /// What it said, or why it did not (as in the cluster-wide Envoy view).
     #[serde(flatten)]
-    pub answer: ReplicaState,
-}
-
-/// What one member answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ReplicaState {
-    /// It answered.
-    Answered {
-        /// The revision it serves.
-        revision: u64,
-        /// Envoys streaming from it.
-        envoys: u64,
-        /// NACKs it received since it started.
-        nacks_total: u64,
-        /// Whether it serves Envoys (SERVING), if it says.
-        serving: Option<bool>,
-        /// Why it does not (NOT_SERVING), when it does not.
-        not_serving: Option<String>,
-        /// Its Raft state, if it reports one (not replicas older than the status page).
-        raft: Option<Box<Status>>,
-    },
-    /// It did not.
-    Failed {
-        /// Why.
-        error: String,
-    },
+    pub answer: ReplicaAnswer,
+    /// Its Raft state, if it answered with one (not replicas older than the status page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<Box<Status>>,
 }
 
 /// The replica that polls DNS.
@@ -142,28 +119,12 @@ impl ClusterView {
             .into_iter()
             .map(|r| {
                 let member = asked.members.iter().find(|m| m.id == r.node_id);
-                let answer = match r.answer {
-                    ReplicaAnswer::Answered {
-                        revision,
-                        nacks_total,
-                        envoys,
-                        serving,
-                        not_serving,
-                    } => ReplicaState::Answered {
-                        revision,
-                        envoys,
-                        nacks_total,
-                        serving,
-                        not_serving,
-                        raft: reports.get(&r.node_id).map(|p| Box::new(p.raft.clone())),
-                    },
-                    ReplicaAnswer::Failed { error } => ReplicaState::Failed { error },
-                };
                 ReplicaView {
                     node_id: r.node_id,
                     addr: member.map(|m| m.addr.clone()).unwrap_or_default(),
                     voter: member.is_some_and(|m| m.voter),
-                    answer,
+                    raft: reports.get(&r.node_id).map(|p| Box::new(p.raft.clone())),
+                    answer: r.answer,
                 }
             })
             .collect();
@@ -288,9 +249,9 @@ mod tests {
         assert_eq!((v.asked, v.leader, v.term), (3, Some(1), 4));
         assert_eq!(v.replicas.len(), 3, "the unanswering member is listed");
         assert!(
-            matches!(&v.replicas[1].answer, ReplicaState::Failed { error } if error.contains("unreachable"))
+            matches!(&v.replicas[1].answer, ReplicaAnswer::Failed { error } if error.contains("unreachable"))
         );
-        let ReplicaState::Answered { raft: Some(r), .. } = &v.replicas[0].answer else {
+        let Some(r) = &v.replicas[0].raft else {
             panic!("{:?}", v.replicas[0]);
         };
         assert_eq!(r.role, Role::Leader);
@@ -332,12 +293,9 @@ mod tests {
         );
         assert!(matches!(
             &v.replicas[0].answer,
-            ReplicaState::Answered {
-                raft: None,
-                revision: 9,
-                ..
-            }
+            ReplicaAnswer::Answered { revision: 9, .. }
         ));
+        assert_eq!(v.replicas[0].raft, None);
         assert_eq!(v.poller, None);
         assert!(v.changes.is_empty());
     }

@@ -670,17 +670,13 @@ async fn isolate(
             ),
         ));
     }
-    // One of the two at a time: everything, some peers, or nothing.
-    let some = b.isolated && !b.from.is_empty();
-    node.isolate(b.isolated && !some);
-    node.cut_off(if some {
-        b.from.iter().copied().collect()
-    } else {
-        Default::default()
-    });
+    // One of the two at a time: every peer (no `from`), the peers named, or none.
+    let from = if b.isolated { b.from } else { Vec::new() };
+    node.isolate(b.isolated && from.is_empty());
+    node.cut_off(from.iter().copied().collect());
     Ok(Json(Isolated {
         isolated: b.isolated,
-        from: if some { b.from } else { Vec::new() },
+        from,
     }))
 }
 

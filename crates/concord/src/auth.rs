@@ -287,11 +287,12 @@ fn cookie<'a>(value: &'a [u8], name: &str) -> Option<&'a [u8]> {
     })
 }
 
-/// The `token` parameter of a query string (percent-decoded; `+` is a space, as in forms).
-fn query_token(query: &str) -> Option<String> {
-    let params: axum::extract::Query<std::collections::HashMap<String, String>> =
-        axum::extract::Query::try_from_uri(&format!("/?{query}").parse().ok()?).ok()?;
-    params.0.get("token").cloned()
+/// The `token` parameter of a URI's query (percent-decoded; `+` is a space, as in forms).
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    let axum::extract::Query(mut params) =
+        axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri)
+            .ok()?;
+    params.remove("token")
 }
 
 /// Middleware: lets a request through if its bearer token allows it. The status page (`/ui…`)
@@ -337,11 +338,9 @@ pub async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -
 /// The token a request presents, and whether it came in the query (`/ui?token=…`): the query's
 /// on the status page, else the `Authorization` header's, else (status page only) the cookie's.
 fn presented_token(req: &Request, ui: bool) -> (Option<Vec<u8>>, bool) {
-    let from_query = req
-        .uri()
-        .query()
-        .filter(|_| ui)
-        .and_then(query_token)
+    let from_query = ui
+        .then(|| query_token(req.uri()))
+        .flatten()
         .map(String::into_bytes);
     if from_query.is_some() {
         return (from_query, true);
@@ -448,12 +447,10 @@ mod tests {
         );
         assert_eq!(cookie(b"concord_tokenx=1", UI_COOKIE), None);
         assert_eq!(cookie(b"", UI_COOKIE), None);
-        assert_eq!(
-            query_token("token=a%2Bb%2F%3D&x=1").as_deref(),
-            Some("a+b/=")
-        );
-        assert_eq!(query_token("x=1"), None);
-        assert_eq!(query_token("%zz"), None);
+        let token = |uri: &str| query_token(&uri.parse().expect("a URI"));
+        assert_eq!(token("/ui?token=a%2Bb%2F%3D&x=1").as_deref(), Some("a+b/="));
+        assert_eq!(token("/ui?x=1"), None);
+        assert_eq!(token("/ui?%zz"), None);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! answers come out of its fd 4, each a JSON message ended by a NUL byte. No WebDriver, no
 //! websocket: a shell wrapper puts the two pipes on those descriptors (`3<&0 4>&1`).
 //!
-//! One page, driven one command at a time: [`Browser::navigate`], [`Browser::eval`] (a script's
-//! value, for DOM checks), [`Browser::screenshot`]. Events the browser sends between answers are
-//! skipped. The process is killed on drop.
+//! One page, driven one command at a time (the pipe is held for each command and its answer, so
+//! the methods take `&self` and can be awaited inside [`crate::eventually`]):
+//! [`Browser::navigate`], [`Browser::eval`] (a script's value, for DOM checks),
+//! [`Browser::screenshot`]. Events the browser sends between answers are skipped. The process is
+//! killed on drop.
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -23,12 +25,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A headless Chromium with one page attached.
 pub struct Browser {
     child: Child,
-    commands: ChildStdin,
-    answers: BufReader<ChildStdout>,
-    next_id: u64,
+    pipe: tokio::sync::Mutex<Pipe>,
     /// The page's session (flattened: its commands carry `sessionId`).
     session: String,
     _profile: TempDir,
+}
+
+/// The DevTools pipe: commands in, answers out, and the id of the last command.
+struct Pipe {
+    commands: ChildStdin,
+    answers: BufReader<ChildStdout>,
+    next_id: u64,
 }
 
 impl Drop for Browser {
@@ -70,9 +77,11 @@ impl Browser {
         let answers = BufReader::new(child.stdout.take().context("chromium's answer pipe")?);
         let mut b = Browser {
             child,
-            commands,
-            answers,
-            next_id: 0,
+            pipe: tokio::sync::Mutex::new(Pipe {
+                commands,
+                answers,
+                next_id: 0,
+            }),
             session: String::new(),
             _profile: profile,
         };
@@ -109,23 +118,67 @@ impl Browser {
     }
 
     /// Sends one command (to the browser, or to session `session`) and returns its result.
-    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value> {
-        self.next_id += 1;
-        let id = self.next_id;
+    async fn send(&self, session: Option<&str>, method: &str, params: Value) -> Result<Value> {
+        let mut pipe = self.pipe.lock().await;
+        pipe.next_id += 1;
+        let id = pipe.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
         if let Some(s) = session {
             msg["sessionId"] = json!(s);
         }
         let mut bytes = serde_json::to_vec(&msg)?;
         bytes.push(0);
-        self.commands.write_all(&bytes).await?;
-        self.commands.flush().await?;
-        tokio::time::timeout(CALL_TIMEOUT, self.answer(id))
+        pipe.commands.write_all(&bytes).await?;
+        pipe.commands.flush().await?;
+        tokio::time::timeout(CALL_TIMEOUT, pipe.answer(id))
             .await
             .with_context(|| format!("chromium did not answer {method} in {CALL_TIMEOUT:?}"))?
             .with_context(|| format!("DevTools {method}"))
     }
 
+    /// A command to the page.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value> {
+        self.send(Some(&self.session), method, params).await
+    }
+
+    /// Opens `url` in the page (returns once the navigation is under way; await the DOM).
+    pub async fn navigate(&self, url: &str) -> Result<()> {
+        let r = self.call("Page.navigate", json!({"url": url})).await?;
+        if let Some(e) = r.get("errorText") {
+            bail!("navigate to {url}: {e}");
+        }
+        Ok(())
+    }
+
+    /// The value of `expression` evaluated in the page (JSON-serialisable results only).
+    pub async fn eval(&self, expression: &str) -> Result<Value> {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await?;
+        if let Some(e) = r.get("exceptionDetails") {
+            bail!("{expression}: {e}");
+        }
+        Ok(r["result"]["value"].clone())
+    }
+
+    /// Saves a PNG of the whole page to `path`.
+    pub async fn screenshot(&self, path: &Path) -> Result<()> {
+        let r = self
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await?;
+        let data = r["data"].as_str().context("screenshot data")?;
+        let png = base64::engine::general_purpose::STANDARD.decode(data)?;
+        std::fs::write(path, png).with_context(|| format!("write {}", path.display()))
+    }
+}
+
+impl Pipe {
     /// Reads messages until the answer to `id`, skipping events.
     async fn answer(&mut self, id: u64) -> Result<Value> {
         loop {
@@ -144,47 +197,5 @@ impl Browser {
             }
             return Ok(msg["result"].clone());
         }
-    }
-
-    /// A command to the page.
-    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value> {
-        let session = self.session.clone();
-        self.send(Some(&session), method, params).await
-    }
-
-    /// Opens `url` in the page (returns once the navigation is under way; await the DOM).
-    pub async fn navigate(&mut self, url: &str) -> Result<()> {
-        let r = self.call("Page.navigate", json!({"url": url})).await?;
-        if let Some(e) = r.get("errorText") {
-            bail!("navigate to {url}: {e}");
-        }
-        Ok(())
-    }
-
-    /// The value of `expression` evaluated in the page (JSON-serialisable results only).
-    pub async fn eval(&mut self, expression: &str) -> Result<Value> {
-        let r = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expression, "returnByValue": true}),
-            )
-            .await?;
-        if let Some(e) = r.get("exceptionDetails") {
-            bail!("{expression}: {e}");
-        }
-        Ok(r["result"]["value"].clone())
-    }
-
-    /// Saves a PNG of the whole page to `path`.
-    pub async fn screenshot(&mut self, path: &Path) -> Result<()> {
-        let r = self
-            .call(
-                "Page.captureScreenshot",
-                json!({"format": "png", "captureBeyondViewport": true}),
-            )
-            .await?;
-        let data = r["data"].as_str().context("screenshot data")?;
-        let png = base64::engine::general_purpose::STANDARD.decode(data)?;
-        std::fs::write(path, png).with_context(|| format!("write {}", path.display()))
     }
 }

@@ -123,9 +123,7 @@ impl ContactClock {
     pub fn heard_from_leader(&self, leader_quorum_age: Option<Duration>, now: Instant) {
         // The mutant believes every leader has a quorum, for partition-minority to catch.
         #[cfg(feature = "mutant-trust-any-leader")]
-        let leader_quorum_age = leader_quorum_age
-            .or(Some(Duration::ZERO))
-            .map(|_| Duration::ZERO);
+        let leader_quorum_age = Some(Duration::ZERO).or(leader_quorum_age);
         if let Some(at) = leader_quorum_age.and_then(|age| now.checked_sub(age)) {
             Self::saw_quorum_at(&mut self.state(), at);
         }

@@ -9,8 +9,8 @@
 //!
 //! The view is assembled by asking every member over the peer channel ([`Node::local_status_of`])
 //! with a short timeout, so a member that does not answer is shown as such and the page keeps
-//! updating. Views are shared: however many pages are open, a replica assembles at most about one
-//! a second. Event streams end when the replica shuts down, so they never hold its shutdown up.
+//! updating. Views are shared: however many pages are open, a replica assembles and renders at
+//! most about one a second. Event streams end when the replica shuts down, so they never hold its shutdown up.
 
 pub mod render;
 
@@ -68,14 +68,23 @@ pub fn router(node: Arc<Node>, shutdown: CancellationToken) -> Router {
 /// The views of one replica, shared by every open page.
 struct Views {
     node: Arc<Node>,
-    latest: Mutex<Option<(Instant, Arc<ClusterView>)>>,
+    latest: Mutex<Option<(Instant, Arc<Rendered>)>>,
     /// Held while a view is assembled, so pages opened together wait for one round of asks.
     assembling: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
 }
 
+/// One view, and its HTML rendered once for every page that shows it.
+struct Rendered {
+    view: ClusterView,
+    /// The whole page (`GET /ui`).
+    page: String,
+    /// The sections as one live update's data (`/ui/events`).
+    event: String,
+}
+
 impl Views {
-    fn fresh(&self) -> Option<Arc<ClusterView>> {
+    fn fresh(&self) -> Option<Arc<Rendered>> {
         let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         latest
             .as_ref()
@@ -83,8 +92,8 @@ impl Views {
             .map(|(_, v)| v.clone())
     }
 
-    /// The cluster now: a view assembled less than [`FRESH`] ago, or a new one.
-    async fn current(&self) -> Arc<ClusterView> {
+    /// The cluster now: a view assembled (and rendered) less than [`FRESH`] ago, or a new one.
+    async fn current(&self) -> Arc<Rendered> {
         if let Some(v) = self.fresh() {
             return v;
         }
@@ -100,24 +109,29 @@ impl Views {
             .map(|m| async move { (m.id, node.local_status_of(m.id, ASK_TIMEOUT).await) });
         let answers = futures::future::join_all(asks).await;
         let at_ms = concord_telemetry::unix_micros() / 1000;
-        let view = Arc::new(ClusterView::assemble(&status, at_ms, answers));
+        let view = ClusterView::assemble(&status, at_ms, answers);
+        let sections = render::sections(&view);
+        let rendered = Arc::new(Rendered {
+            page: render::page(&view.cluster, &sections),
+            event: render::sections_json(&sections),
+            view,
+        });
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), view.clone()));
-        view
+            Some((Instant::now(), rendered.clone()));
+        rendered
     }
 }
 
 async fn page(State(views): State<Arc<Views>>) -> Response {
-    let view = views.current().await;
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Html(render::page(&view)),
+        Html(views.current().await.page.clone()),
     )
         .into_response()
 }
 
 async fn state(State(views): State<Arc<Views>>) -> Json<ClusterView> {
-    Json(ClusterView::clone(&*views.current().await))
+    Json(views.current().await.view.clone())
 }
 
 /// Every [`EVERY`], the sections' HTML as one JSON object (`{"replicas": "<h2>…", …}`) in a
@@ -130,12 +144,7 @@ async fn events(
         if !first {
             tokio::time::sleep(EVERY).await;
         }
-        let view = views.current().await;
-        let sections: serde_json::Map<String, serde_json::Value> = render::sections(&view)
-            .into_iter()
-            .map(|(id, html)| (id.to_string(), serde_json::Value::String(html)))
-            .collect();
-        let data = serde_json::Value::Object(sections).to_string();
+        let data = views.current().await.event.clone();
         let event = Event::default().event("sections").data(data);
         Some((Ok(event), (views, false)))
     });

@@ -4,7 +4,8 @@
 //! that came from outside (Envoy node ids, NACK messages, DNS names, errors) is escaped.
 
 use concord_api::envoys::ClusterEnvoy;
-use concord_api::view::{ChangeAcks, ClusterView, ReplicaState, ReplicaView};
+use concord_api::envoys::ReplicaAnswer;
+use concord_api::view::{ChangeAcks, ClusterView, ReplicaView};
 use std::fmt::Write;
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -23,10 +24,10 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// The whole page.
-pub fn page(view: &ClusterView) -> String {
+/// The whole page of cluster `cluster`, around its [`sections`].
+pub fn page(cluster: &str, sections: &[(&'static str, String)]) -> String {
     let mut body = String::new();
-    for (id, html) in sections(view) {
+    for (id, html) in sections {
         let _ = writeln!(body, "<section id=\"{id}\">{html}</section>");
     }
     format!(
@@ -37,8 +38,17 @@ pub fn page(view: &ClusterView) -> String {
          <script src=\"/ui/app.js\" defer></script>\n</head>\n<body>\n\
          <header><h1>concord <span class=\"dim\">{cluster}</span></h1>\
          <span id=\"live\" class=\"down\">connecting…</span></header>\n{body}</body>\n</html>\n",
-        cluster = esc(&view.cluster),
+        cluster = esc(cluster),
     )
+}
+
+/// The sections as the live updates carry them: one JSON object, `{"replicas": "<h2>…", …}`.
+pub fn sections_json(sections: &[(&'static str, String)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = sections
+        .iter()
+        .map(|(id, html)| (id.to_string(), serde_json::Value::String(html.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }
 
 /// Each section's inner HTML, by element id.
@@ -89,7 +99,7 @@ fn summary(v: &ClusterView) -> String {
     let answered = v
         .replicas
         .iter()
-        .filter(|r| matches!(r.answer, ReplicaState::Answered { .. }))
+        .filter(|r| matches!(r.answer, ReplicaAnswer::Answered { .. }))
         .count();
     format!(
         "<p id=\"leader\" data-leader=\"{}\">Leader <b>{leader}</b> · term {} · {answered} of {} \
@@ -119,14 +129,14 @@ fn replicas(v: &ClusterView) -> String {
 fn replica_row(h: &mut String, r: &ReplicaView) {
     let voter = if r.voter { "" } else { " (learner)" };
     match &r.answer {
-        ReplicaState::Answered {
+        ReplicaAnswer::Answered {
             revision,
             envoys,
             nacks_total,
             serving,
             not_serving,
-            raft,
         } => {
+            let raft = &r.raft;
             let role = raft.as_ref().map_or("?", |s| s.role.as_str()).to_string();
             let health = match (serving, not_serving) {
                 (Some(true), _) => "<span class=\"ok\">SERVING</span>".to_string(),
@@ -154,7 +164,7 @@ fn replica_row(h: &mut String, r: &ReplicaView) {
                 snap = cell(|s| s.snapshot_index),
             );
         }
-        ReplicaState::Failed { error } => {
+        ReplicaAnswer::Failed { error } => {
             let _ = write!(
                 h,
                 "<tr data-replica=\"{id}\" data-role=\"unanswered\" class=\"gone\"><td>{id}</td>\
@@ -449,22 +459,23 @@ mod tests {
                     node_id: 1,
                     addr: "127.0.0.1:7101".into(),
                     voter: true,
-                    answer: ReplicaState::Answered {
+                    answer: ReplicaAnswer::Answered {
                         revision: 19,
                         envoys: 1,
                         nacks_total: 1,
                         serving: Some(true),
                         not_serving: None,
-                        raft: Some(Box::new(status(1, Role::Leader))),
                     },
+                    raft: Some(Box::new(status(1, Role::Leader))),
                 },
                 ReplicaView {
                     node_id: 3,
                     addr: "127.0.0.1:7103".into(),
                     voter: true,
-                    answer: ReplicaState::Failed {
+                    answer: ReplicaAnswer::Failed {
                         error: "node 3 <gone>".into(),
                     },
+                    raft: None,
                 },
             ],
             envoys: vec![ClusterEnvoy {
@@ -507,9 +518,13 @@ mod tests {
         }
     }
 
+    fn html(v: &ClusterView) -> String {
+        page(&v.cluster, &sections(v))
+    }
+
     #[test]
     fn every_section_shows_what_the_view_holds() {
-        let html = page(&view());
+        let html = html(&view());
         for want in [
             "data-leader=\"1\"",
             "<tr data-replica=\"1\" data-role=\"leader\">",
@@ -535,7 +550,7 @@ mod tests {
 
     #[test]
     fn nothing_from_outside_reaches_the_page_unescaped() {
-        let html = page(&view());
+        let html = html(&view());
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("envoy&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(!html.contains("<b1>") && !html.contains("<gone>"));
@@ -548,7 +563,7 @@ mod tests {
         v.changes.clear();
         v.poller = None;
         v.leader = None;
-        let html = page(&v);
+        let html = html(&v);
         assert!(html.contains("No Envoy streams"));
         assert!(html.contains("No change in the last hour"));
         assert!(html.contains("No leader: nobody polls"));
