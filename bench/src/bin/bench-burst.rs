@@ -152,7 +152,21 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
             XdsProtocol::Delta => Protocol::Delta,
         };
         envoys.push(
-            Envoy::start_with(&c, &format!("envoy-{i}"), &order, true, Some(protocol)).await?,
+            // Builders only: no stats stream to the replicas (at 10,000 clusters Envoy's
+            // periodic flush would hold up its xDS updates, issue 17).
+            Envoy::start_in(
+                c.dir(),
+                &format!("envoy-{i}"),
+                &order,
+                true,
+                Some(protocol),
+                &[
+                    c.bootstrap_args(&format!("envoy-{i}"))?,
+                    vec!["--no-rollout-stats".into()],
+                ]
+                .concat(),
+            )
+            .await?,
         );
     }
     let load_deadline = Duration::from_secs(60) + Duration::from_millis(10 * size as u64);

@@ -364,12 +364,19 @@ async fn run(
             .map(|k| x[(i + k) % x.len()].as_str())
             .collect();
         envoys.push(
-            Envoy::start_with(
-                &c,
+            // Builders only: no stats stream to the replicas (at 10,000 clusters Envoy's periodic
+            // flush would hold up its xDS updates, issue 17).
+            Envoy::start_in(
+                c.dir(),
                 &format!("envoy-{i}"),
                 &order,
                 true,
                 Some(combo.protocol),
+                &[
+                    c.bootstrap_args(&format!("envoy-{i}"))?,
+                    vec!["--no-rollout-stats".into()],
+                ]
+                .concat(),
             )
             .await?,
         );

@@ -366,6 +366,33 @@ impl Client {
         self.call(Method::GET, url, None::<&()>).await
     }
 
+    /// `POST /v1/rollouts`: starts a rollout, answered once committed.
+    pub async fn start_rollout(
+        &self,
+        spec: &concord_registry::services::RolloutSpec,
+    ) -> Result<Written, Error> {
+        let url = self.url(&["v1", "rollouts"], None);
+        self.call(Method::POST, url, Some(spec)).await
+    }
+
+    /// `GET /v1/rollouts`: every rollout, with the leader's judgement of running steps.
+    pub async fn rollouts(&self) -> Result<crate::RolloutList, Error> {
+        let url = self.url(&["v1", "rollouts"], None);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// `GET /v1/rollouts/{service}`.
+    pub async fn rollout(&self, service: &str) -> Result<crate::RolloutStatus, Error> {
+        let url = self.url(&["v1", "rollouts", service], None);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// `POST /v1/rollouts/{service}/{action}`: `pause`, `resume` or `abort`.
+    pub async fn rollout_action(&self, service: &str, action: &str) -> Result<Written, Error> {
+        let url = self.url(&["v1", "rollouts", service, action], None);
+        self.call(Method::POST, url, None::<&()>).await
+    }
+
     /// `PUT /v1/certificates/{name}`: adds or rotates a certificate (checked: the key must be
     /// the certificate's), answered once committed.
     pub async fn put_certificate(

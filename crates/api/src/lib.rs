@@ -16,6 +16,7 @@ pub mod envoys;
 pub mod error;
 pub mod request;
 pub mod services;
+pub mod stats;
 pub mod status;
 pub mod view;
 pub mod xds;
@@ -35,6 +36,9 @@ pub use request::{
 pub use services::{
     CertificateList, CertificateSummary, Config, EndpointList, MAX_CONFIG_BYTES, PutCertificate,
     RegisterEndpoint, Renewed,
+};
+pub use stats::{
+    ClusterTotals, RolloutList, RolloutStatus, StatsReport, StepProgress, VersionCounts,
 };
 pub use status::{EntryFormats, Isolated, Member, MemberFormat, Role, Status};
 pub use view::{ClusterView, ReplicaReport};

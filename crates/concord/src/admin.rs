@@ -23,6 +23,10 @@
 //! | GET | `/v1/certificates` | certificates for TLS termination: names, DNS names, expiry (never a key) |
 //! | PUT | `/v1/certificates/{name}` | `{"cert_pem":…,"key_pem":…}`: add or rotate (the key must match) |
 //! | DELETE | `/v1/certificates/{name}` | remove (refused while a listener uses it) |
+//! | GET | `/v1/rollouts` | release rollouts: phase, step, weight, history, and the leader's judgement of running steps |
+//! | GET | `/v1/rollouts/{svc}` | one |
+//! | POST | `/v1/rollouts` | `{"service":…,"from":"v1","to":"v2"}` (steps, interval, max_error_increase, min_requests): start one |
+//! | POST | `/v1/rollouts/{svc}/pause`, `…/resume`, `…/abort` | an operator's act on a rollout |
 //! | GET | `/v1/discovery` | the DNS poller: who polls, last poll and result, last change, skips |
 //! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
@@ -62,6 +66,8 @@ use concord_xds::XdsServer;
 use serde::Deserialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod rollouts;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -144,6 +150,7 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/v1/xds/resources", get(xds_resources))
         .route("/v1/discovery", get(discovery_status))
+        .merge(rollouts::routes())
         .fallback(unknown_path)
         .with_state(AppState {
             node,
@@ -198,8 +205,13 @@ impl From<ClientError> for ApiError {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidServices)
             }
             ClientError::Rejected(
-                Rejection::UnknownEndpoint { .. } | Rejection::UnknownService { .. },
+                Rejection::UnknownEndpoint { .. }
+                | Rejection::UnknownService { .. }
+                | Rejection::NoRollout { .. },
             ) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ClientError::Rejected(Rejection::InvalidRollout { .. }) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+            }
             ClientError::Rejected(
                 Rejection::InvalidEndpoint { .. } | Rejection::InvalidCertificateName { .. },
             ) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
@@ -578,7 +590,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        concord_telemetry::metrics().render(&gauges),
+        {
+            let mut out = concord_telemetry::metrics().render(&gauges);
+            state.xds.render_stats_metrics(&mut out);
+            rollouts::render_metrics(&state.node.registry().borrow(), &mut out);
+            out
+        },
     )
 }
 

@@ -73,6 +73,10 @@ enum Command {
     /// Register, list, drain and remove a service's endpoints; `register` keeps an instance's
     /// lease until it stops, then drains it.
     Endpoints(cli::EndpointsCmd),
+    /// Release rollouts: move a service's traffic from one version of its endpoints to another
+    /// in steps judged on Envoy's own error rates, rolled back at once when the new version
+    /// fails (`start`, `status`, `pause`, `resume`, `abort`).
+    Rollout(cli::RolloutCmd),
     /// Add, rotate, list and remove the certificates listeners terminate TLS with (keys are
     /// write-only).
     Certificates(cli::CertificatesCmd),
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
         Command::Get(args) => runtime.block_on(args.run(&cli.target)),
         Command::Render(args) => args.run(),
         Command::Endpoints(cmd) => runtime.block_on(cmd.run(&cli.target)),
+        Command::Rollout(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Certificates(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),

@@ -113,6 +113,9 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     };
 
     {
+        // The stats this replica's Envoys stream to it, for the leader's rollout judge.
+        let stats = xds.clone();
+        node.set_local_stats(Box::new(move |clusters| stats.stats_report(clusters)));
         // Weak: the function is kept by the node itself.
         let (xds, weak, stale_after) = (xds.clone(), Arc::downgrade(&node), config.stale_after);
         let discovery = discovery.clone();

@@ -199,6 +199,11 @@ impl Replica {
         self.proc.as_ref().map(Proc::pid)
     }
 
+    /// Its `concord serve` arguments, to change before the next [`Replica::start`].
+    pub fn args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.args
+    }
+
     /// Starts it with `bin` from the next [`Replica::start`] on (another version of concord,
     /// for rolling upgrades); `None` for the binary under test.
     pub fn set_binary(&mut self, bin: Option<PathBuf>) {
@@ -780,11 +785,17 @@ impl Cluster {
     pub async fn services_enabled(&self) -> Result<u64> {
         let leader = self.leader().await?;
         for id in self.up() {
-            eventually(Duration::from_secs(20), "entry format 2", || async {
-                let f = self.status(id).await?.entry_format.map(|f| f.cluster);
-                ensure!(f == Some(2), "node {id} is at entry format {f:?}");
-                Ok(())
-            })
+            // The newest format: services (2) and rollouts (3).
+            let want = concord_registry::FORMAT;
+            eventually(
+                Duration::from_secs(20),
+                &format!("entry format {want}"),
+                || async {
+                    let f = self.status(id).await?.entry_format.map(|f| f.cluster);
+                    ensure!(f == Some(want), "node {id} is at entry format {f:?}");
+                    Ok(())
+                },
+            )
             .await?;
         }
         Ok(leader)

@@ -37,6 +37,15 @@ pub enum ClientRequest {
     /// Answered by the replica that receives it: the highest entry format it applies. Builds
     /// before entry formats do not know the request (they support format 1).
     EntryFormat,
+    /// Answered by the replica that receives it: the stats its Envoys streamed to it, for these
+    /// clusters (all it tracks when empty). Never forwarded. Builds before rollouts do not know
+    /// the request: they report none.
+    Stats {
+        /// Envoy cluster names.
+        clusters: Vec<String>,
+    },
+    /// How the leader judges each running rollout's step now (forwarded to the leader).
+    RolloutProgress,
     /// Renew the lease of a registered endpoint (on the leader, which holds every lease; not a
     /// log entry).
     Renew {
@@ -77,6 +86,16 @@ pub enum ClientReply {
     EntryFormat {
         /// The highest entry format the replica applies.
         supported: u32,
+    },
+    /// The answer to [`ClientRequest::Stats`].
+    Stats {
+        /// The replica's report; none while it is starting.
+        report: Option<concord_api::StatsReport>,
+    },
+    /// The answer to [`ClientRequest::RolloutProgress`].
+    RolloutProgress {
+        /// One per running rollout the leader judges.
+        progress: Vec<concord_api::StepProgress>,
     },
     /// The lease was renewed: it lapses this long from now unless renewed again.
     Renewed {

@@ -23,6 +23,7 @@ pub mod format;
 pub mod leases;
 pub mod network;
 pub mod node;
+pub mod rollouts;
 pub mod service;
 pub mod store;
 
@@ -49,4 +50,4 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 
 pub use api::{ClientError, ClientReply, ClientRequest};
-pub use node::{LocalStatusFn, NoStatus, Node, NodeConfig, StartError, Status};
+pub use node::{LocalStatsFn, LocalStatusFn, NoStatus, Node, NodeConfig, StartError, Status};

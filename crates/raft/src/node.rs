@@ -93,7 +93,15 @@ pub struct Node {
     member_formats: std::sync::Mutex<BTreeMap<NodeId, MemberFormat>>,
     /// While this node leads: every endpoint's lease and drain (see [`crate::leases`]).
     leases: crate::leases::Leases,
+    /// What this replica reports of its Envoys' stats to [`ClientRequest::Stats`].
+    local_stats: std::sync::OnceLock<LocalStatsFn>,
+    /// While this node leads: the windows of running rollout steps (see [`crate::rollouts`]).
+    judge: crate::rollouts::Judge,
 }
+
+/// Produces a replica's report of the stats its Envoys streamed to it, for these clusters (all
+/// when empty), for the leader's rollout judge.
+pub type LocalStatsFn = Box<dyn Fn(&[String]) -> concord_api::StatsReport + Send + Sync>;
 
 /// Produces a replica's own status (the Envoys streaming from it) for cluster-wide views.
 pub type LocalStatusFn = Box<dyn Fn() -> concord_api::LocalEnvoys + Send + Sync>;
@@ -223,6 +231,8 @@ impl Node {
             local_status: std::sync::OnceLock::new(),
             member_formats: std::sync::Mutex::default(),
             leases: crate::leases::Leases::default(),
+            local_stats: std::sync::OnceLock::new(),
+            judge: crate::rollouts::Judge::default(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -261,6 +271,7 @@ impl Node {
         node.catch_up_after_start(&tasks);
         node.raise_format_when_supported(&tasks);
         node.keep_leases(&tasks);
+        node.judge_rollouts(&tasks);
         Ok((node, handle))
     }
 
@@ -373,6 +384,118 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// While this node leads, judges every running rollout's step on its Envoys' stats, read
+    /// from every member each [`crate::rollouts::CHECK_EVERY`], and commits the promotions and
+    /// rollbacks it decides (see [`crate::rollouts`]).
+    fn judge_rollouts(self: &Arc<Self>, tasks: &Tasks) {
+        let node = self.clone();
+        let shutdown = tasks.token().clone();
+        tasks.spawn("raft rollouts", async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(crate::rollouts::CHECK_EVERY) => {}
+                }
+                let Some(term) = node.leading_term() else {
+                    node.judge.clear();
+                    continue;
+                };
+                let registry = node.sm.registry().borrow().clone();
+                let running: Vec<&concord_registry::services::Rollout> = registry
+                    .rollouts()
+                    .values()
+                    .filter(|r| r.phase == concord_registry::services::Phase::Running)
+                    .collect();
+                node.judge.retain(&running);
+                if running.is_empty() {
+                    continue;
+                }
+                let clusters: Vec<String> = running
+                    .iter()
+                    .flat_map(|r| {
+                        [&r.spec.from, &r.spec.to].map(|v| {
+                            concord_registry::services::version_cluster(&r.spec.service, v)
+                        })
+                    })
+                    .collect();
+                let reports = node.stats_of_members(&clusters).await;
+                let now = Instant::now();
+                let changes: Vec<_> = running
+                    .iter()
+                    .filter_map(|r| node.judge.observe(term, r, &reports, now))
+                    .collect();
+                for change in changes {
+                    let what = change.summary();
+                    let mut span = Span::root("rollout.decide", std::time::SystemTime::now());
+                    span.set("rollout.service", change.service().to_string());
+                    span.set("rollout.decision", what.clone());
+                    if let concord_registry::services::RolloutChange::RollBack { why, .. }
+                    | concord_registry::services::RolloutChange::Promote { why, .. } = &change
+                    {
+                        span.set("rollout.why", why.clone());
+                    }
+                    let mut cmd = concord_registry::Command::rollouts(vec![change.clone()]);
+                    span.inject(&mut cmd.trace);
+                    match node.write_local(cmd, node.config.request_timeout).await {
+                        Ok(_) => {
+                            match &change {
+                                concord_registry::services::RolloutChange::RollBack {
+                                    why, ..
+                                } => tracing::warn!(service = change.service(), %why, "{what}"),
+                                _ => tracing::info!(service = change.service(), "{what}"),
+                            }
+                            span.ok();
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "committing a rollout decision failed; retrying");
+                            span.fail(error.to_string());
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Every member's stats report for `clusters` (none for a member that does not answer in
+    /// [`crate::rollouts::ASK_TIMEOUT`]), asked at once.
+    async fn stats_of_members(
+        &self,
+        clusters: &[String],
+    ) -> Vec<(NodeId, Option<concord_api::StatsReport>)> {
+        let members: Vec<(NodeId, String)> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let req = ClientRequest::Stats {
+            clusters: clusters.to_vec(),
+        };
+        let asks = members.iter().map(|(id, addr)| {
+            let req = &req;
+            async move {
+                if *id == self.config.node_id {
+                    return (*id, self.local_stats.get().map(|f| f(clusters)));
+                }
+                let timeout = crate::rollouts::ASK_TIMEOUT;
+                let report = match self.network.forward(*id, addr, req, timeout).await {
+                    Ok(ClientReply::Stats { report }) => report,
+                    Ok(_) | Err(_) => None,
+                };
+                (*id, report)
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Sets what this replica reports of its Envoys' stats (once).
+    pub fn set_local_stats(&self, f: LocalStatsFn) {
+        let _ = self.local_stats.set(f);
     }
 
     /// The term this node leads in, if it leads.
@@ -796,6 +919,23 @@ impl Node {
             ClientRequest::EntryFormat => Ok(ClientReply::EntryFormat {
                 supported: concord_registry::FORMAT,
             }),
+            ClientRequest::Stats { clusters } => Ok(ClientReply::Stats {
+                report: self.local_stats.get().map(|f| f(&clusters)),
+            }),
+            ClientRequest::RolloutProgress => {
+                if self.leading_term().is_none() {
+                    return Err(ClientError::NotLeader {
+                        node: self.config.node_id,
+                        leader: self.raft.metrics().borrow().current_leader,
+                    });
+                }
+                let registry = self.sm.registry().borrow().clone();
+                let running: Vec<&concord_registry::services::Rollout> =
+                    registry.rollouts().values().collect();
+                Ok(ClientReply::RolloutProgress {
+                    progress: self.judge.progress(&running, Instant::now()),
+                })
+            }
             ClientRequest::Renew { service, id } => {
                 let Some(term) = self.leading_term() else {
                     return Err(ClientError::NotLeader {

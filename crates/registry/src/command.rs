@@ -27,14 +27,18 @@ impl Batch {
 /// and snapshot of those builds is of this format.
 pub const FORMAT_BUILDERS: u32 = 1;
 
-/// The highest entry format this build applies. Format 2 adds services (issue 14).
+/// The highest entry format this build applies. Format 2 adds services (issue 14), format 3
+/// rollouts (issue 15).
 ///
 /// Older builds decode a newer entry without complaint (JSON fields they do not know are
 /// ignored) and would apply only the part they understand: a silent divergence. So a command of
 /// a format above [`FORMAT_BUILDERS`] is proposed only once the cluster's format (the lowest every
 /// member supports, committed by the leader with [`Command::raise_format`]) reaches it, and a
 /// replica that meets an entry of a format it does not know stops applying instead of guessing.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
+
+/// The entry format of rollout commands.
+pub const FORMAT_ROLLOUTS: u32 = 3;
 
 fn is_builders_format(f: &u32) -> bool {
     *f == FORMAT_BUILDERS
@@ -87,6 +91,9 @@ pub struct Command {
     /// Puts and removes certificates; format 2.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<crate::services::CertificateChange>,
+    /// Starts, steps, rolls back, pauses and ends rollouts; format 3.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<crate::services::RolloutChange>,
 }
 
 impl Command {
@@ -118,6 +125,16 @@ impl Command {
             desired: None,
             endpoints: Vec::new(),
             certificates: Vec::new(),
+            rollouts: Vec::new(),
+        }
+    }
+
+    /// The command that makes `changes` to rollouts.
+    pub fn rollouts(changes: Vec<crate::services::RolloutChange>) -> Self {
+        Command {
+            format: FORMAT_ROLLOUTS,
+            rollouts: changes,
+            ..Command::new(Source::Api, Batch::default())
         }
     }
 
@@ -213,6 +230,14 @@ impl Command {
                     .map(certificate)
                     .unwrap_or_default(),
                 "{n} certificate changes",
+            ),
+            counted(
+                self.rollouts.len(),
+                self.rollouts
+                    .first()
+                    .map(|r| r.summary())
+                    .unwrap_or_default(),
+                "{n} rollout changes",
             ),
             self.raise_format
                 .map(|f| format!("entry format raised to {f}")),
@@ -398,6 +423,41 @@ pub enum Rejection {
     InvalidCertificateName {
         /// The name.
         name: String,
+    },
+    /// A rollout cannot start: its spec is out of range or names what does not exist.
+    #[error("rollout of service {service:?}: {problem}")]
+    InvalidRollout {
+        /// The service.
+        service: String,
+        /// Every problem, in one message.
+        problem: String,
+    },
+    /// The service already has a rollout running or paused.
+    #[error(
+        "service {service:?} already has a rollout {phase}: `concord rollout abort {service}` \
+         it first (`concord rollout status {service}` shows it)"
+    )]
+    RolloutInProgress {
+        /// The service.
+        service: String,
+        /// Its phase.
+        phase: crate::services::Phase,
+    },
+    /// The service has no rollout.
+    #[error("service {service:?} has no rollout: `concord rollout start` one first")]
+    NoRollout {
+        /// The service.
+        service: String,
+    },
+    /// The rollout is not in a phase the change applies to.
+    #[error("the rollout of service {service:?} is {phase}; {wanted}")]
+    RolloutPhase {
+        /// The service.
+        service: String,
+        /// Its phase.
+        phase: crate::services::Phase,
+        /// What the change needs.
+        wanted: String,
     },
     /// `if_revision` did not match: the registry moved since the command was computed.
     #[error("registry is at revision {actual}, the command expected {expected}")]

@@ -13,7 +13,9 @@ use services::Desired;
 
 pub use builder::{Builder, InvalidBuilder, Source, is_dns_name};
 
-pub use command::{Batch, Command, FORMAT, FORMAT_BUILDERS, Outcome, Rejection, UnknownFormat};
+pub use command::{
+    Batch, Command, FORMAT, FORMAT_BUILDERS, FORMAT_ROLLOUTS, Outcome, Rejection, UnknownFormat,
+};
 use serde::{Deserialize, Serialize};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -66,6 +68,14 @@ pub struct Registry {
     endpoints: EndpointMap,
     /// Certificates for TLS termination, by name.
     certificates: CertificateMap,
+    /// Release rollouts by service (issue 15).
+    rollouts: Arc<services::Rollouts>,
+    /// What Envoys get of the services half: `desired` with every rollout's version services
+    /// and split routes (the same `Arc` as `desired` when there are no rollouts).
+    routed: Arc<services::Desired>,
+    /// The registered endpoints Envoys get: `endpoints` and every rollout's version services'
+    /// (the same map as `endpoints` when there are no rollouts).
+    routed_endpoints: EndpointMap,
 }
 
 /// Certificates by name.
@@ -87,6 +97,9 @@ impl Default for Registry {
             desired: Arc::default(),
             endpoints: EndpointMap::default(),
             certificates: CertificateMap::default(),
+            rollouts: Arc::default(),
+            routed: Arc::default(),
+            routed_endpoints: EndpointMap::default(),
         }
     }
 }
@@ -99,6 +112,7 @@ impl PartialEq for Registry {
             && self.desired == other.desired
             && self.endpoints == other.endpoints
             && self.certificates == other.certificates
+            && self.rollouts == other.rollouts
     }
 }
 
@@ -157,12 +171,68 @@ impl Registry {
     /// Sets the services half's desired state (from the store or a snapshot).
     pub fn with_desired(mut self, desired: services::Desired) -> Self {
         self.desired = Arc::new(desired);
+        self.reroute();
         self
     }
 
-    /// The services half's desired state.
+    /// Sets the rollouts (from the store or a snapshot).
+    pub fn with_rollouts(mut self, rollouts: services::Rollouts) -> Self {
+        self.rollouts = Arc::new(rollouts);
+        self.reroute();
+        self
+    }
+
+    /// The services half's desired state, as operators set it.
     pub fn desired(&self) -> &Arc<services::Desired> {
         &self.desired
+    }
+
+    /// The rollouts, by service.
+    pub fn rollouts(&self) -> &Arc<services::Rollouts> {
+        &self.rollouts
+    }
+
+    /// What Envoys get of the services half: the desired state with every rollout's version
+    /// services and its routes split between them (see [`services::rollout::routed`]).
+    pub fn routed(&self) -> &Arc<services::Desired> {
+        &self.routed
+    }
+
+    /// The registered endpoints Envoys get, by (routed) service: every service's, and each
+    /// rollout's version services' (its versions' endpoints).
+    pub fn routed_endpoint_map(&self) -> &EndpointMap {
+        &self.routed_endpoints
+    }
+
+    /// The registered endpoints Envoys get for (routed) service `service`.
+    pub fn routed_endpoints_of(
+        &self,
+        service: &str,
+    ) -> impl Iterator<Item = &Arc<services::Endpoint>> {
+        self.routed_endpoints
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// Recomputes what Envoys get after the desired state, the endpoints or the rollouts
+    /// changed: O(1) without rollouts, else the rollouts' services only.
+    fn reroute(&mut self) {
+        self.routed = services::rollout::routed(&self.desired, &self.rollouts);
+        let mut routed = self.endpoints.clone();
+        for r in self.rollouts.values() {
+            if !self.desired.services.contains_key(&r.spec.service) {
+                continue;
+            }
+            let of = self.endpoints.get(&r.spec.service);
+            for (name, map) in services::rollout::version_endpoints_of(r, of) {
+                // Only services with endpoints are in the map, as for registered ones.
+                if !map.is_empty() {
+                    routed.insert(name, map);
+                }
+            }
+        }
+        self.routed_endpoints = routed;
     }
 
     /// Adds registered endpoints (from the store or a snapshot).
@@ -175,6 +245,7 @@ impl Registry {
             m.insert(e.id.clone(), Arc::new(e));
             self.endpoints.insert(service, m);
         }
+        self.reroute();
         self
     }
 
@@ -385,8 +456,46 @@ impl Registry {
             }
             changed = true;
         }
+        let mut endpoints_changed = false;
         for change in &cmd.endpoints {
-            changed |= self.apply_endpoint(index, change);
+            endpoints_changed |= self.apply_endpoint(index, change);
+        }
+        changed |= endpoints_changed;
+        let mut rollouts_changed = false;
+        if !cmd.rollouts.is_empty() {
+            // Checked as a whole first (`check`): applied in order, each one on the state the
+            // ones before it left.
+            let mut rollouts = services::Rollouts::clone(&self.rollouts);
+            for change in &cmd.rollouts {
+                let of = self.endpoints.get(change.service());
+                rollouts_changed |=
+                    services::rollout::apply(&mut rollouts, index, change, &self.desired, of)
+                        .unwrap_or(false);
+            }
+            if rollouts_changed {
+                self.rollouts = Arc::new(rollouts);
+            }
+        }
+        // Rollouts of services that no longer exist go with them.
+        if cmd.desired.is_some()
+            && self
+                .rollouts
+                .keys()
+                .any(|s| !self.desired.services.contains_key(s))
+        {
+            let mut rollouts = services::Rollouts::clone(&self.rollouts);
+            rollouts.retain(|s, _| self.desired.services.contains_key(s));
+            self.rollouts = Arc::new(rollouts);
+            rollouts_changed = true;
+        }
+        changed |= rollouts_changed;
+        if rollouts_changed
+            || cmd.desired.is_some()
+            || (endpoints_changed && !self.rollouts.is_empty())
+        {
+            self.reroute();
+        } else if endpoints_changed {
+            self.routed_endpoints = self.endpoints.clone();
         }
         for change in &cmd.certificates {
             changed |= match change {
@@ -458,6 +567,7 @@ impl Registry {
         }
         self.check_endpoints(cmd)?;
         self.check_certificates(cmd)?;
+        self.check_rollouts(cmd)?;
         let removes: HashSet<&str> = cmd.batch.removes.iter().map(String::as_str).collect();
         let mut upsert_ids: HashMap<&str, &Builder> = HashMap::new();
         for b in &cmd.batch.upserts {
@@ -576,6 +686,40 @@ impl Registry {
     }
 
     /// Every rule an endpoint change must pass (against the desired state the command leaves).
+    /// Every rollout change must apply to the state the command's earlier parts leave; checked
+    /// on a copy (rollouts are few), so a refused one changes nothing. Leaders' decisions about
+    /// a step the rollout already left are not refused: they change nothing (fenced).
+    fn check_rollouts(&self, cmd: &Command) -> Result<(), Rejection> {
+        use services::rollout::RolloutProblem as P;
+        if cmd.rollouts.is_empty() {
+            return Ok(());
+        }
+        let desired = cmd.desired.as_deref().unwrap_or(&self.desired);
+        let mut rollouts = services::Rollouts::clone(&self.rollouts);
+        for change in &cmd.rollouts {
+            let service = change.service().to_string();
+            let of = self.endpoints.get(&service);
+            services::rollout::apply(&mut rollouts, 0, change, desired, of).map_err(
+                |p| match p {
+                    P::Invalid(problem) => Rejection::InvalidRollout { service, problem },
+                    P::InProgress(phase) => Rejection::RolloutInProgress { service, phase },
+                    P::NoRollout => Rejection::NoRollout { service },
+                    P::WrongPhase(phase) => Rejection::RolloutPhase {
+                        service,
+                        phase,
+                        wanted: match change {
+                            services::RolloutChange::Pause { .. } => "only a running one pauses",
+                            services::RolloutChange::Resume { .. } => "only a paused one resumes",
+                            _ => "only a running or paused one is aborted",
+                        }
+                        .into(),
+                    },
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     fn check_endpoints(&self, cmd: &Command) -> Result<(), Rejection> {
         use services::EndpointChange as C;
         let desired = cmd.desired.as_deref().unwrap_or(&self.desired);

@@ -2,8 +2,9 @@
 //! cluster"): ADS over a static cluster of all replicas with HTTP/2 keepalives, gRPC health
 //! checks and a short reconnect backoff, so that when a replica dies or steps aside the Envoy is
 //! streaming from another within about a second. Envoy's own telemetry goes where the
-//! operator says ([`Telemetry`]): stats sinks (statsd, a gRPC metrics service), a listener that
-//! serves only its Prometheus stats, and stats left out by regex.
+//! operator says ([`Telemetry`]): stats sinks (statsd, a gRPC metrics service, and the replicas
+//! themselves, which judge rollouts on them), a listener that serves only its Prometheus stats,
+//! and stats left out by regex.
 
 use crate::access_log::{ACCESS_LOG_KEY, AccessLog};
 use crate::resources::{LISTENER_ADDRESS_KEY, PORT_OFFSET_KEY};
@@ -39,9 +40,18 @@ pub struct BootstrapConfig {
     pub access_log: AccessLog,
 }
 
+/// The most stats in one message of the sink to the replicas: a few hundred bytes each, so a
+/// message stays far under what a replica takes ([`crate::envoy_stats::MAX_MESSAGE`]) however
+/// many stats the Envoy has.
+pub const STATS_BATCH_SIZE: u32 = 1000;
+
 /// Where Envoy's own stats go.
 #[derive(Debug, Clone)]
 pub struct Telemetry {
+    /// Stream the stats to the replica the Envoy gets its config from, over the ADS cluster (its
+    /// TLS, its failover): the replicas judge rollouts on them (issue 15). Needs the periodic
+    /// flush, which at thousands of builders costs Envoy's main thread ~100 ms each time.
+    pub concord_stats: bool,
     /// Send every stat to this statsd server (UDP) each flush.
     pub statsd: Option<SocketAddr>,
     /// Stream every stat to this gRPC `envoy.service.metrics.v3.MetricsService` each flush.
@@ -53,14 +63,15 @@ pub struct Telemetry {
     /// against the entire name as Envoy does): series nobody reads cost memory in Envoy and
     /// money in the metrics backend.
     pub stats_exclude: Vec<String>,
-    /// How often the sinks get stats (only with a sink: without one, stats are computed only
-    /// when the admin API is asked).
+    /// How often the sinks get stats (only with a sink, the replicas counting as one: without
+    /// one, stats are computed only when the admin API is asked).
     pub flush_interval: std::time::Duration,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
         Telemetry {
+            concord_stats: true,
             statsd: None,
             metrics_service: None,
             prometheus: None,
@@ -167,7 +178,7 @@ fn static_cluster(w: &mut String, name: &str, addr: SocketAddr, http2: bool) {
 
 /// Stats sinks, the flush, and exclusions.
 fn stats(w: &mut String, t: &Telemetry) -> Result<(), BootstrapError> {
-    if t.statsd.is_some() || t.metrics_service.is_some() {
+    if t.concord_stats || t.statsd.is_some() || t.metrics_service.is_some() {
         let ms = t.flush_interval.as_millis();
         if !(1..=300_000).contains(&ms) {
             return Err(BootstrapError::BadFlushInterval(ms));
@@ -182,6 +193,24 @@ fn stats(w: &mut String, t: &Telemetry) -> Result<(), BootstrapError> {
     address: {{ socket_address: {{ address: \"{}\", port_value: {}, protocol: UDP }} }}",
                 a.ip(),
                 a.port()
+            );
+        }
+        if t.concord_stats {
+            // Counters as deltas, so a replica sums what each flush adds whichever replica got
+            // the flushes before; full names (no tags as labels), which name the cluster;
+            // histograms as summaries only, the smaller form (nothing reads them). To the ADS
+            // cluster (`concord_xds`, below): the replicas serve it next to ADS.
+            let _ = writeln!(
+                w,
+                "- name: envoy.stat_sinks.metrics_service
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig
+    transport_api_version: V3
+    grpc_service: {{ envoy_grpc: {{ cluster_name: concord_xds }} }}
+    report_counters_as_deltas: true
+    emit_tags_as_labels: false
+    histogram_emit_mode: SUMMARY
+    batch_size: {STATS_BATCH_SIZE}"
             );
         }
         if t.metrics_service.is_some() {
@@ -370,13 +399,16 @@ static_resources:
       grpc_health_check: {}
     # A replica that refuses the connection (it died) is ejected at the first refusal, so the
     # next reconnect goes to another one instead of waiting for the next health check; it comes
-    # back after a second (longer if it keeps refusing).
+    # back after a second (longer if it keeps refusing). So is one that ends the stream with
+    # UNAVAILABLE (a gateway failure to Envoy): one that serves only another group of Envoys
+    # (--serve-envoys), is out of contact with the quorum, or is shutting down.
     outlier_detection:
       split_external_local_origin_errors: true
       consecutive_local_origin_failure: 1
       enforcing_consecutive_local_origin_failure: 100
       consecutive_5xx: 1000000
-      consecutive_gateway_failure: 1000000
+      consecutive_gateway_failure: 1
+      enforcing_consecutive_gateway_failure: 100
       enforcing_success_rate: 0
       enforcing_local_origin_success_rate: 0
       interval: 1s
@@ -478,6 +510,7 @@ mod tests {
     fn telemetry_adds_sinks_a_prometheus_listener_and_exclusions() {
         let y = render(&BootstrapConfig {
             telemetry: Telemetry {
+                concord_stats: false,
                 statsd: Some("127.0.0.1:8125".parse().unwrap()),
                 metrics_service: Some("127.0.0.1:9000".parse().unwrap()),
                 prometheus: Some("0.0.0.0:9102".parse().unwrap()),
@@ -552,10 +585,55 @@ mod tests {
     }
 
     #[test]
-    fn stats_are_flushed_only_when_asked() {
-        // A periodic flush stalls Envoy's main thread at large registries (issue 17).
+    fn stats_stream_to_the_replicas_by_default() {
         let y = render(&config()).unwrap();
+        let sink = "stats_sinks:
+- name: envoy.stat_sinks.metrics_service
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig
+    transport_api_version: V3
+    grpc_service: { envoy_grpc: { cluster_name: concord_xds } }
+    report_counters_as_deltas: true
+    emit_tags_as_labels: false
+    histogram_emit_mode: SUMMARY
+    batch_size: 1000
+stats_flush_interval: 5s
+";
+        assert!(y.contains(sink), "{y}");
+        assert!(!y.contains("stats_flush_on_admin"), "Envoy refuses both");
+        assert!(!y.contains("concord_metrics_service"));
+        // Next to another metrics service, each its own sink.
+        let y = render(&BootstrapConfig {
+            telemetry: Telemetry {
+                metrics_service: Some("127.0.0.1:9000".parse().unwrap()),
+                ..Telemetry::default()
+            },
+            ..config()
+        })
+        .unwrap();
+        assert_eq!(
+            y.matches("- name: envoy.stat_sinks.metrics_service")
+                .count(),
+            2
+        );
+        assert!(y.contains("cluster_name: concord_xds } }"));
+        assert!(y.contains("cluster_name: concord_metrics_service } }"));
+    }
+
+    #[test]
+    fn stats_are_flushed_only_when_asked_without_a_sink() {
+        // A periodic flush stalls Envoy's main thread at large registries (issue 17).
+        let y = render(&BootstrapConfig {
+            telemetry: Telemetry {
+                concord_stats: false,
+                ..Telemetry::default()
+            },
+            ..config()
+        })
+        .unwrap();
         assert!(y.lines().any(|l| l == "stats_flush_on_admin: true"), "{y}");
+        assert!(!y.contains("stats_sinks"));
+        assert!(!y.contains("stats_flush_interval"));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct XdsConfig {
     pub max_stream_age: Option<Duration>,
     /// The resources' shape.
     pub resources: ResourceConfig,
+    /// The Envoys this replica serves (`--serve-envoys`): every one when empty; any other's
+    /// stream ends with UNAVAILABLE before any response.
+    pub served_envoys: crate::envoy_select::ServedEnvoys,
 }
 
 /// For the revisions after the first argument up to the second: when each was applied here,

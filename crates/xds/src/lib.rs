@@ -12,6 +12,7 @@
 //! The modules form layers, each importing only those below it:
 //!
 //! - [`server`]: the handle, the gRPC server (TLS accept, health), the snapshot task;
+//! - [`envoy_stats`]: the stats Envoys stream to the replica, summed for rollouts;
 //! - `transport`: gRPC framing, our own tower service, request decoder and response body;
 //! - `service`: stream accept, the certificate-bound node id, dispatch to a driver;
 //! - `stream`: the SotW and delta drivers and the loop they share, over any request stream;
@@ -28,6 +29,8 @@ mod barrier;
 pub mod bootstrap;
 pub mod config;
 pub mod dump;
+pub mod envoy_select;
+pub mod envoy_stats;
 pub mod envoys;
 pub mod protocol;
 mod push;

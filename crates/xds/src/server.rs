@@ -1,12 +1,15 @@
 //! The xDS side of one replica: the [`XdsServer`] handle the replica holds, the task that turns
 //! each applied registry revision into a [`Snapshot`] (built once, shared by every stream), and
-//! the gRPC server (ADS and the standard health service, plaintext or TLS).
+//! the gRPC server (ADS, the stats stream Envoys' `metrics_service` sink sends to, and the
+//! standard health service, plaintext or TLS).
 //!
 //! The top of the crate: it builds what every stream shares (`stream::Shared`) and serves it
 //! through the transport (`transport`) and the ADS service (`service`), which runs each
 //! stream's protocol driver. Nothing below imports it.
 
 pub use crate::config::{BarrierError, ReadBarrierFn, RevisionTimesFn, XdsConfig};
+use crate::envoy_stats::EnvoyStats;
+use crate::envoy_stats::service::StatsService;
 use crate::envoys::{EnvoyStatus, Envoys};
 use crate::resources::ResourceConfig;
 use crate::service::XdsService;
@@ -27,6 +30,8 @@ pub struct XdsServer {
     inner: Arc<Shared>,
     /// Where this server's tasks run (snapshots, health, every stream); its token ends them.
     tasks: Tasks,
+    /// The stats the Envoys stream to this replica.
+    stats: Arc<EnvoyStats>,
 }
 
 impl XdsServer {
@@ -54,6 +59,7 @@ impl XdsServer {
                 read_barrier: None,
             }),
             tasks,
+            stats: Arc::new(EnvoyStats::default()),
         }
     }
 
@@ -89,13 +95,25 @@ impl XdsServer {
         self.inner.envoys.changes.since(from)
     }
 
+    /// What the Envoys streamed to this replica of `clusters`' stats since it started (every
+    /// cluster tracked when `clusters` is empty), for the leader to judge rollouts on.
+    pub fn stats_report(&self, clusters: &[String]) -> concord_api::StatsReport {
+        self.stats.report(clusters)
+    }
+
+    /// The stats stream's metrics (messages, skipped values, streams, clusters) in the
+    /// Prometheus text format, to append to the replica's `/metrics` page.
+    pub fn render_stats_metrics(&self, out: &mut String) {
+        self.stats.render_metrics(out);
+    }
+
     /// The resources served now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.snapshots.borrow().clone()
     }
 
-    /// Serves ADS and gRPC health on `listener` until shutdown, over TLS with `tls` (reloaded
-    /// when its files change), else plaintext.
+    /// Serves ADS, the Envoys' stats stream and gRPC health on `listener` until shutdown, over
+    /// TLS with `tls` (reloaded when its files change), else plaintext.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -124,6 +142,13 @@ impl XdsServer {
                 .await;
         });
         let shutdown = self.inner.shutdown.clone();
+        let stats = StatsService {
+            stats: self.stats.clone(),
+            serving: self.inner.serving.clone(),
+            shutdown: shutdown.clone(),
+            tls: tls.clone(),
+        }
+        .into_server();
         let ads = AdsGrpc(Arc::new(XdsService {
             xds: self.inner,
             tls: tls.clone(),
@@ -132,7 +157,8 @@ impl XdsServer {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(health)
-            .add_service(ads);
+            .add_service(ads)
+            .add_service(stats);
         match tls {
             Some(tls) => {
                 tls.watch(&self.tasks);

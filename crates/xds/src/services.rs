@@ -32,6 +32,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     WeightedCluster, header_matcher, retry_policy, route, route_action, route_match,
     weighted_cluster,
 };
+use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::{
+    FilterConfig as GrpcStats, filter_config,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
@@ -58,6 +61,8 @@ pub const SECRET_TYPE: &str =
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const GRPC_STATS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
 const HTTP_OPTIONS_TYPE: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const DOWNSTREAM_TLS_TYPE: &str =
@@ -440,7 +445,35 @@ fn route_of(r: &Route) -> envoy_types::pb::envoy::config::route::v3::Route {
     }
 }
 
-/// The router: the last (and only) HTTP filter of every services listener.
+/// The HTTP filters of every services listener: gRPC stats, then the router.
+fn http_filters() -> Vec<HttpFilter> {
+    vec![grpc_stats_filter(), router_filter()]
+}
+
+/// Counts gRPC calls per upstream cluster by their gRPC status (`cluster.<c>.grpc.total`,
+/// `.failure`, ...): the router counts a gRPC error answered over HTTP 200 as a 2xx, and
+/// rollouts judge gRPC services on these (issue 15). One set of stats per cluster, not per
+/// method: method names come from clients, and stats per method would let them grow Envoy's
+/// stats without bound.
+fn grpc_stats_filter() -> HttpFilter {
+    let config = GrpcStats {
+        emit_filter_state: false,
+        per_method_stat_specifier: Some(filter_config::PerMethodStatSpecifier::StatsForAllMethods(
+            BoolValue { value: false },
+        )),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: "envoy.filters.http.grpc_stats".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+            GRPC_STATS_TYPE,
+            &config,
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The router: the last HTTP filter of every services listener.
 fn router_filter() -> HttpFilter {
     HttpFilter {
         name: "envoy.filters.http.router".into(),
@@ -464,7 +497,7 @@ pub fn http_listener(name: &str, l: &ListenerSpec, port_offset: i32, log: Access
             config_source: Some(ads()),
             route_config_name: route_config_name(&l.route_table),
         })),
-        http_filters: vec![router_filter()],
+        http_filters: http_filters(),
         access_log: crate::access_log::access_logs(log, true),
         ..Default::default()
     };
@@ -631,7 +664,7 @@ pub fn validation_bootstrap(
             route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
                 route_configuration(n, t),
             )),
-            http_filters: vec![router_filter()],
+            http_filters: http_filters(),
             ..Default::default()
         };
         l.filter_chains[0].filters[0].config_type =
@@ -668,5 +701,45 @@ pub fn validation_bootstrap(
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn http_listeners_count_grpc_calls_before_routing() {
+        let spec = ListenerSpec {
+            address: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            route_table: "main".into(),
+            tls: None,
+            internal: false,
+        };
+        let l = http_listener("edge", &spec, 0, AccessLog::Off);
+        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no HttpConnectionManager");
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["envoy.filters.http.grpc_stats", "envoy.filters.http.router"]
+        );
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type
+        else {
+            panic!("no gRPC stats config");
+        };
+        assert_eq!(any.type_url, GRPC_STATS_TYPE);
+        let config = GrpcStats::decode(any.value.as_slice()).unwrap();
+        assert!(!config.emit_filter_state);
+        assert_eq!(
+            config.per_method_stat_specifier,
+            Some(filter_config::PerMethodStatSpecifier::StatsForAllMethods(
+                BoolValue { value: false }
+            ))
+        );
     }
 }

@@ -65,11 +65,99 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AdsGrpc {
                 return Ok(status.into_http());
             }
             Ok(match req.uri().path() {
-                SOTW_PATH => respond(svc.sotw(decode::<DiscoveryRequest>(req))),
-                DELTA_PATH => respond(svc.delta(decode::<DeltaDiscoveryRequest>(req))),
+                SOTW_PATH => match screen(&svc, decode::<DiscoveryRequest>(req)).await {
+                    Ok(req) => respond(svc.sotw(req)),
+                    Err(status) => status.into_http(),
+                },
+                DELTA_PATH => match screen(&svc, decode::<DeltaDiscoveryRequest>(req)).await {
+                    Ok(req) => respond(svc.delta(req)),
+                    Err(status) => status.into_http(),
+                },
                 other => Status::unimplemented(format!("no method {other}")).into_http(),
             })
         })
+    }
+}
+
+/// A request that names its Envoy (the first of a stream does).
+pub(crate) trait Named {
+    /// The Envoy's node.
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+}
+
+impl Named for DiscoveryRequest {
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        self.node.as_ref()
+    }
+}
+
+impl Named for DeltaDiscoveryRequest {
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        self.node.as_ref()
+    }
+}
+
+/// How long a replica that serves only some Envoys (`--serve-envoys`) waits for a stream's
+/// first request, which names the Envoy, before refusing the stream.
+const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// On a replica that serves only some Envoys, reads the stream's first request before
+/// answering anything, and refuses a stream of any other Envoy with a trailers-only
+/// UNAVAILABLE: Envoy counts that as a gateway failure of this replica and its next attempt
+/// goes to another (the bootstrap's outlier detection), where a refusal after response headers
+/// would only be retried here. Every other replica answers at once, as before.
+async fn screen<T: prost::Message + Default + Named>(
+    svc: &XdsService,
+    req: Request<Requests<T>>,
+) -> Result<Request<Peeked<T>>, Status> {
+    let served = &svc.xds.config.served_envoys;
+    if served.0.is_empty() {
+        return Ok(req.map(|rest| Peeked { first: None, rest }));
+    }
+    let (meta, ext, mut rest) = req.into_parts();
+    let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, futures_next(&mut rest)).await {
+        Ok(first) => first,
+        Err(_) => {
+            return Err(Status::deadline_exceeded(
+                "no first request; send one at once",
+            ));
+        }
+    };
+    if let Some(Ok(r)) = &first {
+        let node = r.node().cloned().unwrap_or_default();
+        if !served.serves(&node) {
+            tracing::info!(node = %node.id, cluster = %node.cluster,
+                "sent on an Envoy outside the groups this replica serves");
+            return Err(Status::unavailable(format!(
+                "this replica serves only Envoys of {} (--serve-envoys); try another replica",
+                served.describe()
+            )));
+        }
+    }
+    Ok(Request::from_parts(meta, ext, Peeked { first, rest }))
+}
+
+async fn futures_next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+}
+
+/// A stream's requests with the first one already read (by [`screen`]), if it was.
+pub(crate) struct Peeked<T> {
+    first: Option<Result<T, Status>>,
+    rest: Requests<T>,
+}
+
+// Never pinned structurally: the held request is moved out whole.
+impl<T> Unpin for Peeked<T> {}
+
+impl<T: prost::Message + Default> Stream for Peeked<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        Pin::new(&mut self.rest).poll_next(cx)
     }
 }
 

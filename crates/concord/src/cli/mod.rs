@@ -13,6 +13,7 @@ mod discovery;
 mod endpoints;
 mod envoys;
 mod exit;
+mod rollout;
 mod ui;
 
 pub use bootstrap::BootstrapArgs;
@@ -24,6 +25,7 @@ pub use discovery::discovery;
 pub use endpoints::EndpointsCmd;
 pub use envoys::EnvoysArgs;
 pub use exit::Exit;
+pub use rollout::RolloutCmd;
 pub use ui::ui;
 
 use clap::Args;

@@ -274,6 +274,7 @@ fn sample(long: &str) -> Option<&'static [&'static str]> {
         "stale-after-ms" => &["5000"],
         "catch-up-timeout-ms" => &["3000"],
         "max-stream-age-secs" => &["600"],
+        "serve-envoys" => &["cluster=canary"],
         "dns-server" => &["10.0.0.53:53"],
         "dns-source" => &["txt:_instances.internal:8372", "srv:_b._tcp.internal"],
         "dns-sni-template" => &["{id}.builders.example.com"],

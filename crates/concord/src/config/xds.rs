@@ -81,6 +81,20 @@ pub struct XdsArgs {
         default_value_t = 0
     )]
     pub max_stream_age_secs: u64,
+
+    /// Serve only these Envoys (a control-plane canary: a replica running a new concord
+    /// version first serves a chosen group): `cluster=NAME` (the Envoys' node cluster,
+    /// `concord envoy-bootstrap --node-cluster`) or `metadata.KEY=VALUE` (a node metadata
+    /// field); repeat or comma-separate for several groups. Any other Envoy's stream ends with
+    /// UNAVAILABLE before any response, so it moves to another replica at once. Widen the group
+    /// by restarting with more (or none: every Envoy).
+    #[arg(
+        long,
+        env = "CONCORD_SERVE_ENVOYS",
+        value_name = "SELECTOR",
+        value_delimiter = ','
+    )]
+    pub serve_envoys: Vec<concord_xds::envoy_select::EnvoySelector>,
 }
 
 /// How the builders' listener routes (the mode without its suffix).
@@ -169,6 +183,7 @@ impl XdsArgs {
                 mode,
                 ..ResourceConfig::default()
             },
+            served_envoys: concord_xds::envoy_select::ServedEnvoys(self.serve_envoys.clone()),
         })
     }
 

@@ -33,6 +33,8 @@ const REVISION: &[u8] = b"m/revision";
 const FORMAT: &[u8] = b"m/format";
 /// The services half's desired state ([`Registry::desired`]), replaced whole by each apply.
 const DESIRED: &[u8] = b"d/desired";
+/// Release rollouts by service ([`Registry::rollouts`]), replaced whole when they change.
+const ROLLOUTS: &[u8] = b"r/rollouts";
 /// Registered endpoints (`e/<service>/<id>` → [`StoredEndpoint`]).
 const ENDPOINT_PREFIX: &[u8] = b"e/";
 /// Certificates for TLS termination (`c/<name>` → [`StoredCertificate`]).
@@ -86,6 +88,9 @@ pub(super) struct SnapshotData {
     /// Certificates; absent in snapshots of earlier versions (none).
     #[serde(default)]
     certificates: Vec<StoredCertificate>,
+    /// Rollouts; absent in snapshots of earlier versions (none).
+    #[serde(default)]
+    rollouts: concord_registry::services::Rollouts,
 }
 
 impl SnapshotData {
@@ -104,7 +109,8 @@ impl SnapshotData {
                     self.certificates
                         .iter()
                         .map(|c| (c.name.clone(), c.certificate.clone())),
-                ),
+                )
+                .with_rollouts(self.rollouts.clone()),
         )
     }
 }
@@ -216,6 +222,10 @@ impl StateMachine {
             Some(raw) => decode(&raw).map_err(decoded("desired services"))?,
             None => Desired::default(),
         };
+        let rollouts: concord_registry::services::Rollouts = match tree.get(ROLLOUTS)? {
+            Some(raw) => decode(&raw).map_err(decoded("rollouts"))?,
+            None => Default::default(),
+        };
         let mut builders = Vec::new();
         for kv in tree.scan_prefix(BUILDER_PREFIX) {
             let (k, raw) = kv?;
@@ -248,7 +258,8 @@ impl StateMachine {
             .with_format(format)
             .with_desired(desired)
             .with_endpoints(endpoints)
-            .with_certificates(certificates);
+            .with_certificates(certificates)
+            .with_rollouts(rollouts);
         let sm = StateMachine {
             inner: Arc::new(Inner {
                 db,
@@ -348,6 +359,7 @@ impl StateMachine {
         for c in &snap.certificates {
             batch.insert(certificate_key(&c.name), encode(c));
         }
+        batch.insert(ROLLOUTS, encode(&snap.rollouts));
         self.inner
             .tree
             .apply_batch(batch)
@@ -453,6 +465,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     certificate: concord_registry::services::Certificate::clone(c),
                 })
                 .collect(),
+            rollouts: concord_registry::services::Rollouts::clone(registry.rollouts()),
         });
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -592,6 +605,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         batch.remove(k.clone());
                                     }
                                 }
+                            }
+                            if !cmd.rollouts.is_empty() || cmd.desired.is_some() {
+                                batch.insert(ROLLOUTS, encode(&**registry.rollouts()));
                             }
                             for change in &cmd.certificates {
                                 let name = match change {

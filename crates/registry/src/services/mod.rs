@@ -9,6 +9,7 @@ mod diff;
 mod duration;
 mod endpoints;
 mod model;
+pub mod rollout;
 mod validate;
 
 pub use certificates::{Certificate, CertificateChange, Secret};
@@ -19,6 +20,9 @@ pub use endpoints::{
     dns_endpoint_id, endpoint_source,
 };
 pub use model::*;
+pub use rollout::{
+    Phase, Rollout, RolloutChange, RolloutSpec, Rollouts, version_cluster, version_service,
+};
 pub use validate::{FieldError, validate};
 
 #[cfg(test)]

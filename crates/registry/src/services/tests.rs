@@ -332,6 +332,22 @@ fn every_rejection_encodes() {
             listener: "l".into(),
         },
         Rejection::InvalidCertificateName { name: "C".into() },
+        Rejection::InvalidRollout {
+            service: "s".into(),
+            problem: "p".into(),
+        },
+        Rejection::RolloutInProgress {
+            service: "s".into(),
+            phase: crate::services::Phase::Paused,
+        },
+        Rejection::NoRollout {
+            service: "s".into(),
+        },
+        Rejection::RolloutPhase {
+            service: "s".into(),
+            phase: crate::services::Phase::Promoted,
+            wanted: "w".into(),
+        },
     ];
     for r in all {
         match &r {
@@ -350,7 +366,11 @@ fn every_rejection_encodes() {
             | Rejection::StaleRevision { .. }
             | Rejection::UnknownCertificate { .. }
             | Rejection::CertificateInUse { .. }
-            | Rejection::InvalidCertificateName { .. } => {}
+            | Rejection::InvalidCertificateName { .. }
+            | Rejection::InvalidRollout { .. }
+            | Rejection::RolloutInProgress { .. }
+            | Rejection::NoRollout { .. }
+            | Rejection::RolloutPhase { .. } => {}
         }
         let out = Outcome::Rejected(r.clone());
         let text = serde_json::to_string(&out).unwrap_or_else(|e| panic!("{r:?}: {e}"));

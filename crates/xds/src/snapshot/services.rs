@@ -4,7 +4,8 @@
 //! delta streams diff only what changed. A change of registered endpoints re-encodes the load
 //! assignments of the services it touched, and nothing else: one endpoint, one
 //! ClusterLoadAssignment, whatever the registry's size. Listeners are encoded per port offset on
-//! first use (several Envoys on one host), and per access log.
+//! first use (several Envoys on one host), and per access log. All of it is built from the
+//! registry's routed view (rollouts' version clusters and split routes included).
 
 use super::{Named, Resources, content_version};
 use crate::access_log::AccessLog;
@@ -64,15 +65,16 @@ pub(super) struct ServiceResources {
     pub(super) serialised: usize,
 }
 
-/// The endpoints of service `name` Envoy gets: those in the file, then the registered ones.
+/// The endpoints of (routed) service `name` Envoy gets: those in the file, then the registered
+/// ones (a rollout's version service has only its version's registered ones).
 fn endpoints_of(registry: &Registry, name: &str) -> Vec<EndpointSpec> {
     let mut all = registry
-        .desired()
+        .routed()
         .services
         .get(name)
         .map(static_endpoints)
         .unwrap_or_default();
-    all.extend(registry.endpoints_of(name).map(|e| EndpointSpec {
+    all.extend(registry.routed_endpoints_of(name).map(|e| EndpointSpec {
         addr: e.addr,
         weight: e.weight,
         draining: e.draining,
@@ -112,8 +114,10 @@ impl ServiceResources {
     /// registered endpoints changed; only the touched load assignments when only endpoints did;
     /// else the services, route tables and listeners whose settings changed.
     pub(super) fn of(registry: &Registry, prev: Option<&Arc<ServiceResources>>) -> Arc<Self> {
-        let desired = registry.desired();
-        let registered = registry.endpoint_map();
+        // What Envoys get: the desired state and endpoints with every rollout's version
+        // services and split routes (the operator's own when there are no rollouts).
+        let desired = registry.routed();
+        let registered = registry.routed_endpoint_map();
         let certificates = registry.certificates();
         let mut secrets_serialised = 0;
         let secrets = match prev {

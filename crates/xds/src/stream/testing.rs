@@ -76,6 +76,7 @@ impl Replica {
                 catch_up_timeout: CATCH_UP,
                 max_stream_age: None,
                 resources: ResourceConfig::default(),
+                served_envoys: Default::default(),
             },
             times: Arc::new(|_, _| Vec::new()),
             snapshots: rx,

@@ -301,7 +301,10 @@ impl World {
                 "--addr",
                 &addr,
             ])
-            .args(["--ttl", "5s", "--id", &format!("g{n}")]);
+            .args(["--ttl", "5s", "--id", &format!("g{n}")])
+            // g1 is version v1, g2 v2: `concord rollout start echo --from v1 --to v2` moves
+            // echo's traffic between them.
+            .args(["--label", &format!("version=v{n}")]);
             g.registrar = Some(Proc::spawn(
                 cmd,
                 &self.grpc_file(n, "register.log"),

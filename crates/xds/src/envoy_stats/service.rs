@@ -1,0 +1,141 @@
+//! The gRPC `envoy.service.metrics.v3.MetricsService` an Envoy's `metrics_service` stat sink
+//! streams to: it takes each message's stats into [`EnvoyStats`] and answers only when the
+//! stream ends, as Envoy expects. Served on the xDS port next to ADS ([`crate::server`]), so
+//! the Envoy reaches it over the ADS cluster with its TLS and failover.
+//!
+//! A stream ends when the Envoy closes it, when the replica shuts down (so an open stream never
+//! holds up graceful shutdown) and when the replica stops serving, so that the Envoy's next
+//! flush goes to a replica in contact with the quorum, as its ADS stream does.
+
+use super::{EnvoyStats, MAX_MESSAGE};
+use concord_tls::XdsTls;
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// The longest node id kept for logs: the id comes from the client.
+const MAX_NODE_ID: usize = 128;
+
+/// The stats service of one replica.
+pub(crate) struct StatsService {
+    pub(crate) stats: Arc<EnvoyStats>,
+    /// False while this replica is out of contact with the quorum.
+    pub(crate) serving: watch::Receiver<bool>,
+    /// The server's shutdown.
+    pub(crate) shutdown: CancellationToken,
+    /// The xDS TLS, whose client certificates name the Envoy when node ids are bound.
+    pub(crate) tls: Option<Arc<XdsTls>>,
+}
+
+impl StatsService {
+    /// The tonic service, taking messages up to [`MAX_MESSAGE`].
+    pub(crate) fn into_server(self) -> MetricsServiceServer<StatsService> {
+        MetricsServiceServer::new(self).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The Envoy id the caller's certificate names, if node ids are bound; refused without one,
+    /// as ADS refuses it.
+    fn bound_id<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.binds_node_id()) else {
+            return Ok(None);
+        };
+        let certs = request.peer_certs();
+        match certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .and_then(|l| tls.envoy_id(l))
+        {
+            Some(id) => Ok(Some(id)),
+            None => Err(Status::permission_denied(
+                "the client certificate names no Envoy of this cluster",
+            )),
+        }
+    }
+}
+
+/// A client's node id, cut to a length fit for logs.
+fn node_id(message: &StreamMetricsMessage) -> Option<String> {
+    let id = &message.identifier.as_ref()?.node.as_ref()?.id;
+    let end = id
+        .char_indices()
+        .nth(MAX_NODE_ID)
+        .map_or(id.len(), |(i, _)| i);
+    Some(id[..end].to_string())
+}
+
+#[tonic::async_trait]
+impl MetricsService for StatsService {
+    async fn stream_metrics(
+        &self,
+        request: Request<Streaming<StreamMetricsMessage>>,
+    ) -> Result<Response<StreamMetricsResponse>, Status> {
+        let bound = self.bound_id(&request)?;
+        let Some(_slot) = self.stats.open() else {
+            return Err(Status::resource_exhausted(
+                "too many stats streams open on this replica",
+            ));
+        };
+        let mut serving = self.serving.clone();
+        if !*serving.borrow_and_update() {
+            return Err(Status::unavailable(
+                "this replica is out of contact with the cluster's quorum; try another",
+            ));
+        }
+        let span = tracing::debug_span!(
+            "envoy stats",
+            peer = ?request.remote_addr(),
+            node = tracing::field::Empty
+        );
+        if let Some(n) = &bound {
+            span.record("node", n.as_str());
+        }
+        let mut messages = request.into_inner();
+        let stats = self.stats.clone();
+        let shutdown = self.shutdown.clone();
+        async move {
+            let mut node = bound;
+            let mut received = 0u64;
+            let mut watching = true;
+            let end = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break "replica shutting down",
+                    r = serving.changed(), if watching => match r {
+                        Ok(()) if !*serving.borrow_and_update() => break "replica stopped serving",
+                        Ok(()) => {}
+                        // No one can change it any more: it stays as it is.
+                        Err(_) => watching = false,
+                    },
+                    m = messages.next() => match m {
+                        Some(Ok(m)) => {
+                            if node.is_none() {
+                                // Only the first message names the Envoy.
+                                node = node_id(&m);
+                                if let Some(n) = &node {
+                                    tracing::Span::current().record("node", n.as_str());
+                                }
+                            }
+                            received += 1;
+                            stats.record(&m.envoy_metrics);
+                        }
+                        None => break "Envoy closed the stream",
+                        Some(Err(status)) => {
+                            tracing::debug!(%status, received, "stats stream failed");
+                            return Err(status);
+                        }
+                    },
+                }
+            };
+            tracing::debug!(received, end, "stats stream ended");
+            Ok(Response::new(StreamMetricsResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,450 @@
+//! The pure core of the stats stream: which of an Envoy's stats rollouts are judged on, parsed
+//! strictly from their full names (`cluster.service_echo~v2.upstream_rq_5xx`), and the
+//! per-cluster sums of their deltas since start, bounded in size. No I/O, no clock: the service
+//! above ([`super::service`]) feeds it decoded messages and logs what it refused.
+
+use concord_api::ClusterTotals;
+use envoy_types::pb::io::prometheus::client::{MetricFamily, MetricType};
+use std::collections::{BTreeSet, HashMap};
+
+/// The most clusters tracked: a hostile or broken client naming ever new clusters cannot grow a
+/// replica's memory past this. Far above the services a registry holds (a rollout adds one
+/// cluster per version).
+pub const MAX_CLUSTERS: usize = 4096;
+
+/// The longest cluster name taken: a service name and a version are short.
+const MAX_CLUSTER_NAME: usize = 256;
+
+/// The largest delta taken from one flush: a counter's rise over a few seconds, so anything
+/// near this is a broken or hostile client, and summing it would swamp every real count.
+const MAX_DELTA: f64 = 1e12;
+
+/// Which counter of a cluster a stat adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// A response of class 1xx to 4xx: counts towards `rq_total`.
+    Rq,
+    /// A 5xx response: counts towards `rq_total` and `rq_5xx`.
+    Rq5xx,
+    /// `grpc.total`.
+    GrpcTotal,
+    /// `grpc.failure`.
+    GrpcFailure,
+}
+
+/// The stat suffixes (after `cluster.<name>.`) that are summed, and into what.
+const SUFFIXES: [(&str, Field); 7] = [
+    ("upstream_rq_1xx", Field::Rq),
+    ("upstream_rq_2xx", Field::Rq),
+    ("upstream_rq_3xx", Field::Rq),
+    ("upstream_rq_4xx", Field::Rq),
+    ("upstream_rq_5xx", Field::Rq5xx),
+    ("grpc.total", Field::GrpcTotal),
+    ("grpc.failure", Field::GrpcFailure),
+];
+
+/// What a stat's name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name<'a> {
+    /// Not one of the stats summed (another stat, or a builder's cluster): ignored, as most of
+    /// what Envoy sends is.
+    Ignored,
+    /// One of the summed stats of a service cluster whose name is not one concord makes.
+    Bad,
+    /// A summed stat of service cluster `.0`.
+    Stat(&'a str, Field),
+}
+
+/// Parses a full stat name: `cluster.` + cluster + `.` + one of the summed suffixes, where the
+/// cluster is `service_<service>` or `service_<service>~<version>` (a service name is
+/// `[a-z0-9-]+`, a version `[a-z0-9_-]+`: neither holds a `.`, so the split is unambiguous).
+pub fn parse(name: &str) -> Name<'_> {
+    let Some(rest) = name.strip_prefix("cluster.") else {
+        return Name::Ignored;
+    };
+    let Some((cluster, field)) = SUFFIXES.iter().find_map(|(suffix, field)| {
+        let cluster = rest.strip_suffix(suffix)?.strip_suffix('.')?;
+        Some((cluster, *field))
+    }) else {
+        return Name::Ignored;
+    };
+    let Some(service) = cluster.strip_prefix("service_") else {
+        // Builders' clusters (`builder_<id>`, SNI names) and concord's own: not judged.
+        return Name::Ignored;
+    };
+    let (service, version) = match service.split_once('~') {
+        Some((s, v)) => (s, Some(v)),
+        None => (service, None),
+    };
+    let service_ok = !service.is_empty()
+        && service
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    let version_ok = version.is_none_or(|v| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_'))
+    });
+    if cluster.len() <= MAX_CLUSTER_NAME && service_ok && version_ok {
+        Name::Stat(cluster, field)
+    } else {
+        Name::Bad
+    }
+}
+
+/// A counter delta as a count, if it is one: finite, whole, not negative, not absurdly large.
+fn count(v: f64) -> Option<u64> {
+    (v.is_finite() && (0.0..=MAX_DELTA).contains(&v) && v.fract() == 0.0).then_some(v as u64)
+}
+
+/// The summed stats of one message, borrowed from it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deltas<'a> {
+    /// Cluster, counter, delta.
+    pub items: Vec<(&'a str, Field, u64)>,
+    /// Values of summed stats left out: a bad cluster name, not a counter, or a value that is
+    /// not a count.
+    pub skipped: u64,
+}
+
+/// The summed stats of `families` (one message), parsed before any lock is taken.
+pub fn deltas(families: &[MetricFamily]) -> Deltas<'_> {
+    let mut d = Deltas::default();
+    for f in families {
+        let name = f.name.as_deref().unwrap_or_default();
+        let (cluster, field) = match parse(name) {
+            Name::Ignored => continue,
+            Name::Bad => {
+                d.skipped += f.metric.len().max(1) as u64;
+                continue;
+            }
+            Name::Stat(c, field) => (c, field),
+        };
+        // proto2: an unset type is a counter.
+        let is_counter =
+            f.r#type.unwrap_or(MetricType::Counter as i32) == MetricType::Counter as i32;
+        if !is_counter || f.metric.is_empty() {
+            d.skipped += f.metric.len().max(1) as u64;
+            continue;
+        }
+        // Without labels there is one metric per family; should a client send several, they
+        // are parts of the same count.
+        for m in &f.metric {
+            match m.counter.as_ref().and_then(|c| c.value).and_then(count) {
+                Some(n) => d.items.push((cluster, field, n)),
+                None => d.skipped += 1,
+            }
+        }
+    }
+    d
+}
+
+/// One cluster's sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sums {
+    rq_total: u64,
+    rq_5xx: u64,
+    grpc_total: u64,
+    grpc_failure: u64,
+}
+
+impl Sums {
+    fn add(&mut self, field: Field, n: u64) {
+        // Saturating: a sum that cannot grow is wrong, one that wraps is worse.
+        let add = |s: &mut u64| *s = s.saturating_add(n);
+        match field {
+            Field::Rq => add(&mut self.rq_total),
+            Field::Rq5xx => {
+                add(&mut self.rq_total);
+                add(&mut self.rq_5xx);
+            }
+            Field::GrpcTotal => add(&mut self.grpc_total),
+            Field::GrpcFailure => add(&mut self.grpc_failure),
+        }
+    }
+
+    fn totals(&self, cluster: &str) -> ClusterTotals {
+        ClusterTotals {
+            cluster: cluster.to_string(),
+            rq_total: self.rq_total,
+            rq_5xx: self.rq_5xx,
+            grpc_total: self.grpc_total,
+            grpc_failure: self.grpc_failure,
+        }
+    }
+}
+
+/// Per service cluster, the sums of every delta received since start, over every Envoy; at most
+/// `max_clusters` of them.
+#[derive(Debug)]
+pub struct Totals {
+    clusters: HashMap<Box<str>, Sums>,
+    max_clusters: usize,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals::with_limit(MAX_CLUSTERS)
+    }
+}
+
+impl Totals {
+    /// Totals that track at most `max_clusters` clusters.
+    pub fn with_limit(max_clusters: usize) -> Totals {
+        Totals {
+            clusters: HashMap::new(),
+            max_clusters,
+        }
+    }
+
+    /// Adds a message's deltas; returns how many were refused because they name a new cluster
+    /// when `max_clusters` are tracked already. A cluster, once tracked, stays: its sums must
+    /// only grow for as long as the replica runs (the leader compares them over time).
+    pub fn add(&mut self, deltas: &Deltas<'_>) -> u64 {
+        let mut refused = 0;
+        for &(cluster, field, n) in &deltas.items {
+            if let Some(s) = self.clusters.get_mut(cluster) {
+                s.add(field, n);
+            } else if self.clusters.len() < self.max_clusters {
+                self.clusters
+                    .entry(cluster.into())
+                    .or_default()
+                    .add(field, n);
+            } else {
+                refused += 1;
+            }
+        }
+        refused
+    }
+
+    /// Clusters tracked.
+    pub fn len(&self) -> usize {
+        self.clusters.len()
+    }
+
+    /// Whether no cluster is tracked yet.
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+    }
+
+    /// The totals of `clusters` (zeros for one never seen), or of every tracked cluster when
+    /// none are named; sorted by name, each once.
+    pub fn report(&self, clusters: &[String]) -> Vec<ClusterTotals> {
+        if clusters.is_empty() {
+            let mut all: Vec<ClusterTotals> =
+                self.clusters.iter().map(|(c, s)| s.totals(c)).collect();
+            all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+            return all;
+        }
+        let named: BTreeSet<&str> = clusters.iter().map(String::as_str).collect();
+        named
+            .into_iter()
+            .map(|c| self.clusters.get(c).copied().unwrap_or_default().totals(c))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::io::prometheus::client::{Counter, Gauge, Metric};
+
+    fn counter(name: &str, v: f64) -> MetricFamily {
+        MetricFamily {
+            name: Some(name.into()),
+            r#type: Some(MetricType::Counter as i32),
+            metric: vec![Metric {
+                counter: Some(Counter {
+                    value: Some(v),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn apply(t: &mut Totals, families: &[MetricFamily]) -> (u64, u64) {
+        let d = deltas(families);
+        (t.add(&d), d.skipped)
+    }
+
+    #[test]
+    fn names_are_parsed_strictly() {
+        use Field::*;
+        assert_eq!(
+            parse("cluster.service_echo.upstream_rq_2xx"),
+            Name::Stat("service_echo", Rq)
+        );
+        assert_eq!(
+            parse("cluster.service_echo~v2_1-a.upstream_rq_5xx"),
+            Name::Stat("service_echo~v2_1-a", Rq5xx)
+        );
+        assert_eq!(
+            parse("cluster.service_a-1.grpc.failure"),
+            Name::Stat("service_a-1", GrpcFailure)
+        );
+        assert_eq!(
+            parse("cluster.service_a.grpc.total"),
+            Name::Stat("service_a", GrpcTotal)
+        );
+        // Other stats, other clusters: ignored, not skipped.
+        for ignored in [
+            "cluster.service_echo.upstream_rq_total",
+            "cluster.service_echo.upstream_rq_503",
+            "cluster.service_echo.grpc.success",
+            "cluster.service_echo.grpc.0",
+            "cluster.builder_7.upstream_rq_5xx",
+            "cluster.concord_xds.grpc.total",
+            "cluster.service_echo.xupstream_rq_5xx",
+            "http.ingress.downstream_rq_5xx",
+            "service_echo.upstream_rq_5xx",
+            "",
+        ] {
+            assert_eq!(parse(ignored), Name::Ignored, "{ignored}");
+        }
+        // Summed stats of a cluster concord never names.
+        let long = format!("cluster.service_{}.upstream_rq_2xx", "a".repeat(300));
+        for bad in [
+            "cluster.service_.upstream_rq_2xx",
+            "cluster.service_Echo.upstream_rq_2xx",
+            "cluster.service_a.b.upstream_rq_2xx",
+            "cluster.service_a~.upstream_rq_2xx",
+            "cluster.service_~v1.upstream_rq_2xx",
+            "cluster.service_a~v1~v2.upstream_rq_2xx",
+            "cluster.service_a~v.1.grpc.total",
+            "cluster.service_a b.grpc.total",
+            "cluster.service_a_b.grpc.total",
+            long.as_str(),
+        ] {
+            assert_eq!(parse(bad), Name::Bad, "{bad}");
+        }
+    }
+
+    #[test]
+    fn deltas_are_summed_per_cluster() {
+        let mut t = Totals::default();
+        let first = [
+            counter("cluster.service_echo.upstream_rq_2xx", 10.0),
+            counter("cluster.service_echo.upstream_rq_4xx", 3.0),
+            counter("cluster.service_echo.upstream_rq_5xx", 2.0),
+            counter("cluster.service_echo~v2.upstream_rq_1xx", 1.0),
+            counter("cluster.service_echo~v2.grpc.total", 7.0),
+            counter("cluster.service_echo~v2.grpc.failure", 0.0),
+            counter("cluster.builder_1.upstream_rq_5xx", 99.0),
+            counter("cluster.service_echo.upstream_rq_total", 15.0),
+        ];
+        assert_eq!(apply(&mut t, &first), (0, 0));
+        let second = [
+            counter("cluster.service_echo.upstream_rq_3xx", 1.0),
+            counter("cluster.service_echo.upstream_rq_5xx", 1.0),
+            counter("cluster.service_echo~v2.grpc.failure", 4.0),
+        ];
+        assert_eq!(apply(&mut t, &second), (0, 0));
+        assert_eq!(t.len(), 2, "builders are not tracked");
+        let echo = ClusterTotals {
+            cluster: "service_echo".into(),
+            rq_total: 17,
+            rq_5xx: 3,
+            grpc_total: 0,
+            grpc_failure: 0,
+        };
+        let v2 = ClusterTotals {
+            cluster: "service_echo~v2".into(),
+            rq_total: 1,
+            rq_5xx: 0,
+            grpc_total: 7,
+            grpc_failure: 4,
+        };
+        assert_eq!(t.report(&[]), vec![echo.clone(), v2.clone()]);
+        // Named clusters: sorted, once each, zeros for one never seen.
+        let asked = [
+            "service_new".to_string(),
+            "service_echo".into(),
+            "service_echo".into(),
+        ];
+        assert_eq!(
+            t.report(&asked),
+            vec![
+                echo,
+                ClusterTotals {
+                    cluster: "service_new".into(),
+                    ..Default::default()
+                }
+            ]
+        );
+        assert_eq!(v2.requests_and_errors(), (7, 4));
+    }
+
+    #[test]
+    fn values_that_are_not_counts_are_skipped() {
+        let mut t = Totals::default();
+        let c = "cluster.service_a.upstream_rq_5xx";
+        let mut families: Vec<MetricFamily> = [
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e13,
+            f64::MAX,
+            0.5,
+        ]
+        .into_iter()
+        .map(|v| counter(c, v))
+        .collect();
+        // A gauge, a counter without a value, a family without metrics, a bad name.
+        families.push(MetricFamily {
+            name: Some(c.into()),
+            r#type: Some(MetricType::Gauge as i32),
+            metric: vec![Metric {
+                gauge: Some(Gauge { value: Some(1.0) }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        families.push(MetricFamily {
+            name: Some(c.into()),
+            metric: vec![Metric::default()],
+            ..Default::default()
+        });
+        families.push(MetricFamily {
+            name: Some(c.into()),
+            ..Default::default()
+        });
+        families.push(counter("cluster.service_A.upstream_rq_5xx", 1.0));
+        families.push(counter(c, 2.0));
+        assert_eq!(apply(&mut t, &families), (0, 11));
+        assert_eq!(t.report(&[])[0].rq_5xx, 2);
+        assert_eq!(t.report(&[])[0].rq_total, 2);
+    }
+
+    #[test]
+    fn sums_saturate() {
+        let mut t = Totals::default();
+        let f = [counter("cluster.service_a.grpc.total", 1e12)];
+        for _ in 0..3 {
+            apply(&mut t, &f);
+        }
+        assert_eq!(t.report(&[])[0].grpc_total, 3_000_000_000_000);
+        let mut sums = Sums::default();
+        sums.add(Field::GrpcTotal, u64::MAX);
+        sums.add(Field::GrpcTotal, 5);
+        assert_eq!(sums.grpc_total, u64::MAX);
+    }
+
+    #[test]
+    fn new_clusters_past_the_limit_are_refused() {
+        let mut t = Totals::with_limit(3);
+        let f: Vec<MetricFamily> = (0..5)
+            .map(|i| counter(&format!("cluster.service_s{i}.upstream_rq_2xx"), 1.0))
+            .collect();
+        assert_eq!(apply(&mut t, &f), (2, 0));
+        assert_eq!(t.len(), 3);
+        // Tracked clusters still count; new ones are still refused.
+        assert_eq!(apply(&mut t, &f), (2, 0));
+        let names: Vec<String> = t.report(&[]).into_iter().map(|c| c.cluster).collect();
+        assert_eq!(names, ["service_s0", "service_s1", "service_s2"]);
+        assert!(t.report(&[]).iter().all(|c| c.rq_total == 2));
+        assert_eq!(Totals::default().max_clusters, MAX_CLUSTERS);
+    }
+}
