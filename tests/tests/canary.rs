@@ -1,4 +1,12 @@
-//! Control-plane canaries (issue 15): a replica restarted with `--serve-envoys cluster=canary`
+//! Canaries (issue 15), with real Envoys.
+//!
+//! Config canaries: a change staged to the Envoys of node cluster `canary` (`concord apply
+//! --canary`) reaches them and not the others; the others get it once the group has held it
+//! for the hold. A staged change the canary Envoy rejects (a listener on a port already taken
+//! on its host: accepted by the API, refused by Envoy) is aborted at the NACK with Envoy's
+//! message, and never reaches the other Envoys.
+//!
+//! Control-plane canaries: a replica restarted with `--serve-envoys cluster=canary`
 //! (as one running a new concord version would be) serves only the Envoys of that group. Two
 //! real Envoys prefer it: the canary one streams from it; the other is sent on at its first
 //! request (UNAVAILABLE, before any response) and streams from another replica at once, with the
@@ -7,13 +15,22 @@
 
 use anyhow::{Context, Result, ensure};
 use concord_harness::envoy::{Envoy, EnvoyOptions};
+use concord_harness::grpc::proto::SayRequest;
+use concord_harness::grpc::{GrpcBackend, echo_client};
 use concord_harness::{Cluster, Options, eventually, free_port};
+use concord_registry::services::Desired;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
 /// An Envoy of node cluster `group` that prefers replica `first` of `c`.
 async fn envoy(c: &Cluster, name: &str, group: &str, first: u64) -> Result<Envoy> {
+    envoy_at(c, name, group, first, 0).await
+}
+
+/// As [`envoy`], its services listeners' ports moved by `offset` (two Envoys on one host).
+async fn envoy_at(c: &Cluster, name: &str, group: &str, first: u64, offset: i32) -> Result<Envoy> {
     let mut ids = c.up();
     ids.retain(|i| *i != first);
     ids.insert(0, first);
@@ -24,6 +41,7 @@ async fn envoy(c: &Cluster, name: &str, group: &str, first: u64) -> Result<Envoy
     let opts = EnvoyOptions {
         prefer_first: true,
         bootstrap,
+        port_offset: offset,
         ..EnvoyOptions::default()
     };
     Envoy::launch(c.dir(), name, &servers, &opts).await
@@ -113,4 +131,135 @@ async fn a_replica_limited_to_a_group_sends_every_other_envoy_on_at_once() -> Re
 
 async fn leader_now(c: &Cluster) -> Result<u64> {
     c.leader().await.context("a leader")
+}
+
+/// The services half: `echo` routed by `:authority` echo.local on 127.0.0.1:`port`, and
+/// `domains` more virtual hosts to it, and `extra` listeners.
+fn config(g: &GrpcBackend, port: u16, more: &[&str], extra: &[(&str, u16)]) -> Result<Desired> {
+    let mut hosts = vec![json!({"name": "echo", "domains": ["echo.local"],
+        "routes": [{"match": {"prefix": "/"}, "service": "echo"}]})];
+    for d in more {
+        hosts.push(json!({"name": d.replace('.', "-"), "domains": [d],
+            "routes": [{"match": {"prefix": "/"}, "service": "echo"}]}));
+    }
+    let mut listeners =
+        json!({"main": {"address": format!("127.0.0.1:{port}"), "route_table": "main"}});
+    for (name, p) in extra {
+        listeners[name] = json!({"address": format!("127.0.0.1:{p}"), "route_table": "main"});
+    }
+    Ok(serde_json::from_value(json!({
+        "services": {"echo": {"protocol": "grpc", "endpoints": [{"addr": g.addr.to_string()}]}},
+        "route_tables": {"main": {"virtual_hosts": hosts}},
+        "listeners": listeners
+    }))?)
+}
+
+/// One call through the Envoy listening at `port` with `:authority` `authority`.
+async fn call(port: u16, authority: &str) -> Result<String> {
+    let addr = format!("127.0.0.1:{port}").parse()?;
+    let mut c = echo_client(addr, authority).await?;
+    let r = c
+        .say(SayRequest {
+            message: "hi".into(),
+            delay_ms: 0,
+        })
+        .await?;
+    Ok(r.into_inner().instance)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_staged_config_reaches_its_group_first_and_a_nack_stops_it() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.services_enabled().await?;
+    let g = GrpcBackend::start("g1").await?;
+    let port = free_port();
+    let offset = 7;
+    c.api(leader)
+        .apply_config(&config(&g, port, &[], &[])?)
+        .await?;
+    let _a = envoy_at(&c, "envoy-canary", "canary", leader, 0).await?;
+    let b = envoy_at(&c, "envoy-main", "main", leader, offset).await?;
+    let (pa, pb) = (port, (i32::from(port) + offset) as u16);
+    for p in [pa, pb] {
+        eventually(T, "routed", || call(p, "echo.local")).await?;
+    }
+    let b_before = b.versions().await?;
+
+    // A valid change, staged to the canary group with a 4 s hold.
+    let hold = Duration::from_secs(4);
+    let body = concord_api::StageBody {
+        config: config(&g, port, &["next.local"], &[])?,
+        group: vec!["cluster=canary".parse()?],
+        hold: concord_registry::services::Duration::from_secs(4),
+    };
+    let staged_at = c.api(leader).stage_config(&body).await?.revision;
+    let t0 = Instant::now();
+    eventually(T, "the canary Envoy routes next.local", || {
+        call(pa, "next.local")
+    })
+    .await?;
+    let canary_after = t0.elapsed();
+    ensure!(
+        call(pb, "next.local").await.is_err(),
+        "envoy-main has the staged change already"
+    );
+    let s = c.api(leader).stage().await?;
+    ensure!(
+        s.stage.as_ref().is_some_and(|st| st.at == staged_at),
+        "{s:?}"
+    );
+    eventually(T, "envoy-main routes next.local after the hold", || {
+        call(pb, "next.local")
+    })
+    .await?;
+    let main_after = t0.elapsed();
+    eprintln!(
+        "staged at revision {staged_at}: canary routed it after {canary_after:?}, the rest after {main_after:?} (hold {hold:?})"
+    );
+    ensure!(
+        main_after >= hold,
+        "promoted before the hold: {main_after:?}"
+    );
+    let s = c.api(leader).stage().await?;
+    let last = s.last.context("no last stage")?;
+    ensure!(s.stage.is_none() && last.promoted, "{last:?}");
+
+    // A change the canary Envoy rejects: a listener on a port taken on its host.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let tport = taken.local_addr()?.port();
+    let bad = concord_api::StageBody {
+        config: config(&g, port, &["next.local"], &[("taken", tport)])?,
+        group: vec!["cluster=canary".parse()?],
+        hold: concord_registry::services::Duration::from_secs(1),
+    };
+    c.api(leader).stage_config(&bad).await?;
+    let end = eventually(T, "the stage aborted at the NACK", || async {
+        let s = c.api(leader).stage().await?;
+        let l = s.last.clone().context("no last stage")?;
+        ensure!(s.stage.is_none() && !l.promoted, "{s:?}");
+        Ok(l)
+    })
+    .await?;
+    eprintln!("aborted: {}", end.why);
+    ensure!(
+        end.why.contains("envoy-canary") && end.why.to_lowercase().contains("bind"),
+        "{}",
+        end.why
+    );
+    // Envoy-main never had the listener; both still route, and envoy-main never went back.
+    let dump = b.get("/config_dump").await?;
+    ensure!(
+        !dump.contains("http_taken"),
+        "envoy-main received the rejected listener"
+    );
+    for p in [pa, pb] {
+        call(p, "next.local").await?;
+    }
+    let b_after = b.versions().await?;
+    ensure!(
+        b_after.listeners >= b_before.listeners && b_after.clusters >= b_before.clusters,
+        "{b_before:?} → {b_after:?}"
+    );
+    drop(taken);
+    Ok(())
 }

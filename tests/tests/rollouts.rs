@@ -372,7 +372,10 @@ async fn stats_keep_counting_when_the_envoy_moves_to_another_replica() -> Result
             .await?
             .progress
             .context("no progress")?;
-        *lowest.lock().unwrap() = p.to.requests.min(*lowest.lock().unwrap());
+        {
+            let mut low = lowest.lock().unwrap();
+            *low = p.to.requests.min(*low);
+        }
         ensure!(
             p.to.requests >= before.to.requests + 40,
             "{p:?} (before: {before:?})"

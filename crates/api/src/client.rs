@@ -366,6 +366,24 @@ impl Client {
         self.call(Method::GET, url, None::<&()>).await
     }
 
+    /// `PUT /v1/config/stage`: stages a desired state to a group of Envoys first.
+    pub async fn stage_config(&self, body: &crate::StageBody) -> Result<Written, Error> {
+        let url = self.url(&["v1", "config", "stage"], None);
+        self.call(Method::PUT, url, Some(body)).await
+    }
+
+    /// `GET /v1/config/stage`: what is staged, and how the last stage ended.
+    pub async fn stage(&self) -> Result<crate::StageStatus, Error> {
+        let url = self.url(&["v1", "config", "stage"], None);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// `POST /v1/config/stage/{action}`: `promote` or `abort` what is staged.
+    pub async fn stage_action(&self, action: &str) -> Result<Written, Error> {
+        let url = self.url(&["v1", "config", "stage", action], None);
+        self.call(Method::POST, url, None::<&()>).await
+    }
+
     /// `POST /v1/rollouts`: starts a rollout, answered once committed.
     pub async fn start_rollout(
         &self,

@@ -23,6 +23,10 @@ pub struct EnvoyStatus {
     pub types: BTreeMap<String, TypeStatus>,
     /// The last NACK on this stream.
     pub last_nack: Option<NackStatus>,
+    /// While a configuration is staged (config canaries): whether this Envoy is of its group and
+    /// gets it; absent when nothing is staged, and from older replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<bool>,
 }
 
 impl EnvoyStatus {

@@ -111,3 +111,26 @@ pub struct RolloutList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_error: Option<String>,
 }
+
+/// `PUT /v1/config/stage`: a desired state for a group of Envoys first (config canaries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageBody {
+    /// The new desired state (as `PUT /v1/config` takes it).
+    pub config: concord_registry::services::Desired,
+    /// The Envoys that get it first (`cluster=canary`, `metadata.group=a`).
+    pub group: Vec<concord_registry::services::select::EnvoySelector>,
+    /// How long every Envoy of the group must hold it before the rest get it.
+    pub hold: concord_registry::services::Duration,
+}
+
+/// `GET /v1/config/stage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageStatus {
+    /// The registry revision it is read at.
+    pub revision: u64,
+    /// What is staged now, if anything.
+    pub stage: Option<concord_registry::services::Stage>,
+    /// How the last stage ended.
+    pub last: Option<concord_registry::services::StageEnd>,
+}

@@ -23,6 +23,9 @@
 //! | GET | `/v1/certificates` | certificates for TLS termination: names, DNS names, expiry (never a key) |
 //! | PUT | `/v1/certificates/{name}` | `{"cert_pem":…,"key_pem":…}`: add or rotate (the key must match) |
 //! | DELETE | `/v1/certificates/{name}` | remove (refused while a listener uses it) |
+//! | PUT | `/v1/config/stage` | `{"config":…,"group":["cluster=canary"],"hold":"30s"}`: a config canary: the group first, the rest once the group holds it |
+//! | GET | `/v1/config/stage` | what is staged, and how the last stage ended |
+//! | POST | `/v1/config/stage/promote`, `…/abort` | an operator's act on it |
 //! | GET | `/v1/rollouts` | release rollouts: phase, step, weight, history, and the leader's judgement of running steps |
 //! | GET | `/v1/rollouts/{svc}` | one |
 //! | POST | `/v1/rollouts` | `{"service":…,"from":"v1","to":"v2"}` (steps, interval, max_error_increase, min_requests): start one |
@@ -209,9 +212,12 @@ impl From<ClientError> for ApiError {
                 | Rejection::UnknownService { .. }
                 | Rejection::NoRollout { .. },
             ) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            ClientError::Rejected(Rejection::InvalidRollout { .. }) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+            ClientError::Rejected(Rejection::NoStage) => {
+                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
             }
+            ClientError::Rejected(
+                Rejection::InvalidRollout { .. } | Rejection::InvalidStage { .. },
+            ) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ClientError::Rejected(
                 Rejection::InvalidEndpoint { .. } | Rejection::InvalidCertificateName { .. },
             ) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),

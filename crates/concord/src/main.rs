@@ -77,6 +77,9 @@ enum Command {
     /// in steps judged on Envoy's own error rates, rolled back at once when the new version
     /// fails (`start`, `status`, `pause`, `resume`, `abort`).
     Rollout(cli::RolloutCmd),
+    /// Config canaries: what `apply --canary` staged to a group of Envoys, how the last stage
+    /// ended (a NACK's message), and an operator's `promote` or `abort`.
+    Canary(cli::CanaryCmd),
     /// Add, rotate, list and remove the certificates listeners terminate TLS with (keys are
     /// write-only).
     Certificates(cli::CertificatesCmd),
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
         Command::Render(args) => args.run(),
         Command::Endpoints(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Rollout(cmd) => runtime.block_on(cmd.run(&cli.target)),
+        Command::Canary(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::Certificates(cmd) => runtime.block_on(cmd.run(&cli.target)),
         Command::EnvoyBootstrap(args) => args.run(),
         Command::Certs(args) => args.run(),

@@ -25,6 +25,7 @@ pub mod network;
 pub mod node;
 pub mod rollouts;
 pub mod service;
+pub mod stage;
 pub mod store;
 
 use std::io::Cursor;

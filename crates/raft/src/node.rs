@@ -97,6 +97,9 @@ pub struct Node {
     local_stats: std::sync::OnceLock<LocalStatsFn>,
     /// While this node leads: the windows of running rollout steps (see [`crate::rollouts`]).
     judge: crate::rollouts::Judge,
+    /// While this node leads and a configuration is staged: since when every Envoy of its
+    /// group has held it, by (term, stage start).
+    stage_held: std::sync::Mutex<Option<(u64, u64, Option<Instant>)>>,
 }
 
 /// Produces a replica's report of the stats its Envoys streamed to it, for these clusters (all
@@ -233,6 +236,7 @@ impl Node {
             leases: crate::leases::Leases::default(),
             local_stats: std::sync::OnceLock::new(),
             judge: crate::rollouts::Judge::default(),
+            stage_held: std::sync::Mutex::default(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -272,6 +276,7 @@ impl Node {
         node.raise_format_when_supported(&tasks);
         node.keep_leases(&tasks);
         node.judge_rollouts(&tasks);
+        node.judge_stage(&tasks);
         Ok((node, handle))
     }
 
@@ -452,6 +457,67 @@ impl Node {
                             tracing::warn!(%error, "committing a rollout decision failed; retrying");
                             span.fail(error.to_string());
                         }
+                    }
+                }
+            }
+        });
+    }
+
+    /// While this node leads and a configuration is staged to a group of Envoys: reads every
+    /// member's Envoys each [`crate::rollouts::CHECK_EVERY`], aborts the stage at the first NACK
+    /// from an Envoy of the group, and promotes it once every Envoy of the group (one at least)
+    /// has held it for the stage's hold (see `concord_registry::services::stage`).
+    fn judge_stage(self: &Arc<Self>, tasks: &Tasks) {
+        let node = self.clone();
+        let shutdown = tasks.token().clone();
+        tasks.spawn("raft stage", async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(crate::rollouts::CHECK_EVERY) => {}
+                }
+                let stage = node.sm.registry().borrow().stage().cloned();
+                let (Some(term), Some(stage)) = (node.leading_term(), stage) else {
+                    *node.stage_held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    continue;
+                };
+                let members: Vec<NodeId> = node
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect();
+                let asks = members
+                    .iter()
+                    .map(|id| node.local_status_of(*id, crate::rollouts::ASK_TIMEOUT));
+                let answers = futures::future::join_all(asks).await;
+                let now = Instant::now();
+                let verdict = crate::stage::judge(&stage, &answers);
+                let change = {
+                    let mut held = node.stage_held.lock().unwrap_or_else(|e| e.into_inner());
+                    if held.is_none_or(|(t, at, _)| t != term || at != stage.at) {
+                        *held = Some((term, stage.at, None));
+                    }
+                    let Some((_, _, since)) = held.as_mut() else {
+                        continue;
+                    };
+                    crate::stage::decide(&stage, verdict, since, now)
+                };
+                let Some(change) = change else { continue };
+                let what = change.summary();
+                let cmd = concord_registry::Command::stage(change.clone());
+                match node.write_local(cmd, node.config.request_timeout).await {
+                    Ok(_) => match &change {
+                        concord_registry::services::StageChange::Abort { why, .. } => {
+                            tracing::warn!(%why, "{what}")
+                        }
+                        _ => tracing::info!("{what}"),
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "committing a stage decision failed; retrying")
                     }
                 }
             }

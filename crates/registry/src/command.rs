@@ -94,6 +94,9 @@ pub struct Command {
     /// Starts, steps, rolls back, pauses and ends rollouts; format 3.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollouts: Vec<crate::services::RolloutChange>,
+    /// Stages a desired state to a group of Envoys, promotes or aborts it; format 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Box<crate::services::StageChange>>,
 }
 
 impl Command {
@@ -126,6 +129,16 @@ impl Command {
             endpoints: Vec::new(),
             certificates: Vec::new(),
             rollouts: Vec::new(),
+            stage: None,
+        }
+    }
+
+    /// The command that makes `change` to the stage (config canaries).
+    pub fn stage(change: crate::services::StageChange) -> Self {
+        Command {
+            format: FORMAT_ROLLOUTS,
+            stage: Some(Box::new(change)),
+            ..Command::new(Source::Api, Batch::default())
         }
     }
 
@@ -172,6 +185,16 @@ impl Command {
             raise_format: Some(format),
             ..Command::new(Source::Api, Batch::default())
         }
+    }
+
+    /// Whether applying the command may replace the desired state (an apply, or a stage's
+    /// promotion).
+    pub fn may_replace_desired(&self) -> bool {
+        self.desired.is_some()
+            || matches!(
+                self.stage.as_deref(),
+                Some(crate::services::StageChange::Promote { .. })
+            )
     }
 
     /// What the command changes, in a few words for people (the status page's list of
@@ -239,6 +262,7 @@ impl Command {
                     .unwrap_or_default(),
                 "{n} rollout changes",
             ),
+            self.stage.as_ref().map(|s| s.summary()),
             self.raise_format
                 .map(|f| format!("entry format raised to {f}")),
         ]
@@ -458,6 +482,24 @@ pub enum Rejection {
         phase: crate::services::Phase,
         /// What the change needs.
         wanted: String,
+    },
+    /// A configuration is staged already: it must be promoted or aborted first.
+    #[error(
+        "a configuration is staged to a group of Envoys (since revision {at}): `concord canary \
+         promote` or `concord canary abort` it first (`concord canary status` shows it)"
+    )]
+    StageInProgress {
+        /// The stage's start index.
+        at: u64,
+    },
+    /// Nothing is staged.
+    #[error("no configuration is staged")]
+    NoStage,
+    /// A stage cannot start: what is wrong.
+    #[error("cannot stage this configuration: {problem}")]
+    InvalidStage {
+        /// What is wrong.
+        problem: String,
     },
     /// `if_revision` did not match: the registry moved since the command was computed.
     #[error("registry is at revision {actual}, the command expected {expected}")]

@@ -76,6 +76,10 @@ pub struct Registry {
     /// The registered endpoints Envoys get: `endpoints` and every rollout's version services'
     /// (the same map as `endpoints` when there are no rollouts).
     routed_endpoints: EndpointMap,
+    /// A desired state staged to a group of Envoys (config canaries).
+    stage: Option<Arc<services::Stage>>,
+    /// How the last stage ended.
+    last_stage: Option<Arc<services::StageEnd>>,
 }
 
 /// Certificates by name.
@@ -100,6 +104,8 @@ impl Default for Registry {
             rollouts: Arc::default(),
             routed: Arc::default(),
             routed_endpoints: EndpointMap::default(),
+            stage: None,
+            last_stage: None,
         }
     }
 }
@@ -113,6 +119,8 @@ impl PartialEq for Registry {
             && self.endpoints == other.endpoints
             && self.certificates == other.certificates
             && self.rollouts == other.rollouts
+            && self.stage == other.stage
+            && self.last_stage == other.last_stage
     }
 }
 
@@ -190,6 +198,38 @@ impl Registry {
     /// The rollouts, by service.
     pub fn rollouts(&self) -> &Arc<services::Rollouts> {
         &self.rollouts
+    }
+
+    /// Sets the stage and how the last one ended (from the store or a snapshot).
+    pub fn with_stage(
+        mut self,
+        stage: Option<services::Stage>,
+        last: Option<services::StageEnd>,
+    ) -> Self {
+        self.stage = stage.map(Arc::new);
+        self.last_stage = last.map(Arc::new);
+        self
+    }
+
+    /// The desired state staged to a group of Envoys, if one is.
+    pub fn stage(&self) -> Option<&Arc<services::Stage>> {
+        self.stage.as_ref()
+    }
+
+    /// How the last stage ended.
+    pub fn last_stage(&self) -> Option<&Arc<services::StageEnd>> {
+        self.last_stage.as_ref()
+    }
+
+    /// While a stage exists: the registry as the stage's group sees it (the staged desired
+    /// state, with rollouts, at the same revision), for their Envoys' resources.
+    pub fn staged_view(&self) -> Option<Registry> {
+        let stage = self.stage.as_ref()?;
+        let mut view = self.clone();
+        view.desired = Arc::new(stage.desired.clone());
+        view.stage = None;
+        view.reroute();
+        Some(view)
     }
 
     /// What Envoys get of the services half: the desired state with every rollout's version
@@ -440,8 +480,53 @@ impl Registry {
             self.format = self.format.max(format);
         }
         let mut changed = false;
-        if let Some(desired) = &cmd.desired
-            && *self.desired != **desired
+        // A stage's promotion replaces the desired state as an apply does; a start or abort
+        // changes what the group's Envoys get.
+        let mut promoted = None;
+        let mut stage_changed = false;
+        if let Some(change) = cmd.stage.as_deref() {
+            use services::StageChange as S;
+            let fenced = |at: &u64| self.stage.as_ref().is_some_and(|s| s.at == *at);
+            match change {
+                S::Start {
+                    desired,
+                    group,
+                    hold,
+                    at_ms,
+                } => {
+                    self.stage = Some(Arc::new(services::Stage {
+                        desired: Desired::clone(desired),
+                        group: group.clone(),
+                        hold: *hold,
+                        at: index,
+                        at_ms: *at_ms,
+                    }));
+                    stage_changed = true;
+                }
+                S::Promote { at, why, at_ms } | S::Abort { at, why, at_ms } if fenced(at) => {
+                    let is_promote = matches!(change, S::Promote { .. });
+                    if let Some(stage) = self.stage.take()
+                        && is_promote
+                    {
+                        promoted = Some(stage.desired.clone());
+                    }
+                    self.last_stage = Some(Arc::new(services::StageEnd {
+                        at: *at,
+                        ended_at: index,
+                        ended_at_ms: *at_ms,
+                        promoted: is_promote,
+                        why: why.clone(),
+                    }));
+                    stage_changed = true;
+                }
+                // About a stage that already ended: changes nothing.
+                S::Promote { .. } | S::Abort { .. } => {}
+            }
+        }
+        changed |= stage_changed;
+        let new_desired = cmd.desired.as_deref().or(promoted.as_ref());
+        if let Some(desired) = new_desired
+            && *self.desired != *desired
         {
             self.desired = Arc::new(Desired::clone(desired));
             // Endpoints of services that no longer exist go with them.
@@ -477,7 +562,7 @@ impl Registry {
             }
         }
         // Rollouts of services that no longer exist go with them.
-        if cmd.desired.is_some()
+        if new_desired.is_some()
             && self
                 .rollouts
                 .keys()
@@ -490,7 +575,7 @@ impl Registry {
         }
         changed |= rollouts_changed;
         if rollouts_changed
-            || cmd.desired.is_some()
+            || new_desired.is_some()
             || (endpoints_changed && !self.rollouts.is_empty())
         {
             self.reroute();
@@ -568,6 +653,7 @@ impl Registry {
         self.check_endpoints(cmd)?;
         self.check_certificates(cmd)?;
         self.check_rollouts(cmd)?;
+        self.check_stage(cmd)?;
         let removes: HashSet<&str> = cmd.batch.removes.iter().map(String::as_str).collect();
         let mut upsert_ids: HashMap<&str, &Builder> = HashMap::new();
         for b in &cmd.batch.upserts {
@@ -686,6 +772,50 @@ impl Registry {
     }
 
     /// Every rule an endpoint change must pass (against the desired state the command leaves).
+    /// A stage starts only when none is staged, with a valid state whose certificates are
+    /// held, for a group; an apply waits for the stage to end; an operator's promotion or abort
+    /// needs a stage (the leader's, fenced, change nothing once it ended).
+    fn check_stage(&self, cmd: &Command) -> Result<(), Rejection> {
+        use services::StageChange as S;
+        if let (Some(stage), Some(_)) = (&self.stage, &cmd.desired) {
+            return Err(Rejection::StageInProgress { at: stage.at });
+        }
+        let Some(change) = cmd.stage.as_deref() else {
+            return Ok(());
+        };
+        let S::Start {
+            desired,
+            group,
+            hold,
+            ..
+        } = change
+        else {
+            return Ok(());
+        };
+        if let Some(stage) = &self.stage {
+            return Err(Rejection::StageInProgress { at: stage.at });
+        }
+        services::validate(desired).map_err(|problems| Rejection::InvalidServices { problems })?;
+        let invalid = |problem: String| Err(Rejection::InvalidStage { problem });
+        if group.is_empty() {
+            return invalid("name the group of Envoys that gets it first (--canary)".into());
+        }
+        if hold.as_millis() > services::stage::LONGEST_HOLD_MS {
+            return invalid(format!("hold {hold} is longer than 24h"));
+        }
+        for (listener, l) in &desired.listeners {
+            if let Some(tls) = &l.tls
+                && !self.certificates.contains_key(&tls.certificate)
+            {
+                return Err(Rejection::UnknownCertificate {
+                    listener: listener.clone(),
+                    certificate: tls.certificate.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Every rollout change must apply to the state the command's earlier parts leave; checked
     /// on a copy (rollouts are few), so a refused one changes nothing. Leaders' decisions about
     /// a step the rollout already left are not refused: they change nothing (fenced).

@@ -1,76 +1,58 @@
 //! Which Envoys a replica serves (`--serve-envoys`, issue 15's control-plane canaries): a
 //! replica running a new concord version first serves only a chosen group, named by the
-//! Envoys' bootstrap: their node cluster (`cluster=canary`) or a node metadata field
-//! (`metadata.group=canary`). Any other Envoy's stream ends with UNAVAILABLE at its first
-//! request, before any response, so it reconnects to another replica at once and never holds
-//! config from this one. Several selectors serve the Envoys any of them names.
+//! Envoys' bootstrap ([`EnvoySelector`]: node cluster or a node metadata field). Any other
+//! Envoy's stream is refused at its first request, before any response (see `transport`), so it
+//! reconnects to another replica at once and never holds config from this one. Also what a
+//! node offers a selector ([`NodeTraits`]), for config canaries.
 
+pub use concord_registry::services::select::{BadSelector, EnvoySelector, EnvoyTraits};
+use concord_registry::services::select::{describe, in_group};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
+use std::collections::BTreeMap;
 
-/// One group of Envoys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EnvoySelector {
-    /// Envoys whose `node.cluster` is this.
-    Cluster(String),
-    /// Envoys whose node metadata has this string field with this value.
-    Metadata {
-        /// The field.
-        key: String,
-        /// Its value.
-        value: String,
-    },
+/// The most metadata fields, and the longest value, kept of an Envoy for selectors: a node's
+/// metadata is the client's to fill.
+const MOST_FIELDS: usize = 32;
+const LONGEST_VALUE: usize = 256;
+
+/// What selectors look at of one Envoy, kept from its first request (bounded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeTraits {
+    /// `node.cluster`.
+    pub cluster: String,
+    /// Its node metadata's string fields.
+    pub metadata: BTreeMap<String, String>,
 }
 
-/// A selector that does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid --serve-envoys {0:?}: give cluster=NAME (the Envoys' node cluster) or \
-     metadata.KEY=VALUE (a node metadata field)"
-)]
-pub struct BadSelector(pub String);
-
-impl std::str::FromStr for EnvoySelector {
-    type Err = BadSelector;
-
-    fn from_str(s: &str) -> Result<Self, BadSelector> {
-        let bad = || BadSelector(s.to_string());
-        let (what, value) = s.split_once('=').ok_or_else(bad)?;
-        if value.is_empty() {
-            return Err(bad());
-        }
-        match what.split_once('.') {
-            None if what == "cluster" => Ok(EnvoySelector::Cluster(value.to_string())),
-            Some(("metadata", key)) if !key.is_empty() => Ok(EnvoySelector::Metadata {
-                key: key.to_string(),
-                value: value.to_string(),
-            }),
-            _ => Err(bad()),
+impl NodeTraits {
+    /// The traits of `node`: its cluster and up to 32 string metadata fields.
+    pub fn of(node: &Node) -> NodeTraits {
+        let metadata = node
+            .metadata
+            .iter()
+            .flat_map(|m| m.fields.iter())
+            .filter_map(|(k, v)| match v.kind.as_ref()? {
+                Kind::StringValue(s) if s.len() <= LONGEST_VALUE && k.len() <= 128 => {
+                    Some((k.clone(), s.clone()))
+                }
+                _ => None,
+            })
+            .take(MOST_FIELDS)
+            .collect();
+        NodeTraits {
+            cluster: node.cluster.chars().take(LONGEST_VALUE).collect(),
+            metadata,
         }
     }
 }
 
-impl std::fmt::Display for EnvoySelector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EnvoySelector::Cluster(c) => write!(f, "cluster={c}"),
-            EnvoySelector::Metadata { key, value } => write!(f, "metadata.{key}={value}"),
-        }
+impl EnvoyTraits for NodeTraits {
+    fn cluster(&self) -> &str {
+        &self.cluster
     }
-}
-
-impl EnvoySelector {
-    /// Whether `node` is of this group.
-    pub fn matches(&self, node: &Node) -> bool {
-        match self {
-            EnvoySelector::Cluster(c) => node.cluster == *c,
-            EnvoySelector::Metadata { key, value } => node
-                .metadata
-                .as_ref()
-                .and_then(|m| m.fields.get(key))
-                .and_then(|v| v.kind.as_ref())
-                .is_some_and(|k| matches!(k, Kind::StringValue(s) if s == value)),
-        }
+    fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 }
 
@@ -81,13 +63,12 @@ pub struct ServedEnvoys(pub Vec<EnvoySelector>);
 impl ServedEnvoys {
     /// Whether this replica serves `node`.
     pub fn serves(&self, node: &Node) -> bool {
-        self.0.is_empty() || self.0.iter().any(|s| s.matches(node))
+        self.0.is_empty() || in_group(&self.0, &NodeTraits::of(node))
     }
 
     /// The groups, for logs and errors (`cluster=canary, metadata.group=a`).
     pub fn describe(&self) -> String {
-        let all: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        all.join(", ")
+        describe(&self.0)
     }
 }
 
@@ -104,12 +85,10 @@ mod tests {
                 fields: meta
                     .iter()
                     .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            Value {
-                                kind: Some(Kind::StringValue(v.to_string())),
-                            },
-                        )
+                        let v = Value {
+                            kind: Some(Kind::StringValue(v.to_string())),
+                        };
+                        (k.to_string(), v)
                     })
                     .collect(),
             }),
@@ -118,37 +97,14 @@ mod tests {
     }
 
     #[test]
-    fn selectors_parse_print_and_match() {
-        let c: EnvoySelector = "cluster=canary".parse().unwrap();
-        let m: EnvoySelector = "metadata.group=a".parse().unwrap();
-        assert_eq!(
-            (c.to_string(), m.to_string()),
-            ("cluster=canary".into(), "metadata.group=a".into())
-        );
-        assert!(c.matches(&node("canary", &[])));
-        assert!(!c.matches(&node("main", &[("group", "canary")])));
-        assert!(m.matches(&node("main", &[("group", "a")])));
-        assert!(!m.matches(&node("main", &[("group", "b")])));
-        assert!(!m.matches(&Node::default()));
-        for bad in [
-            "",
-            "cluster",
-            "cluster=",
-            "region=x",
-            "metadata.=x",
-            "metadata=x",
-        ] {
-            assert_eq!(
-                bad.parse::<EnvoySelector>(),
-                Err(BadSelector(bad.into())),
-                "{bad}"
-            );
-        }
-        let served = ServedEnvoys(vec![c, m]);
-        assert!(
-            served.serves(&node("canary", &[])) && served.serves(&node("x", &[("group", "a")]))
-        );
-        assert!(!served.serves(&node("main", &[])));
+    fn a_replica_serves_the_envoys_its_selectors_name() {
+        let served = ServedEnvoys(vec![
+            "cluster=canary".parse().unwrap(),
+            "metadata.group=a".parse().unwrap(),
+        ]);
+        assert!(served.serves(&node("canary", &[])));
+        assert!(served.serves(&node("x", &[("group", "a")])));
+        assert!(!served.serves(&node("main", &[("group", "b")])));
         assert!(
             ServedEnvoys::default().serves(&Node::default()),
             "no selector: every Envoy"

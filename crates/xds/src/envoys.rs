@@ -55,6 +55,8 @@ struct Inner {
     /// The Envoys with NACK records and no stream, by when their last one ended.
     left: BTreeMap<(Instant, String), ()>,
     nacks_total: u64,
+    /// Stream id → what selectors see of its Envoy (config canaries).
+    traits: HashMap<u64, crate::envoy_select::NodeTraits>,
 }
 
 /// What one Envoy NACKed on this replica.
@@ -94,7 +96,13 @@ impl Envoys {
         })
     }
 
-    pub(crate) fn connected(&self, stream: u64, node: &Node, peer: Option<SocketAddr>) {
+    pub(crate) fn connected(
+        &self,
+        stream: u64,
+        node: &Node,
+        peer: Option<SocketAddr>,
+        traits: crate::envoy_select::NodeTraits,
+    ) {
         let status = EnvoyStatus {
             node_id: node.id.clone(),
             node_cluster: node.cluster.clone(),
@@ -103,8 +111,10 @@ impl Envoys {
             connected_at_ms: now_ms(),
             types: BTreeMap::new(),
             last_nack: None,
+            staged: None,
         };
         self.with(|i| {
+            i.traits.insert(stream, traits);
             *i.connected.entry(node.id.clone()).or_default() += 1;
             if let Some(n) = i.nacked.get_mut(&node.id)
                 && let Some(at) = n.left_at.take()
@@ -118,6 +128,7 @@ impl Envoys {
 
     pub(crate) fn disconnected(&self, stream: u64) {
         self.with(|i| {
+            i.traits.remove(&stream);
             let Some(status) = i.streams.remove(&stream) else {
                 return;
             };
@@ -206,6 +217,25 @@ impl Envoys {
         self.with(|i| i.streams.values().cloned().collect())
     }
 
+    /// Every stream's status, each saying whether its Envoy is of `group` (the staged
+    /// configuration's) when one is staged.
+    pub fn list_staged(
+        &self,
+        group: Option<&[concord_registry::services::select::EnvoySelector]>,
+    ) -> Vec<EnvoyStatus> {
+        use concord_registry::services::select::in_group;
+        self.with(|i| {
+            i.streams
+                .iter()
+                .map(|(id, s)| {
+                    let mut s = s.clone();
+                    s.staged = group.map(|g| i.traits.get(id).is_some_and(|t| in_group(g, t)));
+                    s
+                })
+                .collect()
+        })
+    }
+
     /// NACKs received since start.
     pub fn nacks_total(&self) -> u64 {
         self.with(|i| i.nacks_total)
@@ -228,13 +258,13 @@ mod tests {
     fn nack_records_of_envoys_that_left_are_bounded() {
         let envoys = Envoys::default();
         // One Envoy stays connected with a NACK of its own.
-        envoys.connected(0, &node("staying"), None);
+        envoys.connected(0, &node("staying"), None, Default::default());
         envoys.nacked(0, "staying", CLUSTER_TYPE, 3, "bad");
         // A client streams as ever new node ids, NACKs, and leaves.
         let n = 3 * MAX_NACK_RECORDS as u64;
         for i in 1..=n {
             let id = format!("envoy-{i}");
-            envoys.connected(i, &node(&id), None);
+            envoys.connected(i, &node(&id), None, Default::default());
             envoys.nacked(i, &id, CLUSTER_TYPE, 3, "bad");
             envoys.nacked(i, &id, LISTENER_TYPE, 3, "bad");
             envoys.disconnected(i);
@@ -258,8 +288,8 @@ mod tests {
     fn nack_records_expire_a_grace_period_after_the_envoys_last_stream() {
         let envoys = Envoys::default();
         let t0 = Instant::now();
-        envoys.connected(1, &node("a"), None);
-        envoys.connected(2, &node("a"), None);
+        envoys.connected(1, &node("a"), None, Default::default());
+        envoys.connected(2, &node("a"), None, Default::default());
         envoys.nacked(1, "a", CLUSTER_TYPE, 3, "bad");
         envoys.disconnected(1);
         envoys.with(|i| i.prune(t0 + 2 * NACK_GRACE));
@@ -276,7 +306,7 @@ mod tests {
             "within grace"
         );
         // It reconnects and leaves again: the grace starts over.
-        envoys.connected(3, &node("a"), None);
+        envoys.connected(3, &node("a"), None, Default::default());
         envoys.disconnected(3);
         envoys.with(|i| i.prune(Instant::now() + NACK_GRACE + NACK_GRACE / 2));
         assert_eq!(envoys.nacked_before("a", CLUSTER_TYPE), None, "expired");

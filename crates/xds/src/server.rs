@@ -81,7 +81,10 @@ impl XdsServer {
 
     /// The Envoys streaming from this replica now.
     pub fn envoys(&self) -> Vec<EnvoyStatus> {
-        self.inner.envoys.list()
+        let snapshot = self.snapshot();
+        self.inner
+            .envoys
+            .list_staged(snapshot.staged().map(|s| &*s.group))
     }
 
     /// NACKs received since start.

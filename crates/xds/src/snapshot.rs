@@ -145,18 +145,69 @@ pub struct Snapshot {
     services: Arc<ServiceResources>,
     /// How many of them were encoded for this snapshot.
     services_serialised: usize,
+    /// While a configuration is staged: its group and the snapshot its Envoys get (the same
+    /// revision, the staged desired state).
+    staged: Option<Staged>,
+}
+
+/// A staged configuration's resources, for the Envoys of its group.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The Envoys that get it.
+    pub group: Arc<[concord_registry::services::select::EnvoySelector]>,
+    /// Their snapshot.
+    pub snapshot: Arc<Snapshot>,
 }
 
 impl Snapshot {
     /// Builds the resources of `registry` from scratch.
     pub fn build(registry: Arc<Registry>, config: ResourceConfig) -> Snapshot {
-        Self::assemble(registry, Arc::new(config), None)
+        Self::assemble(registry, Arc::new(config), None).with_staged(None)
     }
 
     /// The snapshot of `registry`, reusing this one's encoded resources for every builder that
     /// did not change: encodes only the changed ones.
     pub fn next(&self, registry: Arc<Registry>) -> Snapshot {
-        Self::assemble(registry, self.config.clone(), Some(self))
+        Self::assemble(registry, self.config.clone(), Some(self)).with_staged(self.staged.as_ref())
+    }
+
+    /// Adds the staged configuration's snapshot while one is staged, built from `prev`'s (or
+    /// from this one's builders: the two differ only in the services half).
+    fn with_staged(mut self, prev: Option<&Staged>) -> Snapshot {
+        let Some(stage) = self.registry.stage().cloned() else {
+            return self;
+        };
+        let Some(view) = self.registry.staged_view() else {
+            return self;
+        };
+        let snapshot = match prev {
+            Some(p) => Self::assemble(Arc::new(view), self.config.clone(), Some(&p.snapshot)),
+            None => Self::assemble(Arc::new(view), self.config.clone(), Some(&self)),
+        };
+        self.staged = Some(Staged {
+            group: stage.group.clone().into(),
+            snapshot: Arc::new(snapshot),
+        });
+        self
+    }
+
+    /// The snapshot the Envoy with these traits gets: the staged one if it is of the staged
+    /// configuration's group, else this one.
+    pub fn for_envoy(
+        this: &Arc<Snapshot>,
+        envoy: &crate::envoy_select::NodeTraits,
+    ) -> Arc<Snapshot> {
+        match &this.staged {
+            Some(s) if concord_registry::services::select::in_group(&s.group, envoy) => {
+                s.snapshot.clone()
+            }
+            _ => this.clone(),
+        }
+    }
+
+    /// The staged configuration's group and snapshot, while one is staged.
+    pub fn staged(&self) -> Option<&Staged> {
+        self.staged.as_ref()
     }
 
     fn assemble(
@@ -257,6 +308,7 @@ impl Snapshot {
             listeners,
             services,
             services_serialised,
+            staged: None,
         }
     }
 

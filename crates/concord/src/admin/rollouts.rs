@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::{Json, Router};
 use concord_api::{ErrorCode, RolloutList, RolloutStatus, StepProgress, Written};
 use concord_raft::{ClientError, ClientReply, ClientRequest, Node};
-use concord_registry::services::{RolloutChange, RolloutSpec};
+use concord_registry::services::{RolloutChange, RolloutSpec, StageChange};
 use concord_registry::{Command, FORMAT_ROLLOUTS, Rejection};
 use std::time::Duration;
 
@@ -23,6 +23,70 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/rollouts", get(list).post(start))
         .route("/v1/rollouts/{service}", get(one))
         .route("/v1/rollouts/{service}/{action}", post(act))
+        .route(
+            "/v1/config/stage",
+            get(stage_status)
+                .put(stage)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    concord_api::MAX_CONFIG_BYTES,
+                )),
+        )
+        .route("/v1/config/stage/{action}", post(stage_action))
+}
+
+async fn stage(
+    State(AppState { node, .. }): State<AppState>,
+    body: Result<Json<concord_api::StageBody>, JsonRejection>,
+) -> Result<Json<Written>, ApiError> {
+    let Json(b) = body.map_err(bad_json)?;
+    if let Err(problems) = concord_registry::services::validate(&b.config) {
+        return Err(ClientError::Rejected(Rejection::InvalidServices { problems }).into());
+    }
+    check_format(&node)?;
+    let change = StageChange::Start {
+        desired: Box::new(b.config),
+        group: b.group,
+        hold: b.hold,
+        at_ms: now_ms(),
+    };
+    write_command(&node, Command::stage(change)).await
+}
+
+async fn stage_status(
+    State(AppState { node, .. }): State<AppState>,
+) -> Json<concord_api::StageStatus> {
+    let r = node.registry().borrow().clone();
+    Json(concord_api::StageStatus {
+        revision: r.revision(),
+        stage: r
+            .stage()
+            .map(|s| concord_registry::services::Stage::clone(s)),
+        last: r
+            .last_stage()
+            .map(|s| concord_registry::services::StageEnd::clone(s)),
+    })
+}
+
+async fn stage_action(
+    State(AppState { node, .. }): State<AppState>,
+    Path(action): Path<String>,
+) -> Result<Json<Written>, ApiError> {
+    let Some(at) = node.registry().borrow().stage().map(|s| s.at) else {
+        return Err(ClientError::Rejected(Rejection::NoStage).into());
+    };
+    let (why, at_ms) = ("by an operator".to_string(), now_ms());
+    let change = match action.as_str() {
+        "promote" => StageChange::Promote { at, why, at_ms },
+        "abort" => StageChange::Abort { at, why, at_ms },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                format!("no stage action {other:?}: promote or abort"),
+            ));
+        }
+    };
+    write_command(&node, Command::stage(change)).await
 }
 
 fn now_ms() -> u64 {

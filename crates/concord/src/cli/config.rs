@@ -21,6 +21,19 @@ pub struct ApplyArgs {
     /// Show what would change, and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// A config canary: give the change to these Envoys first (`cluster=NAME`, their node
+    /// cluster, or `metadata.KEY=VALUE`; comma-separated), and to the rest once every one of
+    /// them has ACKed it and held it for --hold; a NACK from any of them stops it
+    /// (`concord canary status` follows it).
+    #[arg(long, value_name = "GROUP", value_delimiter = ',')]
+    canary: Vec<concord_registry::services::select::EnvoySelector>,
+    /// With --canary: how long the group must hold the change.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "canary")]
+    hold: concord_registry::services::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<concord_registry::services::Duration, String> {
+    concord_registry::services::Duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// `concord diff`.
@@ -109,13 +122,18 @@ impl ApplyArgs {
             let revision = if changes.is_empty() || self.dry_run {
                 None
             } else {
-                Some(
-                    client
-                        .apply_config(&want)
-                        .await
-                        .map_err(|e| t.failure(e))?
-                        .revision,
-                )
+                let written = match self.canary.is_empty() {
+                    true => client.apply_config(&want).await,
+                    false => {
+                        let body = concord_api::StageBody {
+                            config: want.clone(),
+                            group: self.canary.clone(),
+                            hold: self.hold,
+                        };
+                        client.stage_config(&body).await
+                    }
+                };
+                Some(written.map_err(|e| t.failure(e))?.revision)
             };
             Ok(Applied {
                 changes,
@@ -124,11 +142,16 @@ impl ApplyArgs {
             })
         }
         .await;
+        let canary = concord_registry::services::select::describe(&self.canary);
         t.finish(result, |a: &Applied| {
             let mut out = render(&a.changes);
             out += &match (a.revision, a.dry_run, a.changes.len()) {
                 (_, _, 0) => "no changes\n".to_string(),
                 (_, true, n) => format!("dry run: {n} change(s), nothing applied\n"),
+                (Some(r), _, n) if !canary.is_empty() => format!(
+                    "staged {n} change(s) to {canary} at revision {r}; the rest get them once \
+                     the group holds them (`concord canary status`)\n"
+                ),
                 (Some(r), _, n) => format!("applied {n} change(s) at revision {r}\n"),
                 (None, false, _) => String::new(),
             };

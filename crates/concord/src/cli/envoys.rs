@@ -149,6 +149,7 @@ mod tests {
                 message: "bad".into(),
                 at_ms: 0,
             }),
+            staged: None,
         }
     }
 

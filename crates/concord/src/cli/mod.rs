@@ -6,6 +6,7 @@
 
 mod bootstrap;
 mod builders;
+mod canary;
 mod certificates;
 mod cluster;
 mod config;
@@ -18,6 +19,7 @@ mod ui;
 
 pub use bootstrap::BootstrapArgs;
 pub use builders::BuildersCmd;
+pub use canary::CanaryCmd;
 pub use certificates::CertificatesCmd;
 pub use cluster::ClusterCmd;
 pub use config::{ApplyArgs, DiffArgs, GetArgs, RenderArgs};

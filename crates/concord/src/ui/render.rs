@@ -492,6 +492,7 @@ mod tests {
                         message: "bad <cluster> & worse".into(),
                         at_ms: 3_600_000 * 5 + 60_000,
                     }),
+                    staged: None,
                 },
                 replica: 1,
                 replica_revision: 19,

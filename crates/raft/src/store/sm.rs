@@ -35,6 +35,8 @@ const FORMAT: &[u8] = b"m/format";
 const DESIRED: &[u8] = b"d/desired";
 /// Release rollouts by service ([`Registry::rollouts`]), replaced whole when they change.
 const ROLLOUTS: &[u8] = b"r/rollouts";
+/// The staged configuration and how the last stage ended ([`StoredStage`]).
+const STAGE: &[u8] = b"s/stage";
 /// Registered endpoints (`e/<service>/<id>` → [`StoredEndpoint`]).
 const ENDPOINT_PREFIX: &[u8] = b"e/";
 /// Certificates for TLS termination (`c/<name>` → [`StoredCertificate`]).
@@ -49,6 +51,26 @@ pub(super) struct StoredCertificate {
 
 fn certificate_key(name: &str) -> Vec<u8> {
     [CERTIFICATE_PREFIX, name.as_bytes()].concat()
+}
+
+/// The stage and how the last one ended, as stored and in snapshots.
+#[derive(Default, Serialize, Deserialize)]
+pub(super) struct StoredStage {
+    #[serde(default)]
+    stage: Option<concord_registry::services::Stage>,
+    #[serde(default)]
+    last: Option<concord_registry::services::StageEnd>,
+}
+
+fn stored_stage(r: &Registry) -> StoredStage {
+    StoredStage {
+        stage: r
+            .stage()
+            .map(|s| concord_registry::services::Stage::clone(s)),
+        last: r
+            .last_stage()
+            .map(|s| concord_registry::services::StageEnd::clone(s)),
+    }
 }
 
 /// A registered endpoint with its service, as stored and in snapshots.
@@ -91,6 +113,9 @@ pub(super) struct SnapshotData {
     /// Rollouts; absent in snapshots of earlier versions (none).
     #[serde(default)]
     rollouts: concord_registry::services::Rollouts,
+    /// The stage; absent in snapshots of earlier versions (none).
+    #[serde(default)]
+    stage: StoredStage,
 }
 
 impl SnapshotData {
@@ -110,7 +135,8 @@ impl SnapshotData {
                         .iter()
                         .map(|c| (c.name.clone(), c.certificate.clone())),
                 )
-                .with_rollouts(self.rollouts.clone()),
+                .with_rollouts(self.rollouts.clone())
+                .with_stage(self.stage.stage.clone(), self.stage.last.clone()),
         )
     }
 }
@@ -226,6 +252,10 @@ impl StateMachine {
             Some(raw) => decode(&raw).map_err(decoded("rollouts"))?,
             None => Default::default(),
         };
+        let stage: StoredStage = match tree.get(STAGE)? {
+            Some(raw) => decode(&raw).map_err(decoded("stage"))?,
+            None => StoredStage::default(),
+        };
         let mut builders = Vec::new();
         for kv in tree.scan_prefix(BUILDER_PREFIX) {
             let (k, raw) = kv?;
@@ -259,7 +289,8 @@ impl StateMachine {
             .with_desired(desired)
             .with_endpoints(endpoints)
             .with_certificates(certificates)
-            .with_rollouts(rollouts);
+            .with_rollouts(rollouts)
+            .with_stage(stage.stage, stage.last);
         let sm = StateMachine {
             inner: Arc::new(Inner {
                 db,
@@ -360,6 +391,7 @@ impl StateMachine {
             batch.insert(certificate_key(&c.name), encode(c));
         }
         batch.insert(ROLLOUTS, encode(&snap.rollouts));
+        batch.insert(STAGE, encode(&snap.stage));
         self.inner
             .tree
             .apply_batch(batch)
@@ -466,6 +498,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 })
                 .collect(),
             rollouts: concord_registry::services::Rollouts::clone(registry.rollouts()),
+            stage: stored_stage(&registry),
         });
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -543,9 +576,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let mut span = Span::remote_child(&cmd.trace, "registry.apply");
                         // A new desired state drops the endpoints of the services it removes:
                         // which services had endpoints before, to delete theirs from the tree.
-                        let had_endpoints: Vec<String> = match cmd.desired {
-                            Some(_) => registry.endpoint_map().keys().cloned().collect(),
-                            None => Vec::new(),
+                        let had_endpoints: Vec<String> = match cmd.may_replace_desired() {
+                            true => registry.endpoint_map().keys().cloned().collect(),
+                            false => Vec::new(),
                         };
                         let out = Arc::make_mut(registry).apply(entry.log_id.index, &cmd);
                         if let Some(id) = &cmd.request_id
@@ -588,7 +621,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             for b in &cmd.batch.upserts {
                                 batch.insert(builder_key(&b.id), encode(b));
                             }
-                            if cmd.desired.is_some() {
+                            if cmd.may_replace_desired() {
                                 batch.insert(DESIRED, encode(&**registry.desired()));
                                 // Endpoints of services that went with the new state.
                                 let gone = had_endpoints
@@ -606,8 +639,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     }
                                 }
                             }
-                            if !cmd.rollouts.is_empty() || cmd.desired.is_some() {
+                            if !cmd.rollouts.is_empty() || cmd.may_replace_desired() {
                                 batch.insert(ROLLOUTS, encode(&**registry.rollouts()));
+                            }
+                            if cmd.stage.is_some() {
+                                batch.insert(STAGE, encode(&stored_stage(registry)));
                             }
                             for change in &cmd.certificates {
                                 let name = match change {

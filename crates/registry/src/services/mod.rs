@@ -10,6 +10,8 @@ mod duration;
 mod endpoints;
 mod model;
 pub mod rollout;
+pub mod select;
+pub mod stage;
 mod validate;
 
 pub use certificates::{Certificate, CertificateChange, Secret};
@@ -23,6 +25,7 @@ pub use model::*;
 pub use rollout::{
     Phase, Rollout, RolloutChange, RolloutSpec, Rollouts, version_cluster, version_service,
 };
+pub use stage::{Stage, StageChange, StageEnd};
 pub use validate::{FieldError, validate};
 
 #[cfg(test)]

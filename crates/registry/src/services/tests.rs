@@ -348,6 +348,11 @@ fn every_rejection_encodes() {
             phase: crate::services::Phase::Promoted,
             wanted: "w".into(),
         },
+        Rejection::StageInProgress { at: 3 },
+        Rejection::NoStage,
+        Rejection::InvalidStage {
+            problem: "p".into(),
+        },
     ];
     for r in all {
         match &r {
@@ -370,7 +375,10 @@ fn every_rejection_encodes() {
             | Rejection::InvalidRollout { .. }
             | Rejection::RolloutInProgress { .. }
             | Rejection::NoRollout { .. }
-            | Rejection::RolloutPhase { .. } => {}
+            | Rejection::RolloutPhase { .. }
+            | Rejection::StageInProgress { .. }
+            | Rejection::NoStage
+            | Rejection::InvalidStage { .. } => {}
         }
         let out = Outcome::Rejected(r.clone());
         let text = serde_json::to_string(&out).unwrap_or_else(|e| panic!("{r:?}: {e}"));

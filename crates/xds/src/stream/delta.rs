@@ -45,6 +45,8 @@ pub(crate) struct DeltaStream {
     /// What was sent, ACKed and NACKed, for status and metrics.
     pushes: Pushes,
     placement: Placement,
+    /// What the Envoy's node says of it, for a staged configuration's group.
+    traits: crate::envoy_select::NodeTraits,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A request for a type this replica does not serve was logged.
     warned_unknown: bool,
@@ -60,6 +62,7 @@ impl DeltaStream {
         let placement = Placement::from(xds.snapshots.borrow().default_listener_addr());
         DeltaStream {
             placement,
+            traits: Default::default(),
             snapshots: xds.snapshots.clone(),
             xds,
             peer,
@@ -113,7 +116,7 @@ impl DeltaStream {
 
     async fn on_request(&mut self, mut req: DeltaDiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let (id, placement) = hello(
+            let (id, placement, traits) = hello(
                 &self.xds,
                 &self.peer,
                 req.node.take(),
@@ -121,6 +124,7 @@ impl DeltaStream {
                 self.placement,
             )?;
             self.placement = placement;
+            self.traits = traits;
             self.node = Some(id);
         }
         let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
@@ -185,7 +189,7 @@ impl DeltaStream {
             self.catch_up().await?;
             self.caught_up = true;
         }
-        let snap = self.snapshots.borrow().clone();
+        let snap = Snapshot::for_envoy(&self.snapshots.borrow(), &self.traits);
         // Commit-to-ACK counts the changes a fresh Envoy gets; a reconnecting one already had
         // some revision, at most this one.
         let had = if held_any { snap.revision() } else { 0 };
@@ -264,7 +268,7 @@ impl DeltaStream {
 
     /// Sends what differs for `type_url`; with nothing to send, only if `always`.
     async fn send(&mut self, type_url: &str, always: bool) -> Result<(), End> {
-        let snap = self.snapshots.borrow().clone();
+        let snap = Snapshot::for_envoy(&self.snapshots.borrow(), &self.traits);
         let revision = snap.revision();
         let routes = self.info(ROUTES.type_url);
         let cur = self.order.view(

@@ -104,7 +104,7 @@ pub(crate) fn hello(
     node: Option<Node>,
     kind: &str,
     default: Placement,
-) -> Result<(String, Placement), End> {
+) -> Result<(String, Placement, crate::envoy_select::NodeTraits), End> {
     let node = node.unwrap_or_default();
     let (stream, addr) = (peer.id, peer.addr);
     let served = &xds.config.served_envoys;
@@ -127,13 +127,14 @@ pub(crate) fn hello(
         ))));
     }
     tracing::info!(stream, node = %node.id, peer = ?addr, "Envoy connected ({kind})");
-    xds.envoys.connected(stream, &node, addr);
+    let traits = crate::envoy_select::NodeTraits::of(&node);
+    xds.envoys.connected(stream, &node, addr, traits.clone());
     let placement = Placement {
         listener: listener_addr(&node).unwrap_or(default.listener),
         port_offset: port_offset(&node).unwrap_or(default.port_offset),
         access_log: access_log(&node, stream).unwrap_or(default.access_log),
     };
-    Ok((node.id, placement))
+    Ok((node.id, placement, traits))
 }
 
 /// Where an Envoy asks for its listeners' access logs in its node metadata, if it does; an

@@ -32,6 +32,8 @@ pub(crate) struct SotwStream {
     /// What was sent, ACKed and NACKed, for status and metrics.
     pushes: Pushes,
     placement: Placement,
+    /// What the Envoy's node says of it, for a staged configuration's group.
+    traits: crate::envoy_select::NodeTraits,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A request for a type this replica does not serve was logged.
     warned_unknown: bool,
@@ -45,6 +47,7 @@ impl SotwStream {
         let placement = Placement::from(xds.snapshots.borrow().default_listener_addr());
         SotwStream {
             placement,
+            traits: Default::default(),
             snapshots: xds.snapshots.clone(),
             xds,
             peer,
@@ -95,7 +98,7 @@ impl SotwStream {
 
     async fn on_request(&mut self, mut req: DiscoveryRequest) -> Result<(), End> {
         if self.node.is_none() {
-            let (id, placement) = hello(
+            let (id, placement, traits) = hello(
                 &self.xds,
                 &self.peer,
                 req.node.take(),
@@ -103,6 +106,7 @@ impl SotwStream {
                 self.placement,
             )?;
             self.placement = placement;
+            self.traits = traits;
             self.node = Some(id);
         }
         let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
@@ -192,7 +196,7 @@ impl SotwStream {
     }
 
     async fn send(&mut self, type_url: &str) -> Result<(), End> {
-        let snapshot = self.snapshots.borrow().clone();
+        let snapshot = Snapshot::for_envoy(&self.snapshots.borrow(), &self.traits);
         let mut resources = resource_type::sotw(&snapshot, type_url, self.placement);
         if order::keeps(type_url) {
             let by_name = resource_type::delta(&snapshot, type_url, self.placement);
