@@ -41,3 +41,18 @@ impl ListenerMode {
         }
     }
 }
+
+/// CPU seconds (user + system) process `pid` has used (`/proc/<pid>/stat`).
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // utime and stime are fields 14 and 15 (1-based) of the whole line: 12 and 13 after `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    anyhow::ensure!(fields.len() > 12, "unexpected /proc/{pid}/stat: {stat}");
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}

@@ -7,6 +7,7 @@
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use concord_bench::cpu_secs;
 use concord_harness::dns::Bind;
 use concord_harness::envoy::Envoy;
 use concord_harness::{Cluster, Options, eventually, percentiles};
@@ -35,19 +36,6 @@ fn entries(n: usize) -> Vec<String> {
             )
         })
         .collect()
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 async fn leader_cpu(c: &mut Cluster, label: &str) -> Result<()> {

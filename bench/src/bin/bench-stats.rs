@@ -12,6 +12,7 @@
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
+use concord_bench::cpu_secs;
 use concord_harness::{Cluster, Options};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
@@ -173,17 +174,6 @@ fn flush(clusters: usize, node: Option<&str>) -> Vec<StreamMetricsMessage> {
         });
     }
     out
-}
-
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    Ok((fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / 100.0)
 }
 
 /// One simulated Envoy: a flush every `every`, staggered by `offset`, while `on` says so.

@@ -8,7 +8,7 @@
 //! `cargo build --release -p concord -p concord-bench && target/release/load-xds --help` lists
 //! the flags: streams, protocol, builders, changes, spread over replicas, listener mode, plaintext.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use concord_bench::{ListenerMode, XdsProtocol};
 use concord_harness::{Cluster, Options, percentiles};
@@ -129,22 +129,14 @@ async fn stream(
 
 /// CPU seconds (user + system) and resident memory (KiB) of a process.
 fn usage(pid: u32) -> Result<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 (1-based) of the whole line: 12 and 13 after `)`.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let cpu = concord_bench::cpu_secs(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    Ok((ticks / 100.0, rss))
+    Ok((cpu, rss))
 }
 
 /// Waits until every stream has ACKed `rev` (or newer) and returns when each did.

@@ -341,126 +341,35 @@ impl Node {
     /// [`crate::format::CHECK_EVERY`] and raises the cluster's once all of them support a newer
     /// one (see [`crate::format`]).
     fn raise_format_when_supported(self: &Arc<Self>, tasks: &Tasks) {
-        let node = self.clone();
-        let shutdown = tasks.token().clone();
-        tasks.spawn("raft entry format", async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(crate::format::CHECK_EVERY) => {}
-                }
-                node.check_formats().await;
-            }
-        });
+        self.every(
+            tasks,
+            "raft entry format",
+            crate::format::CHECK_EVERY,
+            |node| async move { node.check_formats().await },
+        );
     }
 
     /// While this node leads, keeps every endpoint's lease and drain and commits the expiries
     /// that fall due (see [`crate::leases`]).
     fn keep_leases(self: &Arc<Self>, tasks: &Tasks) {
-        let node = self.clone();
-        let shutdown = tasks.token().clone();
-        tasks.spawn("raft leases", async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(crate::leases::CHECK_EVERY) => {}
-                }
-                let Some(term) = node.leading_term() else {
-                    node.leases.clear();
-                    continue;
-                };
-                let now = Instant::now();
-                let registry = node.sm.registry().borrow().clone();
-                node.leases
-                    .sync(term, &registry, now, node.config.quorum_timeout);
-                let due = node.leases.due(now);
-                if due.is_empty() {
-                    continue;
-                }
-                let n = due.len();
-                let cmd = concord_registry::Command::endpoints(due);
-                match node.write_local(cmd, node.config.request_timeout).await {
-                    Ok(_) => {
-                        tracing::info!(endpoints = n, "leases lapsed or drains ended; removed")
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "committing lease expiries failed; retrying")
-                    }
-                }
-            }
-        });
+        self.every(
+            tasks,
+            "raft leases",
+            crate::leases::CHECK_EVERY,
+            |node| async move { node.keep_leases_once().await },
+        );
     }
 
     /// While this node leads, judges every running rollout's step on its Envoys' stats, read
     /// from every member each [`crate::rollouts::CHECK_EVERY`], and commits the promotions and
     /// rollbacks it decides (see [`crate::rollouts`]).
     fn judge_rollouts(self: &Arc<Self>, tasks: &Tasks) {
-        let node = self.clone();
-        let shutdown = tasks.token().clone();
-        tasks.spawn("raft rollouts", async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(crate::rollouts::CHECK_EVERY) => {}
-                }
-                let Some(term) = node.leading_term() else {
-                    node.judge.clear();
-                    continue;
-                };
-                let registry = node.sm.registry().borrow().clone();
-                let running: Vec<&concord_registry::services::Rollout> = registry
-                    .rollouts()
-                    .values()
-                    .filter(|r| r.phase == concord_registry::services::Phase::Running)
-                    .collect();
-                node.judge.retain(&running);
-                if running.is_empty() {
-                    continue;
-                }
-                let clusters: Vec<String> = running
-                    .iter()
-                    .flat_map(|r| {
-                        [&r.spec.from, &r.spec.to].map(|v| {
-                            concord_registry::services::version_cluster(&r.spec.service, v)
-                        })
-                    })
-                    .collect();
-                let reports = node.stats_of_members(&clusters).await;
-                let now = Instant::now();
-                let changes: Vec<_> = running
-                    .iter()
-                    .filter_map(|r| node.judge.observe(term, r, &reports, now))
-                    .collect();
-                for change in changes {
-                    let what = change.summary();
-                    let mut span = Span::root("rollout.decide", std::time::SystemTime::now());
-                    span.set("rollout.service", change.service().to_string());
-                    span.set("rollout.decision", what.clone());
-                    if let concord_registry::services::RolloutChange::RollBack { why, .. }
-                    | concord_registry::services::RolloutChange::Promote { why, .. } = &change
-                    {
-                        span.set("rollout.why", why.clone());
-                    }
-                    let mut cmd = concord_registry::Command::rollouts(vec![change.clone()]);
-                    span.inject(&mut cmd.trace);
-                    match node.write_local(cmd, node.config.request_timeout).await {
-                        Ok(_) => {
-                            match &change {
-                                concord_registry::services::RolloutChange::RollBack {
-                                    why, ..
-                                } => tracing::warn!(service = change.service(), %why, "{what}"),
-                                _ => tracing::info!(service = change.service(), "{what}"),
-                            }
-                            span.ok();
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "committing a rollout decision failed; retrying");
-                            span.fail(error.to_string());
-                        }
-                    }
-                }
-            }
-        });
+        self.every(
+            tasks,
+            "raft rollouts",
+            crate::rollouts::CHECK_EVERY,
+            |node| async move { node.judge_rollouts_once().await },
+        );
     }
 
     /// While this node leads and a configuration is staged to a group of Envoys: reads every
@@ -468,60 +377,170 @@ impl Node {
     /// from an Envoy of the group, and promotes it once every Envoy of the group (one at least)
     /// has held it for the stage's hold (see `concord_registry::services::stage`).
     fn judge_stage(self: &Arc<Self>, tasks: &Tasks) {
+        self.every(
+            tasks,
+            "raft stage",
+            crate::rollouts::CHECK_EVERY,
+            |node| async move { node.judge_stage_once().await },
+        );
+    }
+
+    /// Runs `round` every `period` until shutdown, in a task named `name` (the leader's
+    /// periodic duties: each round looks whether this node leads).
+    fn every<F, Fut>(
+        self: &Arc<Self>,
+        tasks: &Tasks,
+        name: &'static str,
+        period: Duration,
+        round: F,
+    ) where
+        F: Fn(Arc<Node>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let node = self.clone();
         let shutdown = tasks.token().clone();
-        tasks.spawn("raft stage", async move {
+        tasks.spawn(name, async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(crate::rollouts::CHECK_EVERY) => {}
+                    _ = tokio::time::sleep(period) => {}
                 }
-                let stage = node.sm.registry().borrow().stage().cloned();
-                let (Some(term), Some(stage)) = (node.leading_term(), stage) else {
-                    *node.stage_held.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    continue;
-                };
-                let members: Vec<NodeId> = node
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .nodes()
-                    .map(|(id, _)| *id)
-                    .collect();
-                let asks = members
-                    .iter()
-                    .map(|id| node.local_status_of(*id, crate::rollouts::ASK_TIMEOUT));
-                let answers = futures::future::join_all(asks).await;
-                let now = Instant::now();
-                let verdict = crate::stage::judge(&stage, &answers);
-                let change = {
-                    let mut held = node.stage_held.lock().unwrap_or_else(|e| e.into_inner());
-                    if held.is_none_or(|(t, at, _)| t != term || at != stage.at) {
-                        *held = Some((term, stage.at, None));
-                    }
-                    let Some((_, _, since)) = held.as_mut() else {
-                        continue;
-                    };
-                    crate::stage::decide(&stage, verdict, since, now)
-                };
-                let Some(change) = change else { continue };
-                let what = change.summary();
-                let cmd = concord_registry::Command::stage(change.clone());
-                match node.write_local(cmd, node.config.request_timeout).await {
-                    Ok(_) => match &change {
-                        concord_registry::services::StageChange::Abort { why, .. } => {
-                            tracing::warn!(%why, "{what}")
-                        }
-                        _ => tracing::info!("{what}"),
-                    },
-                    Err(error) => {
-                        tracing::warn!(%error, "committing a stage decision failed; retrying")
-                    }
-                }
+                round(node.clone()).await;
             }
         });
+    }
+
+    /// One round of [`Node::keep_leases`].
+    async fn keep_leases_once(&self) {
+        let Some(term) = self.leading_term() else {
+            self.leases.clear();
+            return;
+        };
+        let now = Instant::now();
+        let registry = self.sm.registry().borrow().clone();
+        self.leases
+            .sync(term, &registry, now, self.config.quorum_timeout);
+        let due = self.leases.due(now);
+        if due.is_empty() {
+            return;
+        }
+        let n = due.len();
+        let cmd = concord_registry::Command::endpoints(due);
+        match self.write_local(cmd, self.config.request_timeout).await {
+            Ok(_) => {
+                tracing::info!(endpoints = n, "leases lapsed or drains ended; removed")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "committing lease expiries failed; retrying")
+            }
+        }
+    }
+
+    /// One round of [`Node::judge_rollouts`].
+    async fn judge_rollouts_once(&self) {
+        let Some(term) = self.leading_term() else {
+            self.judge.clear();
+            return;
+        };
+        let registry = self.sm.registry().borrow().clone();
+        let running: Vec<&concord_registry::services::Rollout> = registry
+            .rollouts()
+            .values()
+            .filter(|r| r.phase == concord_registry::services::Phase::Running)
+            .collect();
+        self.judge.retain(&running);
+        if running.is_empty() {
+            return;
+        }
+        let clusters: Vec<String> = running
+            .iter()
+            .flat_map(|r| {
+                [&r.spec.from, &r.spec.to]
+                    .map(|v| concord_registry::services::version_cluster(&r.spec.service, v))
+            })
+            .collect();
+        let reports = self.stats_of_members(&clusters).await;
+        let now = Instant::now();
+        let changes: Vec<_> = running
+            .iter()
+            .filter_map(|r| self.judge.observe(term, r, &reports, now))
+            .collect();
+        for change in changes {
+            let what = change.summary();
+            let mut span = Span::root("rollout.decide", std::time::SystemTime::now());
+            span.set("rollout.service", change.service().to_string());
+            span.set("rollout.decision", what.clone());
+            if let concord_registry::services::RolloutChange::RollBack { why, .. }
+            | concord_registry::services::RolloutChange::Promote { why, .. } = &change
+            {
+                span.set("rollout.why", why.clone());
+            }
+            let mut cmd = concord_registry::Command::rollouts(vec![change.clone()]);
+            span.inject(&mut cmd.trace);
+            match self.write_local(cmd, self.config.request_timeout).await {
+                Ok(_) => {
+                    match &change {
+                        concord_registry::services::RolloutChange::RollBack { why, .. } => {
+                            tracing::warn!(service = change.service(), %why, "{what}")
+                        }
+                        _ => tracing::info!(service = change.service(), "{what}"),
+                    }
+                    span.ok();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "committing a rollout decision failed; retrying");
+                    span.fail(error.to_string());
+                }
+            }
+        }
+    }
+
+    /// One round of [`Node::judge_stage`].
+    async fn judge_stage_once(&self) {
+        let stage = self.sm.registry().borrow().stage().cloned();
+        let (Some(term), Some(stage)) = (self.leading_term(), stage) else {
+            *self.stage_held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        };
+        let members: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let asks = members
+            .iter()
+            .map(|id| self.local_status_of(*id, crate::rollouts::ASK_TIMEOUT));
+        let answers = futures::future::join_all(asks).await;
+        let now = Instant::now();
+        let verdict = crate::stage::judge(&stage, &answers);
+        let change = {
+            let mut held = self.stage_held.lock().unwrap_or_else(|e| e.into_inner());
+            if held.is_none_or(|(t, at, _)| t != term || at != stage.at) {
+                *held = Some((term, stage.at, None));
+            }
+            let Some((_, _, since)) = held.as_mut() else {
+                return;
+            };
+            crate::stage::decide(&stage, verdict, since, now)
+        };
+        let Some(change) = change else { return };
+        let what = change.summary();
+        let cmd = concord_registry::Command::stage(change.clone());
+        match self.write_local(cmd, self.config.request_timeout).await {
+            Ok(_) => match &change {
+                concord_registry::services::StageChange::Abort { why, .. } => {
+                    tracing::warn!(%why, "{what}")
+                }
+                _ => tracing::info!("{what}"),
+            },
+            Err(error) => {
+                tracing::warn!(%error, "committing a stage decision failed; retrying")
+            }
+        }
     }
 
     /// Every member's stats report for `clusters` (none for a member that does not answer in

@@ -155,25 +155,9 @@ impl Judge {
         let w = inner
             .windows
             .entry(service.clone())
-            .or_insert_with(|| Window {
-                key,
-                opened: now,
-                sums: HashMap::new(),
-                replicas: 0,
-                streams: 0,
-                verdict: String::new(),
-                proposed: None,
-            });
+            .or_insert_with(|| Window::new(key, now));
         if w.key != key {
-            *w = Window {
-                key,
-                opened: now,
-                sums: HashMap::new(),
-                replicas: 0,
-                streams: 0,
-                verdict: String::new(),
-                proposed: None,
-            };
+            *w = Window::new(key, now);
         }
         let clusters = [
             version_cluster(service, &rollout.spec.from),
@@ -268,6 +252,19 @@ impl Judge {
 }
 
 impl Window {
+    /// A window of step `key` opening at `now`, nothing counted yet.
+    fn new(key: (u64, usize, u64), opened: Instant) -> Window {
+        Window {
+            key,
+            opened,
+            sums: HashMap::new(),
+            replicas: 0,
+            streams: 0,
+            verdict: String::new(),
+            proposed: None,
+        }
+    }
+
     /// The window's counts per version, summed over replica incarnations.
     fn totals(&self) -> (VersionCounts, VersionCounts) {
         let mut from = VersionCounts::default();

@@ -72,7 +72,7 @@ const UPSTREAM_TLS_TYPE: &str =
 
 /// The cluster (and load assignment) name of service `name`.
 pub fn cluster_name(service: &str) -> String {
-    format!("service_{service}")
+    concord_registry::services::cluster_name(service)
 }
 
 /// The RouteConfiguration name of route table `name`.

@@ -24,7 +24,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
@@ -115,7 +115,7 @@ async fn screen<T: prost::Message + Default + Named>(
         return Ok(req.map(|rest| Peeked { first: None, rest }));
     }
     let (meta, ext, mut rest) = req.into_parts();
-    let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, futures_next(&mut rest)).await {
+    let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, rest.next()).await {
         Ok(first) => first,
         Err(_) => {
             return Err(Status::deadline_exceeded(
@@ -135,10 +135,6 @@ async fn screen<T: prost::Message + Default + Named>(
         }
     }
     Ok(Request::from_parts(meta, ext, Peeked { first, rest }))
-}
-
-async fn futures_next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
 /// A stream's requests with the first one already read (by [`screen`]), if it was.

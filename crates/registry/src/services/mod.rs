@@ -23,7 +23,8 @@ pub use endpoints::{
 };
 pub use model::*;
 pub use rollout::{
-    Phase, Rollout, RolloutChange, RolloutSpec, Rollouts, version_cluster, version_service,
+    Phase, Rollout, RolloutChange, RolloutSpec, Rollouts, cluster_name, version_cluster,
+    version_service,
 };
 pub use stage::{Stage, StageChange, StageEnd};
 pub use validate::{FieldError, validate};

@@ -152,6 +152,12 @@ impl Rollout {
         }
     }
 
+    /// Whether a leader's decision about step `step` of the rollout started at `started_at`
+    /// still applies: the rollout is that one, running, at that step (the fence).
+    fn at(&self, started_at: u64, step: usize) -> bool {
+        self.started_at == started_at && self.phase == Phase::Running && self.step == step
+    }
+
     fn record(&mut self, index: u64, at_ms: u64, what: String) {
         self.events.push(RolloutEvent { index, at_ms, what });
         if self.events.len() > KEPT_EVENTS {
@@ -432,7 +438,7 @@ pub fn apply(
             why,
             ..
         } => {
-            if r.started_at != *started_at || r.phase != Phase::Running || r.step != *step {
+            if !r.at(*started_at, *step) {
                 return Ok(false);
             }
             r.step_at = index;
@@ -452,7 +458,7 @@ pub fn apply(
             why,
             ..
         } => {
-            if r.started_at != *started_at || r.phase != Phase::Running || r.step != *step {
+            if !r.at(*started_at, *step) {
                 return Ok(false);
             }
             r.phase = Phase::RolledBack;
@@ -477,7 +483,13 @@ pub fn version_service(service: &str, version: &str) -> String {
 /// The Envoy cluster of version `version` of `service` while a rollout of it exists (the
 /// services half's clusters are `service_<name>`), whose stats judge the rollout.
 pub fn version_cluster(service: &str, version: &str) -> String {
-    format!("service_{}", version_service(service, version))
+    cluster_name(&version_service(service, version))
+}
+
+/// The Envoy cluster (and load assignment) name of service `service`: `service_<name>`. One
+/// definition for the resources (`concord_xds::services`) and the stats that judge rollouts.
+pub fn cluster_name(service: &str) -> String {
+    format!("service_{service}")
 }
 
 /// The desired state Envoys get: `desired` with, for every rollout of an existing service, the

@@ -3,6 +3,7 @@
 //! ends (shutdown, lost quorum, too many streams).
 
 use super::totals::Totals;
+use super::totals::tests::counter;
 use super::*;
 use crate::server::{XdsConfig, XdsServer};
 use concord_registry::Registry;
@@ -10,26 +11,11 @@ use concord_telemetry::tasks::Tasks;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
 use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, stream_metrics_message};
-use envoy_types::pb::io::prometheus::client::{Counter, Metric, MetricFamily, MetricType};
+use envoy_types::pb::io::prometheus::client::MetricFamily;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 const DEADLINE: Duration = Duration::from_secs(5);
-
-fn counter(name: &str, v: f64) -> MetricFamily {
-    MetricFamily {
-        name: Some(name.into()),
-        r#type: Some(MetricType::Counter as i32),
-        metric: vec![Metric {
-            counter: Some(Counter {
-                value: Some(v),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
 
 fn message(node: Option<&str>, families: Vec<MetricFamily>) -> StreamMetricsMessage {
     StreamMetricsMessage {

@@ -245,11 +245,12 @@ impl Totals {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use envoy_types::pb::io::prometheus::client::{Counter, Gauge, Metric};
 
-    fn counter(name: &str, v: f64) -> MetricFamily {
+    /// A counter family as Envoy's sink sends one (also for the stream tests).
+    pub(crate) fn counter(name: &str, v: f64) -> MetricFamily {
         MetricFamily {
             name: Some(name.into()),
             r#type: Some(MetricType::Counter as i32),

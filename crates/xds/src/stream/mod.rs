@@ -107,17 +107,6 @@ pub(crate) fn hello(
 ) -> Result<(String, Placement, crate::envoy_select::NodeTraits), End> {
     let node = node.unwrap_or_default();
     let (stream, addr) = (peer.id, peer.addr);
-    let served = &xds.config.served_envoys;
-    if !served.serves(&node) {
-        // A control-plane canary (`--serve-envoys`): the Envoy is sent on at once, before any
-        // response, so it holds nothing from this replica and reconnects to another.
-        tracing::info!(stream, node = %node.id, cluster = %node.cluster, peer = ?addr,
-            "sent on an Envoy outside the groups this replica serves");
-        return Err(End::Status(Status::unavailable(format!(
-            "this replica serves only Envoys of {} (--serve-envoys); try another replica",
-            served.describe()
-        ))));
-    }
     if let Some(bound) = peer.bound_id.as_deref().filter(|b| *b != node.id) {
         tracing::warn!(stream, node = %node.id, cert = %bound, peer = ?addr,
             "refused an Envoy whose node id is not the one its certificate names");
