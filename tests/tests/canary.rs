@@ -4,7 +4,10 @@
 //! --canary`) reaches them and not the others; the others get it once the group has held it
 //! for the hold. A staged change the canary Envoy rejects (a listener on a port already taken
 //! on its host: accepted by the API, refused by Envoy) is aborted at the NACK with Envoy's
-//! message, and never reaches the other Envoys.
+//! message, and never reaches the other Envoys. A staged change Envoy takes but whose traffic
+//! fails (the service's endpoints moved to an instance that answers only errors) is aborted on
+//! the error rate of the group's requests, from the stats their Envoys stream, long before its
+//! hold; the other Envoys never see a failed request.
 //!
 //! Control-plane canaries: a replica restarted with `--serve-envoys cluster=canary`
 //! (as one running a new concord version would be) serves only the Envoys of that group. Two
@@ -37,7 +40,9 @@ async fn envoy_at(c: &Cluster, name: &str, group: &str, first: u64, offset: i32)
     let x: Vec<String> = ids.iter().map(|i| c.nodes[i].xds.clone()).collect();
     let servers: Vec<&str> = x.iter().map(String::as_str).collect();
     let mut bootstrap = c.bootstrap_args(name)?;
-    bootstrap.extend(["--node-cluster".to_string(), group.to_string()]);
+    // Stats every second (Envoy's default is 5 s), so error rates are judged within seconds.
+    bootstrap
+        .extend(["--node-cluster", group, "--stats-flush-interval-ms", "1000"].map(String::from));
     let opts = EnvoyOptions {
         prefer_first: true,
         bootstrap,
@@ -191,6 +196,8 @@ async fn a_staged_config_reaches_its_group_first_and_a_nack_stops_it() -> Result
         config: config(&g, port, &["next.local"], &[])?,
         group: vec!["cluster=canary".parse()?],
         hold: concord_registry::services::Duration::from_secs(4),
+        max_error_increase: 5,
+        min_requests: 0,
     };
     let staged_at = c.api(leader).stage_config(&body).await?.revision;
     let t0 = Instant::now();
@@ -231,6 +238,8 @@ async fn a_staged_config_reaches_its_group_first_and_a_nack_stops_it() -> Result
         config: config(&g, port, &["next.local"], &[("taken", tport)])?,
         group: vec!["cluster=canary".parse()?],
         hold: concord_registry::services::Duration::from_secs(1),
+        max_error_increase: 5,
+        min_requests: 0,
     };
     c.api(leader).stage_config(&bad).await?;
     let end = eventually(T, "the stage aborted at the NACK", || async {
@@ -261,5 +270,116 @@ async fn a_staged_config_reaches_its_group_first_and_a_nack_stops_it() -> Result
         "{b_before:?} → {b_after:?}"
     );
     drop(taken);
+    Ok(())
+}
+
+/// Calls through the Envoy listening at `port`, one every 20 ms until `stop`: each call's
+/// instance, or its error.
+fn traffic(
+    port: u16,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<Result<String, String>>> {
+    tokio::spawn(async move {
+        let mut calls = Vec::new();
+        while !stop.is_cancelled() {
+            calls.push(call(port, "echo.local").await.map_err(|e| e.to_string()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        calls
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_staged_config_whose_group_fails_requests_is_aborted_on_their_error_rate() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    let leader = c.services_enabled().await?;
+    let good = GrpcBackend::start("good").await?;
+    let bad = GrpcBackend::start("bad").await?;
+    bad.fail_always(true);
+    let port = free_port();
+    let offset = 7;
+    c.api(leader)
+        .apply_config(&config(&good, port, &[], &[])?)
+        .await?;
+    let _a = envoy_at(&c, "envoy-canary", "canary", leader, 0).await?;
+    let _b = envoy_at(&c, "envoy-main", "main", leader, offset).await?;
+    let (pa, pb) = (port, (i32::from(port) + offset) as u16);
+    for p in [pa, pb] {
+        eventually(T, "routed to good", || async {
+            let i = call(p, "echo.local").await?;
+            ensure!(i == "good", "{i}");
+            Ok(())
+        })
+        .await?;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (ta, tb) = (traffic(pa, stop.clone()), traffic(pb, stop.clone()));
+
+    // The service moved to an instance that answers only errors: valid, ACKed, and wrong. A
+    // 60 s hold: an abort before it is the error rate's.
+    let hold = Duration::from_secs(60);
+    let body = concord_api::StageBody {
+        config: config(&bad, port, &[], &[])?,
+        group: vec!["cluster=canary".parse()?],
+        hold: concord_registry::services::Duration::from_secs(60),
+        max_error_increase: 5,
+        min_requests: 5,
+    };
+    let staged_at = c.api(leader).stage_config(&body).await?.revision;
+    let t0 = Instant::now();
+    let end = eventually(T, "the stage aborted on the group's errors", || async {
+        let s = c.api(leader).stage().await?;
+        let l = s.last.clone().context("no last stage")?;
+        ensure!(
+            s.stage.is_none() && l.at == staged_at && !l.promoted,
+            "{s:?}"
+        );
+        Ok(l)
+    })
+    .await?;
+    let aborted_after = t0.elapsed();
+    eprintln!(
+        "staged at revision {staged_at}, aborted after {aborted_after:?}: {}",
+        end.why
+    );
+    ensure!(aborted_after < hold, "{aborted_after:?}");
+    ensure!(
+        end.why.contains("the group's errors")
+            && end.why.contains("the other Envoys' 0.0%")
+            && end.why.ends_with("more than 5 points above"),
+        "{}",
+        end.why
+    );
+    // The canary Envoy is back on the good instance; then the traffic stops.
+    eventually(T, "the canary Envoy back on good", || async {
+        let i = call(pa, "echo.local").await?;
+        ensure!(i == "good", "{i}");
+        Ok(())
+    })
+    .await?;
+    stop.cancel();
+    let (a_calls, b_calls) = (ta.await?, tb.await?);
+    let failed = |calls: &[Result<String, String>]| calls.iter().filter(|c| c.is_err()).count();
+    eprintln!(
+        "envoy-canary: {} calls, {} failed; envoy-main: {} calls, {} failed; the bad instance served {}",
+        a_calls.len(),
+        failed(&a_calls),
+        b_calls.len(),
+        failed(&b_calls),
+        bad.served()
+    );
+    ensure!(
+        failed(&a_calls) >= 5,
+        "the canary Envoy never reached the bad instance"
+    );
+    ensure!(
+        b_calls.iter().all(|c| c.as_deref() == Ok("good")),
+        "envoy-main saw the staged change: {:?}",
+        b_calls
+            .iter()
+            .filter(|c| c.as_deref() != Ok("good"))
+            .take(3)
+            .collect::<Vec<_>>()
+    );
     Ok(())
 }

@@ -43,6 +43,23 @@ pub struct StatsReport {
     pub messages: u64,
     /// The clusters asked for (every cluster when none were named), sorted by name.
     pub clusters: Vec<ClusterTotals>,
+    /// While a configuration is staged: the requests and errors of the Envoys of its group
+    /// and of the others, over every service cluster (config canaries are judged on them).
+    /// Builds before config canaries judged errors send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StageCounts>,
+}
+
+/// A replica's counts of a staged configuration's group and of the other Envoys, over every
+/// service cluster, summed over its Envoys since it first saw the stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageCounts {
+    /// The stage's start index (it names the stage).
+    pub at: u64,
+    /// The Envoys of the group.
+    pub group: VersionCounts,
+    /// Every other Envoy.
+    pub rest: VersionCounts,
 }
 
 /// One version's requests and errors in a step's window, summed over every replica.
@@ -122,6 +139,15 @@ pub struct StageBody {
     pub group: Vec<concord_registry::services::select::EnvoySelector>,
     /// How long every Envoy of the group must hold it before the rest get it.
     pub hold: concord_registry::services::Duration,
+    /// How many percentage points the group's error rate may be above the other Envoys'
+    /// (default 5): more aborts the stage.
+    #[serde(default = "concord_registry::services::stage::default_max_error_increase")]
+    pub max_error_increase: u32,
+    /// The fewest requests the group must serve in the hold before the stage is promoted, and
+    /// before its errors can abort it (default 0: promoted on ACKs and the hold alone, and
+    /// judged from the first request).
+    #[serde(default)]
+    pub min_requests: u64,
 }
 
 /// `GET /v1/config/stage`.

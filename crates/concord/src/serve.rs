@@ -115,7 +115,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     {
         // The stats this replica's Envoys stream to it, for the leader's rollout judge.
         let stats = xds.clone();
-        node.set_local_stats(Box::new(move |clusters| stats.stats_report(clusters)));
+        node.set_local_stats(Box::new(move |clusters| match clusters {
+            Some(c) => stats.stats_report(c),
+            None => stats.stage_stats_report(),
+        }));
         // Weak: the function is kept by the node itself.
         let (xds, weak, stale_after) = (xds.clone(), Arc::downgrade(&node), config.stale_after);
         let discovery = discovery.clone();

@@ -44,6 +44,11 @@ pub enum ClientRequest {
         /// Envoy cluster names.
         clusters: Vec<String>,
     },
+    /// Answered by the replica that receives it: what its Envoys streamed under the staged
+    /// configuration, its group's and the others' apart, and no cluster's (answered as
+    /// [`ClientRequest::Stats`] is). Never forwarded. Builds before config canaries judged
+    /// errors do not know the request: they report none.
+    StageStats,
     /// How the leader judges each running rollout's step now (forwarded to the leader).
     RolloutProgress,
     /// Renew the lease of a registered endpoint (on the leader, which holds every lease; not a

@@ -99,12 +99,12 @@ pub struct Node {
     judge: crate::rollouts::Judge,
     /// While this node leads and a configuration is staged: since when every Envoy of its
     /// group has held it, by (term, stage start).
-    stage_held: std::sync::Mutex<Option<(u64, u64, Option<Instant>)>>,
+    stage_judging: std::sync::Mutex<crate::stage::Judging>,
 }
 
 /// Produces a replica's report of the stats its Envoys streamed to it, for these clusters (all
 /// when empty), for the leader's rollout judge.
-pub type LocalStatsFn = Box<dyn Fn(&[String]) -> concord_api::StatsReport + Send + Sync>;
+pub type LocalStatsFn = Box<dyn Fn(Option<&[String]>) -> concord_api::StatsReport + Send + Sync>;
 
 /// Produces a replica's own status (the Envoys streaming from it) for cluster-wide views.
 pub type LocalStatusFn = Box<dyn Fn() -> concord_api::LocalEnvoys + Send + Sync>;
@@ -236,7 +236,7 @@ impl Node {
             leases: crate::leases::Leases::default(),
             local_stats: std::sync::OnceLock::new(),
             judge: crate::rollouts::Judge::default(),
-            stage_held: std::sync::Mutex::default(),
+            stage_judging: std::sync::Mutex::default(),
         });
         let service = RaftServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
@@ -459,7 +459,7 @@ impl Node {
                     .map(|v| concord_registry::services::version_cluster(&r.spec.service, v))
             })
             .collect();
-        let reports = self.stats_of_members(&clusters).await;
+        let reports = self.stats_of_members(Some(&clusters)).await;
         let now = Instant::now();
         let changes: Vec<_> = running
             .iter()
@@ -499,7 +499,7 @@ impl Node {
     async fn judge_stage_once(&self) {
         let stage = self.sm.registry().borrow().stage().cloned();
         let (Some(term), Some(stage)) = (self.leading_term(), stage) else {
-            *self.stage_held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *self.stage_judging.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
             return;
         };
         let members: Vec<NodeId> = self
@@ -514,18 +514,16 @@ impl Node {
         let asks = members
             .iter()
             .map(|id| self.local_status_of(*id, crate::rollouts::ASK_TIMEOUT));
-        let answers = futures::future::join_all(asks).await;
+        let (answers, reports) =
+            tokio::join!(futures::future::join_all(asks), self.stats_of_members(None));
         let now = Instant::now();
         let verdict = crate::stage::judge(&stage, &answers);
         let change = {
-            let mut held = self.stage_held.lock().unwrap_or_else(|e| e.into_inner());
-            if held.is_none_or(|(t, at, _)| t != term || at != stage.at) {
-                *held = Some((term, stage.at, None));
-            }
-            let Some((_, _, since)) = held.as_mut() else {
-                return;
-            };
-            crate::stage::decide(&stage, verdict, since, now)
+            let mut judging = self.stage_judging.lock().unwrap_or_else(|e| e.into_inner());
+            judging.begin(term, stage.at);
+            judging.observe(stage.at, &reports);
+            let errors = judging.errors();
+            crate::stage::decide(&stage, verdict, errors, &mut judging.since, now)
         };
         let Some(change) = change else { return };
         let what = change.summary();
@@ -543,11 +541,12 @@ impl Node {
         }
     }
 
-    /// Every member's stats report for `clusters` (none for a member that does not answer in
-    /// [`crate::rollouts::ASK_TIMEOUT`]), asked at once.
+    /// Every member's stats report for `clusters` (no cluster's, only the stage's counts, when
+    /// none; none for a member that does not answer in [`crate::rollouts::ASK_TIMEOUT`]),
+    /// asked at once.
     async fn stats_of_members(
         &self,
-        clusters: &[String],
+        clusters: Option<&[String]>,
     ) -> Vec<(NodeId, Option<concord_api::StatsReport>)> {
         let members: Vec<(NodeId, String)> = self
             .raft
@@ -558,8 +557,11 @@ impl Node {
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
-        let req = ClientRequest::Stats {
-            clusters: clusters.to_vec(),
+        let req = match clusters {
+            Some(c) => ClientRequest::Stats {
+                clusters: c.to_vec(),
+            },
+            None => ClientRequest::StageStats,
         };
         let asks = members.iter().map(|(id, addr)| {
             let req = &req;
@@ -1005,7 +1007,10 @@ impl Node {
                 supported: concord_registry::FORMAT,
             }),
             ClientRequest::Stats { clusters } => Ok(ClientReply::Stats {
-                report: self.local_stats.get().map(|f| f(&clusters)),
+                report: self.local_stats.get().map(|f| f(Some(&clusters))),
+            }),
+            ClientRequest::StageStats => Ok(ClientReply::Stats {
+                report: self.local_stats.get().map(|f| f(None)),
             }),
             ClientRequest::RolloutProgress => {
                 if self.leading_term().is_none() {

@@ -316,6 +316,7 @@ mod tests {
             streams: 1,
             messages: 1,
             clusters: vec![c("service_echo~v1", v1), c("service_echo~v2", v2)],
+            stage: None,
         }
     }
 

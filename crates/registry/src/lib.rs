@@ -492,12 +492,16 @@ impl Registry {
                     desired,
                     group,
                     hold,
+                    max_error_increase,
+                    min_requests,
                     at_ms,
                 } => {
                     self.stage = Some(Arc::new(services::Stage {
                         desired: Desired::clone(desired),
                         group: group.clone(),
                         hold: *hold,
+                        max_error_increase: *max_error_increase,
+                        min_requests: *min_requests,
                         at: index,
                         at_ms: *at_ms,
                     }));
@@ -787,6 +791,8 @@ impl Registry {
             desired,
             group,
             hold,
+            max_error_increase,
+            min_requests,
             ..
         } = change
         else {
@@ -802,6 +808,17 @@ impl Registry {
         }
         if hold.as_millis() > services::stage::LONGEST_HOLD_MS {
             return invalid(format!("hold {hold} is longer than 24h"));
+        }
+        if *max_error_increase > 100 {
+            return invalid(format!(
+                "max_error_increase {max_error_increase} is outside 0-100 (percentage points)"
+            ));
+        }
+        if *min_requests > services::rollout::MOST_MIN_REQUESTS {
+            return invalid(format!(
+                "min_requests {min_requests} is above {}",
+                services::rollout::MOST_MIN_REQUESTS
+            ));
         }
         for (listener, l) in &desired.listeners {
             if let Some(tls) = &l.tls

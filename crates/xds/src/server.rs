@@ -104,6 +104,13 @@ impl XdsServer {
         self.stats.report(clusters)
     }
 
+    /// What the Envoys streamed to this replica under the latest staged configuration, its
+    /// group's and the others' apart, and no cluster's: for the leader to judge config
+    /// canaries on.
+    pub fn stage_stats_report(&self) -> concord_api::StatsReport {
+        self.stats.stage_report()
+    }
+
     /// The stats stream's metrics (messages, skipped values, streams, clusters) in the
     /// Prometheus text format, to append to the replica's `/metrics` page.
     pub fn render_stats_metrics(&self, out: &mut String) {
@@ -150,6 +157,7 @@ impl XdsServer {
             serving: self.inner.serving.clone(),
             shutdown: shutdown.clone(),
             tls: tls.clone(),
+            snapshots: self.inner.snapshots.clone(),
         }
         .into_server();
         let ads = AdsGrpc(Arc::new(XdsService {

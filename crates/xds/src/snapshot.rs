@@ -153,6 +153,8 @@ pub struct Snapshot {
 /// A staged configuration's resources, for the Envoys of its group.
 #[derive(Debug, Clone)]
 pub struct Staged {
+    /// The stage's start index (it names the stage).
+    pub at: u64,
     /// The Envoys that get it.
     pub group: Arc<[concord_registry::services::select::EnvoySelector]>,
     /// Their snapshot.
@@ -185,6 +187,7 @@ impl Snapshot {
             None => Self::assemble(Arc::new(view), self.config.clone(), Some(&self)),
         };
         self.staged = Some(Staged {
+            at: stage.at,
             group: stage.group.clone().into(),
             snapshot: Arc::new(snapshot),
         });

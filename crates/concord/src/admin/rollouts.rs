@@ -47,6 +47,8 @@ async fn stage(
         desired: Box::new(b.config),
         group: b.group,
         hold: b.hold,
+        max_error_increase: b.max_error_increase,
+        min_requests: b.min_requests,
         at_ms: now_ms(),
     };
     write_command(&node, Command::stage(change)).await

@@ -1,6 +1,6 @@
 //! `concord canary …`: the configuration staged to a group of Envoys first (`concord apply
 //! --canary`): what is staged and for whom, how the last stage ended (promoted, or aborted with
-//! the NACK's message), and an operator's promote or abort.
+//! the NACK's message or the error rates), and an operator's promote or abort.
 
 use super::Target;
 use clap::{Args, Subcommand};
@@ -28,11 +28,14 @@ fn render(s: &StageStatus) -> String {
     use concord_registry::services::select::describe;
     let mut out = match &s.stage {
         Some(st) => format!(
-            "staged at revision {} to {} ({} services), promoted once the group holds it for {}\n",
+            "staged at revision {} to {} ({} services), promoted once the group holds it for {} \
+             with at least {} requests and errors within {} points of the other Envoys'\n",
             st.at,
             describe(&st.group),
             st.desired.services.len(),
-            st.hold
+            st.hold,
+            st.min_requests,
+            st.max_error_increase
         ),
         None => "nothing staged\n".to_string(),
     };

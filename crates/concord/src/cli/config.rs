@@ -23,13 +23,23 @@ pub struct ApplyArgs {
     dry_run: bool,
     /// A config canary: give the change to these Envoys first (`cluster=NAME`, their node
     /// cluster, or `metadata.KEY=VALUE`; comma-separated), and to the rest once every one of
-    /// them has ACKed it and held it for --hold; a NACK from any of them stops it
-    /// (`concord canary status` follows it).
+    /// them has ACKed it and held it for --hold with their error rate within
+    /// --max-error-increase of the other Envoys'; a NACK from any of them, or a higher error
+    /// rate, stops it (`concord canary status` follows it).
     #[arg(long, value_name = "GROUP", value_delimiter = ',')]
     canary: Vec<concord_registry::services::select::EnvoySelector>,
     /// With --canary: how long the group must hold the change.
     #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "canary")]
     hold: concord_registry::services::Duration,
+    /// With --canary: how many percentage points the group's error rate (5xx, gRPC errors,
+    /// from the stats their Envoys stream) may be above the other Envoys' before the change
+    /// is stopped.
+    #[arg(long, default_value_t = concord_registry::services::stage::default_max_error_increase(), requires = "canary")]
+    max_error_increase: u32,
+    /// With --canary: the fewest requests the group must serve in the hold before the rest
+    /// get the change, and before its errors can stop it (0: promoted on ACKs and the hold).
+    #[arg(long, default_value_t = 0, requires = "canary")]
+    min_requests: u64,
 }
 
 fn parse_duration(s: &str) -> Result<concord_registry::services::Duration, String> {
@@ -129,6 +139,8 @@ impl ApplyArgs {
                             config: want.clone(),
                             group: self.canary.clone(),
                             hold: self.hold,
+                            max_error_increase: self.max_error_increase,
+                            min_requests: self.min_requests,
                         };
                         client.stage_config(&body).await
                     }

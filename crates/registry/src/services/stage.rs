@@ -4,8 +4,10 @@
 //! reports the same version on every replica and no Envoy moves backwards: an aborted stage puts
 //! the group back on the current state at a newer revision, and a promoted one moves everyone
 //! to the staged state at a newer revision. The leader promotes a stage once every Envoy of the
-//! group has ACKed it and the hold has passed, and aborts it at the first NACK from the group
-//! (DESIGN rule 11: decided by the leader, committed, fenced by the stage's start index).
+//! group has ACKed it, the hold has passed and the group's error rate (from the stats its Envoys
+//! stream) stayed within `max_error_increase` points of the other Envoys'; it aborts it at the
+//! first NACK from the group, or as soon as the group's error rate is above that (DESIGN rule
+//! 11: decided by the leader, committed, fenced by the stage's start index).
 
 use super::Desired;
 use super::select::EnvoySelector;
@@ -13,6 +15,12 @@ use serde::{Deserialize, Serialize};
 
 /// The longest hold a stage may ask for.
 pub const LONGEST_HOLD_MS: u64 = 24 * 3_600_000;
+
+/// How many percentage points a group's error rate may be above the other Envoys' unless the
+/// stage says otherwise.
+pub fn default_max_error_increase() -> u32 {
+    5
+}
 
 /// A desired state staged to a group of Envoys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +31,13 @@ pub struct Stage {
     pub group: Vec<EnvoySelector>,
     /// How long every Envoy of the group must have held it before the rest get it.
     pub hold: super::Duration,
+    /// How many percentage points the group's error rate may be above the other Envoys'.
+    #[serde(default = "default_max_error_increase")]
+    pub max_error_increase: u32,
+    /// The fewest requests the group must serve before the stage is promoted, and before its
+    /// errors can abort it (0: promoted on ACKs and the hold alone).
+    #[serde(default)]
+    pub min_requests: u64,
     /// The log index it was staged at: it names the stage.
     pub at: u64,
     /// When (Unix ms, the proposer's clock).
@@ -56,6 +71,12 @@ pub enum StageChange {
         group: Vec<EnvoySelector>,
         /// The hold.
         hold: super::Duration,
+        /// How far the group's error rate may rise above the others', in points.
+        #[serde(default = "default_max_error_increase")]
+        max_error_increase: u32,
+        /// The fewest requests the group serves before it is judged on errors or promoted.
+        #[serde(default)]
+        min_requests: u64,
         /// When (Unix ms).
         at_ms: u64,
     },

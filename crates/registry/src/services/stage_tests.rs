@@ -28,6 +28,8 @@ fn start(d: Desired) -> Command {
         desired: Box::new(d),
         group: vec!["cluster=canary".parse().unwrap()],
         hold: Duration::from_secs(5),
+        max_error_increase: 5,
+        min_requests: 0,
         at_ms: 1,
     })
 }
@@ -141,14 +143,47 @@ fn bad_stages_are_refused() {
     ));
     bad = desired("echo");
     let no_group = Command::stage(StageChange::Start {
-        desired: Box::new(bad),
+        desired: Box::new(bad.clone()),
         group: vec![],
         hold: Duration::from_secs(1),
+        max_error_increase: 5,
+        min_requests: 0,
         at_ms: 1,
     });
     assert!(matches!(
         r.apply(3, &no_group),
         Outcome::Rejected(Rejection::InvalidStage { .. })
     ));
+    // Thresholds out of range.
+    for (max_error_increase, min_requests, names) in [
+        (101, 0, "max_error_increase 101"),
+        (5, 10_000_001, "min_requests 10000001"),
+    ] {
+        let c = Command::stage(StageChange::Start {
+            desired: Box::new(bad.clone()),
+            group: vec!["cluster=canary".parse().unwrap()],
+            hold: Duration::from_secs(1),
+            max_error_increase,
+            min_requests,
+            at_ms: 1,
+        });
+        match r.apply(3, &c) {
+            Outcome::Rejected(Rejection::InvalidStage { problem }) => {
+                assert!(problem.contains(names), "{problem}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     assert!(r.stage().is_none());
+    // Entries staged before the thresholds existed read with the defaults.
+    let old = json!({"op": "start", "desired": desired("echo"), "group": ["cluster=canary"],
+        "hold": "5s", "at_ms": 1});
+    match serde_json::from_value::<StageChange>(old).unwrap() {
+        StageChange::Start {
+            max_error_increase,
+            min_requests,
+            ..
+        } => assert_eq!((max_error_increase, min_requests), (5, 0)),
+        other => panic!("{other:?}"),
+    }
 }

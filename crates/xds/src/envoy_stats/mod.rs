@@ -1,6 +1,7 @@
 //! The stats Envoys stream to this replica (Envoy's `metrics_service` stat sink, issue 15,
 //! DESIGN rule 13): the counters rollouts are judged on, per service cluster, summed over every
-//! Envoy since this replica started, and reported with an incarnation that changes when the
+//! Envoy since this replica started (and, while a configuration is staged, over its group's
+//! Envoys and the others apart, for config canaries), and reported with an incarnation that changes when the
 //! sums start again from zero ([`concord_api::StatsReport`]).
 //!
 //! [`EnvoyStats`] is what the server holds and the admin side reads; [`service`] is the gRPC
@@ -108,10 +109,12 @@ impl EnvoyStats {
         (before < self.max_streams).then_some(slot)
     }
 
-    /// Takes one message's stats.
+    /// Takes one message's stats, sent while `staging` (by an Envoy of the staged group or
+    /// not) if a configuration is staged.
     pub(crate) fn record(
         &self,
         families: &[envoy_types::pb::io::prometheus::client::MetricFamily],
+        staging: Option<totals::Staging>,
     ) {
         self.messages.fetch_add(1, Ordering::Relaxed);
         let deltas = totals::deltas(families);
@@ -120,7 +123,7 @@ impl EnvoyStats {
             let mut log = None;
             {
                 let mut l = self.lock();
-                let refused = l.totals.add(&deltas);
+                let refused = l.totals.add(&deltas, staging);
                 skipped += refused;
                 l.refused_since_log += refused;
                 let due = l
@@ -146,14 +149,33 @@ impl EnvoyStats {
         }
     }
 
-    /// The report of `clusters` (every tracked cluster when empty).
+    /// The report of `clusters` (every tracked cluster when empty), and of the latest stage.
     pub fn report(&self, clusters: &[String]) -> StatsReport {
-        let clusters = self.lock().totals.report(clusters);
+        let (clusters, stage) = {
+            let l = self.lock();
+            (l.totals.report(clusters), l.totals.stage())
+        };
+        self.report_of(clusters, stage)
+    }
+
+    /// The report of the latest stage alone, no cluster's (what config canaries are judged
+    /// on).
+    pub fn stage_report(&self) -> StatsReport {
+        let stage = self.lock().totals.stage();
+        self.report_of(Vec::new(), stage)
+    }
+
+    fn report_of(
+        &self,
+        clusters: Vec<concord_api::ClusterTotals>,
+        stage: Option<concord_api::StageCounts>,
+    ) -> StatsReport {
         StatsReport {
             incarnation: self.incarnation,
             streams: self.streams(),
             messages: self.messages.load(Ordering::Relaxed),
             clusters,
+            stage,
         }
     }
 

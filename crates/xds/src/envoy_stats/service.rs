@@ -7,7 +7,10 @@
 //! holds up graceful shutdown) and when the replica stops serving, so that the Envoy's next
 //! flush goes to a replica in contact with the quorum, as its ADS stream does.
 
+use super::totals::Staging;
 use super::{EnvoyStats, MAX_MESSAGE};
+use crate::envoy_select::NodeTraits;
+use crate::snapshot::Snapshot;
 use concord_tls::XdsTls;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -32,6 +35,8 @@ pub(crate) struct StatsService {
     pub(crate) shutdown: CancellationToken,
     /// The xDS TLS, whose client certificates name the Envoy when node ids are bound.
     pub(crate) tls: Option<Arc<XdsTls>>,
+    /// What is served now: whether a configuration is staged, and to which group.
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
 impl StatsService {
@@ -58,6 +63,17 @@ impl StatsService {
             )),
         }
     }
+}
+
+/// Whether a message now is of a staged configuration's group (`traits`: its Envoy's node, from
+/// the stream's first message), while one is staged.
+fn staging(snapshots: &watch::Receiver<Arc<Snapshot>>, traits: &NodeTraits) -> Option<Staging> {
+    let snapshot = snapshots.borrow();
+    let staged = snapshot.staged()?;
+    Some(Staging {
+        at: staged.at,
+        in_group: concord_registry::services::select::in_group(&staged.group, traits),
+    })
 }
 
 /// A client's node id, cut to a length fit for logs.
@@ -99,8 +115,12 @@ impl MetricsService for StatsService {
         let mut messages = request.into_inner();
         let stats = self.stats.clone();
         let shutdown = self.shutdown.clone();
+        let snapshots = self.snapshots.clone();
         async move {
             let mut node = bound;
+            // What selectors see of the Envoy: its first message's node (none named: of no
+            // group).
+            let mut traits = None;
             let mut received = 0u64;
             let mut watching = true;
             let end = loop {
@@ -121,8 +141,13 @@ impl MetricsService for StatsService {
                                     tracing::Span::current().record("node", n.as_str());
                                 }
                             }
+                            if traits.is_none() {
+                                let n = m.identifier.as_ref().and_then(|i| i.node.as_ref());
+                                traits = Some(n.map(NodeTraits::of).unwrap_or_default());
+                            }
                             received += 1;
-                            stats.record(&m.envoy_metrics);
+                            let staging = traits.as_ref().and_then(|t| staging(&snapshots, t));
+                            stats.record(&m.envoy_metrics, staging);
                         }
                         None => break "Envoy closed the stream",
                         Some(Err(status)) => {

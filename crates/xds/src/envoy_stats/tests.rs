@@ -223,6 +223,11 @@ async fn streams_past_the_limit_are_refused() {
         serving: up,
         shutdown: shutdown.clone(),
         tls: None,
+        snapshots: watch::channel(Arc::new(crate::snapshot::Snapshot::build(
+            Default::default(),
+            Default::default(),
+        )))
+        .1,
     }
     .into_server();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

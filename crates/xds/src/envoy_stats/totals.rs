@@ -1,9 +1,12 @@
 //! The pure core of the stats stream: which of an Envoy's stats rollouts are judged on, parsed
 //! strictly from their full names (`cluster.service_echo~v2.upstream_rq_5xx`), and the
-//! per-cluster sums of their deltas since start, bounded in size. No I/O, no clock: the service
-//! above ([`super::service`]) feeds it decoded messages and logs what it refused.
+//! per-cluster sums of their deltas since start, bounded in size; while a configuration is
+//! staged, also the sums of the stage's group and of the other Envoys apart (config canaries
+//! are judged on them). No I/O, no clock: the service above ([`super::service`]) feeds it
+//! decoded messages, each saying whether its Envoy is of the staged group, and logs what it
+//! refused.
 
-use concord_api::ClusterTotals;
+use concord_api::{ClusterTotals, StageCounts, VersionCounts};
 use envoy_types::pb::io::prometheus::client::{MetricFamily, MetricType};
 use std::collections::{BTreeSet, HashMap};
 
@@ -163,6 +166,11 @@ impl Sums {
         }
     }
 
+    fn counts(&self) -> VersionCounts {
+        let (requests, errors) = self.totals("").requests_and_errors();
+        VersionCounts { requests, errors }
+    }
+
     fn totals(&self, cluster: &str) -> ClusterTotals {
         ClusterTotals {
             cluster: cluster.to_string(),
@@ -174,12 +182,31 @@ impl Sums {
     }
 }
 
+/// Whether a message's Envoy is of the staged configuration's group, while one is staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staging {
+    /// The stage's start index.
+    pub at: u64,
+    /// The Envoy is of its group.
+    pub in_group: bool,
+}
+
+/// Per service cluster, the sums of a stage's group (`[0]`) and of the other Envoys (`[1]`),
+/// since the first message sent while it was staged. Kept per cluster since requests and
+/// errors are gRPC's or HTTP's by cluster.
+#[derive(Debug)]
+struct StageSums {
+    at: u64,
+    clusters: HashMap<Box<str>, [Sums; 2]>,
+}
+
 /// Per service cluster, the sums of every delta received since start, over every Envoy; at most
-/// `max_clusters` of them.
+/// `max_clusters` of them. And the latest stage's sums, over the same clusters.
 #[derive(Debug)]
 pub struct Totals {
     clusters: HashMap<Box<str>, Sums>,
     max_clusters: usize,
+    stage: Option<StageSums>,
 }
 
 impl Default for Totals {
@@ -194,13 +221,29 @@ impl Totals {
         Totals {
             clusters: HashMap::new(),
             max_clusters,
+            stage: None,
         }
     }
 
-    /// Adds a message's deltas; returns how many were refused because they name a new cluster
-    /// when `max_clusters` are tracked already. A cluster, once tracked, stays: its sums must
-    /// only grow for as long as the replica runs (the leader compares them over time).
-    pub fn add(&mut self, deltas: &Deltas<'_>) -> u64 {
+    /// Adds a message's deltas, sent while `staging` (by an Envoy of the stage's group or
+    /// not); returns how many were refused because they name a new cluster when
+    /// `max_clusters` are tracked already. A cluster, once tracked, stays: its sums must only
+    /// grow for as long as the replica runs (the leader compares them over time). A newer
+    /// stage starts its sums from zero; a message sent under an older one (a stream that read
+    /// the stage a moment before it changed) counts only towards the cluster sums.
+    pub fn add(&mut self, deltas: &Deltas<'_>, staging: Option<Staging>) -> u64 {
+        if let Some(st) = staging
+            && self.stage.as_ref().is_none_or(|s| s.at < st.at)
+        {
+            self.stage = Some(StageSums {
+                at: st.at,
+                clusters: HashMap::new(),
+            });
+        }
+        let mut stage = match (staging, self.stage.as_mut()) {
+            (Some(st), Some(s)) if s.at == st.at => Some((s, usize::from(!st.in_group))),
+            _ => None,
+        };
         let mut refused = 0;
         for &(cluster, field, n) in &deltas.items {
             if let Some(s) = self.clusters.get_mut(cluster) {
@@ -212,9 +255,39 @@ impl Totals {
                     .add(field, n);
             } else {
                 refused += 1;
+                continue;
+            }
+            // Only tracked clusters: the stage's sums are bounded as the others are.
+            if let Some((s, side)) = stage.as_mut() {
+                match s.clusters.get_mut(cluster) {
+                    Some(sums) => sums[*side].add(field, n),
+                    None => {
+                        let mut sums = [Sums::default(); 2];
+                        sums[*side].add(field, n);
+                        s.clusters.insert(cluster.into(), sums);
+                    }
+                }
             }
         }
         refused
+    }
+
+    /// The latest stage's counts (group and rest, over every cluster), once a message was
+    /// sent under it.
+    pub fn stage(&self) -> Option<StageCounts> {
+        let s = self.stage.as_ref()?;
+        let mut c = StageCounts {
+            at: s.at,
+            ..StageCounts::default()
+        };
+        for [group, rest] in s.clusters.values() {
+            for (sum, of) in [(&mut c.group, group), (&mut c.rest, rest)] {
+                let n = of.counts();
+                sum.requests = sum.requests.saturating_add(n.requests);
+                sum.errors = sum.errors.saturating_add(n.errors);
+            }
+        }
+        Some(c)
     }
 
     /// Clusters tracked.
@@ -267,7 +340,7 @@ pub(super) mod tests {
 
     fn apply(t: &mut Totals, families: &[MetricFamily]) -> (u64, u64) {
         let d = deltas(families);
-        (t.add(&d), d.skipped)
+        (t.add(&d, None), d.skipped)
     }
 
     #[test]
@@ -417,6 +490,57 @@ pub(super) mod tests {
         assert_eq!(apply(&mut t, &families), (0, 11));
         assert_eq!(t.report(&[])[0].rq_5xx, 2);
         assert_eq!(t.report(&[])[0].rq_total, 2);
+    }
+
+    #[test]
+    fn a_stage_sums_its_group_and_the_rest_apart_from_its_first_message() {
+        let mut t = Totals::default();
+        let http = |n: f64, bad: f64| {
+            vec![
+                counter("cluster.service_web.upstream_rq_2xx", n),
+                counter("cluster.service_web.upstream_rq_5xx", bad),
+            ]
+        };
+        // gRPC errors answered over HTTP 200: judged on gRPC's counts for that cluster.
+        let grpc = |n: f64, bad: f64| {
+            vec![
+                counter("cluster.service_echo.upstream_rq_2xx", n),
+                counter("cluster.service_echo.grpc.total", n),
+                counter("cluster.service_echo.grpc.failure", bad),
+            ]
+        };
+        let staged = |at, in_group| Some(Staging { at, in_group });
+        let add = |t: &mut Totals, f: Vec<MetricFamily>, s| t.add(&deltas(&f), s);
+        add(&mut t, http(100.0, 50.0), None);
+        assert_eq!(t.stage(), None, "nothing staged yet");
+        add(&mut t, http(8.0, 2.0), staged(7, true));
+        add(&mut t, grpc(10.0, 10.0), staged(7, true));
+        add(&mut t, http(90.0, 0.0), staged(7, false));
+        add(&mut t, grpc(5.0, 1.0), staged(7, false));
+        let vc = |requests, errors| VersionCounts { requests, errors };
+        let want = StageCounts {
+            at: 7,
+            group: vc(20, 12),
+            rest: vc(95, 1),
+        };
+        assert_eq!(t.stage(), Some(want));
+        // Once the stage ends, its sums stay as they were; a message from before it (an older
+        // stage) changes nothing of them.
+        add(&mut t, http(1.0, 1.0), None);
+        add(&mut t, http(1.0, 1.0), staged(6, true));
+        assert_eq!(t.stage(), Some(want));
+        // A newer stage starts from zero; the cluster sums count everything.
+        add(&mut t, http(3.0, 0.0), staged(9, false));
+        assert_eq!(
+            t.stage(),
+            Some(StageCounts {
+                at: 9,
+                group: vc(0, 0),
+                rest: vc(3, 0)
+            })
+        );
+        let web = &t.report(&["service_web".into()])[0];
+        assert_eq!((web.rq_total, web.rq_5xx), (257, 54));
     }
 
     #[test]
