@@ -502,18 +502,10 @@ impl Node {
             *self.stage_judging.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
             return;
         };
-        let members: Vec<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let members = self.members();
         let asks = members
             .iter()
-            .map(|id| self.local_status_of(*id, crate::rollouts::ASK_TIMEOUT));
+            .map(|(id, _)| self.local_status_of(*id, crate::rollouts::ASK_TIMEOUT));
         let (answers, reports) =
             tokio::join!(futures::future::join_all(asks), self.stats_of_members(None));
         let now = Instant::now();
@@ -541,6 +533,18 @@ impl Node {
         }
     }
 
+    /// Every member of the membership in effect, with its address.
+    fn members(&self) -> Vec<(NodeId, String)> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
     /// Every member's stats report for `clusters` (no cluster's, only the stage's counts, when
     /// none; none for a member that does not answer in [`crate::rollouts::ASK_TIMEOUT`]),
     /// asked at once.
@@ -548,15 +552,7 @@ impl Node {
         &self,
         clusters: Option<&[String]>,
     ) -> Vec<(NodeId, Option<concord_api::StatsReport>)> {
-        let members: Vec<(NodeId, String)> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
+        let members = self.members();
         let req = match clusters {
             Some(c) => ClientRequest::Stats {
                 clusters: c.to_vec(),
