@@ -172,33 +172,53 @@ async fn call(port: u16, authority: &str) -> Result<String> {
     Ok(r.into_inner().instance)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_staged_config_reaches_its_group_first_and_a_nack_stops_it() -> Result<()> {
+/// A cluster serving `echo` from `backend` to two Envoys preferring the leader, of node
+/// clusters `canary` and `main`, both routing: the cluster, the leader, the services
+/// listener's port, and the Envoys with their listeners' ports.
+async fn two_envoys(backend: &GrpcBackend) -> Result<(Cluster, u64, u16, [(Envoy, u16); 2])> {
     let c = Cluster::start(Options::default()).await?;
     let leader = c.services_enabled().await?;
-    let g = GrpcBackend::start("g1").await?;
     let port = free_port();
     let offset = 7;
     c.api(leader)
-        .apply_config(&config(&g, port, &[], &[])?)
+        .apply_config(&config(backend, port, &[], &[])?)
         .await?;
-    let _a = envoy_at(&c, "envoy-canary", "canary", leader, 0).await?;
+    let a = envoy_at(&c, "envoy-canary", "canary", leader, 0).await?;
     let b = envoy_at(&c, "envoy-main", "main", leader, offset).await?;
     let (pa, pb) = (port, (i32::from(port) + offset) as u16);
     for p in [pa, pb] {
-        eventually(T, "routed", || call(p, "echo.local")).await?;
+        eventually(T, "routed", || routes_to(p, &backend.name)).await?;
     }
+    Ok((c, leader, port, [(a, pa), (b, pb)]))
+}
+
+/// Whether the Envoy at `port` routes `echo.local` to the instance named `instance`.
+async fn routes_to(port: u16, instance: &str) -> Result<()> {
+    let i = call(port, "echo.local").await?;
+    ensure!(i == instance, "answered by {i}, not {instance}");
+    Ok(())
+}
+
+/// A stage of `config` to the Envoys of node cluster `canary`.
+fn to_canary(config: Desired, hold_secs: u64, min_requests: u64) -> Result<concord_api::StageBody> {
+    Ok(concord_api::StageBody {
+        config,
+        group: vec!["cluster=canary".parse()?],
+        hold: concord_registry::services::Duration::from_secs(hold_secs),
+        max_error_increase: 5,
+        min_requests,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_staged_config_reaches_its_group_first_and_a_nack_stops_it() -> Result<()> {
+    let g = GrpcBackend::start("g1").await?;
+    let (c, leader, port, [(_a, pa), (b, pb)]) = two_envoys(&g).await?;
     let b_before = b.versions().await?;
 
     // A valid change, staged to the canary group with a 4 s hold.
     let hold = Duration::from_secs(4);
-    let body = concord_api::StageBody {
-        config: config(&g, port, &["next.local"], &[])?,
-        group: vec!["cluster=canary".parse()?],
-        hold: concord_registry::services::Duration::from_secs(4),
-        max_error_increase: 5,
-        min_requests: 0,
-    };
+    let body = to_canary(config(&g, port, &["next.local"], &[])?, 4, 0)?;
     let staged_at = c.api(leader).stage_config(&body).await?.revision;
     let t0 = Instant::now();
     eventually(T, "the canary Envoy routes next.local", || {
@@ -234,13 +254,11 @@ async fn a_staged_config_reaches_its_group_first_and_a_nack_stops_it() -> Result
     // A change the canary Envoy rejects: a listener on a port taken on its host.
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let tport = taken.local_addr()?.port();
-    let bad = concord_api::StageBody {
-        config: config(&g, port, &["next.local"], &[("taken", tport)])?,
-        group: vec!["cluster=canary".parse()?],
-        hold: concord_registry::services::Duration::from_secs(1),
-        max_error_increase: 5,
-        min_requests: 0,
-    };
+    let bad = to_canary(
+        config(&g, port, &["next.local"], &[("taken", tport)])?,
+        1,
+        0,
+    )?;
     c.api(leader).stage_config(&bad).await?;
     let end = eventually(T, "the stage aborted at the NACK", || async {
         let s = c.api(leader).stage().await?;
@@ -291,40 +309,17 @@ fn traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_staged_config_whose_group_fails_requests_is_aborted_on_their_error_rate() -> Result<()> {
-    let c = Cluster::start(Options::default()).await?;
-    let leader = c.services_enabled().await?;
     let good = GrpcBackend::start("good").await?;
     let bad = GrpcBackend::start("bad").await?;
     bad.fail_always(true);
-    let port = free_port();
-    let offset = 7;
-    c.api(leader)
-        .apply_config(&config(&good, port, &[], &[])?)
-        .await?;
-    let _a = envoy_at(&c, "envoy-canary", "canary", leader, 0).await?;
-    let _b = envoy_at(&c, "envoy-main", "main", leader, offset).await?;
-    let (pa, pb) = (port, (i32::from(port) + offset) as u16);
-    for p in [pa, pb] {
-        eventually(T, "routed to good", || async {
-            let i = call(p, "echo.local").await?;
-            ensure!(i == "good", "{i}");
-            Ok(())
-        })
-        .await?;
-    }
+    let (c, leader, port, [(_a, pa), (_b, pb)]) = two_envoys(&good).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let (ta, tb) = (traffic(pa, stop.clone()), traffic(pb, stop.clone()));
 
     // The service moved to an instance that answers only errors: valid, ACKed, and wrong. A
     // 60 s hold: an abort before it is the error rate's.
     let hold = Duration::from_secs(60);
-    let body = concord_api::StageBody {
-        config: config(&bad, port, &[], &[])?,
-        group: vec!["cluster=canary".parse()?],
-        hold: concord_registry::services::Duration::from_secs(60),
-        max_error_increase: 5,
-        min_requests: 5,
-    };
+    let body = to_canary(config(&bad, port, &[], &[])?, hold.as_secs(), 5)?;
     let staged_at = c.api(leader).stage_config(&body).await?.revision;
     let t0 = Instant::now();
     let end = eventually(T, "the stage aborted on the group's errors", || async {
@@ -351,12 +346,7 @@ async fn a_staged_config_whose_group_fails_requests_is_aborted_on_their_error_ra
         end.why
     );
     // The canary Envoy is back on the good instance; then the traffic stops.
-    eventually(T, "the canary Envoy back on good", || async {
-        let i = call(pa, "echo.local").await?;
-        ensure!(i == "good", "{i}");
-        Ok(())
-    })
-    .await?;
+    eventually(T, "the canary Envoy back on good", || routes_to(pa, "good")).await?;
     stop.cancel();
     let (a_calls, b_calls) = (ta.await?, tb.await?);
     let failed = |calls: &[Result<String, String>]| calls.iter().filter(|c| c.is_err()).count();
