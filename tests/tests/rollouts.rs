@@ -228,6 +228,7 @@ async fn a_failing_version_is_rolled_back_within_its_first_step_and_traffic_retu
     let s = spec(json!({"interval": "15s", "min_requests": 10, "steps": [20, 50, 100]}));
     start(&w, &s).await?;
     let started = Instant::now();
+    let crossing = watch_for_crossing(&w.cluster, &s);
     let r = phase(&w.cluster, w.leader, Phase::RolledBack).await?;
     let took = started.elapsed();
     let rolled_back_at = r.rollout.step_at;
@@ -242,6 +243,17 @@ async fn a_failing_version_is_rolled_back_within_its_first_step_and_traffic_retu
     ensure!(
         decided < interval,
         "rolled back after {decided:?}, later than one step ({interval:?}): {events:?}"
+    );
+    // From the moment a replica's sums first showed the threshold crossed (polled every 20 ms)
+    // to the leader's decision (the rollback entry's time).
+    let seen_ms = crossing
+        .seen
+        .lock()
+        .unwrap()
+        .context("no replica's sums ever crossed the threshold")?;
+    eprintln!(
+        "decided {} ms after a replica's sums first crossed the threshold (flush interval 1000 ms)",
+        back.at_ms as i64 - seen_ms as i64
     );
     ensure!(r.rollout.step == 0 && events.len() == 2, "{events:?}");
     ensure!(why.contains("v2 errors 100.0%"), "{why}");
@@ -265,6 +277,112 @@ async fn a_failing_version_is_rolled_back_within_its_first_step_and_traffic_retu
     ensure!(
         to_v2 > 0,
         "the failing version got no traffic: the test proves nothing"
+    );
+    Ok(())
+}
+
+/// When (Unix ms) the sums of the replicas' Envoys, counted from when it began, first crossed
+/// `s`'s rollback threshold; polled every 20 ms until dropped.
+struct Crossing {
+    seen: Arc<Mutex<Option<u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Crossing {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn watch_for_crossing(c: &Cluster, s: &RolloutSpec) -> Crossing {
+    let apis: Vec<_> = c.up().into_iter().map(|id| c.api(id)).collect();
+    let (min, margin) = (s.min_requests, f64::from(s.max_error_increase));
+    let seen: Arc<Mutex<Option<u64>>> = Arc::default();
+    let found = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut first: Vec<Option<concord_api::StatsReport>> = vec![None; apis.len()];
+        loop {
+            let mut sums = [concord_api::VersionCounts::default(); 2];
+            for (api, first) in apis.iter().zip(&mut first) {
+                let Ok(now) = api.envoy_stats().await else {
+                    continue;
+                };
+                let base = first.get_or_insert_with(|| now.clone());
+                for (sum, cluster) in sums.iter_mut().zip(["service_echo~v1", "service_echo~v2"]) {
+                    let of = |r: &concord_api::StatsReport| {
+                        r.clusters
+                            .iter()
+                            .find(|c| c.cluster == cluster)
+                            .map_or((0, 0), |c| c.requests_and_errors())
+                    };
+                    let ((r1, e1), (r0, e0)) = (of(&now), of(base));
+                    sum.requests += r1.saturating_sub(r0);
+                    sum.errors += e1.saturating_sub(e0);
+                }
+            }
+            let [old, new] = sums;
+            if new.requests >= min && new.error_rate() > old.error_rate() + margin {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                *found.lock().unwrap() = now.ok().map(|d| d.as_millis() as u64);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    Crossing { seen, task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_versions_request_times_are_summed_apart() -> Result<()> {
+    let w = world(false).await?;
+    // v2 answers 60 ms late: its times fall in Envoy's (50, 100] ms bucket, v1's far below.
+    w.v2.slow_down(60);
+    let t = traffic(w.listener);
+    t.settles(20, "v1 serves", |i| i.starts_with("v1")).await?;
+    let s = spec(json!({"interval": "1h", "min_requests": 1000000, "steps": [50, 100]}));
+    start(&w, &s).await?;
+    let p = eventually(T, "request times of both versions", || async {
+        let p = rollout(&w.cluster, w.leader)
+            .await?
+            .progress
+            .context("no progress")?;
+        ensure!(
+            p.from_latency.samples >= 20 && p.to_latency.samples >= 20,
+            "{p:?}"
+        );
+        Ok(p)
+    })
+    .await?;
+    let (old, new) = (&p.from_latency, &p.to_latency);
+    eprintln!("v1 {}; v2 {}", old.describe(), new.describe());
+    let new_p50 = new.quantile_ms(0.5).context("v2 p50")?;
+    ensure!(
+        (50.0..=100.0).contains(&new_p50),
+        "v2 p50 {new_p50}: {new:?}"
+    );
+    ensure!(new.mean_ms().is_some_and(|m| m >= 60.0), "v2 {new:?}");
+    let old_p99 = old.quantile_ms(0.99).context("v1 p99")?;
+    ensure!(old_p99 < 50.0, "v1 p99 {old_p99}: {old:?}");
+    // The replica the Envoy streams to shows the same per version, in its API and /metrics.
+    let mut at = None;
+    for id in w.cluster.up() {
+        let stats = w.cluster.api(id).envoy_stats().await?;
+        if let Some(v2) = stats
+            .clusters
+            .iter()
+            .find(|c| c.cluster == "service_echo~v2" && c.rq_time.samples >= new.samples)
+        {
+            at = Some((id, v2.rq_time.clone()));
+        }
+    }
+    let (at, times) = at.context("no replica shows v2's request times")?;
+    ensure!(times.quantile_ms(0.5) >= Some(50.0), "{times:?}");
+    let page = w.cluster.api(at).metrics().await?;
+    ensure!(
+        page.contains(
+            "concord_envoy_upstream_rq_time_ms_bucket{cluster=\"service_echo~v2\",le=\"100\"}"
+        ),
+        "no v2 histogram in /metrics"
     );
     Ok(())
 }

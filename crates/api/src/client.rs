@@ -282,6 +282,11 @@ impl Client {
         self.send(Method::GET, url, None::<&()>).await.map(|_| ())
     }
 
+    /// `GET /v1/envoys/stats`: what this replica's Envoys streamed of their stats.
+    pub async fn envoy_stats(&self) -> Result<crate::StatsReport, Error> {
+        self.get(self.url(&["v1", "envoys", "stats"], None)).await
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<Status, Error> {
         self.get(self.url(&["v1", "status"], None)).await

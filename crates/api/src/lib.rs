@@ -38,8 +38,8 @@ pub use services::{
     RegisterEndpoint, Renewed,
 };
 pub use stats::{
-    ClusterTotals, RolloutList, RolloutStatus, StageBody, StageCounts, StageStatus, StatsReport,
-    StepProgress, VersionCounts,
+    ClusterTotals, LATENCY_BOUNDS_MS, Latency, RolloutList, RolloutStatus, StageBody, StageCounts,
+    StageStatus, StatsReport, StepProgress, VersionCounts,
 };
 pub use status::{EntryFormats, Isolated, Member, MemberFormat, Role, Status};
 pub use view::{ClusterView, ReplicaReport};

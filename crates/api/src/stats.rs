@@ -1,7 +1,9 @@
 //! What a replica reports of the stats its Envoys stream to it (Envoy's `metrics_service` stat
 //! sink, issue 15): per upstream cluster, the counters rollouts are judged on, summed over every
 //! Envoy that streamed to the replica since it started. Carried over the peer channel to the
-//! leader, which judges rollout steps on the sum over replicas.
+//! leader, which judges rollout steps on the sum over replicas. Latency (Envoy's
+//! `upstream_rq_time` histogram) is summed the same way, bucket by bucket, so the leader can
+//! estimate each version's quantiles over every Envoy.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,100 @@ pub struct ClusterTotals {
     pub grpc_total: u64,
     /// gRPC calls finished with a status other than OK (`grpc.failure`).
     pub grpc_failure: u64,
+    /// Request times (`upstream_rq_time`). Builds before latency was summed send none.
+    #[serde(default, skip_serializing_if = "Latency::is_empty")]
+    pub rq_time: Latency,
+}
+
+/// The upper bounds, in milliseconds, of Envoy's default histogram buckets: the buckets
+/// [`Latency`] sums. A histogram with other bounds (a bootstrap with its own
+/// `histogram_bucket_settings`) is left out and counted as skipped.
+pub const LATENCY_BOUNDS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A latency histogram summed over Envoys' flushes: samples, their sum, and per bucket of
+/// [`LATENCY_BOUNDS_MS`] the samples at or under its bound (cumulative, as Prometheus and
+/// Envoy count them). Empty (no buckets) when nothing was counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Requests timed.
+    pub samples: u64,
+    /// Their times' sum, in microseconds.
+    pub sum_us: u64,
+    /// Per bound of [`LATENCY_BOUNDS_MS`], the samples at or under it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<u64>,
+}
+
+impl Latency {
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.samples == 0 && self.buckets.iter().all(|b| *b == 0)
+    }
+
+    /// Adds another histogram's counts.
+    pub fn add(&mut self, other: &Latency) {
+        self.samples = self.samples.saturating_add(other.samples);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (b, o) in self.buckets.iter_mut().zip(&other.buckets) {
+            *b = b.saturating_add(*o);
+        }
+    }
+
+    /// What was counted after `first` (an earlier reading of the same sums).
+    pub fn since(&self, first: &Latency) -> Latency {
+        Latency {
+            samples: self.samples.saturating_sub(first.samples),
+            sum_us: self.sum_us.saturating_sub(first.sum_us),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b.saturating_sub(first.buckets.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// The mean time in milliseconds, if anything was timed.
+    pub fn mean_ms(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.sum_us as f64 / 1000.0 / self.samples as f64)
+    }
+
+    /// The `q` quantile (0–1) in milliseconds, estimated as Prometheus' `histogram_quantile`
+    /// does: linearly within the bucket it falls in (from 0 in the first). `None` without
+    /// samples; the last bound when it falls above every bucket.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        if self.samples == 0 || self.buckets.is_empty() {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.samples as f64;
+        let mut below = 0u64;
+        let mut lower = 0.0;
+        for (count, bound) in self.buckets.iter().zip(LATENCY_BOUNDS_MS) {
+            if *count as f64 >= rank && *count > below {
+                let within = (rank - below as f64) / (*count - below) as f64;
+                return Some(lower + (bound - lower) * within.clamp(0.0, 1.0));
+            }
+            below = (*count).max(below);
+            lower = bound;
+        }
+        Some(lower)
+    }
+
+    /// `p50 12.3 ms, p99 45.6 ms of 789` for people; `no samples` when empty.
+    pub fn describe(&self) -> String {
+        match (self.quantile_ms(0.5), self.quantile_ms(0.99)) {
+            (Some(p50), Some(p99)) => {
+                format!("p50 {p50:.1} ms, p99 {p99:.1} ms of {}", self.samples)
+            }
+            _ => "no samples".into(),
+        }
+    }
 }
 
 impl ClusterTotals {
@@ -98,6 +194,12 @@ pub struct StepProgress {
     pub from: VersionCounts,
     /// The new version's counts in the window.
     pub to: VersionCounts,
+    /// The old version's request times in the window.
+    #[serde(default, skip_serializing_if = "Latency::is_empty")]
+    pub from_latency: Latency,
+    /// The new version's request times in the window.
+    #[serde(default, skip_serializing_if = "Latency::is_empty")]
+    pub to_latency: Latency,
     /// Replicas whose stats were read in the last round, of the members.
     pub replicas_reporting: usize,
     /// Envoys streaming stats to those replicas.
@@ -159,4 +261,50 @@ pub struct StageStatus {
     pub stage: Option<concord_registry::services::Stage>,
     /// How the last stage ended.
     pub last: Option<concord_registry::services::StageEnd>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(buckets: &[u64]) -> Latency {
+        Latency {
+            samples: *buckets.last().unwrap_or(&0),
+            sum_us: 0,
+            buckets: buckets.to_vec(),
+        }
+    }
+
+    #[test]
+    fn quantiles_are_estimated_within_their_bucket() {
+        // 100 samples: 50 at or under 1 ms, the other 50 in (50, 100] ms.
+        let mut b = vec![0, 50, 50, 50, 50, 50];
+        b.extend([100; 13]);
+        let l = latency(&b);
+        assert_eq!(l.quantile_ms(0.5), Some(1.0));
+        let p99 = l.quantile_ms(0.99).unwrap();
+        assert!((p99 - 99.0).abs() < 1e-9, "{p99}");
+        let p75 = l.quantile_ms(0.75).unwrap();
+        assert!((p75 - 75.0).abs() < 1e-9, "{p75}");
+        assert_eq!(Latency::default().quantile_ms(0.5), None);
+        assert_eq!(Latency::default().describe(), "no samples");
+    }
+
+    #[test]
+    fn windows_are_differences_and_sums_add_bucket_by_bucket() {
+        let first = latency(&[1, 2, 3]);
+        let mut now = latency(&[2, 5, 9]);
+        now.sum_us = 40;
+        let w = now.since(&first);
+        assert_eq!(w.buckets, vec![1, 3, 6]);
+        assert_eq!(w.samples, 6);
+        // Against a reading with no buckets (an older build's, or before any sample).
+        assert_eq!(now.since(&Latency::default()), now);
+        let mut sum = Latency::default();
+        sum.add(&w);
+        sum.add(&w);
+        assert_eq!(sum.buckets, vec![2, 6, 12]);
+        assert_eq!(sum.sum_us, 80);
+        assert!(Latency::default().is_empty() && !sum.is_empty());
+    }
 }

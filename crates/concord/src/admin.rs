@@ -34,6 +34,7 @@
 //! | GET | `/v1/xds/resources` | the listener and clusters this replica serves now, decoded |
 //! | GET | `/metrics` | Prometheus metrics: discovery-to-ACK, commit-to-ACK, pushes, polls, … |
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
+//! | GET | `/v1/envoys/stats` | what this replica's Envoys streamed of their stats: per service cluster requests, errors, request times (rollouts are judged on their sum over replicas) |
 //! | GET | `/v1/cluster/envoys` | every member's Envoys, asked over the peer channel (`proxy-status`) |
 //! | POST | `/v1/debug/isolate` | `{"isolated":true}` (from every peer, or `"from":[3,4]` only those): fault injection, with `--enable-fault-injection` only |
 //! | GET | `/ui`, `/ui/events`, `/ui/state` | the live status page: see [`crate::ui`] |
@@ -149,6 +150,7 @@ pub fn router(
             axum::routing::delete(remove_member),
         )
         .route("/v1/envoys", get(envoys))
+        .route("/v1/envoys/stats", get(envoy_stats))
         .route("/v1/cluster/envoys", get(cluster_envoys))
         .route("/metrics", get(metrics))
         .route("/v1/xds/resources", get(xds_resources))
@@ -789,6 +791,12 @@ fn not_serving(node: &Node, stale_after: Duration) -> String {
 async fn envoys(State(state): State<AppState>) -> Json<LocalEnvoys> {
     let judge = Some((&*state.node, state.stale_after));
     Json(local_envoys(state.node.id(), &state.xds, judge))
+}
+
+/// What this replica's Envoys streamed of their stats: per service cluster, the sums since it
+/// started (the leader reads the same over the peer channel).
+async fn envoy_stats(State(state): State<AppState>) -> Json<concord_api::StatsReport> {
+    Json(state.xds.stats_report(&[]))
 }
 
 /// Every Envoy on every member, each with the replica it streams from, like Istio's

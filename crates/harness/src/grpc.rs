@@ -33,6 +33,8 @@ struct State {
     fail_next: AtomicU32,
     /// Fail every call with UNAVAILABLE.
     fail_always: AtomicBool,
+    /// Milliseconds every `say` takes beyond what it asks for (a slow version).
+    slow_ms: AtomicU32,
     /// Calls answered (successfully or not).
     served: AtomicU64,
     /// Calls being answered now.
@@ -83,8 +85,11 @@ impl Echo for Service {
         let _in_flight = InFlight::new(&self.0);
         self.admit()?;
         let r = req.into_inner();
-        if r.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(u64::from(r.delay_ms))).await;
+        let delay = r
+            .delay_ms
+            .saturating_add(self.0.slow_ms.load(Ordering::SeqCst));
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
         }
         Ok(Response::new(SayReply {
             instance: self.0.name.clone(),
@@ -199,6 +204,11 @@ impl GrpcBackend {
     /// Fails every call with UNAVAILABLE (or stops doing so).
     pub fn fail_always(&self, on: bool) {
         self.state.fail_always.store(on, Ordering::SeqCst);
+    }
+
+    /// Makes every `say` take `ms` milliseconds longer (0: as long as it asks).
+    pub fn slow_down(&self, ms: u32) {
+        self.state.slow_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Calls it answered so far.

@@ -16,7 +16,7 @@
 //! interval a step whose new version has seen `min_requests` is promoted; until then it holds.
 
 use crate::NodeId;
-use concord_api::{ClusterTotals, StatsReport, StepProgress, VersionCounts};
+use concord_api::{ClusterTotals, Latency, StatsReport, StepProgress, VersionCounts};
 use concord_registry::services::{Phase, Rollout, RolloutChange, version_cluster};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -92,6 +92,15 @@ struct Window {
     /// When a decision about this step was last proposed (not again before it is applied, or a
     /// while has passed).
     proposed: Option<Instant>,
+}
+
+/// What a step's window counted per version.
+#[derive(Debug, Default)]
+struct WindowTotals {
+    from: VersionCounts,
+    to: VersionCounts,
+    from_latency: Latency,
+    to_latency: Latency,
 }
 
 /// The leader's windows, one per running rollout.
@@ -187,8 +196,8 @@ impl Judge {
                     false => (seen.clone(), seen),
                 });
         }
-        let (from, to) = w.totals();
-        let verdict = judge(rollout, from, to, now.duration_since(w.opened));
+        let t = w.totals();
+        let verdict = judge(rollout, t.from, t.to, now.duration_since(w.opened));
         w.verdict = verdict.to_string();
         let at_ms = concord_telemetry::unix_micros() / 1000;
         let change = match verdict {
@@ -233,15 +242,17 @@ impl Judge {
             .filter(|r| r.phase == Phase::Running)
             .map(|r| {
                 let w = inner.windows.get(&r.spec.service);
-                let (from, to) = w.map(Window::totals).unwrap_or_default();
+                let t = w.map(Window::totals).unwrap_or_default();
                 StepProgress {
                     service: r.spec.service.clone(),
                     step: r.step,
                     weight: r.weight(),
                     judged_for_ms: w.map_or(0, |w| now.duration_since(w.opened).as_millis() as u64),
                     interval_ms: r.spec.interval.as_millis(),
-                    from,
-                    to,
+                    from: t.from,
+                    to: t.to,
+                    from_latency: t.from_latency,
+                    to_latency: t.to_latency,
                     replicas_reporting: w.map_or(0, |w| w.replicas),
                     stat_streams: w.map_or(0, |w| w.streams),
                     verdict: w.map_or_else(|| "not judged yet".into(), |w| w.verdict.clone()),
@@ -265,19 +276,21 @@ impl Window {
         }
     }
 
-    /// The window's counts per version, summed over replica incarnations.
-    fn totals(&self) -> (VersionCounts, VersionCounts) {
-        let mut from = VersionCounts::default();
-        let mut to = VersionCounts::default();
+    /// The window's counts and request times per version, summed over replica incarnations.
+    fn totals(&self) -> WindowTotals {
+        let mut w = WindowTotals::default();
         for (first, last) in self.sums.values() {
             let f = counts(&last[0], &first[0]);
             let t = counts(&last[1], &first[1]);
-            from.requests += f.requests;
-            from.errors += f.errors;
-            to.requests += t.requests;
-            to.errors += t.errors;
+            w.from.requests += f.requests;
+            w.from.errors += f.errors;
+            w.to.requests += t.requests;
+            w.to.errors += t.errors;
+            w.from_latency
+                .add(&last[0].rq_time.since(&first[0].rq_time));
+            w.to_latency.add(&last[1].rq_time.since(&first[1].rq_time));
         }
-        (from, to)
+        w
     }
 }
 
@@ -304,18 +317,30 @@ mod tests {
     }
 
     fn report(incarnation: u64, v1: (u64, u64), v2: (u64, u64)) -> StatsReport {
-        let c = |name: &str, (total, failed): (u64, u64)| ClusterTotals {
+        // Every v1 request took 10 ms, every v2 one 100 ms.
+        let c = |name: &str, (total, failed): (u64, u64), ms: f64| ClusterTotals {
             cluster: name.into(),
             grpc_total: total,
             grpc_failure: failed,
             rq_total: total,
             rq_5xx: 0,
+            rq_time: Latency {
+                samples: total,
+                sum_us: total * ms as u64 * 1000,
+                buckets: concord_api::LATENCY_BOUNDS_MS
+                    .iter()
+                    .map(|b| if *b >= ms { total } else { 0 })
+                    .collect(),
+            },
         };
         StatsReport {
             incarnation,
             streams: 1,
             messages: 1,
-            clusters: vec![c("service_echo~v1", v1), c("service_echo~v2", v2)],
+            clusters: vec![
+                c("service_echo~v1", v1, 10.0),
+                c("service_echo~v2", v2, 100.0),
+            ],
             stage: None,
         }
     }
@@ -375,6 +400,12 @@ mod tests {
         assert_eq!(j.observe(1, &r, &round, t0 + Duration::from_secs(1)), None);
         let p = &j.progress(&[&r], t0 + Duration::from_secs(1))[0];
         assert_eq!((p.from, p.to), (counts(100, 0), counts(10, 10)));
+        // Request times count over the same window, apart per version.
+        assert_eq!((p.from_latency.samples, p.to_latency.samples), (100, 10));
+        assert_eq!(p.to_latency.mean_ms(), Some(100.0));
+        let p99 = p.to_latency.quantile_ms(0.99).unwrap();
+        assert!((50.0..=100.0).contains(&p99), "{p99}");
+        assert!(p.from_latency.quantile_ms(0.99).unwrap() <= 10.0);
         assert_eq!((p.replicas_reporting, p.stat_streams), (2, 2));
         // Replica 1 restarted (new incarnation, from zero) and its Envoy moved to replica 2:
         // both keep counting, the old incarnation keeps what it had.
@@ -385,6 +416,7 @@ mod tests {
         let change = j.observe(1, &r, &round, t0 + Duration::from_secs(2));
         let p = &j.progress(&[&r], t0 + Duration::from_secs(2))[0];
         assert_eq!(p.to, counts(25, 25));
+        assert_eq!(p.to_latency.samples, 25);
         assert!(
             matches!(
                 &change,

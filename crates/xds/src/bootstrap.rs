@@ -198,7 +198,9 @@ fn stats(w: &mut String, t: &Telemetry) -> Result<(), BootstrapError> {
         if t.concord_stats {
             // Counters as deltas, so a replica sums what each flush adds whichever replica got
             // the flushes before; full names (no tags as labels), which name the cluster;
-            // histograms as summaries only, the smaller form (nothing reads them). To the ADS
+            // histograms as buckets only (each flush interval's): buckets add up over Envoys
+            // and flushes, summaries' quantiles do not (the replicas sum `upstream_rq_time`
+            // per version for rollouts). To the ADS
             // cluster (`concord_xds`, below): the replicas serve it next to ADS.
             let _ = writeln!(
                 w,
@@ -209,7 +211,7 @@ fn stats(w: &mut String, t: &Telemetry) -> Result<(), BootstrapError> {
     grpc_service: {{ envoy_grpc: {{ cluster_name: concord_xds }} }}
     report_counters_as_deltas: true
     emit_tags_as_labels: false
-    histogram_emit_mode: SUMMARY
+    histogram_emit_mode: HISTOGRAM
     batch_size: {STATS_BATCH_SIZE}"
             );
         }
@@ -595,7 +597,7 @@ mod tests {
     grpc_service: { envoy_grpc: { cluster_name: concord_xds } }
     report_counters_as_deltas: true
     emit_tags_as_labels: false
-    histogram_emit_mode: SUMMARY
+    histogram_emit_mode: HISTOGRAM
     batch_size: 1000
 stats_flush_interval: 5s
 ";

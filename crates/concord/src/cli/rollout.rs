@@ -99,7 +99,7 @@ fn render_one(s: &RolloutStatus) -> String {
     }
     if let Some(p) = &s.progress {
         out += &format!(
-            "  judged for {} of {} ms: {} {}/{} errors/requests, {} {}/{}; {} replicas, {} Envoys reporting\n  {}\n",
+            "  judged for {} of {} ms: {} {}/{} errors/requests, {} {}/{}; {} replicas, {} Envoys reporting\n  latency: {} {}, {} {}\n  {}\n",
             p.judged_for_ms,
             p.interval_ms,
             spec.from,
@@ -110,6 +110,10 @@ fn render_one(s: &RolloutStatus) -> String {
             p.to.requests,
             p.replicas_reporting,
             p.stat_streams,
+            spec.from,
+            p.from_latency.describe(),
+            spec.to,
+            p.to_latency.describe(),
             p.verdict
         );
     }

@@ -194,7 +194,8 @@ impl EnvoyStats {
     /// The metrics of the stats stream in the Prometheus text format, to append to the
     /// replica's `/metrics` page.
     pub fn render_metrics(&self, out: &mut String) {
-        let tracked = self.lock().totals.len();
+        let clusters = self.lock().totals.report(&[]);
+        let tracked = clusters.len();
         let counters = [
             (
                 "concord_envoy_stats_messages_total",
@@ -228,5 +229,59 @@ impl EnvoyStats {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        render_clusters(&clusters, out);
+    }
+}
+
+/// Per service cluster, the requests, errors and request times this replica's Envoys streamed
+/// (what rollouts are judged on), as Prometheus series: `cluster` is Envoy's cluster name
+/// (`service_echo~v2`, a service's version). Nothing while no cluster is tracked.
+fn render_clusters(clusters: &[concord_api::ClusterTotals], out: &mut String) {
+    if clusters.is_empty() {
+        return;
+    }
+    let counts = [
+        (
+            "concord_envoy_upstream_requests_total",
+            "Requests to a service cluster from this replica's Envoys (gRPC calls where gRPC).",
+            false,
+        ),
+        (
+            "concord_envoy_upstream_errors_total",
+            "Of them, errors: 5xx, or gRPC calls that did not end OK.",
+            true,
+        ),
+    ];
+    for (name, help, errors) in counts {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for c in clusters {
+            let (requests, errs) = c.requests_and_errors();
+            let v = if errors { errs } else { requests };
+            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", c.cluster);
+        }
+    }
+    let name = "concord_envoy_upstream_rq_time_ms";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Request times to a service cluster from this replica's Envoys \
+         (Envoy's upstream_rq_time), in milliseconds.\n# TYPE {name} histogram"
+    );
+    for c in clusters.iter().filter(|c| !c.rq_time.is_empty()) {
+        let l = &c.rq_time;
+        for (n, bound) in l.buckets.iter().zip(concord_api::LATENCY_BOUNDS_MS) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{cluster=\"{}\",le=\"{bound}\"}} {n}",
+                c.cluster
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{cluster=\"{0}\",le=\"+Inf\"}} {1}\n{name}_sum{{cluster=\"{0}\"}} {2}\n\
+             {name}_count{{cluster=\"{0}\"}} {1}",
+            c.cluster,
+            l.samples,
+            l.sum_us as f64 / 1000.0
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! ends (shutdown, lost quorum, too many streams).
 
 use super::totals::Totals;
-use super::totals::tests::counter;
+use super::totals::tests::{counter, histogram};
 use super::*;
 use crate::server::{XdsConfig, XdsServer};
 use concord_registry::Registry;
@@ -115,6 +115,7 @@ async fn streamed_stats_are_reported() {
     let second = vec![
         counter("cluster.service_echo~v2.grpc.failure", 1.0),
         counter("cluster.service_echo.upstream_rq_5xx", f64::NAN),
+        histogram("cluster.service_echo~v2.upstream_rq_time", &[12.0, 30.0]),
     ];
     tx.send(message(None, second)).await.unwrap();
     eventually("two messages", || s.xds.stats_report(&[]).messages == 2).await;
@@ -131,6 +132,7 @@ async fn streamed_stats_are_reported() {
                 rq_5xx: 2,
                 grpc_total: 0,
                 grpc_failure: 0,
+                rq_time: Default::default(),
             },
             concord_api::ClusterTotals {
                 cluster: "service_echo~v2".into(),
@@ -138,6 +140,11 @@ async fn streamed_stats_are_reported() {
                 rq_5xx: 0,
                 grpc_total: 5,
                 grpc_failure: 1,
+                rq_time: concord_api::Latency {
+                    samples: 2,
+                    sum_us: 42_000,
+                    buckets: [0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2].into(),
+                },
             },
         ]
     );
@@ -155,6 +162,19 @@ async fn streamed_stats_are_reported() {
         "{page}"
     );
     assert!(page.contains("concord_envoy_stats_streams 1\n"), "{page}");
+    for series in [
+        "concord_envoy_upstream_requests_total{cluster=\"service_echo~v2\"} 5\n",
+        "concord_envoy_upstream_errors_total{cluster=\"service_echo\"} 2\n",
+        "concord_envoy_upstream_rq_time_ms_bucket{cluster=\"service_echo~v2\",le=\"25\"} 1\n",
+        "concord_envoy_upstream_rq_time_ms_bucket{cluster=\"service_echo~v2\",le=\"+Inf\"} 2\n",
+        "concord_envoy_upstream_rq_time_ms_sum{cluster=\"service_echo~v2\"} 42\n",
+    ] {
+        assert!(page.contains(series), "{series} in {page}");
+    }
+    assert!(
+        !page.contains("rq_time_ms_count{cluster=\"service_echo\"}"),
+        "no times, no histogram: {page}"
+    );
 
     // The Envoy closes its side: the call is answered, the stream is gone, the sums stay.
     drop(tx);

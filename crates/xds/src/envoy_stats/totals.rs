@@ -1,12 +1,13 @@
 //! The pure core of the stats stream: which of an Envoy's stats rollouts are judged on, parsed
 //! strictly from their full names (`cluster.service_echo~v2.upstream_rq_5xx`), and the
-//! per-cluster sums of their deltas since start, bounded in size; while a configuration is
+//! per-cluster sums of their deltas since start (and of the request-time histograms, which
+//! Envoy's sink sends per flush interval), bounded in size; while a configuration is
 //! staged, also the sums of the stage's group and of the other Envoys apart (config canaries
 //! are judged on them). No I/O, no clock: the service above ([`super::service`]) feeds it
 //! decoded messages, each saying whether its Envoy is of the staged group, and logs what it
 //! refused.
 
-use concord_api::{ClusterTotals, StageCounts, VersionCounts};
+use concord_api::{ClusterTotals, LATENCY_BOUNDS_MS, Latency, StageCounts, VersionCounts};
 use envoy_types::pb::io::prometheus::client::{MetricFamily, MetricType};
 use std::collections::{BTreeSet, HashMap};
 
@@ -33,10 +34,12 @@ pub enum Field {
     GrpcTotal,
     /// `grpc.failure`.
     GrpcFailure,
+    /// The request-time histogram (`upstream_rq_time`, milliseconds).
+    RqTime,
 }
 
 /// The stat suffixes (after `cluster.<name>.`) that are summed, and into what.
-const SUFFIXES: [(&str, Field); 7] = [
+const SUFFIXES: [(&str, Field); 8] = [
     ("upstream_rq_1xx", Field::Rq),
     ("upstream_rq_2xx", Field::Rq),
     ("upstream_rq_3xx", Field::Rq),
@@ -44,7 +47,76 @@ const SUFFIXES: [(&str, Field); 7] = [
     ("upstream_rq_5xx", Field::Rq5xx),
     ("grpc.total", Field::GrpcTotal),
     ("grpc.failure", Field::GrpcFailure),
+    ("upstream_rq_time", Field::RqTime),
 ];
+
+/// Buckets of a request-time histogram: Envoy's default bounds.
+const BUCKETS: usize = LATENCY_BOUNDS_MS.len();
+
+/// One flush's request times of one cluster (Envoy sends each flush interval's histogram, not
+/// the histogram since start), or their sum over flushes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Times {
+    samples: u64,
+    sum_us: u64,
+    /// Per bound of [`LATENCY_BOUNDS_MS`], the samples at or under it.
+    buckets: [u64; BUCKETS],
+}
+
+impl Times {
+    fn add(&mut self, other: &Times) {
+        self.samples = self.samples.saturating_add(other.samples);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        for (b, o) in self.buckets.iter_mut().zip(other.buckets) {
+            *b = b.saturating_add(o);
+        }
+    }
+
+    fn latency(&self) -> Latency {
+        if *self == Times::default() {
+            return Latency::default();
+        }
+        Latency {
+            samples: self.samples,
+            sum_us: self.sum_us,
+            buckets: self.buckets.to_vec(),
+        }
+    }
+
+    /// A histogram as Envoy's sink sends one, if it is one of the default bounds whose counts
+    /// are counts (cumulative, never above the samples).
+    fn of(h: &envoy_types::pb::io::prometheus::client::Histogram) -> Option<Times> {
+        let samples = h.sample_count.and_then(|n| count(n as f64))?;
+        let sum = h.sample_sum.unwrap_or(0.0);
+        if !(sum.is_finite() && (0.0..=MAX_DELTA).contains(&sum)) || h.bucket.len() != BUCKETS {
+            return None;
+        }
+        let mut t = Times {
+            samples,
+            sum_us: (sum * 1000.0).round() as u64,
+            buckets: [0; BUCKETS],
+        };
+        let mut below = 0;
+        for ((b, slot), bound) in h.bucket.iter().zip(&mut t.buckets).zip(LATENCY_BOUNDS_MS) {
+            let n = b.cumulative_count?;
+            if b.upper_bound != Some(bound) || n < below || n > samples {
+                return None;
+            }
+            *slot = n;
+            below = n;
+        }
+        Some(t)
+    }
+}
+
+/// What one stat of a message adds to its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delta {
+    /// A counter's rise.
+    Count(Field, u64),
+    /// A flush's request times.
+    Times(Times),
+}
 
 /// What a stat's name says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +175,8 @@ fn count(v: f64) -> Option<u64> {
 /// The summed stats of one message, borrowed from it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Deltas<'a> {
-    /// Cluster, counter, delta.
-    pub items: Vec<(&'a str, Field, u64)>,
+    /// Cluster, what it adds.
+    pub items: Vec<(&'a str, Delta)>,
     /// Values of summed stats left out: a bad cluster name, not a counter, or a value that is
     /// not a count.
     pub skipped: u64,
@@ -124,17 +196,28 @@ pub fn deltas(families: &[MetricFamily]) -> Deltas<'_> {
             Name::Stat(c, field) => (c, field),
         };
         // proto2: an unset type is a counter.
-        let is_counter =
-            f.r#type.unwrap_or(MetricType::Counter as i32) == MetricType::Counter as i32;
-        if !is_counter || f.metric.is_empty() {
+        let want = match field {
+            Field::RqTime => MetricType::Histogram,
+            _ => MetricType::Counter,
+        };
+        if f.r#type.unwrap_or(MetricType::Counter as i32) != want as i32 || f.metric.is_empty() {
             d.skipped += f.metric.len().max(1) as u64;
             continue;
         }
         // Without labels there is one metric per family; should a client send several, they
         // are parts of the same count.
         for m in &f.metric {
-            match m.counter.as_ref().and_then(|c| c.value).and_then(count) {
-                Some(n) => d.items.push((cluster, field, n)),
+            let delta = match field {
+                Field::RqTime => m.histogram.as_ref().and_then(Times::of).map(Delta::Times),
+                _ => m
+                    .counter
+                    .as_ref()
+                    .and_then(|c| c.value)
+                    .and_then(count)
+                    .map(|n| Delta::Count(field, n)),
+            };
+            match delta {
+                Some(delta) => d.items.push((cluster, delta)),
                 None => d.skipped += 1,
             }
         }
@@ -149,10 +232,15 @@ struct Sums {
     rq_5xx: u64,
     grpc_total: u64,
     grpc_failure: u64,
+    rq_time: Times,
 }
 
 impl Sums {
-    fn add(&mut self, field: Field, n: u64) {
+    fn add(&mut self, delta: &Delta) {
+        let (field, n) = match delta {
+            Delta::Count(field, n) => (*field, *n),
+            Delta::Times(t) => return self.rq_time.add(t),
+        };
         // Saturating: a sum that cannot grow is wrong, one that wraps is worse.
         let add = |s: &mut u64| *s = s.saturating_add(n);
         match field {
@@ -163,6 +251,8 @@ impl Sums {
             }
             Field::GrpcTotal => add(&mut self.grpc_total),
             Field::GrpcFailure => add(&mut self.grpc_failure),
+            // Carried as times, never as a count.
+            Field::RqTime => {}
         }
     }
 
@@ -178,6 +268,7 @@ impl Sums {
             rq_5xx: self.rq_5xx,
             grpc_total: self.grpc_total,
             grpc_failure: self.grpc_failure,
+            rq_time: self.rq_time.latency(),
         }
     }
 }
@@ -245,14 +336,12 @@ impl Totals {
             _ => None,
         };
         let mut refused = 0;
-        for &(cluster, field, n) in &deltas.items {
+        for (cluster, delta) in &deltas.items {
+            let cluster = *cluster;
             if let Some(s) = self.clusters.get_mut(cluster) {
-                s.add(field, n);
+                s.add(delta);
             } else if self.clusters.len() < self.max_clusters {
-                self.clusters
-                    .entry(cluster.into())
-                    .or_default()
-                    .add(field, n);
+                self.clusters.entry(cluster.into()).or_default().add(delta);
             } else {
                 refused += 1;
                 continue;
@@ -260,10 +349,10 @@ impl Totals {
             // Only tracked clusters: the stage's sums are bounded as the others are.
             if let Some((s, side)) = stage.as_mut() {
                 match s.clusters.get_mut(cluster) {
-                    Some(sums) => sums[*side].add(field, n),
+                    Some(sums) => sums[*side].add(delta),
                     None => {
                         let mut sums = [Sums::default(); 2];
-                        sums[*side].add(field, n);
+                        sums[*side].add(delta);
                         s.clusters.insert(cluster.into(), sums);
                     }
                 }
@@ -330,6 +419,34 @@ pub(super) mod tests {
             metric: vec![Metric {
                 counter: Some(Counter {
                     value: Some(v),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A request-time histogram family as Envoy's sink sends one in HISTOGRAM mode: `times`
+    /// are the flush interval's samples in milliseconds.
+    pub(crate) fn histogram(name: &str, times: &[f64]) -> MetricFamily {
+        use envoy_types::pb::io::prometheus::client::{Bucket, Histogram};
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .map(|b| Bucket {
+                cumulative_count: Some(times.iter().filter(|t| *t <= b).count() as u64),
+                upper_bound: Some(*b),
+                ..Default::default()
+            })
+            .collect();
+        MetricFamily {
+            name: Some(name.into()),
+            r#type: Some(MetricType::Histogram as i32),
+            metric: vec![Metric {
+                histogram: Some(Histogram {
+                    sample_count: Some(times.len() as u64),
+                    sample_sum: Some(times.iter().sum()),
+                    bucket,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -422,6 +539,7 @@ pub(super) mod tests {
             rq_5xx: 3,
             grpc_total: 0,
             grpc_failure: 0,
+            rq_time: Latency::default(),
         };
         let v2 = ClusterTotals {
             cluster: "service_echo~v2".into(),
@@ -429,6 +547,7 @@ pub(super) mod tests {
             rq_5xx: 0,
             grpc_total: 7,
             grpc_failure: 4,
+            rq_time: Latency::default(),
         };
         assert_eq!(t.report(&[]), vec![echo.clone(), v2.clone()]);
         // Named clusters: sorted, once each, zeros for one never seen.
@@ -552,8 +671,8 @@ pub(super) mod tests {
         }
         assert_eq!(t.report(&[])[0].grpc_total, 3_000_000_000_000);
         let mut sums = Sums::default();
-        sums.add(Field::GrpcTotal, u64::MAX);
-        sums.add(Field::GrpcTotal, 5);
+        sums.add(&Delta::Count(Field::GrpcTotal, u64::MAX));
+        sums.add(&Delta::Count(Field::GrpcTotal, 5));
         assert_eq!(sums.grpc_total, u64::MAX);
     }
 
@@ -571,5 +690,37 @@ pub(super) mod tests {
         assert_eq!(names, ["service_s0", "service_s1", "service_s2"]);
         assert!(t.report(&[]).iter().all(|c| c.rq_total == 2));
         assert_eq!(Totals::default().max_clusters, MAX_CLUSTERS);
+    }
+
+    #[test]
+    fn request_times_are_summed_per_cluster_bucket_by_bucket() {
+        let mut t = Totals::default();
+        let c = "cluster.service_echo~v2.upstream_rq_time";
+        assert_eq!(parse(c), Name::Stat("service_echo~v2", Field::RqTime));
+        // Two flushes: each sends its interval's times, which add up.
+        assert_eq!(apply(&mut t, &[histogram(c, &[0.4, 3.0, 60.0])]), (0, 0));
+        assert_eq!(apply(&mut t, &[histogram(c, &[70.0, 7000.0])]), (0, 0));
+        let l = t.report(&[]).remove(0).rq_time;
+        assert_eq!((l.samples, l.sum_us), (5, 7_133_400));
+        assert_eq!(&l.buckets[..8], &[1, 1, 2, 2, 2, 2, 4, 4]);
+        assert_eq!(l.buckets[12], 5);
+        let p50 = l.quantile_ms(0.5).unwrap();
+        assert!((50.0..=100.0).contains(&p50), "{p50}");
+        // A histogram of other bounds, counts that fall, more in a bucket than samples, not
+        // a histogram: skipped, nothing added.
+        let mut other_bounds = histogram(c, &[1.0]);
+        let h = other_bounds.metric[0].histogram.as_mut().unwrap();
+        h.bucket[3].upper_bound = Some(11.0);
+        let mut falling = histogram(c, &[1.0, 2.0]);
+        let h = falling.metric[0].histogram.as_mut().unwrap();
+        h.bucket[5].cumulative_count = Some(1);
+        let mut too_many = histogram(c, &[1.0]);
+        too_many.metric[0].histogram.as_mut().unwrap().bucket[18].cumulative_count = Some(2);
+        let mut negative = histogram(c, &[1.0]);
+        negative.metric[0].histogram.as_mut().unwrap().sample_sum = Some(-1.0);
+        let as_counter = counter(c, 1.0);
+        let bad = [other_bounds, falling, too_many, negative, as_counter];
+        assert_eq!(apply(&mut t, &bad), (0, 5));
+        assert_eq!(t.report(&[]).remove(0).rq_time, l);
     }
 }
