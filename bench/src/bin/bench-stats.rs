@@ -1,9 +1,10 @@
 //! What Envoys' stats streams cost a replica (issue 15): N simulated Envoys on one replica of a
 //! real three-node cluster over TLS, each streaming what an Envoy's `metrics_service` sink sends
-//! at every flush (`--flush-ms`, Envoy's default 5 s): the counters and gauges of its services'
-//! clusters (`--clusters` per Envoy, named as concord names them, two of them a rollout's version
-//! clusters), of the builders' listener and of the server, in batches of 1000 metric families as
-//! the bootstrap asks. The replica's CPU time (user + system, `/proc/<pid>/stat`) is read over
+//! at every flush (`--flush-ms`, Envoy's default 5 s): the counters, gauges and histograms (in
+//! the bootstrap's HISTOGRAM mode: 19 buckets each) of its services' clusters (`--clusters` per
+//! Envoy, named as concord names them, two of them a rollout's version clusters), of the
+//! builders' listener and of the server, in batches of 1000 metric families as the bootstrap
+//! asks. The replica's CPU time (user + system, `/proc/<pid>/stat`) is read over
 //! `--windows` windows of `--secs` with the streams sending, each against an idle window of the
 //! same length before it; the report gives the extra CPU per 100 Envoys, median and worst over
 //! the windows, and the replica's totals check that every message was counted.
@@ -18,7 +19,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
-use envoy_types::pb::io::prometheus::client::{Counter, Gauge, Metric, MetricFamily};
+use envoy_types::pb::io::prometheus::client::{
+    Bucket, Counter, Gauge, Histogram, Metric, MetricFamily,
+};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -103,8 +106,16 @@ const CLUSTER_GAUGES: &[&str] = &[
     "circuit_breakers.default.rq_open",
     "circuit_breakers.default.rq_pending_open",
 ];
+/// Histograms per upstream cluster.
+const CLUSTER_HISTOGRAMS: &[&str] = &[
+    "upstream_rq_time",
+    "upstream_cx_connect_ms",
+    "upstream_cx_length_ms",
+];
 /// Server, listener, connection manager and xDS stats an Envoy reports besides.
 const OTHER: usize = 350;
+/// Of them, histograms (the connection managers' and listeners' times, the server's).
+const OTHER_HISTOGRAMS: usize = 12;
 
 fn counter(name: String, value: f64) -> MetricFamily {
     MetricFamily {
@@ -113,6 +124,36 @@ fn counter(name: String, value: f64) -> MetricFamily {
         metric: vec![Metric {
             counter: Some(Counter {
                 value: Some(value),
+                ..Default::default()
+            }),
+            timestamp_ms: Some(0),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A histogram of one flush interval's samples as Envoy's sink sends it: Envoy's default
+/// bounds, about a third of the samples under each of three bounds.
+fn histogram(name: String) -> MetricFamily {
+    let bounds = concord_api::LATENCY_BOUNDS_MS;
+    let bucket = bounds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Bucket {
+            cumulative_count: Some([0, 0, 8, 16, 25][i.min(4)]),
+            upper_bound: Some(*b),
+            ..Default::default()
+        })
+        .collect();
+    MetricFamily {
+        name: Some(name),
+        r#type: Some(4),
+        metric: vec![Metric {
+            histogram: Some(Histogram {
+                sample_count: Some(25),
+                sample_sum: Some(190.5),
+                bucket,
                 ..Default::default()
             }),
             timestamp_ms: Some(0),
@@ -150,8 +191,17 @@ fn flush(clusters: usize, node: Option<&str>) -> Vec<StreamMetricsMessage> {
         for g in CLUSTER_GAUGES {
             all.push(gauge(format!("cluster.{name}.{g}"), 2.0));
         }
+        for h in CLUSTER_HISTOGRAMS {
+            all.push(histogram(format!("cluster.{name}.{h}")));
+        }
     }
-    for k in 0..OTHER {
+    for k in 0..OTHER_HISTOGRAMS {
+        all.push(histogram(format!(
+            "http.services_{}.downstream_rq_time_{k}",
+            k % 4
+        )));
+    }
+    for k in 0..OTHER - OTHER_HISTOGRAMS {
         all.push(counter(
             format!("http.services_{}.downstream_rq_{k}", k % 4),
             10.0,

@@ -65,14 +65,17 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AdsGrpc {
                 return Ok(status.into_http());
             }
             Ok(match req.uri().path() {
-                SOTW_PATH => match screen(&svc, decode::<DiscoveryRequest>(req)).await {
+                SOTW_PATH => match screen(&svc, decode::<DiscoveryRequest>(req, MAX_REQUEST)).await
+                {
                     Ok(req) => respond(svc.sotw(req)),
                     Err(status) => status.into_http(),
                 },
-                DELTA_PATH => match screen(&svc, decode::<DeltaDiscoveryRequest>(req)).await {
-                    Ok(req) => respond(svc.delta(req)),
-                    Err(status) => status.into_http(),
-                },
+                DELTA_PATH => {
+                    match screen(&svc, decode::<DeltaDiscoveryRequest>(req, MAX_REQUEST)).await {
+                        Ok(req) => respond(svc.delta(req)),
+                        Err(status) => status.into_http(),
+                    }
+                }
                 other => Status::unimplemented(format!("no method {other}")).into_http(),
             })
         })
@@ -159,7 +162,7 @@ impl<T: prost::Message + Default> Stream for Peeked<T> {
 
 /// Compressed requests are refused, as the generated server refuses them when compression is
 /// not enabled (Envoy does not compress ADS).
-fn unsupported_encoding(headers: &HeaderMap) -> Option<Status> {
+pub(crate) fn unsupported_encoding(headers: &HeaderMap) -> Option<Status> {
     let encoding = headers.get("grpc-encoding")?;
     (encoding != "identity").then(|| {
         Status::unimplemented(format!(
@@ -168,10 +171,14 @@ fn unsupported_encoding(headers: &HeaderMap) -> Option<Status> {
     })
 }
 
-/// The request as a stream of messages.
-fn decode<T>(req: http::Request<tonic::body::Body>) -> Request<Requests<T>> {
+/// The request as a stream of messages, each at most `limit` bytes.
+pub(crate) fn decode<T>(
+    req: http::Request<tonic::body::Body>,
+    limit: usize,
+) -> Request<Requests<T>> {
     Request::from_http(req.map(|body| Requests {
         body,
+        limit,
         buf: BytesMut::new(),
         ended: false,
         message: PhantomData,
@@ -189,6 +196,8 @@ const KEEP: usize = 16 * 1024;
 /// sent.
 pub(crate) struct Requests<T> {
     body: tonic::body::Body,
+    /// The largest message taken.
+    limit: usize,
     buf: BytesMut,
     /// The body has ended.
     ended: bool,
@@ -238,9 +247,10 @@ impl<T: prost::Message + Default> Requests<T> {
             ));
         }
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if len > MAX_REQUEST {
+        if len > self.limit {
             return Err(Status::out_of_range(format!(
-                "a request of {len} bytes; at most {MAX_REQUEST} are accepted"
+                "a request of {len} bytes; at most {} are accepted",
+                self.limit
             )));
         }
         if self.buf.len() < 5 + len {
@@ -260,7 +270,7 @@ impl<T: prost::Message + Default> Requests<T> {
 
 /// A stream's answer as an HTTP response: a refusal as a trailers-only response, else a body of
 /// the stream's framed messages.
-fn respond(answer: Result<Responses, Status>) -> Http {
+pub(crate) fn respond(answer: Result<Responses, Status>) -> Http {
     let rx = match answer {
         Ok(rx) => rx,
         Err(status) => return status.into_http(),
@@ -358,7 +368,7 @@ mod tests {
 
     fn requests(chunks: Vec<Vec<u8>>) -> Requests<DeltaDiscoveryRequest> {
         let body = tonic::body::Body::new(Chunks(chunks.into_iter().map(Bytes::from).collect()));
-        decode(http::Request::new(body)).into_inner()
+        decode(http::Request::new(body), MAX_REQUEST).into_inner()
     }
 
     fn request(type_url: &str, held: usize) -> DeltaDiscoveryRequest {
@@ -422,7 +432,8 @@ mod tests {
         head.extend(((MAX_REQUEST - 1) as u32).to_be_bytes());
         head.extend([0u8; 100]);
         let body = tonic::body::Body::new(Stalls([Bytes::from(head)].into()));
-        let mut r: Requests<DeltaDiscoveryRequest> = decode(http::Request::new(body)).into_inner();
+        let mut r: Requests<DeltaDiscoveryRequest> =
+            decode(http::Request::new(body), MAX_REQUEST).into_inner();
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
         assert!(waiting.is_err(), "the request is not whole yet");
         assert!(

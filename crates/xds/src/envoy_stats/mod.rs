@@ -10,6 +10,7 @@
 
 pub(crate) mod service;
 pub mod totals;
+mod wire;
 
 #[cfg(test)]
 mod tests;

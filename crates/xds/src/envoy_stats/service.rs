@@ -1,27 +1,42 @@
 //! The gRPC `envoy.service.metrics.v3.MetricsService` an Envoy's `metrics_service` stat sink
 //! streams to: it takes each message's stats into [`EnvoyStats`] and answers only when the
 //! stream ends, as Envoy expects. Served on the xDS port next to ADS ([`crate::server`]), so
-//! the Envoy reaches it over the ADS cluster with its TLS and failover.
+//! the Envoy reaches it over the ADS cluster with its TLS and failover. In place of the
+//! generated server: over ADS's transport ([`crate::transport`]: bounded buffers), each message
+//! decoded lazily ([`super::wire`]: only service clusters' families).
 //!
 //! A stream ends when the Envoy closes it, when the replica shuts down (so an open stream never
 //! holds up graceful shutdown) and when the replica stops serving, so that the Envoy's next
 //! flush goes to a replica in contact with the quorum, as its ADS stream does.
 
 use super::totals::Staging;
+use super::wire::StatsMessage;
 use super::{EnvoyStats, MAX_MESSAGE};
 use crate::envoy_select::NodeTraits;
 use crate::snapshot::Snapshot;
+use crate::transport::{Requests, decode, respond, unsupported_encoding};
+use bytes::Bytes;
 use concord_tls::XdsTls;
-use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
+use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::server::NamedService;
+use tonic::{Request, Status};
 use tracing::Instrument;
+
+/// The service's gRPC name, and its one method's path.
+const SERVICE: &str = "envoy.service.metrics.v3.MetricsService";
+const STREAM_PATH: &str = "/envoy.service.metrics.v3.MetricsService/StreamMetrics";
+
+/// The answer at a stream's end: one empty `StreamMetricsResponse`, framed (uncompressed,
+/// length 0).
+const EMPTY_RESPONSE: [u8; 5] = [0; 5];
 
 /// The longest node id kept for logs: the id comes from the client.
 const MAX_NODE_ID: usize = 128;
@@ -39,10 +54,53 @@ pub(crate) struct StatsService {
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
+/// The stats service over HTTP/2, for `tonic::transport::Server::add_service`.
+#[derive(Clone)]
+pub(crate) struct StatsGrpc(Arc<StatsService>);
+
+impl NamedService for StatsGrpc {
+    const NAME: &'static str = SERVICE;
+}
+
+type Http = http::Response<tonic::body::Body>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for StatsGrpc {
+    type Response = Http;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Http, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            if let Some(status) = unsupported_encoding(req.headers()) {
+                return Ok(status.into_http());
+            }
+            if req.uri().path() != STREAM_PATH {
+                let path = req.uri().path().to_string();
+                return Ok(Status::unimplemented(format!("no method {path}")).into_http());
+            }
+            let answer = svc
+                .stream_metrics(decode(req, MAX_MESSAGE))
+                .await
+                .map(|()| {
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    // Cannot fail: the channel is new, with room for one.
+                    let _ = tx.try_send(Ok(Bytes::from_static(&EMPTY_RESPONSE)));
+                    rx
+                });
+            Ok(respond(answer))
+        })
+    }
+}
+
 impl StatsService {
-    /// The tonic service, taking messages up to [`MAX_MESSAGE`].
-    pub(crate) fn into_server(self) -> MetricsServiceServer<StatsService> {
-        MetricsServiceServer::new(self).max_decoding_message_size(MAX_MESSAGE)
+    /// The service for the server, taking messages up to [`MAX_MESSAGE`].
+    pub(crate) fn into_server(self) -> StatsGrpc {
+        StatsGrpc(Arc::new(self))
     }
 
     /// The Envoy id the caller's certificate names, if node ids are bound; refused without one,
@@ -77,8 +135,8 @@ fn staging(snapshots: &watch::Receiver<Arc<Snapshot>>, traits: &NodeTraits) -> O
 }
 
 /// A client's node id, cut to a length fit for logs.
-fn node_id(message: &StreamMetricsMessage) -> Option<String> {
-    let id = &message.identifier.as_ref()?.node.as_ref()?.id;
+fn node_id(identifier: Option<&Identifier>) -> Option<String> {
+    let id = &identifier?.node.as_ref()?.id;
     let end = id
         .char_indices()
         .nth(MAX_NODE_ID)
@@ -86,12 +144,9 @@ fn node_id(message: &StreamMetricsMessage) -> Option<String> {
     Some(id[..end].to_string())
 }
 
-#[tonic::async_trait]
-impl MetricsService for StatsService {
-    async fn stream_metrics(
-        &self,
-        request: Request<Streaming<StreamMetricsMessage>>,
-    ) -> Result<Response<StreamMetricsResponse>, Status> {
+impl StatsService {
+    /// One Envoy's stats stream, to its end.
+    async fn stream_metrics(&self, request: Request<Requests<StatsMessage>>) -> Result<(), Status> {
         let bound = self.bound_id(&request)?;
         let Some(_slot) = self.stats.open() else {
             return Err(Status::resource_exhausted(
@@ -136,7 +191,7 @@ impl MetricsService for StatsService {
                         Some(Ok(m)) => {
                             if node.is_none() {
                                 // Only the first message names the Envoy.
-                                node = node_id(&m);
+                                node = node_id(m.identifier.as_ref());
                                 if let Some(n) = &node {
                                     tracing::Span::current().record("node", n.as_str());
                                 }
@@ -147,7 +202,7 @@ impl MetricsService for StatsService {
                             }
                             received += 1;
                             let staging = traits.as_ref().and_then(|t| staging(&snapshots, t));
-                            stats.record(&m.envoy_metrics, staging);
+                            stats.record(&m.families, staging);
                         }
                         None => break "Envoy closed the stream",
                         Some(Err(status)) => {
@@ -158,7 +213,7 @@ impl MetricsService for StatsService {
                 }
             };
             tracing::debug!(received, end, "stats stream ended");
-            Ok(Response::new(StreamMetricsResponse {}))
+            Ok(())
         }
         .instrument(span)
         .await
