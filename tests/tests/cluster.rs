@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail, ensure};
 use concord_api::PutBuilder;
-use concord_harness::{Cluster, Options, eventually};
+use concord_harness::{Cluster, Options, eventually, sni};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -51,6 +51,61 @@ async fn elects_one_leader_and_replicates_a_follower_write() -> Result<()> {
     let s = c.status(other).await?;
     ensure!(s.revision == rev && s.leader == Some(leader), "{s:?}");
     ensure!(s.members.len() == 3, "{s:?}");
+    Ok(())
+}
+
+/// A forwarded write whose answer is lost after it committed is retried by the forwarding
+/// replica with the same request id and answered with its first outcome, never applied again
+/// over a later write (issue 16 item 5: readers would see X, then Y, then X again).
+#[tokio::test]
+async fn a_forwarded_write_retried_after_it_committed_is_applied_once() -> Result<()> {
+    let c = Cluster::start(Options {
+        extra: vec!["--enable-fault-injection".into()],
+        ..Options::default()
+    })
+    .await?;
+    let leader = c.leader().await?;
+    let follower = followers(&c, leader)[0];
+    let at = |port: u16| PutBuilder::new(([127, 0, 0, 1], port).into(), sni("b1"));
+    // The leader answers the next forwarded write 4 s late: after the follower's attempt (half
+    // its 5 s request budget) has timed out, so the follower retries it.
+    c.api(leader).hold_forward_replies(1, 4000).await?;
+    let api = c.api(follower);
+    let x = tokio::spawn(async move { api.put_builder("b1", &at(9001)).await });
+    // X commits; then Y, written at the leader, before the follower's retry of X.
+    let port_on = |id: u64| {
+        let api = c.api(id);
+        async move {
+            let b = api.get_builder("b1", true).await?;
+            anyhow::Ok(b.builder.addr.port())
+        }
+    };
+    eventually(T, "X committed", || async {
+        let port = port_on(leader).await?;
+        ensure!(port == 9001, "b1 at port {port}");
+        Ok(())
+    })
+    .await?;
+    let y = c.api(leader).put_builder("b1", &at(9002)).await?;
+    let x = x.await??;
+    eprintln!(
+        "X answered at revision {} (its first outcome), Y at revision {}",
+        x.revision, y.revision
+    );
+    ensure!(
+        x.revision < y.revision,
+        "X's answer (revision {}) is not its first outcome: Y committed at {}",
+        x.revision,
+        y.revision
+    );
+    // The retry committed after Y and changed nothing: every replica reads Y.
+    for id in c.up() {
+        let port = port_on(id).await?;
+        ensure!(
+            port == 9002,
+            "node {id}: b1 back at port {port} after Y (X applied twice)"
+        );
+    }
     Ok(())
 }
 

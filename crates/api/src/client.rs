@@ -510,6 +510,18 @@ impl Client {
         self.call(Method::POST, url, Some(&body)).await
     }
 
+    /// `POST /v1/debug/hold-forward-replies`: the next `count` writes forwarded to this replica
+    /// are answered `hold_ms` late (replicas run with `--enable-fault-injection` only).
+    pub async fn hold_forward_replies(
+        &self,
+        count: u32,
+        hold_ms: u64,
+    ) -> Result<crate::request::HoldForwardReplies, Error> {
+        let url = self.url(&["v1", "debug", "hold-forward-replies"], None);
+        let body = crate::request::HoldForwardReplies { count, hold_ms };
+        self.call(Method::POST, url, Some(&body)).await
+    }
+
     /// `POST /v1/debug/isolate` with `from`: cuts the replica off from `peers` only, both ways
     /// (one side of a partition); no peers heals it.
     pub async fn cut_off(&self, peers: &[u64]) -> Result<Isolated, Error> {

@@ -180,6 +180,17 @@ pub struct Isolate {
     pub from: Vec<u64>,
 }
 
+/// `POST /v1/debug/hold-forward-replies` (fault injection only): the next `count` writes
+/// forwarded to this replica (as leader) are answered `hold_ms` late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldForwardReplies {
+    /// How many (at most 100).
+    pub count: u32,
+    /// How late, in milliseconds (at most 60,000).
+    pub hold_ms: u64,
+}
+
 /// The endpoints that take a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {

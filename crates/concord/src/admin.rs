@@ -36,6 +36,7 @@
 //! | GET | `/v1/envoys` | the Envoys streaming from this replica: versions sent and ACKed, NACKs |
 //! | GET | `/v1/envoys/stats` | what this replica's Envoys streamed of their stats: per service cluster requests, errors, request times (rollouts are judged on their sum over replicas) |
 //! | GET | `/v1/cluster/envoys` | every member's Envoys, asked over the peer channel (`proxy-status`) |
+//! | POST | `/v1/debug/hold-forward-replies` | `{"count":1,"hold_ms":6000}`: the next writes forwarded here are answered late, as if the answer were lost (fault injection, with `--enable-fault-injection` only) |
 //! | POST | `/v1/debug/isolate` | `{"isolated":true}` (from every peer, or `"from":[3,4]` only those): fault injection, with `--enable-fault-injection` only |
 //! | GET | `/ui`, `/ui/events`, `/ui/state` | the live status page: see [`crate::ui`] |
 //!
@@ -102,7 +103,9 @@ pub fn router(
     auth: Auth,
 ) -> Router {
     let debug = if options.fault_injection {
-        Router::new().route("/v1/debug/isolate", post(isolate))
+        Router::new()
+            .route("/v1/debug/isolate", post(isolate))
+            .route("/v1/debug/hold-forward-replies", post(hold_forward_replies))
     } else {
         Router::new()
     };
@@ -703,6 +706,26 @@ async fn isolate(
         isolated: b.isolated,
         from,
     }))
+}
+
+/// Fault injection: the next writes forwarded to this replica are answered late.
+async fn hold_forward_replies(
+    State(AppState { node, .. }): State<AppState>,
+    body: Result<Json<concord_api::request::HoldForwardReplies>, JsonRejection>,
+) -> Result<Json<concord_api::request::HoldForwardReplies>, ApiError> {
+    let Json(b) = body.map_err(bad_json)?;
+    if b.count > 100 || b.hold_ms > 60_000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!(
+                "count {} and hold_ms {}: at most 100 writes, held at most 60000 ms",
+                b.count, b.hold_ms
+            ),
+        ));
+    }
+    node.hold_forward_replies(b.count, Duration::from_millis(b.hold_ms));
+    Ok(Json(b))
 }
 
 /// The Envoys streaming from this replica: the body of `/v1/envoys`, and what this replica

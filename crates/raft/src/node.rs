@@ -87,6 +87,8 @@ pub struct Node {
     isolated: Arc<std::sync::atomic::AtomicBool>,
     /// Fault injection: the peers this node is cut off from, both ways.
     cut: Arc<std::sync::Mutex<BTreeSet<NodeId>>>,
+    /// Fault injection: how many forwarded writes still to answer late, and how late.
+    held_replies: std::sync::Mutex<(u32, Duration)>,
     /// What this replica reports of itself to [`ClientRequest::LocalStatus`].
     local_status: std::sync::OnceLock<LocalStatusFn>,
     /// While this node leads: each member's entry format, as last asked (see [`crate::format`]).
@@ -230,6 +232,7 @@ impl Node {
             network,
             isolated,
             cut,
+            held_replies: std::sync::Mutex::default(),
             contact,
             local_status: std::sync::OnceLock::new(),
             member_formats: std::sync::Mutex::default(),
@@ -1228,6 +1231,29 @@ impl Node {
     pub fn cut_off(&self, peers: BTreeSet<NodeId>) {
         tracing::warn!(?peers, "fault injection: cut off from peers");
         *self.cut.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// Fault injection (tests): the next `count` writes forwarded to this replica are executed
+    /// as ever, and each answered only after `hold` more, as if the answer were lost on the
+    /// way: the forwarding replica's attempt times out after its entry committed, and it
+    /// retries (with the same request id).
+    pub fn hold_forward_replies(&self, count: u32, hold: Duration) {
+        tracing::warn!(
+            count,
+            hold_ms = hold.as_millis() as u64,
+            "fault injection: forwarded writes answered late"
+        );
+        *self.held_replies.lock().unwrap_or_else(|e| e.into_inner()) = (count, hold);
+    }
+
+    /// How long to hold the answer to a forwarded write now, if [`Node::hold_forward_replies`]
+    /// asks for it (and counts it).
+    pub(crate) fn take_held_reply(&self) -> Option<Duration> {
+        let mut held = self.held_replies.lock().unwrap_or_else(|e| e.into_inner());
+        (held.0 > 0).then(|| {
+            held.0 -= 1;
+            held.1
+        })
     }
 
     /// Whether [`Node::cut_off`] cuts this replica off from the peer whose id is `from`.

@@ -158,7 +158,12 @@ impl RaftRpc for PeerService {
     async fn forward(&self, req: Request<Message>) -> Result<Response<Message>, Status> {
         self.check(&req)?;
         let rpc: ClientRequest = decode(&req.get_ref().payload)?;
+        let write = matches!(rpc, ClientRequest::Write(_));
         // Executed here or refused with NotLeader: never forwarded again, so no loops.
-        reply(&self.node.execute_local(rpc).await)
+        let answer = self.node.execute_local(rpc).await;
+        if let Some(hold) = write.then(|| self.node.take_held_reply()).flatten() {
+            tokio::time::sleep(hold).await;
+        }
+        reply(&answer)
     }
 }
