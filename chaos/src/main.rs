@@ -49,6 +49,11 @@ enum Scenario {
     DiskKill,
     /// Restart-all with every replica's disk losing its unsynced writes (crashfs), under writes.
     CrashDisk,
+    /// Cut a follower off, commit a change the other replicas' Envoys take, SIGKILL those
+    /// replicas: their Envoys come to the lagging one, which must not send them its older
+    /// config (never backwards, invariant 1); heal. The replicas run with a 10 s
+    /// `--stale-after-ms`, so the lagging replica still serves when they come.
+    LaggingReplica,
 }
 
 /// Run a chaos scenario against real replicas, Envoys, DNS and TLS builders on loopback.
@@ -105,6 +110,11 @@ impl Args {
                 ProtocolArg::Sotw => concord_harness::envoy::Protocol::Sotw,
             },
             listener_mode: self.listener_mode.clone(),
+            // A lagging replica must still serve when the others' Envoys come to it.
+            stale_after: match self.scenario {
+                Scenario::LaggingReplica => Duration::from_secs(10),
+                _ => STALE_AFTER,
+            },
         }
     }
 }
@@ -255,6 +265,55 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
                 }
             }
             Scenario::CrashDisk => unreachable!("crash_disk::run"),
+            Scenario::LaggingReplica => {
+                let old = leader(world).await?;
+                let up = world.cluster.lock().await.up();
+                // The follower with the fewest Envoys lags: most Envoys are ahead of it.
+                let mut followers = Vec::new();
+                for id in up.iter().copied().filter(|id| *id != old) {
+                    let n = world.cluster.lock().await.envoys_on(id).await?.len();
+                    followers.push((n, id));
+                }
+                followers.sort();
+                let lagging = followers[0].1;
+                let others: Vec<u64> = up.iter().copied().filter(|id| *id != lagging).collect();
+                cut_off(world, lagging, &others).await?;
+                for id in &others {
+                    cut_off(world, *id, &[lagging]).await?;
+                }
+                world
+                    .rec
+                    .event("fault", json!({ "n": k, "kind": "lag", "node": lagging }));
+                // A change the lagging replica never sees, which the others' Envoys ACK.
+                let revision = world
+                    .cluster
+                    .lock()
+                    .await
+                    .put(old, &format!("lag{k}"), 1)
+                    .await?;
+                acked_on(world, &others, revision).await?;
+                for id in &others {
+                    world.cluster.lock().await.node(*id).kill();
+                }
+                world.rec.event(
+                    "fault",
+                    json!({ "n": k, "kind": "sigkill", "nodes": others, "revision": revision }),
+                );
+                // Their Envoys come to the lagging replica meanwhile (invariant 1 watches every
+                // Envoy's versions all along).
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cut_off(world, lagging, &[]).await?;
+                world.rec.event("heal", json!({ "node": lagging }));
+                for id in &others {
+                    restart(world, *id).await?;
+                }
+                let new = leader(world).await?;
+                world.rec.event(
+                    "election",
+                    json!({ "node": new, "ms": t0.elapsed().as_secs_f64() * 1e3 }),
+                );
+                caught_up(world, lagging).await?;
+            }
             Scenario::RestartAll => {
                 let ids: Vec<u64> = world.cluster.lock().await.up();
                 for &id in &ids {
@@ -282,6 +341,28 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
 }
 
 /// Cuts replica `node` off from `peers` only (both ways); none heals it.
+/// Waits until every Envoy streaming from one of `replicas` has ACKed clusters at `revision`
+/// or later.
+async fn acked_on(world: &World, replicas: &[u64], revision: u64) -> Result<()> {
+    concord_harness::eventually(
+        Duration::from_secs(10),
+        &format!("the Envoys of {replicas:?} ACK revision {revision}"),
+        || async {
+            let c = world.cluster.lock().await;
+            for id in replicas {
+                for e in c.api(*id).envoys().await?.envoys {
+                    let acked = e.acked("clusters").unwrap_or(0);
+                    if acked < revision {
+                        bail!("{} on node {id} ACKed {acked}", e.node_id);
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
 async fn cut_off(world: &World, node: u64, peers: &[u64]) -> Result<()> {
     let api = world.cluster.lock().await.api(node);
     api.cut_off(peers)

@@ -219,6 +219,8 @@ pub struct Setup {
     pub protocol: Protocol,
     /// The replicas' `--listener-mode` (`filter-chains`, `sni-cluster`).
     pub listener_mode: String,
+    /// The replicas' `--stale-after-ms` ([`STALE_AFTER`] but for lagging-replica).
+    pub stale_after: std::time::Duration,
 }
 
 impl World {
@@ -257,7 +259,7 @@ impl World {
                 "--dns-sni-template".into(),
                 "{id}.chaos.test".into(),
                 "--stale-after-ms".into(),
-                STALE_AFTER.as_millis().to_string(),
+                s.stale_after.as_millis().to_string(),
                 "--listener-mode".into(),
                 s.listener_mode.clone(),
             ],

@@ -23,6 +23,11 @@
 //! - [`resource_type`]: the table of served types the drivers iterate;
 //! - [`snapshot`], [`dump`], [`resources`], [`config`], [`bootstrap`]: resources and settings.
 
+// The mutant is a deliberately broken build for the chaos runner's mutation checks
+// (chaos/mutants); a release build with it is refused.
+#[cfg(all(feature = "mutant-no-never-backwards", not(debug_assertions)))]
+compile_error!("mutant features are for debug builds of the chaos mutation checks only");
+
 pub mod access_log;
 pub mod acks;
 mod barrier;

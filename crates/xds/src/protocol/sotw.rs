@@ -118,7 +118,10 @@ impl StreamState {
                     t.acked = reported;
                 }
                 match reported {
-                    Some(v) if v > current => Decision::WaitFor(v),
+                    // The mutant answers an Envoy ahead of it, for lagging-replica to catch.
+                    Some(v) if v > current && !cfg!(feature = "mutant-no-never-backwards") => {
+                        Decision::WaitFor(v)
+                    }
                     _ if nacked_before == Some(current) => {
                         t.nacked = Some((current, "NACKed on an earlier stream".into()));
                         Decision::Ignore
