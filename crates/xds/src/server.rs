@@ -15,7 +15,7 @@ use crate::resources::ResourceConfig;
 use crate::service::XdsService;
 use crate::snapshot::Snapshot;
 use crate::stream::Shared;
-use crate::transport::AdsGrpc;
+use crate::transport::{Ads, Grpc};
 use concord_registry::Registry;
 use concord_telemetry::tasks::Tasks;
 use concord_tls::XdsTls;
@@ -160,11 +160,11 @@ impl XdsServer {
             snapshots: self.inner.snapshots.clone(),
         }
         .into_server();
-        let ads = AdsGrpc(Arc::new(XdsService {
+        let ads = Grpc(Ads(Arc::new(XdsService {
             xds: self.inner,
             tls: tls.clone(),
             tasks: self.tasks.clone(),
-        }));
+        })));
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(health)

@@ -1,5 +1,6 @@
-//! The ADS service's gRPC transport, in place of the generated tonic server: a tower service
-//! ([`AdsGrpc`]) that routes the two ADS methods to [`XdsService`], decodes each request body
+//! The gRPC transport of the services on the xDS port, in place of the generated tonic servers:
+//! [`Grpc`] makes a tower service of any [`Methods`] (ADS here, [`Ads`], which routes the two ADS
+//! methods to [`XdsService`]; the stats sink's in [`crate::envoy_stats`]), decodes each request body
 //! into a stream of messages ([`Requests`], whose buffer shrinks back after a large request),
 //! and sends the response body as the driver's already-framed messages ([`crate::wire::Out`]),
 //! each handed to HTTP/2 and freed once written.
@@ -39,17 +40,27 @@ const DELTA_PATH: &str =
 /// holds, with its version).
 const MAX_REQUEST: usize = 16 * 1024 * 1024;
 
-/// ADS over HTTP/2, for `tonic::transport::Server::add_service`.
-#[derive(Clone)]
-pub(crate) struct AdsGrpc(pub(crate) Arc<XdsService>);
+pub(crate) type Http = http::Response<tonic::body::Body>;
 
-impl NamedService for AdsGrpc {
-    const NAME: &'static str = SERVICE;
+/// A gRPC service on this transport: its name, and the answer to a request for one of its
+/// methods (an uncompressed one: [`Grpc`] refuses the others).
+pub(crate) trait Methods: Clone + Send + Sync + 'static {
+    /// The service's gRPC name.
+    const NAME: &'static str;
+
+    /// The answer to `req`, whose path names the method.
+    fn answer(self, req: http::Request<tonic::body::Body>) -> impl Future<Output = Http> + Send;
 }
 
-type Http = http::Response<tonic::body::Body>;
+/// [`Methods`] as a tower service over HTTP/2, for `tonic::transport::Server::add_service`.
+#[derive(Clone)]
+pub(crate) struct Grpc<M>(pub(crate) M);
 
-impl tower_service::Service<http::Request<tonic::body::Body>> for AdsGrpc {
+impl<M: Methods> NamedService for Grpc<M> {
+    const NAME: &'static str = M::NAME;
+}
+
+impl<M: Methods> tower_service::Service<http::Request<tonic::body::Body>> for Grpc<M> {
     type Response = Http;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Http, Infallible>> + Send>>;
@@ -59,26 +70,38 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AdsGrpc {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let svc = self.0.clone();
+        let methods = self.0.clone();
         Box::pin(async move {
             if let Some(status) = unsupported_encoding(req.headers()) {
                 return Ok(status.into_http());
             }
-            Ok(match req.uri().path() {
-                SOTW_PATH => match screen(&svc, decode::<DiscoveryRequest>(req, MAX_REQUEST)).await
-                {
-                    Ok(req) => respond(svc.sotw(req)),
-                    Err(status) => status.into_http(),
-                },
-                DELTA_PATH => {
-                    match screen(&svc, decode::<DeltaDiscoveryRequest>(req, MAX_REQUEST)).await {
-                        Ok(req) => respond(svc.delta(req)),
-                        Err(status) => status.into_http(),
-                    }
-                }
-                other => Status::unimplemented(format!("no method {other}")).into_http(),
-            })
+            Ok(methods.answer(req).await)
         })
+    }
+}
+
+/// ADS.
+#[derive(Clone)]
+pub(crate) struct Ads(pub(crate) Arc<XdsService>);
+
+impl Methods for Ads {
+    const NAME: &'static str = SERVICE;
+
+    async fn answer(self, req: http::Request<tonic::body::Body>) -> Http {
+        let svc = self.0;
+        match req.uri().path() {
+            SOTW_PATH => match screen(&svc, decode::<DiscoveryRequest>(req, MAX_REQUEST)).await {
+                Ok(req) => respond(svc.sotw(req)),
+                Err(status) => status.into_http(),
+            },
+            DELTA_PATH => {
+                match screen(&svc, decode::<DeltaDiscoveryRequest>(req, MAX_REQUEST)).await {
+                    Ok(req) => respond(svc.delta(req)),
+                    Err(status) => status.into_http(),
+                }
+            }
+            other => Status::unimplemented(format!("no method {other}")).into_http(),
+        }
     }
 }
 
@@ -162,7 +185,7 @@ impl<T: prost::Message + Default> Stream for Peeked<T> {
 
 /// Compressed requests are refused, as the generated server refuses them when compression is
 /// not enabled (Envoy does not compress ADS).
-pub(crate) fn unsupported_encoding(headers: &HeaderMap) -> Option<Status> {
+fn unsupported_encoding(headers: &HeaderMap) -> Option<Status> {
     let encoding = headers.get("grpc-encoding")?;
     (encoding != "identity").then(|| {
         Status::unimplemented(format!(

@@ -14,19 +14,14 @@ use super::wire::StatsMessage;
 use super::{EnvoyStats, MAX_MESSAGE};
 use crate::envoy_select::NodeTraits;
 use crate::snapshot::Snapshot;
-use crate::transport::{Requests, decode, respond, unsupported_encoding};
+use crate::transport::{Grpc, Http, Methods, Requests, decode, respond};
 use bytes::Bytes;
 use concord_tls::XdsTls;
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::server::NamedService;
 use tonic::{Request, Status};
 use tracing::Instrument;
 
@@ -54,53 +49,36 @@ pub(crate) struct StatsService {
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
-/// The stats service over HTTP/2, for `tonic::transport::Server::add_service`.
+/// The stats service's methods, for [`Grpc`].
 #[derive(Clone)]
-pub(crate) struct StatsGrpc(Arc<StatsService>);
+pub(crate) struct Stats(Arc<StatsService>);
 
-impl NamedService for StatsGrpc {
+impl Methods for Stats {
     const NAME: &'static str = SERVICE;
-}
 
-type Http = http::Response<tonic::body::Body>;
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for StatsGrpc {
-    type Response = Http;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Http, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let svc = self.0.clone();
-        Box::pin(async move {
-            if let Some(status) = unsupported_encoding(req.headers()) {
-                return Ok(status.into_http());
-            }
-            if req.uri().path() != STREAM_PATH {
-                let path = req.uri().path().to_string();
-                return Ok(Status::unimplemented(format!("no method {path}")).into_http());
-            }
-            let answer = svc
-                .stream_metrics(decode(req, MAX_MESSAGE))
-                .await
-                .map(|()| {
-                    let (tx, rx) = tokio::sync::mpsc::channel(1);
-                    // Cannot fail: the channel is new, with room for one.
-                    let _ = tx.try_send(Ok(Bytes::from_static(&EMPTY_RESPONSE)));
-                    rx
-                });
-            Ok(respond(answer))
-        })
+    async fn answer(self, req: http::Request<tonic::body::Body>) -> Http {
+        if req.uri().path() != STREAM_PATH {
+            let path = req.uri().path().to_string();
+            return Status::unimplemented(format!("no method {path}")).into_http();
+        }
+        let answer = self
+            .0
+            .stream_metrics(decode(req, MAX_MESSAGE))
+            .await
+            .map(|()| {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                // Cannot fail: the channel is new, with room for one.
+                let _ = tx.try_send(Ok(Bytes::from_static(&EMPTY_RESPONSE)));
+                rx
+            });
+        respond(answer)
     }
 }
 
 impl StatsService {
     /// The service for the server, taking messages up to [`MAX_MESSAGE`].
-    pub(crate) fn into_server(self) -> StatsGrpc {
-        StatsGrpc(Arc::new(self))
+    pub(crate) fn into_server(self) -> Grpc<Stats> {
+        Grpc(Stats(Arc::new(self)))
     }
 
     /// The Envoy id the caller's certificate names, if node ids are bound; refused without one,
