@@ -299,9 +299,11 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
                     "fault",
                     json!({ "n": k, "kind": "sigkill", "nodes": others, "revision": revision }),
                 );
-                // Their Envoys come to the lagging replica meanwhile (invariant 1 watches every
-                // Envoy's versions all along).
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                // Their Envoys come to the lagging replica (invariant 1 watches every Envoy's
+                // versions all along); a second more there before the heal.
+                all_envoys_came_to(world, lagging).await?;
+                world.rec.event("came", json!({ "node": lagging }));
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 cut_off(world, lagging, &[]).await?;
                 world.rec.event("heal", json!({ "node": lagging }));
                 for id in &others {
@@ -340,7 +342,6 @@ async fn inject(world: &Arc<World>, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Cuts replica `node` off from `peers` only (both ways); none heals it.
 /// Waits until every Envoy streaming from one of `replicas` has ACKed clusters at `revision`
 /// or later.
 async fn acked_on(world: &World, replicas: &[u64], revision: u64) -> Result<()> {
@@ -363,6 +364,25 @@ async fn acked_on(world: &World, replicas: &[u64], revision: u64) -> Result<()> 
     .await
 }
 
+/// Waits until every one of the world's Envoys has been seen streaming from replica `node`
+/// (sampled every 50 ms: a stream it turns away is there only a moment), within 10 s.
+async fn all_envoys_came_to(world: &World, node: u64) -> Result<()> {
+    let all: BTreeSet<String> = world.envoys.iter().map(|e| e.node_id.clone()).collect();
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all.is_subset(&seen) {
+        if Instant::now() > deadline {
+            bail!("only {seen:?} of {all:?} came to node {node} within 10 s");
+        }
+        if let Ok(on) = world.cluster.lock().await.envoys_on(node).await {
+            seen.extend(on);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Cuts replica `node` off from `peers` only (both ways); none heals it.
 async fn cut_off(world: &World, node: u64, peers: &[u64]) -> Result<()> {
     let api = world.cluster.lock().await.api(node);
     api.cut_off(peers)

@@ -8,7 +8,7 @@
 //! keeps its counts and the Envoy's stats keep counting on the next; bad rollouts are refused.
 
 use anyhow::{Context, Result, ensure};
-use concord_api::{RegisterEndpoint, RolloutStatus};
+use concord_api::{RegisterEndpoint, RolloutStatus, StepProgress};
 use concord_harness::envoy::Envoy;
 use concord_harness::grpc::proto::SayRequest;
 use concord_harness::grpc::{GrpcBackend, echo_client};
@@ -201,6 +201,21 @@ async fn rollout(c: &Cluster, id: u64) -> Result<RolloutStatus> {
     Ok(c.api(id).rollout("echo").await?)
 }
 
+/// How the leader `id` judges the running step now.
+async fn progress(c: &Cluster, id: u64) -> Result<StepProgress> {
+    rollout(c, id).await?.progress.context("no progress")
+}
+
+/// Traffic through the Envoy, on v1 first, then a rollout to v2 that is judged but never
+/// decided (its step is held an hour and needs a million requests).
+async fn undecided_rollout(w: &World) -> Result<Traffic> {
+    let t = traffic(w.listener);
+    t.settles(20, "v1 serves", |i| i.starts_with("v1")).await?;
+    let s = spec(json!({"interval": "1h", "min_requests": 1000000, "steps": [50, 100]}));
+    start(w, &s).await?;
+    Ok(t)
+}
+
 /// Waits until the rollout (as replica `id` holds it) is in `phase`.
 async fn phase(c: &Cluster, id: u64, want: Phase) -> Result<RolloutStatus> {
     eventually(T, &format!("rollout {want}"), || async {
@@ -337,15 +352,9 @@ async fn each_versions_request_times_are_summed_apart() -> Result<()> {
     let w = world(false).await?;
     // v2 answers 60 ms late: its times fall in Envoy's (50, 100] ms bucket, v1's far below.
     w.v2.slow_down(60);
-    let t = traffic(w.listener);
-    t.settles(20, "v1 serves", |i| i.starts_with("v1")).await?;
-    let s = spec(json!({"interval": "1h", "min_requests": 1000000, "steps": [50, 100]}));
-    start(&w, &s).await?;
+    let _traffic = undecided_rollout(&w).await?;
     let p = eventually(T, "request times of both versions", || async {
-        let p = rollout(&w.cluster, w.leader)
-            .await?
-            .progress
-            .context("no progress")?;
+        let p = progress(&w.cluster, w.leader).await?;
         ensure!(
             p.from_latency.samples >= 20 && p.to_latency.samples >= 20,
             "{p:?}"
@@ -469,15 +478,9 @@ async fn stats_keep_counting_when_the_envoy_moves_to_another_replica() -> Result
         anyhow::bail!("the Envoy streams from no follower")
     })
     .await?;
-    let t = traffic(w.listener);
-    t.settles(20, "v1 serves", |i| i.starts_with("v1")).await?;
-    let s = spec(json!({"interval": "1h", "min_requests": 1000000, "steps": [50, 100]}));
-    start(&w, &s).await?;
+    let t = undecided_rollout(&w).await?;
     let before = eventually(T, "the leader counts the Envoy's v2 calls", || async {
-        let p = rollout(&w.cluster, w.leader)
-            .await?
-            .progress
-            .context("no progress")?;
+        let p = progress(&w.cluster, w.leader).await?;
         ensure!(p.to.requests >= 20 && p.stat_streams >= 1, "{p:?}");
         Ok(p)
     })
@@ -488,10 +491,7 @@ async fn stats_keep_counting_when_the_envoy_moves_to_another_replica() -> Result
     // Envoy's stats stream reaches another replica.
     let lowest = Mutex::new(u64::MAX);
     let after = eventually(T, "counting again on another replica", || async {
-        let p = rollout(&w.cluster, leader)
-            .await?
-            .progress
-            .context("no progress")?;
+        let p = progress(&w.cluster, leader).await?;
         {
             let mut low = lowest.lock().unwrap();
             *low = p.to.requests.min(*low);

@@ -29,6 +29,11 @@ pub(crate) struct StatsMessage {
     pub(crate) passed_over: u64,
 }
 
+/// Whether a family of this name is kept (decoded).
+fn kept(name: &[u8]) -> bool {
+    name.starts_with(KEPT_PREFIX)
+}
+
 /// A family's name, read in place: its first `name` field (1). `Err` if the family is not
 /// well formed as far as it was read.
 fn family_name(mut family: &[u8]) -> Result<Option<&[u8]>, ()> {
@@ -49,7 +54,7 @@ impl StatsMessage {
     /// generated type's would be.
     fn take(&mut self, family: &[u8]) -> Result<(), DecodeError> {
         match family_name(family) {
-            Ok(Some(name)) if !name.starts_with(KEPT_PREFIX) => self.passed_over += 1,
+            Ok(Some(name)) if !kept(name) => self.passed_over += 1,
             Ok(None) => self.passed_over += 1,
             _ => self.families.push(MetricFamily::decode(family)?),
         }
@@ -97,8 +102,7 @@ impl Message for StatsMessage {
                 // Else (split, or short: prost's own error) decoded whole, then kept or not.
                 let mut family = MetricFamily::default();
                 prost::encoding::message::merge(wire_type, &mut family, buf, ctx)?;
-                let name = family.name.as_deref().unwrap_or_default();
-                match name.as_bytes().starts_with(KEPT_PREFIX) {
+                match kept(family.name.as_deref().unwrap_or_default().as_bytes()) {
                     true => self.families.push(family),
                     false => self.passed_over += 1,
                 }
