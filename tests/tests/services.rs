@@ -150,10 +150,16 @@ async fn apply_diff_and_get_through_the_cli() -> Result<()> {
     ensure!(c.status(1).await?.revision == revision, "a dry run wrote");
     let o = concord(&c, 1, &["apply", "-f", changed])?;
     ensure!(o.status.success(), "{}", text(&o));
-    ensure!(
-        c.status(1).await?.revision > revision,
-        "the change did not commit"
-    );
+    // Node 1 may be a follower: the write is answered once the leader applied it, and node 1
+    // applies it a moment later.
+    eventually(T, "the change committed on node 1", || async {
+        ensure!(
+            c.status(1).await?.revision > revision,
+            "the change did not commit"
+        );
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 
