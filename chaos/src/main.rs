@@ -3,13 +3,15 @@
 //! over the replicas, and clients connecting through the Envoys the whole time — checks the
 //! invariants continuously and at the end, and writes a JSON report and a summary.
 //!
-//! Invariants: (1) no Envoy reports a CDS or LDS version lower than one it reported before;
-//! (2) after the last fault every Envoy reaches the leader's revision within a bound; (3) every
-//! DNS change is reflected at the end and no removed builder reappears; (4) connections to
-//! builders that stayed in DNS all succeed, and removed builders stop being routed; (5) every
-//! replica restarts from its data dir and all agree at the end; (6) a replica cut off from its
-//! peers, or on the minority side of a partition, reports NOT_SERVING within `--stale-after-ms`
-//! + 200 ms, and its Envoys move away.
+//! Invariants: (1) no Envoy is sent, or reports, a CDS or LDS version lower than one it
+//! confirmed before; (2) after the last fault every Envoy reaches the leader's revision within a
+//! bound; (3) every DNS change is reflected at the end and no removed builder reappears; (4)
+//! connections to builders that stayed in DNS all succeed, and removed builders stop being
+//! routed; (5) every replica restarts from its data dir and all agree at the end; (6) a replica
+//! cut off from its peers, or on the minority side of a partition, reports NOT_SERVING within
+//! 200 ms of `--stale-after-ms`, and its Envoys move away; (7) every response is accepted (no
+//! NACK) and the protocol kept. The Envoys stream through recording proxies whose oracle checks
+//! every response and ACK for (1) and (7) as it passes.
 //!
 //! `concord-chaos kill-leader --faults 50`; exits non-zero on any violation.
 
@@ -601,6 +603,18 @@ async fn final_checks(
                 if v.clusters != Some(rev) || v.listeners.is_none_or(|l| l > rev) {
                     bail!("{} at {v:?}, leader at {rev}", e.node_id);
                 }
+                // The recording proxies saw the same: the Envoy ACKed the leader's revision.
+                let seen = world
+                    .oracle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .confirmed(&e.node_id, concord_harness::ads::CDS);
+                if seen != Some(rev) {
+                    bail!(
+                        "the recording proxies saw {} confirm clusters {seen:?}, leader at {rev}",
+                        e.node_id
+                    );
+                }
             }
             let mut acked = 0;
             for id in c.up() {
@@ -690,6 +704,18 @@ fn report(world: &World, args: &Args, convergence: Option<f64>) -> Result<()> {
     let violations = rec.violations();
     let faults = events.iter().filter(|e| e["kind"] == "fault").count();
     let dns_changes = events.iter().filter(|e| e["kind"] == "dns").count();
+    // What the recording proxies saw, summed over the Envoys.
+    let counts = world
+        .oracle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .counts();
+    let recorded = json!({
+        "streams": counts.values().map(|c| c.streams).sum::<u64>(),
+        "responses": counts.values().map(|c| c.responses).sum::<u64>(),
+        "acks": counts.values().map(|c| c.acks).sum::<u64>(),
+        "nacks": counts.values().map(|c| c.nacks).sum::<u64>(),
+    });
     let summary = json!({
         "scenario": format!("{:?}", args.scenario),
         "protocol": format!("{:?}", args.setup(None).protocol).to_lowercase(),
@@ -703,6 +729,7 @@ fn report(world: &World, args: &Args, convergence: Option<f64>) -> Result<()> {
         "convergence_after_last_change_ms": convergence.map(f64::round),
         "traffic": { "sent": world.traffic.sent.load(Ordering::Relaxed), "failed": world.traffic.failed.load(Ordering::Relaxed) },
         "version_samples": { "read": world.traffic.version_samples.load(Ordering::Relaxed), "failed": world.traffic.version_sample_errors.load(Ordering::Relaxed), "every_ms": 10 },
+        "recorded": recorded,
         "violations": violations.len(),
     });
     std::fs::create_dir_all(&args.out)?;

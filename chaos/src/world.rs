@@ -2,10 +2,12 @@
 //! changing, concord replicas discovering builders from it, TLS builders, Envoys spread over the
 //! replicas, and the monitors that watch the invariants while faults are injected.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use concord_harness::dns::Bind;
 use concord_harness::envoy::{Envoy, Protocol, Versions};
 use concord_harness::tls::{TestCa, TlsBuilder, probe};
+use concord_harness::xds_oracle::{Oracle, Rule};
+use concord_harness::xds_tap::{Sink, TapTls, XdsTap};
 use concord_harness::{Cluster, Options, free_port};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -184,6 +186,28 @@ impl Dns {
     }
 }
 
+/// The proxies' sink: every ADS message is checked by the oracle as it passes; what it finds is
+/// a violation of invariant 1 (never backwards) or 7 (every response accepted, the protocol kept).
+fn oracle_sink(oracle: &Arc<Mutex<Oracle>>, rec: &Arc<Recorder>) -> Sink {
+    let (oracle, rec) = (oracle.clone(), rec.clone());
+    Arc::new(move |at, seen| {
+        let found = oracle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .see(at, seen);
+        for v in found {
+            let invariant = match v.rule {
+                Rule::NeverBackwards => 1,
+                Rule::Accepted | Rule::Protocol => 7,
+            };
+            rec.violation(
+                invariant,
+                json!({ "envoy": v.envoy, "replica": v.replica, "stream": v.stream, "type": v.type_url, "seen by": "recording proxy", "what": v.what }),
+            );
+        }
+    })
+}
+
 /// Counters of the monitors: connections through the Envoys, and samples of the Envoys'
 /// versions (invariant 1), with the samples that failed, so a blind monitor shows.
 #[derive(Default)]
@@ -205,7 +229,11 @@ pub struct World {
     pub envoys: Vec<Arc<Envoy>>,
     pub rec: Arc<Recorder>,
     pub traffic: Arc<Traffic>,
+    /// The oracle over every ADS message between each Envoy and the replicas.
+    pub oracle: Arc<Mutex<Oracle>>,
     _stable_servers: Vec<TlsBuilder>,
+    /// The recording proxies the Envoys stream through, one per (Envoy, replica).
+    _taps: Vec<XdsTap>,
 }
 
 /// Settings of the world.
@@ -268,21 +296,33 @@ impl World {
             ..Options::measured()
         })
         .await?;
-        let xds: Vec<String> = cluster.nodes.values().map(|r| r.xds.clone()).collect();
+        let rec = Recorder::new();
+        let oracle = Arc::new(Mutex::new(Oracle::default()));
+        let sink = oracle_sink(&oracle, &rec);
+        let pki = cluster.pki().context(
+            "the chaos world runs with TLS (the recording proxies present its certificates)",
+        )?;
         let mut envoys = Vec::new();
+        let mut taps = Vec::new();
         for i in 0..s.envoys {
-            let order: Vec<&str> = (0..xds.len())
-                .map(|k| xds[(i + k) % xds.len()].as_str())
-                .collect();
+            let node_id = format!("envoy-{}", i + 1);
+            // Every Envoy streams through a recording proxy to each replica (invariant 1 and 7).
+            let mut order = Vec::new();
+            for k in 0..cluster.nodes.len() {
+                let r = cluster
+                    .nodes
+                    .values()
+                    .nth((i + k) % cluster.nodes.len())
+                    .expect("replica");
+                let (node, envoy) = (pki.node(r.id)?, pki.envoy(&node_id)?);
+                let tls = TapTls::from_files(&pki.ca(), (&node.0, &node.1), (&envoy.0, &envoy.1))?;
+                let tap = XdsTap::start(&node_id, r.id, r.xds.parse()?, &tls, sink.clone()).await?;
+                order.push(tap.addr.to_string());
+                taps.push(tap);
+            }
+            let order: Vec<&str> = order.iter().map(String::as_str).collect();
             envoys.push(Arc::new(
-                Envoy::start_with(
-                    &cluster,
-                    &format!("envoy-{}", i + 1),
-                    &order,
-                    true,
-                    Some(s.protocol),
-                )
-                .await?,
+                Envoy::start_with(&cluster, &node_id, &order, true, Some(s.protocol)).await?,
             ));
         }
         let world = World {
@@ -290,9 +330,11 @@ impl World {
             dns: AsyncMutex::new(dns),
             ca,
             envoys,
-            rec: Recorder::new(),
+            rec,
             traffic: Arc::default(),
+            oracle,
             _stable_servers: servers,
+            _taps: taps,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         for e in &world.envoys {

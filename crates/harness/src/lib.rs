@@ -16,6 +16,8 @@ pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod tls;
+pub mod xds_oracle;
+pub mod xds_tap;
 
 use anyhow::{Context, Result, bail, ensure};
 use concord_api::{BatchBody, BatchBuilder, PutBuilder};
