@@ -193,6 +193,10 @@ impl Envoy {
             .arg(&config)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warn"])
             .args(["--drain-time-s", "1"]);
+        // For a closer look at one run: `CONCORD_TEST_ENVOY_LOG=config:debug,upstream:debug`.
+        if let Ok(levels) = std::env::var("CONCORD_TEST_ENVOY_LOG") {
+            cmd.args(["--component-log-level", &levels]);
+        }
         let launch = match opts.detach {
             true => Launch::detached(dir.join(format!("{node_id}.pid"))),
             false => Launch::owned(),

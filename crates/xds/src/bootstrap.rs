@@ -391,6 +391,11 @@ static_resources:
           http2_protocol_options:
             # Notice a dead replica within seconds even if no packet says so.
             connection_keepalive: { interval: 1s, timeout: 1s }
+    # Health changes reach the load balancer at once. Envoy merges them over 1 s by default, so
+    # a dead replica's ejection that came within a second of another change (a restarted
+    # replica passing its health check) waited up to a second, while every reconnect went to
+    # the dead replica again.
+    common_lb_config: { update_merge_window: 0s }
     # A replica that loses the quorum reports NOT_SERVING and is skipped on reconnect.
     health_checks:
     - timeout: 0.5s
