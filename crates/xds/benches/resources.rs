@@ -48,6 +48,7 @@ fn modes() -> [(&'static str, ResourceConfig); 2] {
             ResourceConfig {
                 mode: ListenerMode::SniCluster {
                     suffix: "builders.example.com".into(),
+                    on_demand: false,
                 },
                 ..ResourceConfig::default()
             },

@@ -38,6 +38,10 @@ pub struct BootstrapConfig {
     pub telemetry: Telemetry,
     /// Ask the replicas for JSON access logs on every listener, to Envoy's stdout or stderr.
     pub access_log: AccessLog,
+    /// No wildcard cluster subscription: Envoy asks for a builder's cluster when a client first
+    /// names it (on-demand CDS, replicas in `--listener-mode on-demand`), so it holds only the
+    /// builders its clients reach. Delta only; services' clusters are not fetched this way.
+    pub on_demand_clusters: bool,
 }
 
 /// The most stats in one message of the sink to the replicas: a few hundred bytes each, so a
@@ -135,6 +139,11 @@ pub enum BootstrapError {
     /// A file path that would break the YAML.
     #[error("invalid path {0:?}: no quotes, backslashes or control characters")]
     BadPath(String),
+    /// On-demand clusters over state of the world.
+    #[error(
+        "--on-demand-clusters needs --xds-protocol delta (Envoy asks for clusters on demand only over delta xDS)"
+    )]
+    OnDemandNeedsDelta,
     /// A stats exclusion that is not a regular expression.
     #[error("invalid --stats-exclude {0:?}: {1}")]
     BadRegex(String, String),
@@ -307,6 +316,9 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
     if c.servers.is_empty() {
         return Err(BootstrapError::NoServers);
     }
+    if c.on_demand_clusters && c.protocol == XdsProtocol::Sotw {
+        return Err(BootstrapError::OnDemandNeedsDelta);
+    }
     plain("node id", &c.node_id)?;
     plain("node cluster", &c.node_cluster)?;
     let servers = c
@@ -368,8 +380,15 @@ pub fn render(c: &BootstrapConfig) -> Result<String, BootstrapError> {
         # Reconnect fast when a replica dies or ends the stream (jittered, at most 0.5 s).
         retry_policy:
           retry_back_off: { base_interval: 0.1s, max_interval: 0.5s }
-  cds_config: { ads: {}, resource_api_version: V3 }
-  lds_config: { ads: {}, resource_api_version: V3 }
+",
+    );
+    // On-demand: no wildcard cluster subscription (Envoy 1.38+ delivers a wildcard CDS
+    // response to the wildcard watcher only, so on-demand requests beside one time out).
+    if !c.on_demand_clusters {
+        w.push_str("  cds_config: { ads: {}, resource_api_version: V3 }\n");
+    }
+    w.push_str(
+        "  lds_config: { ads: {}, resource_api_version: V3 }
 static_resources:
 ",
     );
@@ -481,6 +500,27 @@ static_resources:
 mod tests {
     use super::*;
 
+    #[test]
+    fn on_demand_clusters_leave_out_the_wildcard_subscription_and_need_delta() {
+        let y = render(&config()).unwrap();
+        assert!(y.contains("  cds_config: { ads: {}"));
+        let c = BootstrapConfig {
+            on_demand_clusters: true,
+            ..config()
+        };
+        let y = render(&c).unwrap();
+        assert!(!y.contains("cds_config"), "{y}");
+        assert!(y.contains("  lds_config: { ads: {}"));
+        let sotw = BootstrapConfig {
+            protocol: XdsProtocol::Sotw,
+            ..c
+        };
+        assert!(matches!(
+            render(&sotw),
+            Err(BootstrapError::OnDemandNeedsDelta)
+        ));
+    }
+
     fn config() -> BootstrapConfig {
         BootstrapConfig {
             node_id: "envoy-1".into(),
@@ -494,6 +534,7 @@ mod tests {
             protocol: XdsProtocol::Delta,
             telemetry: Telemetry::default(),
             access_log: AccessLog::Off,
+            on_demand_clusters: false,
         }
     }
 

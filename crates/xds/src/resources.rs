@@ -9,7 +9,11 @@
 //!   the cluster; clusters are named by their SNI. The listener never changes as builders come
 //!   and go. The suffix match is the guard: a client naming any other cluster Envoy knows (the
 //!   ADS cluster of the bootstrap, for one) matches no chain and is closed. Builders whose SNI is
-//!   outside the suffix get no cluster in this mode (skipped, counted and logged).
+//!   outside the suffix get no cluster in this mode (skipped, counted and logged). With
+//!   `on_demand` (`--listener-mode on-demand`), `tcp_proxy` asks for a cluster it does not hold
+//!   over ADS when a client first names it (on-demand CDS), so an Envoy bootstrapped without a
+//!   wildcard cluster subscription (`concord envoy-bootstrap --on-demand-clusters`) holds only
+//!   the builders its clients reach, not the whole registry.
 //!
 //! [`crate::snapshot`] encodes these once per change and keeps them per revision; nothing here
 //! knows of snapshots or streams.
@@ -17,7 +21,10 @@
 use crate::access_log::{AccessLog, access_logs};
 use concord_registry::Builder;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
+    config_source, socket_address,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
@@ -49,6 +56,9 @@ const TCP_PROXY_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const SNI_CLUSTER_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.sni_cluster.v3.SniCluster";
+/// How long `tcp_proxy` waits for a cluster it asked for on demand before closing the connection.
+pub const ON_DEMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Name of the one filter chain (and `tcp_proxy` stat prefix) in sni-cluster mode.
 pub const SNI_CLUSTER_CHAIN: &str = "sni_cluster";
 
@@ -63,6 +73,8 @@ pub enum ListenerMode {
     SniCluster {
         /// The builder SNI suffix without the leading `*.`, e.g. `builders.example.com`.
         suffix: String,
+        /// `tcp_proxy` discovers a cluster it does not hold over ADS (on-demand CDS).
+        on_demand: bool,
     },
 }
 
@@ -108,7 +120,7 @@ pub fn in_suffix(sni: &str, suffix: &str) -> bool {
 pub fn builder_cluster_name(b: &Builder, mode: &ListenerMode) -> Option<String> {
     match mode {
         ListenerMode::FilterChains => Some(cluster_name(&b.id)),
-        ListenerMode::SniCluster { suffix } => in_suffix(&b.sni, suffix).then(|| b.sni.clone()),
+        ListenerMode::SniCluster { suffix, .. } => in_suffix(&b.sni, suffix).then(|| b.sni.clone()),
     }
 }
 
@@ -169,11 +181,24 @@ pub fn cluster(name: &str, b: &Builder, cfg: &ResourceConfig) -> Cluster {
     }
 }
 
-fn tcp_proxy_filter(cluster: &str, log: AccessLog) -> Filter {
+fn tcp_proxy_filter(cluster: &str, log: AccessLog, on_demand: bool) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: cluster.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
         access_log: access_logs(log, false),
+        on_demand: on_demand.then(|| tcp_proxy::OnDemand {
+            odcds_config: Some(ConfigSource {
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                resource_api_version: ApiVersion::V3 as i32,
+                ..Default::default()
+            }),
+            // A name that exists comes in a round trip; one that does not is answered removed
+            // at once (delta), so this bounds only an unanswered request.
+            timeout: Some(pb_duration(ON_DEMAND_TIMEOUT)),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     Filter {
@@ -192,15 +217,16 @@ pub fn filter_chain(b: &Builder, log: AccessLog) -> FilterChain {
             transport_protocol: "tls".into(),
             ..Default::default()
         }),
-        filters: vec![tcp_proxy_filter(&cluster, log)],
+        filters: vec![tcp_proxy_filter(&cluster, log, false)],
         name: cluster,
         ..Default::default()
     }
 }
 
 /// The one filter chain of sni-cluster mode: TLS with an SNI under `*.<suffix>` → `sni_cluster`
-/// (the SNI names the cluster) → `tcp_proxy`, logging each connection to `log`.
-pub fn sni_cluster_chain(suffix: &str, log: AccessLog) -> FilterChain {
+/// (the SNI names the cluster) → `tcp_proxy`, logging each connection to `log`, and asking for
+/// a cluster it does not hold over ADS when `on_demand`.
+pub fn sni_cluster_chain(suffix: &str, log: AccessLog, on_demand: bool) -> FilterChain {
     FilterChain {
         name: SNI_CLUSTER_CHAIN.into(),
         filter_chain_match: Some(FilterChainMatch {
@@ -218,7 +244,7 @@ pub fn sni_cluster_chain(suffix: &str, log: AccessLog) -> FilterChain {
             },
             // `sni_cluster` overrides this cluster with the SNI name on every connection that
             // reaches the chain (the match requires an SNI); the fallback names no real cluster.
-            tcp_proxy_filter(SNI_CLUSTER_CHAIN, log),
+            tcp_proxy_filter(SNI_CLUSTER_CHAIN, log, on_demand),
         ],
         ..Default::default()
     }

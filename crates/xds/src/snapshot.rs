@@ -464,8 +464,9 @@ impl Snapshot {
     fn encode_listener(&self, addr: SocketAddr, log: AccessLog) -> ListenerRes {
         let name = &self.config.listener_name;
         let value = match &self.config.mode {
-            ListenerMode::SniCluster { suffix } => {
-                listener(vec![sni_cluster_chain(suffix, log)], name, addr).encode_to_vec()
+            ListenerMode::SniCluster { suffix, on_demand } => {
+                listener(vec![sni_cluster_chain(suffix, log, *on_demand)], name, addr)
+                    .encode_to_vec()
             }
             // Envoy refuses a listener without filter chains; with no builders there is no
             // listener, and connections are refused.
@@ -525,7 +526,7 @@ pub fn log_skips(prev: &Snapshot, next: &Snapshot) {
         }
         return;
     }
-    if let ListenerMode::SniCluster { suffix } = &next.config.mode {
+    if let ListenerMode::SniCluster { suffix, .. } = &next.config.mode {
         const SHOWN: usize = 10;
         let shown: Vec<&String> = next.skipped.iter().take(SHOWN).collect();
         tracing::warn!(

@@ -58,6 +58,12 @@ pub struct BootstrapArgs {
     /// only what differs) or `sotw` (state of the world: every resource in every response).
     #[arg(long, value_name = "delta|sotw", default_value = "delta")]
     xds_protocol: concord_xds::bootstrap::XdsProtocol,
+    /// Fetch a builder's cluster only when a client first names it (on-demand CDS; delta only),
+    /// for replicas in `--listener-mode on-demand`: the Envoy then holds the builders its
+    /// clients reach, not the whole registry, and starts at once however large it is. Builder-only
+    /// Envoys: the clusters of services are not fetched this way.
+    #[arg(long)]
+    on_demand_clusters: bool,
     /// Do not stream Envoy's stats to the replicas. Rollouts are judged on these stats (each
     /// version's requests and errors), so an Envoy without them takes no part in the judgement.
     /// Streaming needs Envoy's periodic stats flush (every --stats-flush-interval-ms), which at
@@ -134,6 +140,7 @@ impl BootstrapArgs {
             port_offset: self.port_offset,
             protocol: self.xds_protocol,
             access_log: self.access_log,
+            on_demand_clusters: self.on_demand_clusters,
             telemetry: concord_xds::bootstrap::Telemetry {
                 concord_stats: !self.no_rollout_stats,
                 statsd: self.statsd,

@@ -106,6 +106,7 @@ fn listener_modes() {
     let mode = |argv: &[&str]| insecure(argv).map(|c| c.xds.resources.mode);
     let sni = |suffix: &str| ListenerMode::SniCluster {
         suffix: suffix.into(),
+        on_demand: false,
     };
     assert_eq!(mode(&[]).unwrap(), ListenerMode::FilterChains);
     // A suffix alone chooses sni-cluster; filter-chains can still be asked for.

@@ -105,6 +105,10 @@ pub enum ListenerModeArg {
     /// One chain matching `*.<--sni-suffix>` with the `sni_cluster` filter; clusters are named
     /// by SNI, so the listener never changes.
     SniCluster,
+    /// As sni-cluster, and Envoy asks for a cluster it does not hold when a client first names
+    /// it (on-demand CDS over delta ADS): for Envoys bootstrapped with `concord envoy-bootstrap
+    /// --on-demand-clusters`, which hold only the builders their clients reach.
+    OnDemand,
 }
 
 impl XdsArgs {
@@ -152,7 +156,10 @@ impl XdsArgs {
                 template.as_str()
             );
         }
-        Ok(ListenerMode::SniCluster { suffix })
+        Ok(ListenerMode::SniCluster {
+            suffix,
+            on_demand: mode == ListenerModeArg::OnDemand,
+        })
     }
 
     /// The ADS settings of node `node_id` of `cluster`.

@@ -8,7 +8,9 @@
 //! - An Envoy that reconnects reports what it holds in `initial_resource_versions`; it is sent
 //!   only what differs, and resources it holds that no longer exist as `removed_resources`.
 //! - Clusters and listeners are wildcard subscriptions (an empty first subscription, or `*`);
-//!   explicit names are honoured too.
+//!   explicit names are honoured too. A name subscribed to that does not exist is answered in
+//!   `removed_resources` once, as the xDS protocol asks, so an Envoy asking for a cluster on
+//!   demand (on-demand CDS) learns at once that it is missing instead of waiting for its timeout.
 //! - What is sent counts as held from then on (as in go-control-plane): a NACKed resource
 //!   version is therefore not sent again; the resource's next version is.
 //! - What an Envoy holds is a persistent map that, once it is in sync, is a copy of the
@@ -42,6 +44,9 @@ pub struct DeltaType {
     pub acked: Option<u64>,
     /// The last revision it NACKed, with the message.
     pub nacked: Option<(u64, String)>,
+    /// Names subscribed to since the last response: those that do not exist are answered in
+    /// `removed_resources` by the next one.
+    pub unanswered: BTreeSet<String>,
 }
 
 impl DeltaType {
@@ -160,6 +165,7 @@ impl DeltaState {
                 t.wildcard = true;
             } else if t.names.insert(name.clone()) && !t.wildcard {
                 out.resync = true;
+                t.unanswered.insert(name.clone());
             }
         }
         for name in r.unsubscribe {
@@ -167,6 +173,7 @@ impl DeltaState {
                 t.wildcard = false;
             } else {
                 t.names.remove(name);
+                t.unanswered.remove(name);
             }
             // Envoy drops what it no longer subscribes to.
             if !t.subscribed(name) {
@@ -215,6 +222,11 @@ impl DeltaState {
                 DiffItem::Remove(name, _) => c.removals.push(name.clone()),
             }
         }
+        for name in &t.unanswered {
+            if !current.contains_key(name) && !t.held.contains_key(name) {
+                c.removals.push(name.clone());
+            }
+        }
         c
     }
 
@@ -259,6 +271,7 @@ impl DeltaState {
                 t.held.remove(name);
             }
         }
+        t.unanswered.clear();
         t.outstanding.insert(nonce.clone(), revision);
         // A client that never answers must not grow this without bound.
         while t.outstanding.len() > 64 {
@@ -459,5 +472,50 @@ mod tests {
         });
         assert!(!out.resync);
         assert!(s.changes(CLUSTER_TYPE, &map(&[&a, &b])).is_empty());
+    }
+
+    #[test]
+    fn a_name_that_does_not_exist_is_answered_removed_once() {
+        let mut s = DeltaState::new();
+        let sub = vec!["a".to_string(), "missing".to_string()];
+        s.on_request(&Request {
+            type_url: CLUSTER_TYPE,
+            subscribe: &sub,
+            ..Request::default()
+        });
+        let a = named("a", "1");
+        let c = s.changes(CLUSTER_TYPE, &map(&[&a]));
+        assert_eq!(
+            (names(&c), c.removals.clone()),
+            (vec!["a".to_string()], vec!["missing".to_string()])
+        );
+        s.record_sent(CLUSTER_TYPE, 1, &c, &map(&[&a]));
+        // Told once: later responses do not repeat it.
+        assert!(s.changes(CLUSTER_TYPE, &map(&[&a])).is_empty());
+        // It appears later: it is sent, as any subscribed resource.
+        let m = named("missing", "1");
+        assert_eq!(
+            names(&s.changes(CLUSTER_TYPE, &map(&[&a, &m]))),
+            ["missing"]
+        );
+        // Asked for again after an unsubscribe: answered again.
+        let (gone, again) = (vec!["other".to_string()], vec!["other".to_string()]);
+        s.on_request(&Request {
+            type_url: CLUSTER_TYPE,
+            subscribe: &gone,
+            ..Request::default()
+        });
+        s.on_request(&Request {
+            type_url: CLUSTER_TYPE,
+            unsubscribe: &gone,
+            ..Request::default()
+        });
+        assert!(s.changes(CLUSTER_TYPE, &map(&[&a])).is_empty());
+        s.on_request(&Request {
+            type_url: CLUSTER_TYPE,
+            subscribe: &again,
+            ..Request::default()
+        });
+        assert_eq!(s.changes(CLUSTER_TYPE, &map(&[&a])).removals, ["other"]);
     }
 }

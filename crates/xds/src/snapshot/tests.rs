@@ -39,6 +39,7 @@ fn sni_config() -> ResourceConfig {
     ResourceConfig {
         mode: ListenerMode::SniCluster {
             suffix: "builders.example.com".into(),
+            on_demand: false,
         },
         ..ResourceConfig::default()
     }
