@@ -392,12 +392,16 @@ impl World {
             let (w, e, stop) = (self.clone(), e.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let mut max = Versions::default();
+                // A regression is reported once, not again at every sample that still shows it.
+                let mut reported = None;
                 while !stop.is_cancelled() {
                     match e.readouts().await {
                         Ok(v) => {
                             w.traffic.version_samples.fetch_add(1, Ordering::Relaxed);
-                            if v.clusters < max.clusters || v.listeners < max.listeners {
+                            let behind = v.clusters < max.clusters || v.listeners < max.listeners;
+                            if behind && reported != Some((max, v)) {
                                 w.rec.violation(1, json!({ "envoy": e.node_id, "before": format!("{max:?}"), "now": format!("{v:?}") }));
+                                reported = Some((max, v));
                             }
                             max.clusters = max.clusters.max(v.clusters);
                             max.listeners = max.listeners.max(v.listeners);
