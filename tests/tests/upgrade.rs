@@ -137,12 +137,15 @@ async fn a_rolling_upgrade_from_the_pre_services_build() -> Result<()> {
     // The replica the writer's current write goes through (0: none).
     let busy = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Bit `id` set once node `id` runs this build.
+    let upgraded = Arc::new(AtomicU64::new(0));
     let apis: Vec<(u64, concord_api::Client)> =
         c.up().into_iter().map(|id| (id, c.api(id))).collect();
     let writer = {
         let (down, busy, stop) = (down.clone(), busy.clone(), stop.clone());
+        let upgraded = upgraded.clone();
         tokio::spawn(async move {
-            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let (mut acked, mut failed, mut retried) = (Vec::new(), Vec::new(), 0);
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let (via, api) = &apis[i % apis.len()];
@@ -154,14 +157,29 @@ async fn a_rolling_upgrade_from_the_pre_services_build() -> Result<()> {
                 }
                 let id = format!("u{i}");
                 let addr = ([127, 0, 0, 1], 20000 + (i % 40000) as u16).into();
-                match api.put_builder(&id, &PutBuilder::new(addr, sni(&id))).await {
+                let put = PutBuilder::new(addr, sni(&id));
+                let mut result = api.put_builder(&id, &put).await;
+                // The old build answers a write it forwarded to a leader that is stopping with
+                // "unavailable" (this build retries it at the next leader itself): a client
+                // retries such a write, once, as an operator's would.
+                if let Err(concord_api::Error::Api {
+                    code: concord_api::ErrorCode::Unavailable,
+                    ..
+                }) = &result
+                    && upgraded.load(Ordering::SeqCst) & (1 << via) == 0
+                {
+                    retried += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    result = api.put_builder(&id, &put).await;
+                }
+                match result {
                     Ok(w) => acked.push((id, w.revision)),
                     Err(e) => failed.push(format!("{id} via node {via}: {e}")),
                 }
                 busy.store(0, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (acked, failed)
+            (acked, failed, retried)
         })
     };
     // The Envoy's versions, every 50 ms: each type's never lower than before. (Per type: the
@@ -192,6 +210,7 @@ async fn a_rolling_upgrade_from_the_pre_services_build() -> Result<()> {
     let base = base_bin()?;
     for (n, &id) in ids.iter().enumerate() {
         restart(&mut c, id, None, &down, &busy).await?;
+        upgraded.fetch_or(1 << id, Ordering::SeqCst);
         if n + 1 < ids.len() {
             for &u in &ids[..=n] {
                 let f = cluster_format(&c, u).await?;
@@ -281,7 +300,11 @@ async fn a_rolling_upgrade_from_the_pre_services_build() -> Result<()> {
     })
     .await?;
     stop.store(true, Ordering::Relaxed);
-    let (acked, failed) = writer.await?;
+    let (acked, failed, retried) = writer.await?;
+    println!(
+        "{} writes acknowledged, {retried} retried once through an old replica",
+        acked.len()
+    );
     let backwards = monitor.await?;
     ensure!(
         failed.is_empty(),
