@@ -218,6 +218,58 @@ pub struct Traffic {
     pub version_sample_errors: AtomicU64,
 }
 
+/// Builders removed from DNS, as replicas were seen holding them and not, by revision.
+/// Revisions are the cluster's and ids are never reused, so a builder held at revision a, gone
+/// at b and held again at c (a < b <= c, on any replicas) was brought back. Seen before it was
+/// added, or on a lagging replica, it is only absent at a revision below the ones that held it.
+#[derive(Default)]
+struct Gone {
+    tracks: BTreeMap<String, Track>,
+}
+
+/// What was seen of one removed builder.
+struct Track {
+    held_min: u64,
+    held_max: u64,
+    absent: BTreeSet<u64>,
+    reported: bool,
+}
+
+impl Gone {
+    /// Notes a replica's `held` builders at `revision`; returns the removed ones now seen
+    /// brought back, with the revision each was seen gone at.
+    fn see(
+        &mut self,
+        removed: &BTreeSet<String>,
+        revision: u64,
+        held: &BTreeSet<String>,
+    ) -> Vec<(String, u64)> {
+        let mut back = Vec::new();
+        for bid in removed {
+            let t = self.tracks.entry(bid.clone()).or_insert(Track {
+                held_min: u64::MAX,
+                held_max: 0,
+                absent: BTreeSet::new(),
+                reported: false,
+            });
+            if held.contains(bid) {
+                t.held_min = t.held_min.min(revision);
+                t.held_max = t.held_max.max(revision);
+            } else {
+                t.absent.insert(revision);
+            }
+            if !t.reported
+                && t.held_min < t.held_max
+                && let Some(&gone) = t.absent.range(t.held_min + 1..=t.held_max).next()
+            {
+                t.reported = true;
+                back.push((bid.clone(), gone));
+            }
+        }
+        back
+    }
+}
+
 /// How often each Envoy's versions are read (its `version_text` readouts: cheap for Envoy).
 const VERSION_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
@@ -428,6 +480,31 @@ impl World {
                 }
             }));
         }
+        // Removed builders stay removed (invariant 3, continuously): every replica's builders,
+        // every 200 ms, against the revision at which each removed one was first seen gone.
+        {
+            let (w, stop) = (self.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut gone = Gone::default();
+                while !stop.is_cancelled() {
+                    let removed = w.dns.lock().await.removed().clone();
+                    let apis: Vec<(u64, concord_api::Client)> = {
+                        let c = w.cluster.lock().await;
+                        c.up().into_iter().map(|id| (id, c.api(id))).collect()
+                    };
+                    for (id, api) in apis {
+                        let Ok(v) = api.builders(false).await else {
+                            continue;
+                        };
+                        let held: BTreeSet<String> = v.ids().into_iter().collect();
+                        for (bid, since) in gone.see(&removed, v.revision, &held) {
+                            w.rec.violation(3, json!({ "node": id, "removed builder is back": bid, "at revision": v.revision, "gone since revision": since }));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }));
+        }
         // Leaders and Envoy placement, as the replicas report them.
         {
             let (w, stop) = (self.clone(), stop.clone());
@@ -484,5 +561,39 @@ impl World {
             }));
         }
         tasks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gone;
+    use std::collections::BTreeSet;
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_removed_builder_held_again_at_a_newer_revision_is_caught() {
+        let mut g = Gone::default();
+        let removed = set(&["c1"]);
+        // Not yet added at 3 (a lagging replica), added at 4, still held at 5.
+        assert!(g.see(&removed, 3, &set(&["s1"])).is_empty());
+        assert!(g.see(&removed, 4, &set(&["c1", "s1"])).is_empty());
+        assert!(g.see(&removed, 5, &set(&["c1", "s1"])).is_empty());
+        // Gone at 7; a lagging replica at 6 still holds it.
+        assert!(g.see(&removed, 7, &set(&["s1"])).is_empty());
+        assert!(g.see(&removed, 6, &set(&["c1", "s1"])).is_empty());
+        // Held again at 7 or later: back, reported once.
+        assert_eq!(
+            g.see(&removed, 9, &set(&["c1", "s1"])),
+            [("c1".to_string(), 7)]
+        );
+        assert!(g.see(&removed, 10, &set(&["c1", "s1"])).is_empty());
+        // Seen in the other order: held at 12 first, then gone at 11 on another replica.
+        let mut g = Gone::default();
+        assert!(g.see(&removed, 10, &set(&["c1"])).is_empty());
+        assert!(g.see(&removed, 12, &set(&["c1"])).is_empty());
+        assert_eq!(g.see(&removed, 11, &set(&[])), [("c1".to_string(), 11)]);
     }
 }
