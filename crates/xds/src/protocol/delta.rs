@@ -90,9 +90,19 @@ pub struct Outcome {
     pub nacked: Option<(u64, String)>,
 }
 
-/// The most resource names one stream may subscribe to (or report holding) per type: far more
-/// than any registry serves, and a bound on what a hostile client can make a stream keep.
+/// The most resource names one stream may subscribe to (or report holding) per type, unless
+/// the replica serves more of the type ([`names_limit`]): a bound on what a hostile client can
+/// make a stream keep.
 pub const MAX_NAMES_PER_TYPE: usize = 100_000;
+
+/// The most names of a type one stream may subscribe to or report holding when the replica
+/// serves `served` of them: [`MAX_NAMES_PER_TYPE`], or twice what is served when that is more.
+/// An Envoy that holds a registry of more than `MAX_NAMES_PER_TYPE` builders and reconnects
+/// reports every one of them, and must not be refused for it (it was, at 100,001 builders); a
+/// hostile client stays bounded by the registry's size.
+pub fn names_limit(served: usize) -> usize {
+    MAX_NAMES_PER_TYPE.max(served.saturating_mul(2))
+}
 
 /// The changes to send for one type.
 #[derive(Debug, Clone, Default)]
@@ -129,11 +139,11 @@ impl DeltaState {
     }
 
     /// Whether applying `r` would make its type's subscription (or, on a first request, what
-    /// the Envoy reports holding) exceed [`MAX_NAMES_PER_TYPE`]; such a request is refused.
-    pub fn too_many_names(&self, r: &Request<'_>) -> bool {
+    /// the Envoy reports holding) exceed `limit` ([`names_limit`]); such a request is refused.
+    pub fn too_many_names(&self, r: &Request<'_>, limit: usize) -> bool {
         let names = self.types.get(r.type_url).map_or(0, |t| t.names.len());
         let held = r.initial_versions.map_or(0, |h| h.len());
-        names.saturating_add(r.subscribe.len()) > MAX_NAMES_PER_TYPE || held > MAX_NAMES_PER_TYPE
+        names.saturating_add(r.subscribe.len()) > limit || held > limit
     }
 
     /// Applies a request: subscription changes, then its ACK or NACK.
@@ -472,6 +482,24 @@ mod tests {
         });
         assert!(!out.resync);
         assert!(s.changes(CLUSTER_TYPE, &map(&[&a, &b])).is_empty());
+    }
+
+    #[test]
+    fn the_names_limit_grows_with_what_is_served() {
+        assert_eq!(names_limit(10), MAX_NAMES_PER_TYPE);
+        assert_eq!(names_limit(150_000), 300_000);
+        let s = DeltaState::new();
+        // An Envoy reconnecting with a registry of MAX + 2 builders reports every one.
+        let held: HashMap<String, String> = (0..MAX_NAMES_PER_TYPE + 2)
+            .map(|i| (format!("b{i}"), "v".to_string()))
+            .collect();
+        let r = Request {
+            type_url: CLUSTER_TYPE,
+            initial_versions: Some(&held),
+            ..Request::default()
+        };
+        assert!(s.too_many_names(&r, names_limit(10)));
+        assert!(!s.too_many_names(&r, names_limit(MAX_NAMES_PER_TYPE + 2)));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use super::order::{Order, TypeInfo};
 use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
-use crate::protocol::delta::{DeltaState, MAX_NAMES_PER_TYPE, Request as DeltaRequest};
+use crate::protocol::delta::{DeltaState, Request as DeltaRequest, names_limit};
 use crate::push::Pushes;
 use crate::resource_type;
 use crate::resource_type::{ENDPOINTS, Placement, ROUTES};
@@ -141,15 +141,17 @@ impl DeltaStream {
             nonce: &req.response_nonce,
             error: req.error_detail.as_ref().map(|e| e.message.as_str()),
         };
-        if self.state.too_many_names(&request) {
+        let served = current(&self.snapshots.borrow(), self.placement, type_url).len();
+        let limit = names_limit(served);
+        if self.state.too_many_names(&request, limit) {
             tracing::warn!(
                 stream = self.peer.id,
                 node = self.node_id(),
                 type_url,
-                "a delta request would subscribe to more than {MAX_NAMES_PER_TYPE} names; ending the stream"
+                "a delta request would subscribe to more than {limit} names; ending the stream"
             );
             return Err(End::Status(Status::invalid_argument(format!(
-                "more than {MAX_NAMES_PER_TYPE} resource names of {type_url} on one stream"
+                "more than {limit} resource names of {type_url} on one stream"
             ))));
         }
         let outcome = self.state.on_request(&request);
