@@ -69,12 +69,6 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// Per Envoy, each revision it was seen holding, with the time first seen (µs).
 type Seen = Arc<Mutex<BTreeMap<String, BTreeMap<u64, u64>>>>;
 
@@ -127,7 +121,7 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
         cli.envoys,
         cli.rate,
         cli.secs,
-        load()
+        concord_bench::load_average()
     );
     let sni_cluster = mode == ListenerMode::SniCluster;
     let mut extra: Vec<String> = ["--listener-mode", mode.flag()].map(String::from).to_vec();
@@ -263,7 +257,7 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
     println!(
         "  burst: commit -> every Envoy holds it: n={} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; furthest Envoy {behind} revisions behind at the last commit; last change -> every Envoy {converge:.1} ms (load average {})",
         commits.len(),
-        load()
+        concord_bench::load_average()
     );
     Ok(())
 }

@@ -62,12 +62,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// The TXT record's content: a fixed base, the builder of the current kill, and the churned one.
 struct Dns {
     bind: Bind,
@@ -290,7 +284,7 @@ async fn main() -> Result<()> {
         "bench-failover: 3 replicas (TLS), {} Envoys (delta, sni-cluster), BIND; {} kills; load average {}",
         a.envoys,
         a.kills,
-        load()
+        concord_bench::load_average()
     );
     let x: Vec<(u64, String)> = c.nodes.values().map(|r| (r.id, r.xds.clone())).collect();
     let mut envoys = Vec::new();
@@ -559,7 +553,10 @@ async fn main() -> Result<()> {
         let missing = n - v.len();
         (v, missing)
     };
-    println!("\n== {n} leader SIGKILLs, load average {} ==", load());
+    println!(
+        "\n== {n} leader SIGKILLs, load average {} ==",
+        concord_bench::load_average()
+    );
     let (mut v, m) = pick(|s| s.leader_visible);
     row(
         "SIGKILL leader -> new leader in /v1/status",

@@ -52,23 +52,6 @@ struct Start {
     clusters: Option<u64>,
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 async fn start_once(c: &Cluster, ca: &TestCa, mode: &str, n: usize, a: &Args) -> Result<Start> {
     let node_id = format!("envoy-{mode}-{n}");
     let mut bootstrap = c.bootstrap_args(&node_id)?;
@@ -100,7 +83,7 @@ async fn start_once(c: &Cluster, ca: &TestCa, mode: &str, n: usize, a: &Args) ->
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let pid = e.pid().context("Envoy's pid")?;
-    let rss_mib = rss_mib(pid);
+    let rss_mib = concord_bench::rss_mib(pid);
     // A busy Envoy's admin API may not answer: then only what /proc says.
     let admin = |path: &'static str| {
         let e = &e;
@@ -166,7 +149,7 @@ async fn run(a: &Args, mode: &str, n: usize) -> Result<()> {
     println!(
         "{mode} at {n} builders (+1): registry loaded in {:.1} s, load average {}",
         loaded.elapsed().as_secs_f64(),
-        load()
+        concord_bench::load_average()
     );
     let mut starts = Vec::new();
     for i in 0..a.runs {

@@ -144,24 +144,6 @@ fn since(t: u64, until: u64) -> Duration {
     Duration::from_micros(until.saturating_sub(t))
 }
 
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// Resident memory (MiB) of a process.
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// Fly TXT entries: the baseline, plus `extra` (id, ip).
 fn instances(extra: Option<(&str, std::net::Ipv4Addr)>) -> Vec<String> {
     let mut v: Vec<String> = (0..DNS_BASELINE)
@@ -323,7 +305,7 @@ async fn run(
         "{} with {size} builders, {} Envoys (load average {})",
         combo.label(),
         a.envoys,
-        load()
+        concord_bench::load_average()
     );
     let mut extra: Vec<String> = ["--listener-mode", combo.mode()].map(String::from).to_vec();
     if combo.sni_cluster {
@@ -410,12 +392,18 @@ async fn run(
         .c
         .nodes
         .values()
-        .filter_map(|r| Some(format!("node {} {:.0} MiB", r.id, rss_mib(r.pid()?))))
+        .filter_map(|r| {
+            Some(format!(
+                "node {} {:.0} MiB",
+                r.id,
+                concord_bench::rss_mib(r.pid()?)
+            ))
+        })
         .collect();
     println!(
         "  replica RSS at the end: {} (load average {})",
         rss.join(", "),
-        load()
+        concord_bench::load_average()
     );
     Ok(())
 }
