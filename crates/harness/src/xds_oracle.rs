@@ -45,10 +45,6 @@ pub enum Seen {
         version: String,
         /// Its nonce, which the Envoy's ACK or NACK names.
         nonce: String,
-        /// Resources added or updated (delta) or all of them (state of the world).
-        resources: usize,
-        /// Removed resources (delta).
-        removed: usize,
     },
 }
 
@@ -94,7 +90,7 @@ pub struct Violation {
 }
 
 /// Counts per Envoy, so a blind oracle shows in a report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// ADS streams opened.
     pub streams: u64,
@@ -165,7 +161,6 @@ impl Oracle {
                 type_url,
                 version,
                 nonce,
-                ..
             } => {
                 envoy.counts.responses += 1;
                 let Some(rev) = revision(version) else {
@@ -306,8 +301,6 @@ mod tests {
             type_url: CDS.into(),
             version: version.into(),
             nonce: nonce.into(),
-            resources: 1,
-            removed: 0,
         }
     }
 

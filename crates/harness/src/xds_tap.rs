@@ -12,6 +12,7 @@
 use crate::xds_oracle::{At, Protocol, Seen};
 use anyhow::{Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
+use concord_tls::xds::{XdsTls, XdsTlsFiles};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -41,17 +42,18 @@ pub struct TapTls {
 
 impl TapTls {
     /// From certificate files: the replica's (`node`), the Envoy's (`envoy`), the CA (`ca`).
+    /// Towards Envoy it serves what the replica's own xDS port serves ([`XdsTls`]).
     pub fn from_files(ca: &Path, node: (&Path, &Path), envoy: (&Path, &Path)) -> Result<TapTls> {
-        let mut server = rustls::ServerConfig::builder_with_provider(concord_tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(
-                concord_tls::reload::certs(node.0)?,
-                concord_tls::reload::key(node.1)?,
-            )?;
-        server.alpn_protocols = vec![b"h2".to_vec()];
+        let files = XdsTlsFiles {
+            cert: node.0.to_path_buf(),
+            key: node.1.to_path_buf(),
+            client_ca: None,
+            bind_node_id: false,
+        };
+        // The cluster name only labels identity checks of Envoys, which this side does not make.
+        let server = XdsTls::new(files, "tap")?.server_config();
         Ok(TapTls {
-            server: Arc::new(server),
+            server,
             client: crate::pki::client_config(ca, Some(envoy))?,
         })
     }
@@ -256,8 +258,6 @@ fn decode(protocol: Protocol, dir: Dir, msg: Bytes) -> Option<Seen> {
                 type_url: r.type_url,
                 version: r.version_info,
                 nonce: r.nonce,
-                resources: r.resources.len(),
-                removed: 0,
             }
         }
         (Protocol::Delta, Dir::Response) => {
@@ -266,8 +266,6 @@ fn decode(protocol: Protocol, dir: Dir, msg: Bytes) -> Option<Seen> {
                 type_url: r.type_url,
                 version: r.system_version_info,
                 nonce: r.nonce,
-                resources: r.resources.len(),
-                removed: r.removed_resources.len(),
             }
         }
     })

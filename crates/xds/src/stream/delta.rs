@@ -18,7 +18,9 @@
 
 use super::order::{Order, TypeInfo};
 use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
-use crate::protocol::delta::{DeltaState, Request as DeltaRequest, names_limit};
+use crate::protocol::delta::{
+    DeltaState, MAX_NAMES_PER_TYPE, Request as DeltaRequest, names_limit,
+};
 use crate::push::Pushes;
 use crate::resource_type;
 use crate::resource_type::{ENDPOINTS, Placement, ROUTES};
@@ -141,8 +143,11 @@ impl DeltaStream {
             nonce: &req.response_nonce,
             error: req.error_detail.as_ref().map(|e| e.message.as_str()),
         };
-        let served = current(&self.snapshots.borrow(), self.placement, type_url).len();
-        let limit = names_limit(served);
+        // What the replica serves is counted only for a request past the fixed bound.
+        let limit = match self.state.too_many_names(&request, MAX_NAMES_PER_TYPE) {
+            false => MAX_NAMES_PER_TYPE,
+            true => names_limit(current(&self.snapshots.borrow(), self.placement, type_url).len()),
+        };
         if self.state.too_many_names(&request, limit) {
             tracing::warn!(
                 stream = self.peer.id,
