@@ -6,14 +6,14 @@
 //!
 //! Each change re-puts one of ten `burst<k>` builders at a new port (the registry's size stays
 //! the same). Commit time is when the put's answer arrives (the leader answers once the entry is
-//! committed and applied). What each Envoy holds is read from Envoy itself, every `--sample-ms` (10): its
-//! `cluster_manager.cds.version_text` and `listener_manager.lds.version_text` (in sni-cluster
-//! mode the listener never changes: clusters alone). A revision is held by an Envoy from the
-//! first sample that shows it or a newer one, so times are late by up to a sample (`--sample-ms`). Printed per
-//! run: commit → every Envoy holds it (p50, p99, max over the changes), how many revisions the
-//! furthest Envoy was behind when the burst stopped, and the time from the last change's commit
-//! until every Envoy holds it (convergence), beside one change's commit → every Envoy ACK
-//! measured on the same cluster first.
+//! committed and applied). What each Envoy holds is what it ACKed, as the replicas record it
+//! with each ACK's arrival time (`GET /v1/envoys` on every replica, every `--sample-ms`, 10): in
+//! sni-cluster mode its clusters alone (the listener never changes), otherwise clusters and
+//! listeners both. A revision is held by an Envoy from its first ACK seen of it or a newer one.
+//! Printed per run: commit → every Envoy holds it (p50, p99, max over the changes), how many
+//! revisions the furthest Envoy was behind when the burst stopped, and the time from the last
+//! change's commit until every Envoy holds it (convergence), beside one change's commit → every
+//! Envoy ACK measured on the same cluster first.
 //!
 //! `cargo build --release -p concord -p concord-bench && target/release/bench-burst`;
 //! `CONCORD_BIN=path/to/concord` benchmarks another build of the replicas.
@@ -22,7 +22,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use concord_api::PutBuilder;
 use concord_bench::{ListenerMode, XdsProtocol};
-use concord_harness::envoy::{Envoy, Protocol, Versions};
+use concord_harness::envoy::{Envoy, Protocol};
 use concord_harness::{Cluster, Options, percentiles};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,8 +56,8 @@ struct Cli {
     /// Real Envoys, spread over the replicas.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     envoys: u64,
-    /// Milliseconds between reads of every Envoy's versions (each read is an admin request on
-    /// Envoy's main thread: a shorter period measures more finely and costs Envoy more).
+    /// Milliseconds between reads of the replicas' records of their Envoys' ACKs (a longer
+    /// period can miss revisions an Envoy passed through, and so count a later ACK for them).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     sample_ms: u64,
 }
@@ -69,38 +69,54 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Per Envoy, each revision it was seen holding, with the time first seen (µs).
+/// Per Envoy, each revision it was seen holding, with the time it ACKed it (µs).
 type Seen = Arc<Mutex<BTreeMap<String, BTreeMap<u64, u64>>>>;
 
-/// Reads every Envoy's versions every `every` until `stop`.
+/// Reads every replica's record of its Envoys' ACKs every `every` until `stop`. Each record
+/// carries the ACK's own arrival time, so a sample's period bounds only which revisions are
+/// seen, not when: a revision is held from the first ACK seen of it or a newer one.
+///
+/// Not Envoy's `version_text` readouts: at 10,000 clusters one `/stats` request costs Envoy's
+/// main thread about 100 ms (it walks every cluster's stats), so a sampler of three Envoys
+/// measured itself, 450 ms late, and slowed the Envoys' xDS.
 async fn sample(
-    envoys: Arc<Vec<Envoy>>,
+    api: Vec<concord_api::Client>,
     every: Duration,
     sni_cluster: bool,
     seen: Seen,
     stop: Arc<tokio::sync::Notify>,
 ) {
+    // In sni-cluster mode the listener never changes: clusters alone.
+    let types: &[&str] = if sni_cluster {
+        &["clusters"]
+    } else {
+        &["clusters", "listeners"]
+    };
     loop {
-        for e in envoys.iter() {
-            // Envoy's version_text readouts: cheap enough to sample every 10 ms.
-            let Ok(Versions {
-                clusters: Some(cds),
-                listeners: lds,
-            }) = e.readouts().await
-            else {
+        for a in &api {
+            let Ok(v) = a.envoys().await else {
                 continue;
             };
-            let rev = match (sni_cluster, lds) {
-                (true, _) => cds,
-                (false, Some(lds)) => cds.min(lds),
-                (false, None) => continue,
-            };
-            let at = now_us();
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.entry(e.node_id.clone())
-                .or_default()
-                .entry(rev)
-                .or_insert(at);
+            for e in &v.envoys {
+                let acks: Option<Vec<(u64, u64)>> = types
+                    .iter()
+                    .map(|t| {
+                        let t = e.of(t)?;
+                        Some((t.acked?, t.acked_at_us?))
+                    })
+                    .collect();
+                let Some(acks) = acks else { continue };
+                // Held: every type at this revision or newer, from the last of their ACKs.
+                let rev = acks.iter().map(|a| a.0).min().unwrap_or(0);
+                let at = acks.iter().map(|a| a.1).max().unwrap_or(0);
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                let held = seen
+                    .entry(e.node_id.clone())
+                    .or_default()
+                    .entry(rev)
+                    .or_insert(at);
+                *held = (*held).min(at);
+            }
         }
         tokio::select! {
             _ = stop.notified() => return,
@@ -183,11 +199,10 @@ async fn run(cli: &Cli, protocol: XdsProtocol, mode: ListenerMode, size: usize) 
     let single = c.all_acked(cli.envoys as usize, r).await?;
     let single_ms = single.saturating_sub(committed) as f64 / 1e3;
 
-    let envoys = Arc::new(envoys);
     let seen: Seen = Arc::default();
     let stop = Arc::new(tokio::sync::Notify::new());
     let sampler = tokio::spawn(sample(
-        envoys.clone(),
+        c.nodes.keys().map(|&id| c.api(id)).collect(),
         Duration::from_millis(cli.sample_ms),
         sni_cluster,
         seen.clone(),

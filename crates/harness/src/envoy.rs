@@ -329,10 +329,11 @@ impl Envoy {
         Ok(v)
     }
 
-    /// CDS and LDS versions from Envoy's `version_text` readouts, in one cheap admin request:
-    /// the admin API runs on Envoy's main thread, which also applies xDS, so a sampler must not
-    /// load it (a plain `/stats?filter=` walks every stat of every cluster; `/config_dump`
-    /// encodes every resource). The version of the last update of each type Envoy accepted.
+    /// CDS and LDS versions from Envoy's `version_text` readouts, in one admin request: the
+    /// version of the last update of each type Envoy accepted. Cheap with a small registry,
+    /// not with a large one: the admin API runs on Envoy's main thread, which also applies
+    /// xDS, and even this request walks every cluster's stats (240–370 ms at 10,000 clusters,
+    /// issue 17), so a sampler at scale reads the replicas' ACK records instead.
     pub async fn readouts(&self) -> Result<Versions> {
         let body = self
             .get("/stats?type=TextReadouts&filter=version_text")
