@@ -82,8 +82,8 @@ impl DeltaStream {
     pub(crate) async fn run(mut self, mut inbound: impl Inbound<DeltaDiscoveryRequest>) {
         let mut life = Lifetime::new(&self.xds, self.peer.id);
         let end = loop {
-            // The handlers are boxed: their futures are large, and a waiting stream should
-            // not carry their space.
+            // The handlers are boxed, and the end below: their futures are large, and a
+            // waiting stream should not carry their space.
             let step = match life.next(&mut inbound, &mut self.snapshots).await {
                 Event::Request(req) => Box::pin(self.on_request(req)).await,
                 Event::Changed => Box::pin(self.push_stale()).await,
@@ -94,7 +94,7 @@ impl DeltaStream {
             }
         };
         let stream = (self.peer.id, self.node_id());
-        finish(&self.xds, stream, &self.tx, end, "delta ADS").await;
+        Box::pin(finish(&self.xds, stream, &self.tx, end, "delta ADS")).await;
     }
 
     fn node_id(&self) -> &str {

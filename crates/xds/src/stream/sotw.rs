@@ -64,8 +64,8 @@ impl SotwStream {
     pub(crate) async fn run(mut self, mut inbound: impl Inbound<DiscoveryRequest>) {
         let mut life = Lifetime::new(&self.xds, self.peer.id);
         let end = loop {
-            // The handlers are boxed: their futures are large, and a waiting stream should
-            // not carry their space.
+            // The handlers are boxed, and the end below: their futures are large, and a
+            // waiting stream should not carry their space.
             let step = match life.next(&mut inbound, &mut self.snapshots).await {
                 Event::Request(req) => Box::pin(self.on_request(req)).await,
                 Event::Changed => Box::pin(self.push_stale()).await,
@@ -76,7 +76,7 @@ impl SotwStream {
             }
         };
         let stream = (self.peer.id, self.node_id());
-        finish(&self.xds, stream, &self.tx, end, "ADS").await;
+        Box::pin(finish(&self.xds, stream, &self.tx, end, "ADS")).await;
     }
 
     fn node_id(&self) -> &str {
