@@ -84,6 +84,8 @@ pub struct EnvoyOptions {
     pub detach: bool,
     /// `--port-offset`: every services listener this many ports from its file's port.
     pub port_offset: i32,
+    /// Extra flags for Envoy itself (e.g. `--config-yaml`, merged into the bootstrap).
+    pub envoy_args: Vec<String>,
 }
 
 /// The versions an Envoy reports for its dynamic clusters and listeners.
@@ -192,7 +194,8 @@ impl Envoy {
         cmd.arg("-c")
             .arg(&config)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warn"])
-            .args(["--drain-time-s", "1"]);
+            .args(["--drain-time-s", "1"])
+            .args(&opts.envoy_args);
         // For a closer look at one run: `CONCORD_TEST_ENVOY_LOG=config:debug,upstream:debug`.
         if let Ok(levels) = std::env::var("CONCORD_TEST_ENVOY_LOG") {
             cmd.args(["--component-log-level", &levels]);
