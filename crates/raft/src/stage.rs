@@ -241,12 +241,12 @@ mod tests {
             connected_at_ms: 0,
             types: [(
                 "routes".to_string(),
-                TypeStatus {
+                Box::new(TypeStatus {
                     sent: Some(acked),
                     acked: Some(acked),
                     pending,
                     ..Default::default()
-                },
+                }),
             )]
             .into(),
             last_nack: None,

@@ -324,7 +324,7 @@ impl http_body::Body for Frames {
         if self.done {
             return Poll::Ready(None);
         }
-        let status = match ready!(self.rx.poll_recv(cx)) {
+        let status = match ready!(self.rx.poll_recv(cx)).map(|out| *out) {
             Some(Ok(framed)) => return Poll::Ready(Some(Ok(Frame::data(framed)))),
             Some(Err(status)) => *status,
             None => Status::ok(""),

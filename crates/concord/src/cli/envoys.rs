@@ -126,11 +126,13 @@ mod tests {
     use concord_api::envoys::{ClusterEnvoy, NackStatus, ReplicaEnvoys, TypeStatus};
 
     fn envoy() -> EnvoyStatus {
-        let t = |sent, acked, pending| TypeStatus {
-            sent: Some(sent),
-            acked,
-            pending,
-            ..TypeStatus::default()
+        let t = |sent, acked, pending| {
+            Box::new(TypeStatus {
+                sent: Some(sent),
+                acked,
+                pending,
+                ..TypeStatus::default()
+            })
         };
         EnvoyStatus {
             node_id: "envoy-1".into(),

@@ -442,11 +442,11 @@ mod tests {
         let mut types = std::collections::BTreeMap::new();
         types.insert(
             "clusters".to_string(),
-            TypeStatus {
+            Box::new(TypeStatus {
                 sent: Some(19),
                 acked: Some(18),
                 ..TypeStatus::default()
-            },
+            }),
         );
         ClusterView {
             asked: 2,

@@ -68,7 +68,7 @@ impl Methods for Stats {
             .map(|()| {
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 // Cannot fail: the channel is new, with room for one.
-                let _ = tx.try_send(Ok(Bytes::from_static(&EMPTY_RESPONSE)));
+                let _ = tx.try_send(Box::new(Ok(Bytes::from_static(&EMPTY_RESPONSE))));
                 rx
             });
         respond(answer)

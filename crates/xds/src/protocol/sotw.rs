@@ -56,7 +56,9 @@ impl TypeState {
 #[derive(Debug, Default)]
 pub struct StreamState {
     nonces: u64,
-    types: BTreeMap<String, TypeState>,
+    /// Boxed: a map's first node holds eleven entries inline, about 1 KiB of `TypeState`s for
+    /// the few types an Envoy subscribes to, on every stream (issue 17).
+    types: BTreeMap<String, Box<TypeState>>,
 }
 
 /// Parses a `version_info` this control plane sent (a revision); anything else counts as none.
@@ -71,7 +73,7 @@ impl StreamState {
     }
 
     /// The subscribed types and their state, ordered by type URL (clusters before listeners).
-    pub fn types(&self) -> &BTreeMap<String, TypeState> {
+    pub fn types(&self) -> &BTreeMap<String, Box<TypeState>> {
         &self.types
     }
 

@@ -17,7 +17,7 @@
 //! service feeds it from HTTP/2, the tests from a channel.
 
 use super::order::{Order, TypeInfo};
-use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
+use super::{End, Event, Inbound, Lifetime, Peer, Shared, Tx, finish, hello, served};
 use crate::protocol::delta::{
     DeltaState, MAX_NAMES_PER_TYPE, Request as DeltaRequest, names_limit,
 };
@@ -25,10 +25,10 @@ use crate::push::Pushes;
 use crate::resource_type;
 use crate::resource_type::{ENDPOINTS, Placement, ROUTES};
 use crate::snapshot::{Resources, Snapshot};
-use crate::wire::{self, Out};
+use crate::wire;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::Status;
 
 /// The current resources of `type_url` for a listener at `addr` (a cheap, shared copy).
@@ -40,7 +40,7 @@ fn current(snap: &Snapshot, addr: Placement, type_url: &str) -> Resources {
 pub(crate) struct DeltaStream {
     xds: Arc<Shared>,
     peer: Peer,
-    tx: mpsc::Sender<Out>,
+    tx: Tx,
     state: DeltaState,
     /// The Envoy's node id, once its first request has named it.
     node: Option<String>,
@@ -60,7 +60,7 @@ pub(crate) struct DeltaStream {
 
 impl DeltaStream {
     /// A stream of `peer` that sends its responses into `tx`.
-    pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: mpsc::Sender<Out>) -> DeltaStream {
+    pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: Tx) -> DeltaStream {
         let placement = Placement::from(xds.snapshots.borrow().default_listener_addr());
         DeltaStream {
             placement,
@@ -103,7 +103,10 @@ impl DeltaStream {
 
     /// What the stream knows of `type_url`, for [`Order`].
     fn info(&self, type_url: &str) -> Option<TypeInfo> {
-        self.state.types().get(type_url).map(TypeInfo::from)
+        self.state
+            .types()
+            .get(type_url)
+            .map(|t| TypeInfo::from(&**t))
     }
 
     /// Whether routes may be pushed: the clusters new to this Envoy are warm.
@@ -111,7 +114,7 @@ impl DeltaStream {
         let types = self.state.types();
         let eds = types.get(ENDPOINTS.type_url);
         self.order.routes_may_go(
-            |t| types.get(t).map(TypeInfo::from),
+            |t| types.get(t).map(|t| TypeInfo::from(&**t)),
             |name| eds.is_some_and(|e| e.held.contains_key(name)),
         )
     }
@@ -313,7 +316,10 @@ impl DeltaStream {
             &changes.updates,
             &changes.removals,
         );
-        self.tx.send(framed).await.map_err(|_| End::Closed)
+        self.tx
+            .send(Box::new(framed))
+            .await
+            .map_err(|_| End::Closed)
     }
 }
 

@@ -59,11 +59,13 @@ fn is_service(name: &str) -> bool {
 /// The make-before-break state of one stream.
 #[derive(Debug, Default)]
 pub(crate) struct Order {
-    /// Per kept type (clusters, endpoints): the snapshot's resources when it was last sent.
-    last: BTreeMap<&'static str, Resources>,
+    /// Per kept type (clusters, endpoints, in [`KEPT`]'s order): the snapshot's resources when
+    /// it was last sent. Arrays, not maps keyed by type: a map's first node is about 450 bytes
+    /// for two entries, on every stream (issue 17, 10,000 streams a replica).
+    last: [Option<Resources>; 2],
     /// Per kept type: resources gone from the snapshot but kept for this Envoy, with the
     /// revision they left at.
-    kept: BTreeMap<&'static str, BTreeMap<String, (Arc<Named>, u64)>>,
+    kept: [BTreeMap<String, (Arc<Named>, u64)>; 2],
     /// Service clusters new to this Envoy, and the revision they came at, until warm.
     fresh: BTreeMap<String, u64>,
     /// Types to send again at the same revision: kept resources were let go.
@@ -76,11 +78,12 @@ pub(crate) fn keeps(type_url: &str) -> bool {
     kept_type(type_url).is_some()
 }
 
-/// The kept type `type_url` is, if it is one.
-fn kept_type(type_url: &str) -> Option<&'static str> {
-    [CLUSTERS.type_url, ENDPOINTS.type_url]
-        .into_iter()
-        .find(|t| *t == type_url)
+/// The types that take part in keeping.
+const KEPT: [&str; 2] = [CLUSTERS.type_url, ENDPOINTS.type_url];
+
+/// The kept type `type_url` is, if it is one: its index in [`KEPT`].
+fn kept_type(type_url: &str) -> Option<usize> {
+    KEPT.iter().position(|t| *t == type_url)
 }
 
 impl Order {
@@ -94,12 +97,13 @@ impl Order {
         revision: u64,
         routes: Option<TypeInfo>,
     ) -> Resources {
-        let Some(t) = kept_type(type_url) else {
+        let Some(i) = kept_type(type_url) else {
             return current;
         };
+        let t = KEPT[i];
         let routes_at = routes.and_then(|r| r.acked).unwrap_or(0);
-        let kept = self.kept.entry(t).or_default();
-        if let Some(last) = self.last.get(t) {
+        let kept = &mut self.kept[i];
+        if let Some(last) = &self.last[i] {
             for d in last.diff(&current) {
                 match d {
                     imbl::ordmap::DiffItem::Remove(name, named)
@@ -126,7 +130,7 @@ impl Order {
         }
         kept.retain(|name, _| !current.contains_key(name));
         self.fresh.retain(|name, _| current.contains_key(name));
-        self.last.insert(t, current.clone());
+        self.last[i] = Some(current.clone());
         let mut view = current;
         for (name, (named, _)) in kept.iter() {
             view.insert(name.clone(), named.clone());
@@ -138,14 +142,18 @@ impl Order {
     /// resource).
     pub(crate) fn kept_resources(&self, type_url: &str) -> Vec<Any> {
         kept_type(type_url)
-            .and_then(|t| self.kept.get(t))
-            .map(|k| k.values().map(|(n, _)| n.resource.clone()).collect())
+            .map(|i| {
+                self.kept[i]
+                    .values()
+                    .map(|(n, _)| n.resource.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The Envoy ACKed routes of `revision`: what left before or at it is no longer referenced.
     pub(crate) fn routes_acked(&mut self, revision: u64) {
-        for (t, kept) in &mut self.kept {
+        for (t, kept) in KEPT.iter().zip(&mut self.kept) {
             let before = kept.len();
             kept.retain(|_, (_, left)| *left > revision);
             if kept.len() != before {

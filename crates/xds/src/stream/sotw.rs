@@ -9,23 +9,23 @@
 //! service feeds it from HTTP/2, the tests from a channel.
 
 use super::order::{self, Order, TypeInfo};
-use super::{End, Event, Inbound, Lifetime, Peer, Shared, finish, hello, served};
+use super::{End, Event, Inbound, Lifetime, Peer, Shared, Tx, finish, hello, served};
 use crate::protocol::sotw::{Decision, StreamState, parse_version};
 use crate::push::Pushes;
 use crate::resource_type;
 use crate::resource_type::{Placement, ROUTES};
 use crate::snapshot::Snapshot;
-use crate::wire::{self, Out};
+use crate::wire;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::Status;
 
 /// One state-of-the-world stream.
 pub(crate) struct SotwStream {
     xds: Arc<Shared>,
     peer: Peer,
-    tx: mpsc::Sender<Out>,
+    tx: Tx,
     state: StreamState,
     /// The Envoy's node id, once its first request has named it.
     node: Option<String>,
@@ -43,7 +43,7 @@ pub(crate) struct SotwStream {
 
 impl SotwStream {
     /// A stream of `peer` that sends its responses into `tx`.
-    pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: mpsc::Sender<Out>) -> SotwStream {
+    pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: Tx) -> SotwStream {
         let placement = Placement::from(xds.snapshots.borrow().default_listener_addr());
         SotwStream {
             placement,
@@ -85,7 +85,10 @@ impl SotwStream {
 
     /// What the stream knows of `type_url`, for [`Order`].
     fn info(&self, type_url: &str) -> Option<TypeInfo> {
-        self.state.types().get(type_url).map(TypeInfo::from)
+        self.state
+            .types()
+            .get(type_url)
+            .map(|t| TypeInfo::from(&**t))
     }
 
     /// Whether routes may be pushed: the clusters new to this Envoy are warm (a
@@ -93,7 +96,7 @@ impl SotwStream {
     fn routes_may_go(&mut self) -> bool {
         let types = self.state.types();
         self.order
-            .routes_may_go(|t| types.get(t).map(TypeInfo::from), |_| true)
+            .routes_may_go(|t| types.get(t).map(|t| TypeInfo::from(&**t)), |_| true)
     }
 
     async fn on_request(&mut self, mut req: DiscoveryRequest) -> Result<(), End> {
@@ -228,7 +231,10 @@ impl SotwStream {
             },
             &resources,
         );
-        self.tx.send(framed).await.map_err(|_| End::Closed)
+        self.tx
+            .send(Box::new(framed))
+            .await
+            .map_err(|_| End::Closed)
     }
 }
 

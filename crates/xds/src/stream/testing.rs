@@ -167,7 +167,7 @@ impl Replica {
 }
 
 /// Where a driver sends its responses.
-pub(crate) type Tx = mpsc::Sender<crate::wire::Out>;
+pub(crate) use super::Tx;
 
 /// The Envoy's end of a stream.
 pub(crate) struct Envoy<R> {
@@ -191,7 +191,7 @@ impl<R> Envoy<R> {
             .await
             .unwrap_or_else(|_| panic!("no response within {DEADLINE:?}"))
             .expect("the driver ended without a status");
-        let framed = out.map_err(|s| *s)?;
+        let framed = (*out).map_err(|s| *s)?;
         assert_eq!(framed[0], 0, "not compressed");
         let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
         assert_eq!(len, framed.len() - 5, "one whole message per frame");
@@ -202,7 +202,7 @@ impl<R> Envoy<R> {
     /// thread, so a driver that got to run has sent all it was going to.
     pub(crate) fn try_recv<M: prost::Message + Default>(&mut self) -> Option<M> {
         let out = self.responses.try_recv().ok()?;
-        let framed = out.ok()?;
+        let framed = (*out).ok()?;
         Some(M::decode(&framed[5..]).expect("a response"))
     }
 
