@@ -2,6 +2,8 @@
 //! prints them with `--help`). The binaries drive real processes through the test harness
 //! (`concord-tests`), so what they measure is what the tests check.
 
+pub mod ads_client;
+
 use clap::ValueEnum;
 
 /// The xDS protocol a simulated or real Envoy speaks.

@@ -1,6 +1,7 @@
 //! Load generator for the ADS server: N simulated Envoy streams (state of the world or delta),
 //! to one replica of a real three-node cluster or spread over all three, each ACKing every
-//! response at once as Envoy does. It then drives registry changes through the API and records,
+//! response at once as Envoy does, each one connection and one task
+//! ([`concord_bench::ads_client`]). It then drives registry changes through the API and records,
 //! per stream, the time from the change's API put to the stream's ACK of it; and reports
 //! p50/p99/max over all streams, the last stream's ACK per change, and each replica's CPU time
 //! and resident memory (so memory per stream, beyond the shared resources).
@@ -8,24 +9,18 @@
 //! `cargo build --release -p concord -p concord-bench && target/release/load-xds --help` lists
 //! the flags: streams, protocol, builders, changes, spread over replicas, listener mode, plaintext.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
+use concord_bench::ads_client::{CDS, SimulatedEnvoy};
 use concord_bench::{ListenerMode, XdsProtocol};
 use concord_harness::{Cluster, Options, percentiles};
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Set once the measurement is over.
 static DONE: AtomicBool = AtomicBool::new(false);
-
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
 /// N simulated Envoy streams against a real three-node cluster; see the module header.
 #[derive(Parser)]
@@ -57,86 +52,31 @@ struct Args {
 /// One ACK: which stream, of which revision's clusters, when.
 type Ack = (usize, u64, Instant);
 
-/// A simulated Envoy on `xds`: subscribes to clusters and listeners and ACKs every response,
-/// reporting each clusters ACK on `acks`.
-async fn stream(
-    i: usize,
-    channel: tonic::transport::Channel,
-    delta: bool,
-    acks: mpsc::UnboundedSender<Ack>,
-) -> Result<()> {
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
-    let node = Some(Node {
-        id: format!("load-{i}"),
-        cluster: "load".into(),
-        ..Default::default()
-    });
-    if delta {
-        let (tx, rx) = mpsc::channel(16);
-        for t in [CDS, LDS] {
-            tx.send(DeltaDiscoveryRequest {
-                node: node.clone(),
-                type_url: t.into(),
-                ..Default::default()
-            })
-            .await?;
-        }
-        let mut inbound = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        while let Some(r) = inbound.message().await? {
-            tx.send(DeltaDiscoveryRequest {
-                type_url: r.type_url.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await?;
-            if r.type_url == CDS {
-                let _ = acks.send((i, r.system_version_info.parse()?, Instant::now()));
-            }
-        }
-    } else {
-        let (tx, rx) = mpsc::channel(16);
-        for t in [CDS, LDS] {
-            tx.send(DiscoveryRequest {
-                node: node.clone(),
-                type_url: t.into(),
-                ..Default::default()
-            })
-            .await?;
-        }
-        let mut inbound = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        while let Some(r) = inbound.message().await? {
-            tx.send(DiscoveryRequest {
-                type_url: r.type_url.clone(),
-                version_info: r.version_info.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await?;
-            if r.type_url == CDS {
-                let _ = acks.send((i, r.version_info.parse()?, Instant::now()));
-            }
-        }
-    }
-    Ok(())
+/// What a process has used so far.
+#[derive(Clone, Copy)]
+struct Usage {
+    /// CPU seconds, user and system.
+    cpu: f64,
+    /// Resident memory, KiB.
+    rss: u64,
+    /// Read and write system calls (`/proc/<pid>/io`: every read, write and their vectored
+    /// forms), to see how many a stream costs per change.
+    syscalls: (u64, u64),
 }
 
-/// CPU seconds (user + system) and resident memory (KiB) of a process.
-fn usage(pid: u32) -> Result<(f64, u64)> {
-    let cpu = concord_bench::cpu_secs(pid)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    Ok((cpu, rss))
+fn usage(pid: u32) -> Result<Usage> {
+    let field = |file: &str, key: &str| -> Result<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {key} in /proc/{pid}/{file}"))
+    };
+    Ok(Usage {
+        cpu: concord_bench::cpu_secs(pid)?,
+        rss: field("status", "VmRSS:")?,
+        syscalls: (field("io", "syscr:")?, field("io", "syscw:")?),
+    })
 }
 
 /// Waits until every stream has ACKed `rev` (or newer) and returns when each did.
@@ -162,7 +102,7 @@ async fn wait_all(
     Ok(got.into_iter().flatten().collect())
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let a = Args::parse();
     let mut opts = Options::measured();
@@ -182,20 +122,30 @@ async fn main() -> Result<()> {
         .iter()
         .filter_map(|(id, r)| Some((*id, r.pid()?)))
         .collect();
-    let before: HashMap<u64, (f64, u64)> = pids
+    let before: HashMap<u64, Usage> = pids
         .iter()
         .map(|(id, pid)| Ok((*id, usage(*pid)?)))
         .collect::<Result<_>>()?;
 
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
     let opened = Instant::now();
+    // One connection per stream, as Envoys have (over TLS, as one client identity).
+    let tls = c.xds_client_config("load")?;
     for i in 0..a.streams {
-        let xds = c.nodes[&ids[i % ids.len()]].xds.clone();
-        // One connection per stream, as Envoys have (over TLS, as one client identity).
-        let channel = c.xds_channel(&xds, "load").await?;
+        let envoy = SimulatedEnvoy {
+            addr: c.nodes[&ids[i % ids.len()]].xds.clone(),
+            tls: tls.clone(),
+            delta: a.protocol == XdsProtocol::Delta,
+            node_id: format!("load-{i}"),
+        };
         let acks = ack_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream(i, channel, a.protocol == XdsProtocol::Delta, acks).await {
+            let on_ack = |type_url: &str, revision| {
+                if type_url == CDS {
+                    let _ = acks.send((i, revision, Instant::now()));
+                }
+            };
+            if let Err(e) = envoy.run(on_ack).await {
                 // At the end the cluster goes away under the streams: say nothing then.
                 if !DONE.load(Ordering::Relaxed) {
                     eprintln!("stream {i}: {e:#}");
@@ -208,10 +158,11 @@ async fn main() -> Result<()> {
     wait_all(&mut acked, &mut ack_rx, rev0).await?;
     let synced = opened.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after_open: HashMap<u64, (f64, u64)> = pids
+    let after_open: HashMap<u64, Usage> = pids
         .iter()
         .map(|(id, pid)| Ok((*id, usage(*pid)?)))
         .collect::<Result<_>>()?;
+    let own_before = concord_bench::cpu_secs(std::process::id())?;
 
     let mut all = Vec::new();
     let mut last = Vec::new();
@@ -231,10 +182,11 @@ async fn main() -> Result<()> {
         last.push(*lat.iter().max().expect("streams"));
         all.extend(lat);
     }
-    let after: HashMap<u64, (f64, u64)> = pids
+    let after: HashMap<u64, Usage> = pids
         .iter()
         .map(|(id, pid)| Ok((*id, usage(*pid)?)))
         .collect::<Result<_>>()?;
+    let own = concord_bench::cpu_secs(std::process::id())? - own_before;
 
     DONE.store(true, Ordering::Relaxed);
     println!(
@@ -252,27 +204,39 @@ async fn main() -> Result<()> {
     );
     let (p50, p99, max) = percentiles(&mut last);
     println!("API put -> last stream's ACK: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
-    for (id, (cpu0, rss0)) in &before {
-        let (cpu1, rss1) = after_open[id];
-        let (cpu2, rss2) = after[id];
+    println!(
+        "load generator (the simulated Envoys, on the same cores): CPU {own:.2} s over the \
+         changes, {:.1} µs per stream and change",
+        own * 1e6 / (a.streams * a.changes) as f64
+    );
+    for (id, u0) in &before {
+        let (u1, u2) = (after_open[id], after[id]);
         let on = if ids.contains(id) {
             a.streams / ids.len()
         } else {
             0
         };
         let per_stream = if on > 0 {
+            let per = (on * a.changes) as f64;
             format!(
-                ", {:.1} KiB per stream",
-                (rss1 as f64 - *rss0 as f64) / on as f64
+                ", {:.1} KiB per stream; per stream and change {:.1} µs CPU, {:.2} reads and \
+                 {:.2} writes",
+                (u1.rss as f64 - u0.rss as f64) / on as f64,
+                (u2.cpu - u1.cpu) * 1e6 / per,
+                (u2.syscalls.0 - u1.syscalls.0) as f64 / per,
+                (u2.syscalls.1 - u1.syscalls.1) as f64 / per,
             )
         } else {
             String::new()
         };
         println!(
-            "node {id}: {on} streams; RSS {rss0} KiB before, {rss1} KiB with streams{per_stream}, \
-             {rss2} KiB at the end; CPU {:.2} s opening, {:.2} s over the changes",
-            cpu1 - cpu0,
-            cpu2 - cpu1
+            "node {id}: {on} streams; RSS {} KiB before, {} KiB with streams, {} KiB at the end; \
+             CPU {:.2} s opening, {:.2} s over the changes{per_stream}",
+            u0.rss,
+            u1.rss,
+            u2.rss,
+            u1.cpu - u0.cpu,
+            u2.cpu - u1.cpu
         );
     }
     Ok(())

@@ -602,18 +602,27 @@ impl Cluster {
     /// A gRPC channel to a replica's xDS address, over TLS with a client certificate for Envoy
     /// `envoy` when the cluster uses TLS.
     pub async fn xds_channel(&self, addr: &str, envoy: &str) -> Result<tonic::transport::Channel> {
-        match &self.pki {
-            Some(pki) => {
-                let (cert, key) = pki.envoy(envoy)?;
-                let config = pki.client_config(Some((&cert, &key)))?;
-                pki::channel(addr, config).await
-            }
+        match self.xds_client_config(envoy)? {
+            Some(config) => pki::channel(addr, config).await,
             None => Ok(
                 tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                     .connect()
                     .await?,
             ),
         }
+    }
+
+    /// The TLS client config an Envoy named `envoy` connects to the replicas' xDS port with (its
+    /// own client certificate), or `None` when the cluster runs without TLS.
+    pub fn xds_client_config(
+        &self,
+        envoy: &str,
+    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        let Some(pki) = &self.pki else {
+            return Ok(None);
+        };
+        let (cert, key) = pki.envoy(envoy)?;
+        Ok(Some(pki.client_config(Some((&cert, &key)))?))
     }
 
     /// The cluster's temporary directory (for Envoy bootstraps and logs).

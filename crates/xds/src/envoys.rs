@@ -89,9 +89,16 @@ impl Envoys {
     }
 
     fn with_type(&self, stream: u64, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+        // The name is allocated only the first time a stream meets the type, not every push.
+        let name = resource_type::find(type_url).map_or(type_url, |t| t.name);
         self.with(|i| {
             if let Some(s) = i.streams.get_mut(&stream) {
-                f(s.types.entry(type_name(type_url)).or_default());
+                if !s.types.contains_key(name) {
+                    s.types.insert(name.to_string(), Box::default());
+                }
+                if let Some(t) = s.types.get_mut(name) {
+                    f(t);
+                }
             }
         })
     }

@@ -6,9 +6,8 @@
 
 use crate::config::RevisionTimesFn;
 use crate::envoys::Envoys;
-use crate::resource_type;
+use crate::resource_type::{self, TYPES};
 use concord_telemetry::trace::Span;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// The pushes of one stream.
@@ -17,10 +16,11 @@ pub(crate) struct Pushes {
     /// only if it was streaming when this replica applied it (not the old changes its first
     /// config happens to include).
     opened: Instant,
-    /// When the last response of each type went out.
-    sent_at: HashMap<String, Instant>,
-    /// The newest revision of each type the Envoy is known to hold.
-    known: HashMap<String, u64>,
+    /// When the last response of each type went out, by the type's index in the type table
+    /// (arrays: a push looks them up without hashing a type URL or allocating one).
+    sent_at: [Option<Instant>; TYPES.len()],
+    /// The newest revision of each type the Envoy is known to hold (0: none), by type index.
+    known: [u64; TYPES.len()],
     /// The trace span of the push of the newest traced change, until the Envoy ACKs (or NACKs)
     /// every type sent at its revision.
     span: Option<PushSpan>,
@@ -38,8 +38,8 @@ impl Default for Pushes {
     fn default() -> Self {
         Pushes {
             opened: Instant::now(),
-            sent_at: HashMap::new(),
-            known: HashMap::new(),
+            sent_at: [None; TYPES.len()],
+            known: [0; TYPES.len()],
             span: None,
         }
     }
@@ -56,7 +56,9 @@ impl Drop for Pushes {
 impl Pushes {
     /// A new stream's Envoy reports holding `revision` of `type_url` (0: nothing, or unknown).
     pub(crate) fn reported(&mut self, type_url: &str, revision: u64) {
-        self.known.insert(type_url.to_string(), revision);
+        if let Some(i) = resource_type::index(type_url) {
+            self.known[i] = revision;
+        }
     }
 
     /// A response of `revision` with `resources` and `removals` is going out.
@@ -72,7 +74,9 @@ impl Pushes {
         let m = concord_telemetry::metrics();
         m.pushes.inc();
         m.resources_sent.add(resources as u64);
-        self.sent_at.insert(type_url.to_string(), Instant::now());
+        if let Some(i) = resource_type::index(type_url) {
+            self.sent_at[i] = Some(Instant::now());
+        }
         envoys.sent(stream, type_url, revision, resources, removals);
         if concord_telemetry::trace::enabled() {
             self.trace_sent(times, stream, node_id, type_url, revision);
@@ -103,7 +107,7 @@ impl Pushes {
                 span.set("xds.superseded_by", revision as i64);
             }
         }
-        let had = self.known.get(type_url).copied().unwrap_or(0);
+        let had = resource_type::index(type_url).map_or(0, |i| self.known[i]);
         if revision <= had {
             return;
         }
@@ -162,14 +166,14 @@ impl Pushes {
         self.trace_answer(type_url, revision, None);
         let m = concord_telemetry::metrics();
         m.acks.inc();
-        if let Some(at) = self.sent_at.get(type_url) {
+        let Some(i) = resource_type::index(type_url) else {
+            return;
+        };
+        if let Some(at) = self.sent_at[i] {
             m.push_duration.observe(at.elapsed());
         }
-        let had = self
-            .known
-            .insert(type_url.to_string(), revision)
-            .unwrap_or(0);
-        let carries_changes = resource_type::find(type_url).is_some_and(|t| t.carries_changes);
+        let had = std::mem::replace(&mut self.known[i], revision);
+        let carries_changes = TYPES[i].carries_changes;
         if !carries_changes || revision <= had {
             return;
         }
@@ -221,7 +225,7 @@ impl Pushes {
         self.trace_answer(type_url, revision, Some(message));
         let m = concord_telemetry::metrics();
         m.nacks.inc();
-        if let Some(at) = self.sent_at.get(type_url) {
+        if let Some(at) = resource_type::index(type_url).and_then(|i| self.sent_at[i]) {
             m.push_duration.observe(at.elapsed());
         }
     }

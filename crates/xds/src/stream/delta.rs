@@ -17,7 +17,7 @@
 //! service feeds it from HTTP/2, the tests from a channel.
 
 use super::order::{Order, TypeInfo};
-use super::{End, Event, Inbound, Lifetime, Peer, Shared, Tx, finish, hello, served};
+use super::{End, Event, Inbound, Lifetime, Outbox, Peer, Shared, Tx, finish, hello, served};
 use crate::protocol::delta::{
     DeltaState, MAX_NAMES_PER_TYPE, Request as DeltaRequest, names_limit,
 };
@@ -40,7 +40,7 @@ fn current(snap: &Snapshot, addr: Placement, type_url: &str) -> Resources {
 pub(crate) struct DeltaStream {
     xds: Arc<Shared>,
     peer: Peer,
-    tx: Tx,
+    out: Outbox,
     state: DeltaState,
     /// The Envoy's node id, once its first request has named it.
     node: Option<String>,
@@ -68,7 +68,7 @@ impl DeltaStream {
             snapshots: xds.snapshots.clone(),
             xds,
             peer,
-            tx,
+            out: Outbox::new(tx),
             state: DeltaState::new(),
             node: None,
             pushes: Pushes::default(),
@@ -92,9 +92,12 @@ impl DeltaStream {
             if let Err(end) = step {
                 break end;
             }
+            if let Err(end) = self.out.flush().await {
+                break end;
+            }
         };
-        let stream = (self.peer.id, self.node_id());
-        Box::pin(finish(&self.xds, stream, &self.tx, end, "delta ADS")).await;
+        let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
+        Box::pin(finish(&self.xds, stream, &mut self.out, end, "delta ADS")).await;
     }
 
     fn node_id(&self) -> &str {
@@ -316,10 +319,7 @@ impl DeltaStream {
             &changes.updates,
             &changes.removals,
         );
-        self.tx
-            .send(Box::new(framed))
-            .await
-            .map_err(|_| End::Closed)
+        self.out.send(framed).await
     }
 }
 

@@ -9,7 +9,7 @@
 //! service feeds it from HTTP/2, the tests from a channel.
 
 use super::order::{self, Order, TypeInfo};
-use super::{End, Event, Inbound, Lifetime, Peer, Shared, Tx, finish, hello, served};
+use super::{End, Event, Inbound, Lifetime, Outbox, Peer, Shared, Tx, finish, hello, served};
 use crate::protocol::sotw::{Decision, StreamState, parse_version};
 use crate::push::Pushes;
 use crate::resource_type;
@@ -25,7 +25,7 @@ use tonic::Status;
 pub(crate) struct SotwStream {
     xds: Arc<Shared>,
     peer: Peer,
-    tx: Tx,
+    out: Outbox,
     state: StreamState,
     /// The Envoy's node id, once its first request has named it.
     node: Option<String>,
@@ -51,7 +51,7 @@ impl SotwStream {
             snapshots: xds.snapshots.clone(),
             xds,
             peer,
-            tx,
+            out: Outbox::new(tx),
             state: StreamState::new(),
             node: None,
             pushes: Pushes::default(),
@@ -74,9 +74,12 @@ impl SotwStream {
             if let Err(end) = step {
                 break end;
             }
+            if let Err(end) = self.out.flush().await {
+                break end;
+            }
         };
-        let stream = (self.peer.id, self.node_id());
-        Box::pin(finish(&self.xds, stream, &self.tx, end, "ADS")).await;
+        let stream = (self.peer.id, self.node.as_deref().unwrap_or(""));
+        Box::pin(finish(&self.xds, stream, &mut self.out, end, "ADS")).await;
     }
 
     fn node_id(&self) -> &str {
@@ -231,10 +234,7 @@ impl SotwStream {
             },
             &resources,
         );
-        self.tx
-            .send(Box::new(framed))
-            .await
-            .map_err(|_| End::Closed)
+        self.out.send(framed).await
     }
 }
 

@@ -7,8 +7,10 @@ use crate::config::{ReadBarrierFn, XdsConfig};
 use crate::resources::ResourceConfig;
 use crate::snapshot::Snapshot;
 use crate::stream::Responses;
+use bytes::Bytes;
 use concord_registry::{Batch, Builder, Command, Registry, Source};
 use envoy_types::pb::envoy::config::core::v3::Node;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -161,9 +163,25 @@ impl Replica {
         let envoy = Envoy {
             requests,
             responses,
+            unread: VecDeque::new(),
         };
         (envoy, peer, ReceiverStream::new(inbound), tx)
     }
+}
+
+/// The gRPC messages of one data frame: each whole, uncompressed, and nothing left over.
+fn split(mut frame: Bytes) -> VecDeque<Bytes> {
+    let mut messages = VecDeque::new();
+    while !frame.is_empty() {
+        assert!(frame.len() >= 5, "a partial gRPC prefix");
+        assert_eq!(frame[0], 0, "not compressed");
+        let len = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
+        assert!(frame.len() >= 5 + len, "a partial message");
+        let _ = frame.split_to(5);
+        messages.push_back(frame.split_to(len));
+    }
+    assert!(!messages.is_empty(), "an empty data frame");
+    messages
 }
 
 /// Where a driver sends its responses.
@@ -173,6 +191,9 @@ pub(crate) use super::Tx;
 pub(crate) struct Envoy<R> {
     requests: mpsc::Sender<Result<R, Status>>,
     responses: Responses,
+    /// Messages of a data frame already received and not yet read (a driver joins the
+    /// responses of one step into one frame).
+    unread: VecDeque<Bytes>,
 }
 
 impl<R> Envoy<R> {
@@ -187,23 +208,24 @@ impl<R> Envoy<R> {
     /// The next response, decoded, or the status that ended the stream. Fails the test when
     /// nothing comes within the deadline.
     pub(crate) async fn recv<M: prost::Message + Default>(&mut self) -> Result<M, Status> {
-        let out = tokio::time::timeout(DEADLINE, self.responses.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no response within {DEADLINE:?}"))
-            .expect("the driver ended without a status");
-        let framed = (*out).map_err(|s| *s)?;
-        assert_eq!(framed[0], 0, "not compressed");
-        let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
-        assert_eq!(len, framed.len() - 5, "one whole message per frame");
-        Ok(M::decode(&framed[5..]).expect("a response"))
+        if self.unread.is_empty() {
+            let out = tokio::time::timeout(DEADLINE, self.responses.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no response within {DEADLINE:?}"))
+                .expect("the driver ended without a status");
+            self.unread = split((*out).map_err(|s| *s)?);
+        }
+        Ok(M::decode(self.unread.pop_front().expect("a message")).expect("a response"))
     }
 
     /// A response the driver has already sent, if any, without waiting: the tests run on one
     /// thread, so a driver that got to run has sent all it was going to.
     pub(crate) fn try_recv<M: prost::Message + Default>(&mut self) -> Option<M> {
-        let out = self.responses.try_recv().ok()?;
-        let framed = (*out).ok()?;
-        Some(M::decode(&framed[5..]).expect("a response"))
+        if self.unread.is_empty() {
+            let out = self.responses.try_recv().ok()?;
+            self.unread = split((*out).ok()?);
+        }
+        Some(M::decode(self.unread.pop_front()?).expect("a response"))
     }
 
     /// Closes the Envoy's side and waits for the driver to end the stream.
