@@ -84,7 +84,7 @@ impl DeltaStream {
         let end = loop {
             // The handlers are boxed, and the end below: their futures are large, and a
             // waiting stream should not carry their space.
-            let step = match life.next(&mut inbound, &mut self.snapshots).await {
+            let step = match life.next(&mut inbound).await {
                 Event::Request(req) => Box::pin(self.on_request(req)).await,
                 Event::Changed => Box::pin(self.push_stale()).await,
                 Event::End(end) => Err(end),
