@@ -364,3 +364,37 @@ async fn delta_unknown_types_are_ignored_and_responses_name_the_replica() -> Res
     ensure!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     Ok(())
 }
+
+/// An Envoy that goes away without closing its side (its connection drops: the response body
+/// that runs the stream's driver is dropped mid-wait) is no longer listed, over both protocols.
+/// The drivers deregister when dropped; without that the replica listed such an Envoy forever.
+#[tokio::test]
+async fn an_envoy_whose_connection_drops_is_no_longer_listed() -> Result<()> {
+    let c = Cluster::start(Options::default()).await?;
+    c.put(1, "b1", 9001).await?;
+    let xds = c.nodes[&1].xds.clone();
+    let mut sotw = Ads::open(&c, &xds).await?;
+    sotw.request("", "", None).await?;
+    sotw.next().await?;
+    let mut delta = DeltaAds::open(&c, &xds).await?;
+    delta.subscribe(CDS, &[]).await?;
+    delta.next().await?;
+    let both = |ids: &[String]| {
+        ["scripted", "scripted-delta"]
+            .iter()
+            .all(|id| ids.iter().any(|i| i == id))
+    };
+    eventually(T, "both listed", || async {
+        let ids = c.envoys_on(1).await?;
+        ensure!(both(&ids), "listed: {ids:?}");
+        Ok(())
+    })
+    .await?;
+    drop((sotw, delta));
+    eventually(T, "neither listed", || async {
+        let ids = c.envoys_on(1).await?;
+        ensure!(ids.is_empty(), "still listed: {ids:?}");
+        Ok(())
+    })
+    .await
+}

@@ -122,6 +122,16 @@ impl Tasks {
             .spawn(self.counted(name, fut).in_current_span())
     }
 
+    /// `fut`, counted as live task `name` and tracked (a drain waits for it), but run by
+    /// whoever polls it: for work that belongs inside a task its caller already has.
+    pub fn track<F: Future>(
+        &self,
+        name: &'static str,
+        fut: F,
+    ) -> impl Future<Output = F::Output> + use<F> {
+        self.tracker.track_future(self.counted(name, fut))
+    }
+
     /// `fut`, counted as a live task `name` until it is dropped.
     fn counted<F: Future>(&self, name: &'static str, fut: F) -> Counted<F> {
         let live = {

@@ -13,7 +13,7 @@
 //!
 //! Used by the server ([`crate::server`]); calls the service below it.
 
-use crate::service::XdsService;
+use crate::service::{Driver, XdsService};
 use crate::stream::Responses;
 use bytes::{Buf, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -91,12 +91,12 @@ impl Methods for Ads {
         let svc = self.0;
         match req.uri().path() {
             SOTW_PATH => match screen(&svc, decode::<DiscoveryRequest>(req, MAX_REQUEST)).await {
-                Ok(req) => respond(svc.sotw(req)),
+                Ok(req) => respond(svc.sotw(req).map(|(rx, d)| (rx, Some(d)))),
                 Err(status) => status.into_http(),
             },
             DELTA_PATH => {
                 match screen(&svc, decode::<DeltaDiscoveryRequest>(req, MAX_REQUEST)).await {
-                    Ok(req) => respond(svc.delta(req)),
+                    Ok(req) => respond(svc.delta(req).map(|(rx, d)| (rx, Some(d)))),
                     Err(status) => status.into_http(),
                 }
             }
@@ -292,13 +292,18 @@ impl<T: prost::Message + Default> Requests<T> {
 }
 
 /// A stream's answer as an HTTP response: a refusal as a trailers-only response, else a body of
-/// the stream's framed messages.
-pub(crate) fn respond(answer: Result<Responses, Status>) -> Http {
-    let rx = match answer {
-        Ok(rx) => rx,
+/// the stream's framed messages, which runs the stream's driver if it has one.
+pub(crate) fn respond(answer: Result<(Responses, Option<Driver>), Status>) -> Http {
+    let (rx, driver) = match answer {
+        Ok(accepted) => accepted,
         Err(status) => return status.into_http(),
     };
-    let mut http = http::Response::new(tonic::body::Body::new(Frames { rx, done: false }));
+    let body = Frames {
+        rx,
+        driver,
+        done: false,
+    };
+    let mut http = http::Response::new(tonic::body::Body::new(body));
     http.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
@@ -307,9 +312,11 @@ pub(crate) fn respond(answer: Result<Responses, Status>) -> Http {
 }
 
 /// A stream's responses as an HTTP/2 body: each framed message as it comes, then trailers with
-/// the stream's end status.
+/// the stream's end status. Polling it runs the stream's driver first, until the driver ends
+/// (dropping the body drops the driver: the Envoy reset the stream, or the connection is gone).
 struct Frames {
     rx: Responses,
+    driver: Option<Driver>,
     done: bool,
 }
 
@@ -323,6 +330,12 @@ impl http_body::Body for Frames {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if self.done {
             return Poll::Ready(None);
+        }
+        if let Some(driver) = self.driver.as_mut()
+            && driver.as_mut().poll(cx).is_ready()
+        {
+            // Its sender is gone with it: what it sent is read below, then the end.
+            self.driver = None;
         }
         let status = match ready!(self.rx.poll_recv(cx)).map(|out| *out) {
             Some(Ok(framed)) => return Poll::Ready(Some(Ok(Frame::data(framed)))),

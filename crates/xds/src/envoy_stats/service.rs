@@ -69,7 +69,7 @@ impl Methods for Stats {
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 // Cannot fail: the channel is new, with room for one.
                 let _ = tx.try_send(Box::new(Ok(Bytes::from_static(&EMPTY_RESPONSE))));
-                rx
+                (rx, None)
             });
         respond(answer)
     }

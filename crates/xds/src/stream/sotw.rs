@@ -41,6 +41,15 @@ pub(crate) struct SotwStream {
     order: Order,
 }
 
+impl Drop for SotwStream {
+    /// A stream dropped before it finished is no longer listed: the response body that runs the
+    /// driver goes when the Envoy resets the stream or its connection is gone. (After
+    /// [`finish`], this finds nothing left to do.)
+    fn drop(&mut self) {
+        self.xds.envoys.disconnected(self.peer.id);
+    }
+}
+
 impl SotwStream {
     /// A stream of `peer` that sends its responses into `tx`.
     pub(crate) fn new(xds: Arc<Shared>, peer: Peer, tx: Tx) -> SotwStream {
