@@ -12,7 +12,9 @@
 //! decode, answer.
 
 use anyhow::{Context, Result, bail};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use concord_harness::ads::{CDS, LDS};
+use concord_harness::grpc_frames::{framed, next_message};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -22,11 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-
-/// The two types a simulated Envoy subscribes to.
-pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-/// Listeners.
-pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -154,8 +151,11 @@ impl SimulatedEnvoy {
                 let chunk = chunk?;
                 let _ = body.flow_control().release_capacity(chunk.len());
                 buf.extend_from_slice(&chunk);
-                while let Some(message) = next_message(&mut buf)? {
-                    let (type_url, revision, ack) = self.ack(message)?;
+                while let Some(taken) = next_message(&mut buf, MAX_MESSAGE)? {
+                    if taken.compressed {
+                        bail!("a compressed response: none was asked for");
+                    }
+                    let (type_url, revision, ack) = self.ack(taken.message)?;
                     requests.send_data(ack, false)?;
                     acked(&type_url, revision);
                 }
@@ -204,80 +204,4 @@ fn spread(id: &str) -> f64 {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
     (h % 1000) as f64 / 1000.0
-}
-
-/// A gRPC message: uncompressed flag, big-endian length, the message.
-fn framed(m: &impl Message) -> Bytes {
-    let len = m.encoded_len();
-    let mut b = BytesMut::with_capacity(5 + len);
-    b.extend_from_slice(&[0]);
-    b.extend_from_slice(&(len as u32).to_be_bytes());
-    m.encode(&mut b).expect("capacity reserved");
-    b.freeze()
-}
-
-/// The next whole gRPC message at the front of `buf`, if one has arrived.
-fn next_message(buf: &mut BytesMut) -> Result<Option<Bytes>> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    if buf[0] != 0 {
-        bail!(
-            "a compressed response (flag {}): none was asked for",
-            buf[0]
-        );
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len > MAX_MESSAGE {
-        bail!("a response of {len} bytes, more than {MAX_MESSAGE}");
-    }
-    if buf.len() < 5 + len {
-        buf.reserve(5 + len - buf.len());
-        return Ok(None);
-    }
-    buf.advance(5);
-    Ok(Some(buf.split_to(len).freeze()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_are_taken_whole_and_in_order() {
-        let a = framed(&DiscoveryRequest {
-            type_url: CDS.into(),
-            ..Default::default()
-        });
-        let b = framed(&DiscoveryRequest {
-            type_url: LDS.into(),
-            ..Default::default()
-        });
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&a[..3]);
-        assert!(
-            next_message(&mut buf).unwrap().is_none(),
-            "a header in part"
-        );
-        buf.extend_from_slice(&a[3..]);
-        buf.extend_from_slice(&b[..7]);
-        let m = next_message(&mut buf).unwrap().expect("the first whole");
-        assert_eq!(DiscoveryRequest::decode(m).unwrap().type_url, CDS);
-        assert!(
-            next_message(&mut buf).unwrap().is_none(),
-            "the second in part"
-        );
-        buf.extend_from_slice(&b[7..]);
-        let m = next_message(&mut buf).unwrap().expect("the second whole");
-        assert_eq!(DiscoveryRequest::decode(m).unwrap().type_url, LDS);
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn a_compressed_or_huge_message_is_refused() {
-        let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 1, 0][..]);
-        assert!(next_message(&mut buf).is_err());
-        let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
-        assert!(next_message(&mut buf).is_err());
-    }
 }

@@ -11,8 +11,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use concord_bench::ads_client::{CDS, KEEPALIVE, SimulatedEnvoy};
+use concord_bench::ads_client::{KEEPALIVE, SimulatedEnvoy};
 use concord_bench::{ListenerMode, XdsProtocol};
+use concord_harness::ads::CDS;
 use concord_harness::{Cluster, Options, percentiles};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,6 +16,8 @@ use tonic::Streaming;
 
 /// The clusters type URL.
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// The listeners type URL.
+pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const T: Duration = Duration::from_secs(20);
 
 /// A scripted ADS stream.

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod dns;
 pub mod envoy;
 pub mod grpc;
+pub mod grpc_frames;
 pub mod http;
 pub mod otlp;
 pub mod pki;

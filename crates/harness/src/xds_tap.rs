@@ -11,7 +11,7 @@
 
 use crate::xds_oracle::{At, Protocol, Seen};
 use anyhow::{Context, Result};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use concord_tls::xds::{XdsTls, XdsTlsFiles};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -215,15 +215,9 @@ impl Tapped {
         let Some((at, dir, sink)) = &self.tap else {
             return;
         };
-        while self.buf.len() >= 5 {
-            let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-            let len = len as usize;
-            if self.buf.len() < 5 + len {
-                return;
-            }
-            self.buf.advance(5);
-            let msg = self.buf.split_to(len).freeze();
-            if let Some(seen) = decode(at.protocol, *dir, msg) {
+        // No limit: the proxy passes every message on; the replica and Envoy bound their own.
+        while let Ok(Some(taken)) = crate::grpc_frames::next_message(&mut self.buf, usize::MAX) {
+            if let Some(seen) = decode(at.protocol, *dir, taken.message) {
                 sink(at, &seen);
             }
         }
