@@ -182,6 +182,17 @@ impl Envoys {
         });
     }
 
+    /// The Envoy holds `version` of `type_url` without a response: it ACKed the last one, and
+    /// nothing of the type changed for it since. Shown as sent and ACKed at `version`; when the
+    /// ACK arrived stays that of the ACK.
+    pub(crate) fn held(&self, stream: u64, type_url: &str, version: u64) {
+        self.with_type(stream, type_url, |t| {
+            t.sent = Some(version);
+            t.acked = Some(version);
+            t.pending = false;
+        });
+    }
+
     pub(crate) fn nacked(
         &self,
         stream: u64,

@@ -201,6 +201,17 @@ impl Pushes {
         }
     }
 
+    /// The Envoy holds `revision` of `type_url` without a response (nothing of the type
+    /// changed for it since it ACKed the last one). No push, no ACK: nothing is counted or
+    /// traced, and the changes of the revision are counted on the clusters' ACK, which goes out
+    /// at every revision.
+    pub(crate) fn held(&mut self, envoys: &Envoys, stream: u64, type_url: &str, revision: u64) {
+        envoys.held(stream, type_url, revision);
+        if let Some(i) = resource_type::index(type_url) {
+            self.known[i] = self.known[i].max(revision);
+        }
+    }
+
     /// The Envoy NACKed `revision`: logged, counted, shown in its status, and remembered so
     /// that revision is not sent to it again.
     #[allow(clippy::too_many_arguments)]

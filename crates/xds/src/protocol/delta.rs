@@ -259,6 +259,27 @@ impl DeltaState {
         }
     }
 
+    /// Records that the Envoy holds `type_url` at `revision` without a response, when it is in
+    /// sync: it ACKed the last response of the type and nothing it subscribes to differs in
+    /// `current` (the caller found no [`Changes`]). Returns false, changing nothing, when the
+    /// type is not in sync that way (never answered, a response out, the last one NACKed):
+    /// then a response must go.
+    pub fn hold(&mut self, type_url: &str, revision: u64, current: &Resources) -> bool {
+        let Some(t) = self.types.get_mut(type_url) else {
+            return false;
+        };
+        if t.sent.is_none() || t.pending() || t.acked != t.sent || !t.unanswered.is_empty() {
+            return false;
+        }
+        if t.wildcard {
+            // The same resources: share the new snapshot's map, so the old one is not kept.
+            t.held = current.clone();
+        }
+        t.sent = Some(revision);
+        t.acked = Some(revision);
+        true
+    }
+
     /// Records a response about to be sent at `revision` with `changes`, computed against
     /// `current`, and returns its nonce.
     pub fn record_sent(
@@ -402,6 +423,46 @@ mod tests {
         let c = s.changes(CLUSTER_TYPE, &second.cluster_map());
         assert_eq!(names(&c), ["builder_b1000", "builder_b5"]);
         assert_eq!(c.removals, ["builder_b7"]);
+    }
+
+    #[test]
+    fn an_acked_type_with_nothing_new_is_held_at_the_revision_and_only_then() {
+        use crate::resources::LISTENER_TYPE;
+        let mut s = DeltaState::new();
+        let l = named("l", "1");
+        let now = map(&[&l]);
+        assert!(!s.hold(LISTENER_TYPE, 1, &now), "a type never asked for");
+        s.on_request(&Request {
+            type_url: LISTENER_TYPE,
+            ..Request::default()
+        });
+        assert!(!s.hold(LISTENER_TYPE, 1, &now), "never answered");
+        let c = s.changes(LISTENER_TYPE, &now);
+        let nonce = s.record_sent(LISTENER_TYPE, 1, &c, &now);
+        assert!(!s.hold(LISTENER_TYPE, 2, &now), "a response is out");
+        s.on_request(&Request {
+            type_url: LISTENER_TYPE,
+            nonce: &nonce,
+            ..Request::default()
+        });
+        let same = map(&[&l]);
+        assert!(s.hold(LISTENER_TYPE, 2, &same));
+        let t = &s.types()[LISTENER_TYPE];
+        assert_eq!((t.sent, t.acked, t.pending()), (Some(2), Some(2), false));
+        assert!(t.held.ptr_eq(&same), "it shares the newer map");
+        // NACKed: the Envoy does not hold what it was sent, so a response must go.
+        let l2 = named("l", "2");
+        let next = map(&[&l2]);
+        let c = s.changes(LISTENER_TYPE, &next);
+        let nonce = s.record_sent(LISTENER_TYPE, 3, &c, &next);
+        s.on_request(&Request {
+            type_url: LISTENER_TYPE,
+            nonce: &nonce,
+            error: Some("bad listener"),
+            ..Request::default()
+        });
+        assert!(!s.hold(LISTENER_TYPE, 4, &next));
+        assert_eq!(s.types()[LISTENER_TYPE].sent, Some(3), "unchanged");
     }
 
     #[test]

@@ -261,8 +261,9 @@ impl DeltaStream {
     }
 
     /// Sends every answered type a response for a newer revision: the resources that changed
-    /// (none, when a revision changed nothing this type serves: the response still tells the
-    /// Envoy the revision). Flow control, as in state of the world: a type with a response
+    /// (for the clusters, none when a revision changed nothing of them: the response still
+    /// tells the Envoy the revision; another type with nothing new is [`held`](Self::held)
+    /// without one). Flow control, as in state of the world: a type with a response
     /// out that is neither ACKed nor NACKed waits; what changes meanwhile goes out in one
     /// response when the Envoy answers (this runs after every request).
     async fn push_stale(&mut self) -> Result<(), End> {
@@ -292,7 +293,28 @@ impl DeltaStream {
         Ok(())
     }
 
-    /// Sends what differs for `type_url`; with nothing to send, only if `always`.
+    /// A type other than the clusters with nothing new for an Envoy that ACKed its last
+    /// response is recorded as held at `revision` instead of sent an empty response: at 10,000
+    /// streams the listeners' empty response and its ACK on every change were a third of the
+    /// messages a change cost (issue 17). The clusters' response goes out at every revision,
+    /// empty or not: its ACK is how this replica knows an Envoy accepted a change (the
+    /// commit-to-ACK times, the status page's ACK counts, the push's trace span).
+    fn held(&mut self, type_url: &str, revision: u64, cur: &Resources) -> bool {
+        let carries_changes = resource_type::find(type_url).is_none_or(|t| t.carries_changes);
+        if carries_changes || !self.state.hold(type_url, revision, cur) {
+            return false;
+        }
+        self.pushes
+            .held(&self.xds.envoys, self.peer.id, type_url, revision);
+        if type_url == ROUTES.type_url {
+            // The routes it holds are those of `revision`: what was kept for older ones goes.
+            self.order.routes_acked(revision);
+        }
+        true
+    }
+
+    /// Sends what differs for `type_url`; with nothing to send, only if `always` and the type
+    /// is not [`held`](Self::held) without a response.
     async fn send(&mut self, type_url: &str, always: bool) -> Result<(), End> {
         let snap = Snapshot::for_envoy(&self.snapshots.borrow(), &self.traits);
         let revision = snap.revision();
@@ -304,6 +326,9 @@ impl DeltaStream {
             routes,
         );
         let changes = self.state.changes(type_url, &cur);
+        if changes.is_empty() && self.held(type_url, revision, &cur) {
+            return Ok(());
+        }
         if changes.is_empty() && !always {
             return Ok(());
         }

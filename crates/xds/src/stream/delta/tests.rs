@@ -350,3 +350,45 @@ async fn a_subscription_beyond_the_name_bound_ends_the_stream() {
     assert_eq!(end.code(), tonic::Code::InvalidArgument, "{end:?}");
     assert!(end.message().contains("resource names"), "{end:?}");
 }
+
+#[tokio::test]
+async fn a_type_with_nothing_new_is_held_at_the_revision_without_a_response() {
+    let mut replica = Replica::new(None);
+    let mut envoy = connect(&replica);
+    envoy.send(request(CLUSTER_TYPE, "", None)).await;
+    let clusters = response(&mut envoy).await;
+    envoy.send(request(LISTENER_TYPE, "", None)).await;
+    let listeners = response(&mut envoy).await;
+    assert_eq!(listeners.type_url, LISTENER_TYPE);
+    envoy
+        .send(request(CLUSTER_TYPE, &clusters.nonce, None))
+        .await;
+    envoy
+        .send(request(LISTENER_TYPE, &listeners.nonce, None))
+        .await;
+    // A port moves: the clusters change, the listener (which routes by name) does not.
+    replica.apply(2, vec![builder("b0", 444)]);
+    let r = response(&mut envoy).await;
+    assert_eq!(
+        (r.type_url.as_str(), r.system_version_info.as_str()),
+        (CLUSTER_TYPE, "2")
+    );
+    envoy.send(request(CLUSTER_TYPE, &r.nonce, None)).await;
+    replica.apply(3, vec![builder("b1", 555)]);
+    let r = response(&mut envoy).await;
+    assert_eq!(
+        (
+            r.type_url.as_str(),
+            r.system_version_info.as_str(),
+            r.resources.len()
+        ),
+        (CLUSTER_TYPE, "3", 1),
+        "a listeners response with nothing in it was sent: {r:?}"
+    );
+    // The status says what the Envoy holds: the listener of revision 3, as it was ACKed.
+    let status = replica.xds.envoys.list();
+    let l = status[0].of("listeners").expect("listeners");
+    assert_eq!((l.sent, l.acked, l.pending), (Some(3), Some(3), false));
+    assert_eq!(status[0].of("clusters").map(|c| c.sent), Some(Some(3)));
+    envoy.close().await;
+}
