@@ -5,7 +5,7 @@
 //! the Envoy's ACK (ok) or NACK (error with its message).
 
 use crate::config::RevisionTimesFn;
-use crate::envoys::Envoys;
+use crate::envoys::{Envoys, StreamStatus};
 use crate::resource_type::{self, TYPES};
 use concord_telemetry::trace::Span;
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ pub(crate) struct Pushes {
     /// The trace span of the push of the newest traced change, until the Envoy ACKs (or NACKs)
     /// every type sent at its revision.
     span: Option<PushSpan>,
+    /// The stream's status in [`Envoys`], once its first request named the Envoy.
+    status: Option<StreamStatus>,
 }
 
 /// The open push span of one stream.
@@ -41,6 +43,7 @@ impl Default for Pushes {
             sent_at: [None; TYPES.len()],
             known: [0; TYPES.len()],
             span: None,
+            status: None,
         }
     }
 }
@@ -54,6 +57,11 @@ impl Drop for Pushes {
 }
 
 impl Pushes {
+    /// The stream's Envoy is listed with `status`: pushes are recorded there from now on.
+    pub(crate) fn listed(&mut self, status: StreamStatus) {
+        self.status = Some(status);
+    }
+
     /// A new stream's Envoy reports holding `revision` of `type_url` (0: nothing, or unknown).
     pub(crate) fn reported(&mut self, type_url: &str, revision: u64) {
         if let Some(i) = resource_type::index(type_url) {
@@ -64,7 +72,6 @@ impl Pushes {
     /// A response of `revision` with `resources` and `removals` is going out.
     pub(crate) fn sent(
         &mut self,
-        envoys: &Envoys,
         times: &RevisionTimesFn,
         (stream, node_id): (u64, &str),
         type_url: &str,
@@ -77,7 +84,9 @@ impl Pushes {
         if let Some(i) = resource_type::index(type_url) {
             self.sent_at[i] = Some(Instant::now());
         }
-        envoys.sent(stream, type_url, revision, resources, removals);
+        if let Some(s) = &self.status {
+            s.sent(type_url, revision, resources, removals);
+        }
         if concord_telemetry::trace::enabled() {
             self.trace_sent(times, stream, node_id, type_url, revision);
         }
@@ -158,11 +167,12 @@ impl Pushes {
         &mut self,
         envoys: &Envoys,
         times: &RevisionTimesFn,
-        stream: u64,
         type_url: &str,
         revision: u64,
     ) {
-        envoys.acked(stream, type_url, revision);
+        if let Some(s) = &self.status {
+            s.acked(type_url, revision);
+        }
         self.trace_answer(type_url, revision, None);
         let m = concord_telemetry::metrics();
         m.acks.inc();
@@ -205,8 +215,10 @@ impl Pushes {
     /// changed for it since it ACKed the last one). No push, no ACK: nothing is counted or
     /// traced, and the changes of the revision are counted on the clusters' ACK, which goes out
     /// at every revision.
-    pub(crate) fn held(&mut self, envoys: &Envoys, stream: u64, type_url: &str, revision: u64) {
-        envoys.held(stream, type_url, revision);
+    pub(crate) fn held(&mut self, type_url: &str, revision: u64) {
+        if let Some(s) = &self.status {
+            s.held(type_url, revision);
+        }
         if let Some(i) = resource_type::index(type_url) {
             self.known[i] = self.known[i].max(revision);
         }
@@ -232,7 +244,9 @@ impl Pushes {
             %message,
             "Envoy rejected a config (NACK); holding this version back from it"
         );
-        envoys.nacked(stream, node_id, type_url, revision, message);
+        if let Some(s) = &self.status {
+            envoys.nacked(s, node_id, type_url, revision, message);
+        }
         self.trace_answer(type_url, revision, Some(message));
         let m = concord_telemetry::metrics();
         m.nacks.inc();

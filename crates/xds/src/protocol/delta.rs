@@ -20,6 +20,7 @@
 //!   hold nothing at a newer one), so the stream driver catches up with the cluster before a
 //!   stream's first response, whatever the Envoy holds.
 
+use super::type_state;
 use crate::snapshot::{Named, Resources};
 use envoy_types::pb::google::protobuf::Any;
 use imbl::ordmap::DiffItem;
@@ -152,7 +153,7 @@ impl DeltaState {
     pub fn on_request(&mut self, r: &Request<'_>) -> Outcome {
         let mut out = Outcome::default();
         let first = !self.types.contains_key(r.type_url);
-        let t = self.types.entry(r.type_url.to_string()).or_default();
+        let t = type_state(&mut self.types, r.type_url);
         if first {
             out.first = true;
             // Legacy wildcard: a first request without names subscribes to everything.
@@ -291,7 +292,7 @@ impl DeltaState {
     ) -> String {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
-        let t = self.types.entry(type_url.to_string()).or_default();
+        let t = type_state(&mut self.types, type_url);
         if t.wildcard {
             // Every difference went out: the Envoy now holds exactly `current`, and shares its
             // structure (no copy per stream).

@@ -8,6 +8,7 @@
 //! NACKed version is not sent to that Envoy again; requests with an older nonce are stale and
 //! ignored.
 
+use super::type_state;
 use std::collections::BTreeMap;
 
 /// What the server should do with one request.
@@ -114,7 +115,7 @@ impl StreamState {
                 // A first request for this type (or one with a nonce we never sent, which only a
                 // confused client sends): always answered, unless that would move the Envoy
                 // backwards or repeat a version it rejected.
-                let t = self.types.entry(type_url.to_string()).or_default();
+                let t = type_state(&mut self.types, type_url);
                 let reported = parse_version(version_info);
                 if t.acked.is_none() {
                     t.acked = reported;
@@ -138,7 +139,7 @@ impl StreamState {
     pub fn record_sent(&mut self, type_url: &str, version: u64) -> String {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
-        self.types.entry(type_url.to_string()).or_default().sent = Some((version, nonce.clone()));
+        type_state(&mut self.types, type_url).sent = Some((version, nonce.clone()));
         nonce
     }
 

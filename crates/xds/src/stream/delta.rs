@@ -139,6 +139,7 @@ impl DeltaStream {
                 req.node.take(),
                 "delta",
                 self.placement,
+                &mut self.pushes,
             )?;
             self.placement = placement;
             self.traits = traits;
@@ -177,8 +178,7 @@ impl DeltaStream {
         let outcome = self.state.on_request(&request);
         let x = &self.xds;
         if let Some(revision) = outcome.acked {
-            self.pushes
-                .acked(&x.envoys, &x.times, self.peer.id, type_url, revision);
+            self.pushes.acked(&x.envoys, &x.times, type_url, revision);
             if type_url == ROUTES.type_url {
                 self.order.routes_acked(revision);
             }
@@ -268,20 +268,23 @@ impl DeltaStream {
     /// response when the Envoy answers (this runs after every request).
     async fn push_stale(&mut self) -> Result<(), End> {
         let current = self.snapshots.borrow_and_update().revision();
-        let mut stale: Vec<String> = self
-            .state
-            .types()
-            .iter()
-            .filter(|(_, t)| t.sent.is_some_and(|s| s < current) && !t.pending())
-            .map(|(k, _)| k.clone())
-            .collect();
-        resource_type::push_order(&mut stale);
-        for type_url in stale {
+        // By type index, which is push order (the stream holds served types only): no list of
+        // type URLs copied on every push.
+        let mut stale = [false; resource_type::TYPES.len()];
+        for (type_url, t) in self.state.types() {
+            if t.sent.is_some_and(|s| s < current)
+                && !t.pending()
+                && let Some(i) = resource_type::index(type_url)
+            {
+                stale[i] = true;
+            }
+        }
+        for (t, _) in resource_type::TYPES.iter().zip(stale).filter(|(_, s)| *s) {
             // Decided after the clusters of this revision went out: they may be new.
-            if type_url == ROUTES.type_url && !self.routes_may_go() {
+            if t.type_url == ROUTES.type_url && !self.routes_may_go() {
                 continue;
             }
-            self.send(&type_url, true).await?;
+            self.send(t.type_url, true).await?;
         }
         // Clusters kept for routes the Envoy has since replaced: removed now.
         let resend = self
@@ -304,8 +307,7 @@ impl DeltaStream {
         if carries_changes || !self.state.hold(type_url, revision, cur) {
             return false;
         }
-        self.pushes
-            .held(&self.xds.envoys, self.peer.id, type_url, revision);
+        self.pushes.held(type_url, revision);
         if type_url == ROUTES.type_url {
             // The routes it holds are those of `revision`: what was kept for older ones goes.
             self.order.routes_acked(revision);
@@ -336,7 +338,6 @@ impl DeltaStream {
         let counts = (changes.updates.len(), changes.removals.len());
         let node = self.node.as_deref().unwrap_or("");
         self.pushes.sent(
-            &self.xds.envoys,
             &self.xds.times,
             (self.peer.id, node),
             type_url,

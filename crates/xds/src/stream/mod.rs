@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
@@ -155,7 +156,7 @@ pub(crate) fn port_offset(node: &Node) -> Option<i32> {
 
 /// A stream's first request names its Envoy: with Envoy ids bound to certificates, a `node.id`
 /// that is not the id the client certificate names ends the stream; else the Envoy is listed
-/// as connected. Returns the node id (only the id is kept: a real Envoy's node lists its
+/// as connected, and its `pushes` are recorded in its status from then on. Returns the node id (only the id is kept: a real Envoy's node lists its
 /// extensions, kilobytes) and where its listeners go (`default` unless it asks otherwise).
 pub(crate) fn hello(
     xds: &Shared,
@@ -163,6 +164,7 @@ pub(crate) fn hello(
     node: Option<Node>,
     kind: &str,
     default: Placement,
+    pushes: &mut crate::push::Pushes,
 ) -> Result<(String, Placement, crate::envoy_select::NodeTraits), End> {
     let node = node.unwrap_or_default();
     let (stream, addr) = (peer.id, peer.addr);
@@ -176,7 +178,7 @@ pub(crate) fn hello(
     }
     tracing::info!(stream, node = %node.id, peer = ?addr, "Envoy connected ({kind})");
     let traits = crate::envoy_select::NodeTraits::of(&node);
-    xds.envoys.connected(stream, &node, addr, traits.clone());
+    pushes.listed(xds.envoys.connected(stream, &node, addr, traits.clone()));
     let placement = Placement {
         listener: listener_addr(&node).unwrap_or(default.listener),
         port_offset: port_offset(&node).unwrap_or(default.port_offset),
@@ -227,15 +229,46 @@ pub(crate) fn served(type_url: &str, (stream, node): (u64, &str), warned: &mut b
 /// replica's streams share, and leaves it again when another branch wins — two locks of the
 /// same mutex per wait, from 10,000 streams on both cores at once.
 pub(crate) struct Lifetime {
+    ends: Ends,
+    /// Yields when the snapshot moves (the driver reads it from its own receiver).
+    changes: WatchStream<Arc<Snapshot>>,
+    /// Waits so far, to look at the ends first now and then.
+    waits: u32,
+}
+
+/// What ends a stream from outside.
+struct Ends {
     /// Completes at the replica's shutdown (a child token: its waiter is this stream's own).
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Completes at the stream's maximum age.
     age: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Completes when this replica stops serving (out of contact with the quorum).
     lost_quorum: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// Yields when the snapshot moves (the driver reads it from its own receiver).
-    changes: WatchStream<Arc<Snapshot>>,
 }
+
+impl Ends {
+    /// The first end that has come, if any (registering this task for the others).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Closed);
+        }
+        if self.lost_quorum.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Status(Status::unavailable(
+                "this replica lost contact with the cluster's quorum; reconnect to another",
+            )));
+        }
+        if self.age.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Status(Status::unavailable(
+                "maximum stream age reached; reconnect",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+/// Every this many waits, a stream looks at its ends before its requests: one whose Envoy
+/// always has a request ready still ends at shutdown or its maximum age.
+const ENDS_FIRST_EVERY: u32 = 32;
 
 /// What a stream does next.
 pub(crate) enum Event<R> {
@@ -249,27 +282,37 @@ impl Lifetime {
     pub(crate) fn new(xds: &Shared, stream: u64) -> Lifetime {
         let mut serving = xds.serving.clone();
         Lifetime {
-            shutdown: Box::pin(xds.shutdown.child_token().cancelled_owned()),
-            age: Box::pin(max_age(xds.config.max_stream_age, stream)),
-            lost_quorum: Box::pin(async move {
-                let _ = serving.wait_for(|up| !*up).await;
-            }),
+            ends: Ends {
+                shutdown: Box::pin(xds.shutdown.child_token().cancelled_owned()),
+                age: Box::pin(max_age(xds.config.max_stream_age, stream)),
+                lost_quorum: Box::pin(async move {
+                    let _ = serving.wait_for(|up| !*up).await;
+                }),
+            },
             changes: WatchStream::from_changes(xds.snapshots.clone()),
+            waits: 0,
         }
     }
 
     /// Waits for the next request, a new snapshot, or the end. After an [`Event::End`] the
     /// stream must stop calling this.
+    ///
+    /// A request or a change ready now is taken without looking at the ends: they are polled
+    /// only when the stream is about to wait (so it is woken when one comes), and every
+    /// [`ENDS_FIRST_EVERY`] waits. Polled first on every wait, as they once were, the shutdown
+    /// token's lock, the age's timer and the quorum watch cost 5 % of a replica serving 10,000
+    /// streams (issue 17).
     pub(crate) async fn next<R>(&mut self, inbound: &mut impl Inbound<R>) -> Event<R> {
+        self.waits = self.waits.wrapping_add(1);
+        if self.waits.is_multiple_of(ENDS_FIRST_EVERY) {
+            let ends = &mut self.ends;
+            if let Poll::Ready(end) = std::future::poll_fn(|cx| Poll::Ready(ends.poll(cx))).await {
+                return Event::End(end);
+            }
+        }
+        let ends = &mut self.ends;
         tokio::select! {
             biased;
-            _ = &mut self.shutdown => Event::End(End::Closed),
-            _ = &mut self.lost_quorum => Event::End(End::Status(Status::unavailable(
-                "this replica lost contact with the cluster's quorum; reconnect to another",
-            ))),
-            _ = &mut self.age => Event::End(End::Status(Status::unavailable(
-                "maximum stream age reached; reconnect",
-            ))),
             // Cancel-safe: `next` on an `Unpin` stream loses nothing when another branch wins.
             msg = inbound.next() => match msg {
                 Some(Ok(req)) => Event::Request(req),
@@ -281,6 +324,7 @@ impl Lifetime {
                 Some(_) => Event::Changed,
                 None => Event::End(End::Closed),
             },
+            end = std::future::poll_fn(|cx| ends.poll(cx)) => Event::End(end),
         }
     }
 }

@@ -119,6 +119,7 @@ impl SotwStream {
                 req.node.take(),
                 "SotW",
                 self.placement,
+                &mut self.pushes,
             )?;
             self.placement = placement;
             self.traits = traits;
@@ -166,7 +167,7 @@ impl SotwStream {
             Decision::Acked(version) => {
                 let x = &self.xds;
                 self.pushes
-                    .acked(&x.envoys, &x.times, self.peer.id, &req.type_url, version);
+                    .acked(&x.envoys, &x.times, &req.type_url, version);
                 if req.type_url == ROUTES.type_url {
                     self.order.routes_acked(version);
                 }
@@ -227,7 +228,6 @@ impl SotwStream {
         let counts = (resources.len(), 0);
         let node = self.node.as_deref().unwrap_or("");
         self.pushes.sent(
-            &self.xds.envoys,
             &self.xds.times,
             (self.peer.id, node),
             type_url,

@@ -392,3 +392,36 @@ async fn a_type_with_nothing_new_is_held_at_the_revision_without_a_response() {
     assert_eq!(status[0].of("clusters").map(|c| c.sent), Some(Some(3)));
     envoy.close().await;
 }
+
+#[tokio::test]
+async fn a_stream_whose_envoy_always_has_a_request_ready_still_ends_at_shutdown() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let replica = Replica::new(None);
+    let (_envoy, peer, _, tx) = replica.stream::<DeltaDiscoveryRequest>();
+    // Requests for a type the replica does not serve, each ready at once (never a wait), as
+    // many as the driver reads: each is read and ignored.
+    let read = Arc::new(AtomicUsize::new(0));
+    let counted = read.clone();
+    struct Flood(Arc<AtomicUsize>);
+    impl tokio_stream::Stream for Flood {
+        type Item = Result<DeltaDiscoveryRequest, tonic::Status>;
+        fn poll_next(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            let n = self.0.fetch_add(1, Ordering::Relaxed);
+            let r = request("type.googleapis.com/not.Served", "", None);
+            std::task::Poll::Ready((n < 100_000).then_some(Ok(r)))
+        }
+    }
+    let flood = Flood(counted);
+    replica.xds.shutdown.cancel();
+    DeltaStream::new(replica.xds.clone(), peer, tx)
+        .run(flood)
+        .await;
+    let read = read.load(Ordering::Relaxed);
+    assert!(
+        read <= super::super::ENDS_FIRST_EVERY as usize,
+        "the stream read {read} requests after the shutdown"
+    );
+}
