@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail, ensure};
 use concord_harness::envoy::Envoy;
 use concord_harness::pki::{self, Pki};
-use concord_harness::{Cluster, Options, eventually};
+use concord_harness::{Cluster, Options, eventually, metric};
 use concord_raft::proto::Message;
 use concord_raft::proto::raft_client::RaftClient;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -303,15 +303,7 @@ async fn mutual_tls_on_xds_refuses_clients_without_a_valid_certificate() -> Resu
             let mut refused = 0.0;
             for id in c.up() {
                 let page = c.api(id).metrics().await?;
-                refused += page
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("concord_xds_tls_refused_total ")?
-                            .trim()
-                            .parse::<f64>()
-                            .ok()
-                    })
-                    .unwrap_or(0.0);
+                refused += metric(&page, "concord_xds_tls_refused_total").unwrap_or(0.0);
             }
             ensure!(refused >= 2.0, "{refused} refused handshakes");
             Ok(())

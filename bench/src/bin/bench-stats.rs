@@ -14,7 +14,7 @@
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use concord_bench::cpu_secs;
-use concord_harness::{Cluster, Options};
+use concord_harness::{Cluster, Options, metric};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
@@ -323,14 +323,9 @@ async fn main() -> Result<()> {
         a.flush_ms
     );
     let report = c.api(1).metrics().await?;
-    let messages = report
-        .lines()
-        .find_map(|l| l.strip_prefix("concord_envoy_stats_messages_total "))
+    let messages = metric(&report, "concord_envoy_stats_messages_total")
         .context("no concord_envoy_stats_messages_total")?;
     println!("node 1 counted {messages} stats messages");
-    ensure!(
-        messages.trim().parse::<f64>()? > 0.0,
-        "no message reached the replica"
-    );
+    ensure!(messages > 0.0, "no message reached the replica");
     Ok(())
 }

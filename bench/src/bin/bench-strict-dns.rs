@@ -5,7 +5,8 @@
 //! TTL 0 so nothing is cached). Each change moves both to a new address in one `nsupdate`
 //! (one zone, one `send`), and both are timed the same way: from the update's answer until
 //! Envoy's `/clusters` lists the new address, read every `--sample-ms`. Printed: p50, p99 and
-//! max of each, and concord's over Envoy's (issue 17's target: within 1.1x).
+//! max of each, concord's over Envoy's (issue 17's target: within 1.1x), and each replica's
+//! mean poll and mean poll's answer -> Envoy ACK from its `/metrics`.
 //!
 //! `cargo build --release -p concord -p concord-bench && target/release/bench-strict-dns`;
 //! `CONCORD_BIN=path/to/concord` benchmarks another build of the replicas.
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use concord_harness::dns::Bind;
 use concord_harness::envoy::{Envoy, EnvoyOptions, Protocol};
-use concord_harness::{Cluster, Options, free_port, percentiles};
+use concord_harness::{Cluster, Options, free_port, metric, percentiles};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -188,12 +189,7 @@ async fn main() -> Result<()> {
     for id in c.up() {
         let page = c.api(id).metrics().await?;
         let mean = |name: &str| {
-            let v = |suffix: &str| {
-                page.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
+            let v = |suffix: &str| metric(&page, &format!("{name}_{suffix}")).unwrap_or(0.0);
             let n = v("count");
             (n, if n > 0.0 { v("sum") * 1e3 / n } else { 0.0 })
         };

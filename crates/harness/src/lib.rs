@@ -67,6 +67,15 @@ pub fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
     (at(0.5), at(0.99), ms(*samples.last().expect("samples")))
 }
 
+/// The value of the unlabelled sample `name` on a replica's `/metrics` page (the Prometheus
+/// text format), if the page has it.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        let value = l.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// A free TCP port on 127.0.0.1, from below the kernel's ephemeral range (32768–60999 here).
 ///
 /// A port picked by binding port 0 comes from the ephemeral range, where the kernel may hand it
@@ -903,4 +912,17 @@ impl Cluster {
 /// The SNI name tests give builder `id`.
 pub fn sni(id: &str) -> String {
     format!("{id}.builders.test")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn a_metric_is_read_by_its_whole_name() {
+        let page = "# TYPE concord_polls_total counter\nconcord_polls_total_x 9\nconcord_polls_total 12\nh_sum 0.5\n";
+        assert_eq!(metric(page, "concord_polls_total"), Some(12.0));
+        assert_eq!(metric(page, "h_sum"), Some(0.5));
+        assert_eq!(metric(page, "concord_polls"), None);
+    }
 }
