@@ -21,7 +21,6 @@ use concord_telemetry::tasks::Tasks;
 use concord_tls::XdsTls;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// The xDS side of a replica. Cheap to clone.
@@ -165,8 +164,9 @@ impl XdsServer {
             tls: tls.clone(),
             tasks: self.tasks.clone(),
         })));
+        // No HTTP/2 keepalive from this side: the kernel watches each connection instead
+        // (`concord_tls::net::keepalive`), at no cost per poll.
         let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(health)
             .add_service(ads)
             .add_service(stats);
@@ -184,8 +184,13 @@ impl XdsServer {
                     .await
             }
             None => {
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                use concord_tls::net::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
+                // As over TLS, the kernel watches for a vanished Envoy (`net::keepalive`).
+                let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(KEEPALIVE_IDLE))
+                    .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                    .with_keepalive_retries(Some(KEEPALIVE_RETRIES));
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                     .await
